@@ -1,0 +1,7 @@
+"""``python -m nnspam``: the same as the ``nnspam`` command."""
+
+import sys
+
+from nnspam.cli import main
+
+sys.exit(main())

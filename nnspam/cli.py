@@ -1,0 +1,482 @@
+"""The ``nnspam`` command line.
+
+Each subcommand parses its arguments, calls the layer below (corpus, training,
+model, evaluate) and formats the result. Exit codes: 0 success, 1 a run that
+went wrong in an ordinary way (e.g. nothing to classify), 2 bad usage or an
+unusable model, config or input (a one-line message, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from nnspam import __version__
+
+EPILOG = """\
+PATH may be a maildir (cur/ + new/), a directory of message files (searched
+recursively), one message file, an mbox file, or - for standard input.
+Config: -c FILE, else $NNSPAM_CONFIG, else ~/.config/nnspam/config.yaml,
+else the built-in defaults (see config.yaml in the source tree).
+"""
+
+
+class UsageError(Exception):
+    """Bad combination of arguments; reported in one line, exit 2."""
+
+
+def _die(msg: str, code: int = 2) -> int:
+    print(f"nnspam: {msg}", file=sys.stderr)
+    return code
+
+
+# -- argument groups ---------------------------------------------------------
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)")
+
+
+def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "-m", "--model", metavar="MODEL", required=required,
+        help="model directory; 'default' is the shipped email model, 'default-sms' the SMS "
+        "one" + ("" if required else " (default: the 'model' setting of the config)"),
+    )
+
+
+def _add_bias(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ham bias (spamicity = s*o_spam / (s*o_spam + h*o_ham))")
+    g.add_argument("--ham-factor", type=float, metavar="H", help="h (config: ham_factor, 0.9)")
+    g.add_argument("--spam-factor", type=float, metavar="S", help="s (config: spam_factor, 0.1)")
+    g.add_argument("--threshold", type=float, metavar="T",
+                   help="spamicity at or above which a message is spam (config: threshold, 0.5)")
+
+
+def _add_split_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("labelled corpora")
+    g.add_argument("--split", metavar="FILE",
+                   help="split file (path<TAB>label<TAB>train|test) from ../shared/corpora/splits")
+    g.add_argument("--corpus", metavar="ROOT",
+                   help="directory (or .tar.xz) the split's paths are relative to")
+    g.add_argument("--sms", metavar="FILE",
+                   help="the UCI SMS Spam Collection file (label<TAB>text lines)")
+
+
+# -- helpers -------------------------------------------------------------------
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    from nnspam.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def _load_model(args: argparse.Namespace, cfg: dict[str, Any], sms_default: bool = False):
+    from nnspam.model import Model
+
+    name = args.model
+    if name is None:
+        name = cfg["sms"]["model"] if sms_default else cfg["model"]
+    return Model.load(name)
+
+
+def _bias(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[float, float, float]:
+    h = args.ham_factor if args.ham_factor is not None else cfg["ham_factor"]
+    s = args.spam_factor if args.spam_factor is not None else cfg["spam_factor"]
+    t = args.threshold if args.threshold is not None else cfg["threshold"]
+    if h < 0 or s < 0 or h + s <= 0:
+        raise UsageError("ham and spam factors must be >= 0 and not both 0")
+    return h, s, t
+
+
+def _labelled_samples(args: argparse.Namespace, part: str | None):
+    """Samples from --split/--corpus or --sms [--split], or None if neither given."""
+    from nnspam.corpus import load_split_samples, read_sms
+
+    if args.sms:
+        if args.split:
+            return load_split_samples(args.split, part=part, sms_file=args.sms)
+        return read_sms(args.sms)
+    if args.split:
+        if not args.corpus:
+            raise UsageError("--split needs --corpus ROOT (or --sms FILE)")
+        return load_split_samples(args.split, args.corpus, part=part)
+    if args.corpus:
+        raise UsageError("--corpus needs --split FILE")
+    return None
+
+
+def _progress_printer(enabled: bool):
+    if not enabled:
+        return None
+    start = time.perf_counter()
+
+    def show(epoch: int, loss: float, val_loss: float, val_err: float) -> None:
+        print(f"epoch {epoch:3d}  loss {loss:.4f}  val loss {val_loss:.4f}  "
+              f"val error {val_err * 100:5.2f}%  {time.perf_counter() - start:6.1f}s",
+              file=sys.stderr, flush=True)
+    return show
+
+
+# -- commands ------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nnspam import config as C
+    from nnspam.corpus import iter_messages
+    from nnspam.training import train_model
+    from nnspam.wordlist import read_wordlist
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "train")
+    if samples is None:
+        if not args.ham or not args.spam:
+            raise UsageError("give --ham PATH... and --spam PATH..., or --split/--corpus, "
+                             "or --sms FILE")
+        samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
+    elif args.ham or args.spam:
+        raise UsageError("--ham/--spam cannot be combined with --split or --sms")
+    kind = "sms" if args.sms else "email"
+    settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
+    if args.faithful:
+        settings = C.merge(settings, C.FAITHFUL)
+    if args.size is not None:
+        settings["wordlist"]["size"] = args.size
+    if args.method is not None:
+        settings["wordlist"]["method"] = args.method
+    if args.scaling is not None:
+        settings["features"]["scaling"] = args.scaling
+    if args.hidden is not None:
+        settings["network"]["hidden"] = args.hidden
+    if args.epochs is not None:
+        settings["network"]["max_epochs"] = args.epochs
+    if args.seed is not None:
+        settings["network"]["seed"] = args.seed
+    wordlist = read_wordlist(args.wordlist) if args.wordlist else None
+    n_spam = sum(1 for x in samples if x.label == "spam")
+    print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam",
+          file=sys.stderr)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    t0 = time.perf_counter()
+    provenance = {"command": "nnspam " + " ".join(sys.argv[1:]) if sys.argv else ""}
+    model = train_model(
+        samples, kind, settings, wordlist=wordlist, ham_factor=h, spam_factor=s,
+        threshold=t, max_part_bytes=int(cfg["max_part_bytes"]),
+        progress=_progress_printer(show), provenance=provenance,
+    )
+    model.save(args.model)
+    print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, "
+          f"{model.summary['epochs']} epochs, {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    return 0
+
+
+def _classify_stream(model, samples, h: float, s: float, chunk: int = 4000):
+    """Yield (sample, spamicity) over an iterable of samples, chunked so that
+    memory stays bounded on big maildirs."""
+    from nnspam.model import spamicity
+    from nnspam.training import tokenize_samples
+
+    buf = []
+
+    def flush():
+        toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes)
+        sp = spamicity(model.outputs(toks), h, s)
+        return list(zip(buf, sp, strict=True))
+
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) >= chunk:
+            yield from flush()
+            buf = []
+    if buf:
+        yield from flush()
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from nnspam.corpus import iter_messages
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "test")
+    if samples is None:
+        if not args.paths:
+            raise UsageError("give PATH... to classify, or --split/--corpus, or --sms FILE")
+        samples = iter_messages(args.paths)
+    elif args.paths:
+        raise UsageError("PATH arguments cannot be combined with --split or --sms")
+    model = _load_model(args, cfg, sms_default=bool(args.sms))
+    out = sys.stdout
+    n = 0
+    for sample, sp in _classify_stream(model, samples, h, s):
+        verdict = "spam" if sp >= t else "ham"
+        if args.format == "tsv":
+            out.write(f"{sample.name}\t{sp:.6f}\t{verdict}\n")
+        else:
+            out.write(f"{verdict.upper():4s}  {sp:.6f}  {sample.name}\n")
+        n += 1
+    out.flush()
+    if n == 0:
+        return _die("no messages found", 1)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from nnspam.corpus import iter_messages
+    from nnspam.evaluate import evaluate, format_table, plot
+    from nnspam.training import labels_of
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "test")
+    if samples is None:
+        if not args.ham or not args.spam:
+            raise UsageError("give --ham PATH and --spam PATH, or --split/--corpus, "
+                             "or --sms FILE --split FILE")
+        samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
+    model = _load_model(args, cfg, sms_default=bool(args.sms))
+    t0 = time.perf_counter()
+    scored = list(_classify_stream(model, samples, h, s))
+    elapsed = time.perf_counter() - t0
+    y = labels_of([x for x, _ in scored])
+    sp = np.array([v for _, v in scored])
+    ev = evaluate(y, sp, t, h, s)
+    print(f"Model: {args.model or cfg['model']}  ({model.kind}, {len(model.words)} inputs)")
+    print(f"Messages: {len(y)}  ({elapsed:.2f}s, {len(y) / max(elapsed, 1e-9):.0f} messages/s)")
+    print()
+    print(format_table(ev))
+    if args.errors:
+        print()
+        for (x, v), lab in zip(scored, y, strict=True):
+            if (v >= t) != (lab == 1):
+                kind = "FP (ham lost)" if lab == 0 else "FN (spam missed)"
+                print(f"{kind:17s} {v:.6f}  {x.name}")
+    if args.json:
+        from pathlib import Path
+
+        from nnspam.atomic import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(ev.to_dict(), indent=1) + "\n")
+    if args.plot:
+        plot(args.plot, y, sp, t, title=f"nnspam {args.model or cfg['model']}")
+        print(f"\nnnspam: wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    model = _load_model(args, cfg)
+    net = model.network
+    ncfg = net.get_config()
+    print(f"Model:       {args.model or cfg['model']}")
+    print(f"Kind:        {model.kind}")
+    print(f"Network:     {len(model.words)} inputs -> {ncfg.get('n_hidden')} hidden "
+          f"({ncfg.get('hidden_activation')}) -> 2 outputs ({ncfg.get('output')})")
+    print(f"Features:    {model.scaling} scaling of word counts")
+    print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "
+          f"threshold={model.threshold:g}")
+    print("Training:")
+    for line in json.dumps(model.summary, indent=2).splitlines()[1:-1]:
+        print("  " + line)
+    shown = model.words if args.all else model.words[:args.words]
+    print(f"Input words ({len(model.words)}; first {len(shown)}):")
+    counts = model.wordlist_counts or [0] * len(model.words)
+    for c, w in zip(counts, shown, strict=False):
+        print(f"  {c}\t{w}")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from nnspam.corpus import iter_messages
+    from nnspam.training import learn
+
+    cfg = _config(args)
+    model = _load_model(args, cfg)
+    label = "spam" if args.spam else "ham"
+    payloads = [x.payload for x in iter_messages(args.paths)]
+    if not payloads:
+        return _die("no messages found", 1)
+    learn(model, payloads, label, epochs=args.epochs)
+    target = args.model or cfg["model"]
+    if target in ("default", "default-sms", "default-email"):
+        raise UsageError("the shipped default model is read-only: train your own with "
+                         "'nnspam train ... -m DIR' or give -m DIR")
+    model.save(target)
+    print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_build_wordlist(args: argparse.Namespace) -> int:
+    from nnspam.config import load_config
+    from nnspam.corpus import iter_messages
+    from nnspam.training import tokenize_samples
+    from nnspam.wordlist import build, write_wordlist
+
+    cfg = load_config(args.config)
+    method = args.method or ("freq" if not args.ham else cfg["wordlist"]["method"])
+    if method != "freq" and not args.ham:
+        raise UsageError(f"method {method!r} needs --ham PATH...")
+    n = args.size or cfg["wordlist"]["size"]
+    mpb = int(cfg["max_part_bytes"])
+    spam = tokenize_samples([x.payload for x in iter_messages(args.spam_paths)], "email", mpb)
+    ham = (tokenize_samples([x.payload for x in iter_messages(args.ham)], "email", mpb)
+           if args.ham else None)
+    if not spam:
+        return _die("no spam messages found", 1)
+    entries = build(spam, ham, n, method, int(cfg["wordlist"]["min_df"]))
+    comment = (f"nnspam word list: method={method} n={len(entries)} from {len(spam)} spam"
+               + (f" and {len(ham)} ham" if ham else "") + " messages\ncount<TAB>word")
+    write_wordlist(args.output, entries, comment)
+    if args.output != "-":
+        print(f"nnspam: wrote {len(entries)} words to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nnspam.corpus import convert_mbox
+
+    n = convert_mbox(args.mbox, args.maildir)
+    print(f"nnspam: wrote {n} messages to {args.maildir}", file=sys.stderr)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnspam",
+        description="A spam filter built on an adaptive word-list neural network.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"nnspam {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, desc: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=desc, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_config(sp)
+        return sp
+
+    sp = add("train", "train a model from labelled mail or SMS",
+             "Train a model: build the word list (unless --wordlist is given), turn every "
+             "message into word counts and train the network by backpropagation, holding "
+             "back part of the training data for early stopping. Writes the model directory "
+             "given by -m.")
+    _add_model(sp, required=True)
+    sp.add_argument("--ham", nargs="+", metavar="PATH", help="ham (good mail) to learn from")
+    sp.add_argument("--spam", nargs="+", metavar="PATH", help="spam to learn from")
+    _add_split_source(sp)
+    sp.add_argument("--wordlist", metavar="FILE",
+                    help="use this word list (count<TAB>word lines) instead of building one")
+    sp.add_argument("--faithful", action="store_true",
+                    help="the original NNSpam design: spam-only top-n word list, raw counts, "
+                    "sigmoid units, plain backpropagation")
+    sp.add_argument("-n", "--size", type=int, metavar="N", help="input words (config: wordlist.size)")
+    sp.add_argument("--method", choices=("freq", "ig", "chi2"),
+                    help="word selection (config: wordlist.method)")
+    sp.add_argument("--scaling", choices=("count", "log", "binary", "lognorm"),
+                    help="input scaling (config: features.scaling)")
+    sp.add_argument("--hidden", type=int, metavar="H", help="hidden units (default: = inputs)")
+    sp.add_argument("--epochs", type=int, metavar="E", help="maximum epochs")
+    sp.add_argument("--seed", type=int, help="random seed (config: network.seed)")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="show loss per epoch (default: when stderr is a terminal)")
+    _add_bias(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = add("classify", "score messages: one line per message",
+             "Print one line per message. --format tsv prints exactly "
+             "path<TAB>spamicity<TAB>verdict (spam|ham); with --split, the messages of the "
+             "split's test part; with --sms, names are line:N.")
+    _add_model(sp)
+    sp.add_argument("paths", nargs="*", metavar="PATH")
+    _add_split_source(sp)
+    sp.add_argument("--format", choices=("tsv", "text"), default="text")
+    _add_bias(sp)
+    sp.set_defaults(func=cmd_classify)
+
+    sp = add("test", "evaluate a model on labelled mail: the NNSpam results table",
+             "Classify labelled messages (the test part of a split, or --ham/--spam paths) "
+             "and print the original NNSpam results table with accuracy, spam caught, ham "
+             "lost, F1, MCC and ROC AUC.")
+    _add_model(sp)
+    sp.add_argument("--ham", nargs="+", metavar="PATH")
+    sp.add_argument("--spam", nargs="+", metavar="PATH")
+    _add_split_source(sp)
+    sp.add_argument("--plot", metavar="FILE.png",
+                    help="draw the ROC curve and per-message error chart (needs matplotlib)")
+    sp.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    sp.add_argument("--errors", action="store_true", help="list the misclassified messages")
+    _add_bias(sp)
+    sp.set_defaults(func=cmd_test)
+
+    sp = add("inspect", "show a model's input words, shape and training summary",
+             "Show the network's shape, its settings, the training summary and the input words.")
+    _add_model(sp)
+    sp.add_argument("--words", type=int, default=50, metavar="K", help="words to list (50)")
+    sp.add_argument("--all", action="store_true", help="list every input word")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = add("learn", "train an existing model further on messages of one class",
+             "Incremental training (a few backpropagation steps) of an existing model on "
+             "messages you know are spam or ham, e.g. after correcting a mistake. The model "
+             "is saved in place, atomically.")
+    _add_model(sp)
+    cls = sp.add_mutually_exclusive_group(required=True)
+    cls.add_argument("--spam", action="store_true", help="the messages are spam")
+    cls.add_argument("--ham", action="store_true", help="the messages are ham")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--epochs", type=int, default=3, help="passes over the messages (3)")
+    sp.set_defaults(func=cmd_learn)
+
+    sp = add("build-wordlist", "build the input word list from spam (and ham) mail",
+             "Count the words of the spam messages and keep the top n, dropping stop words "
+             "(English, German, French), domain names and noise: the original NNSpam word "
+             "list. With --ham, choose the n words that best separate spam from ham instead "
+             "(method ig by default). Output: count<TAB>word lines, editable by hand.")
+    sp.add_argument("spam_paths", nargs="+", metavar="SPAM_PATH")
+    sp.add_argument("--ham", nargs="+", metavar="HAM_PATH")
+    sp.add_argument("-n", "--size", type=int, metavar="N", help="words to keep (config: "
+                    "wordlist.size)")
+    sp.add_argument("--method", choices=("freq", "ig", "chi2"),
+                    help="freq without --ham, else config wordlist.method")
+    sp.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (stdout)")
+    sp.set_defaults(func=cmd_build_wordlist)
+
+    sp = add("convert", "convert mail formats (mbox -> maildir)",
+             "nnspam convert mbox MBOX MAILDIR copies every message of an mbox into a maildir "
+             "(created if missing), the original NNSpam '2md' step.")
+    sp.add_argument("format", choices=("mbox",))
+    sp.add_argument("mbox", metavar="MBOX")
+    sp.add_argument("maildir", metavar="MAILDIR")
+    sp.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from nnspam.config import ConfigError
+    from nnspam.corpus import CorpusError
+    from nnspam.model import ModelError
+    from nnspam.wordlist import WordListError
+
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, CorpusError, ModelError, WordListError) as exc:
+        return _die(str(exc))
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return _die("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

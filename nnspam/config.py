@@ -1,0 +1,152 @@
+"""Settings: built-in defaults, overlaid by a YAML config file, overlaid by
+command-line options.
+
+The built-in defaults below are the documented ``config.yaml`` at the top of
+the repository (a test checks that the two agree). A config file only needs
+the settings it changes.
+
+Search order for the config file: ``-c FILE``, then ``$NNSPAM_CONFIG``, then
+``~/.config/nnspam/config.yaml``; none of them is required.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge", "email_training", "sms_training"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be read or has a bad value."""
+
+
+DEFAULTS: dict[str, Any] = {
+    # Model used by classify/test/learn when -m is not given: a model
+    # directory, or "default" for the email model shipped in the package.
+    "model": "default",
+    # Spamicity = s*o_spam / (s*o_spam + h*o_ham): the original ham bias.
+    "ham_factor": 0.9,
+    "spam_factor": 0.1,
+    "threshold": 0.5,
+    # Each decoded MIME part is cut to this many bytes before tokenizing.
+    "max_part_bytes": 262144,
+    "wordlist": {
+        "method": "ig",  # freq (original: spam-only top n) | ig | chi2
+        "size": 1000,  # n: input neurons
+        "min_df": 3,  # ig/chi2: a word must occur in at least this many messages
+    },
+    "features": {
+        "scaling": "log",  # count | log | binary | lognorm
+    },
+    "network": {
+        "hidden": None,  # hidden units; null = as many as inputs (the original design)
+        "hidden_activation": "relu",  # relu | tanh | sigmoid
+        "output": "softmax",  # softmax | sigmoid
+        "loss": "xent",  # xent | mse
+        "optimizer": "adam",  # adam | sgd
+        "learning_rate": 0.001,
+        "momentum": 0.9,  # sgd only
+        "l2": 0.0001,
+        "dropout": 0.2,  # on the hidden layer while training
+        "input_dropout": 0.0,
+        "batch_size": 32,
+        "max_epochs": 60,
+        "patience": 8,  # early stopping: epochs without a better validation loss
+        "validation_fraction": 0.1,  # held back from the training data
+        "seed": 1,
+    },
+    # Settings for SMS models (nnspam train --sms): these override the ones
+    # above for SMS, where messages are short and the vocabulary small.
+    "sms": {
+        "model": "default-sms",
+        "wordlist": {"method": "ig", "size": 1000, "min_df": 2},
+        "features": {"scaling": "log"},
+        "network": {},
+    },
+}
+
+# The original NNSpam design, selectable with --faithful: spam-only top-n
+# word list, raw counts, sigmoid units trained by plain backpropagation.
+FAITHFUL: dict[str, Any] = {
+    "wordlist": {"method": "freq", "size": 200},
+    "features": {"scaling": "count"},
+    "network": {
+        "hidden": None,
+        "hidden_activation": "sigmoid",
+        "output": "sigmoid",
+        "loss": "mse",
+        "optimizer": "sgd",
+        "learning_rate": 0.05,
+        "momentum": 0.9,
+        "l2": 0.0,
+        "dropout": 0.0,
+    },
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``override`` wins; a new dict is returned."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check(cfg: dict[str, Any], defaults: dict[str, Any], where: str, path: str = "") -> None:
+    for key, value in cfg.items():
+        name = f"{path}{key}"
+        if key not in defaults:
+            raise ConfigError(f"{where}: unknown setting {name!r}")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {name!r} must be a mapping")
+            _check(value, defaults[key] or value, where, name + ".")
+
+
+def config_path(explicit: str | None = None) -> Path | None:
+    """The config file to read, or None when there is none."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("NNSPAM_CONFIG")
+    if env:
+        return Path(env)
+    home = Path(os.path.expanduser("~/.config/nnspam/config.yaml"))
+    return home if home.is_file() else None
+
+
+def load_config(explicit: str | None = None) -> dict[str, Any]:
+    """Defaults overlaid by the config file (if any)."""
+    path = config_path(explicit)
+    if path is None:
+        return copy.deepcopy(DEFAULTS)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    import yaml  # only when a file is actually read: keeps the filter path lean
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    _check(data, DEFAULTS, str(path))
+    return merge(DEFAULTS, data)
+
+
+def email_training(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The wordlist/features/network settings for an email model."""
+    return {k: copy.deepcopy(cfg[k]) for k in ("wordlist", "features", "network")}
+
+
+def sms_training(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings for an SMS model: email settings overlaid by ``sms:``."""
+    base = email_training(cfg)
+    return merge(base, {k: cfg["sms"].get(k, {}) for k in ("wordlist", "features", "network")})

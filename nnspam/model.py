@@ -1,0 +1,278 @@
+"""The model: word list + network + ham bias -> spamicity and verdict.
+
+On disk a model is a directory holding
+
+``model.json``
+    format version, kind (``email`` or ``sms``), the word list, the feature
+    scaling, the network configuration, the ham/spam factors and threshold it
+    was trained with, and a training summary (data, timings, provenance).
+``weights.npz``
+    the network's weight matrices (NumPy's uncompressed zip of arrays).
+
+Never pickled: both files are plain data and are loaded without executing
+anything. Saving writes a new directory beside the target and renames it into
+place, so a reader sees the old model or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnspam import __version__
+from nnspam.atomic import fsync_dir
+from nnspam.features import SCALINGS, Vectorizer
+from nnspam.network import Network
+
+__all__ = ["FORMAT_VERSION", "KINDS", "Model", "ModelError", "spamicity", "resolve_model_path"]
+
+FORMAT_VERSION = 1
+KINDS = ("email", "sms")
+_WEIGHT_NAMES = ("W1", "b1", "W2", "b2")
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or saved; the message names the file."""
+
+
+def spamicity(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.ndarray:
+    """The original NNSpam ham bias: ``s*o_spam / (s*o_spam + h*o_ham)``.
+
+    ``outputs`` is the network's (m, 2) output, column 0 spam, column 1 ham.
+    With h = 0.9 and s = 0.1 a message needs o_spam > 9 * o_ham to reach the
+    0.5 threshold: a ham is only lost when the network is very sure.
+    """
+    o = np.asarray(outputs, dtype=np.float64)
+    num = spam_factor * o[:, 0]
+    den = num + ham_factor * o[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.5)
+    return s
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """``default`` / ``default-sms`` -> the models shipped in the package;
+    anything else is a directory path (``~`` expanded)."""
+    s = str(name)
+    if s in ("default", "default-email"):
+        return Path(str(resources.files("nnspam").joinpath("data/models/email")))
+    if s == "default-sms":
+        return Path(str(resources.files("nnspam").joinpath("data/models/sms")))
+    return Path(os.path.expanduser(s))
+
+
+@dataclass
+class Model:
+    """A trained (or trainable) filter for one kind of message."""
+
+    words: list[str]
+    network: Network
+    kind: str = "email"
+    scaling: str = "log"
+    ham_factor: float = 0.9
+    spam_factor: float = 0.1
+    threshold: float = 0.5
+    max_part_bytes: int = 262144
+    summary: dict[str, Any] = field(default_factory=dict)
+    wordlist_counts: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}")
+        self.vectorizer = Vectorizer(self.words, self.scaling)
+
+    # -- the data path ---------------------------------------------------
+    def tokens(self, payload: bytes | str) -> list[str]:
+        """Payload -> tokens, with the tokenizer that suits the model's kind."""
+        from nnspam import tokens as tk
+
+        if self.kind == "sms":
+            text = payload if isinstance(payload, str) else tk.sms_text_from_bytes(payload)
+            return tk.tokenize_sms(text)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", errors="surrogateescape")
+        return tk.tokenize_email(payload, self.max_part_bytes)
+
+    def features(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        return self.vectorizer.transform(token_lists)
+
+    def outputs(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """The network's (m, 2) outputs [o_spam, o_ham] for tokenized messages."""
+        return self.network.predict_proba(self.features(token_lists))
+
+    def spamicity_of_tokens(
+        self, token_lists: Sequence[Sequence[str]],
+        ham_factor: float | None = None, spam_factor: float | None = None,
+    ) -> np.ndarray:
+        h = self.ham_factor if ham_factor is None else ham_factor
+        s = self.spam_factor if spam_factor is None else spam_factor
+        return spamicity(self.outputs(token_lists), h, s)
+
+    def score(self, payloads: Sequence[bytes | str], **kw: float | None) -> np.ndarray:
+        """Spamicity of each payload (raw email bytes or SMS text)."""
+        return self.spamicity_of_tokens([self.tokens(p) for p in payloads], **kw)
+
+    def is_spam(self, spamicities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        t = self.threshold if threshold is None else threshold
+        return np.asarray(spamicities) >= t
+
+    # -- persistence -----------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "nnspam-model",
+            "format_version": FORMAT_VERSION,
+            "nnspam_version": __version__,
+            "kind": self.kind,
+            "scaling": self.scaling,
+            "ham_factor": self.ham_factor,
+            "spam_factor": self.spam_factor,
+            "threshold": self.threshold,
+            "max_part_bytes": self.max_part_bytes,
+            "network": self.network.get_config(),
+            "n_inputs": len(self.words),
+            "words": self.words,
+            "wordlist_counts": self.wordlist_counts,
+            "summary": self.summary,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model directory atomically (see the module docstring)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            buf = io.BytesIO()
+            weights = self.network.get_weights()
+            np.savez(buf, **{k: np.asarray(weights[k], dtype=np.float32) for k in _WEIGHT_NAMES})
+            wbytes = buf.getvalue()
+            meta = self.to_json()
+            meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()
+            for name, data in (
+                ("weights.npz", wbytes),
+                ("model.json", (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode()),
+            ):
+                with open(tmp / name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, 0o755)
+            fsync_dir(tmp)
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.rename(target, old)
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Model:
+        """Load a model directory; every problem is a :class:`ModelError`
+        whose message names the file and what is wrong with it."""
+        base = resolve_model_path(path)
+        for attempt in range(3):
+            try:
+                return cls._load(base)
+            except ModelError:
+                # A save renames the old directory away just before the new
+                # one arrives: a reader caught in between retries briefly.
+                if attempt == 2 or base.exists():
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, base: Path) -> Model:
+        if not base.exists():
+            raise ModelError(f"{base}: no such model directory (train one with 'nnspam train')")
+        if not base.is_dir():
+            raise ModelError(f"{base}: a model is a directory holding model.json and weights.npz")
+        jpath, wpath = base / "model.json", base / "weights.npz"
+        try:
+            meta = json.loads(jpath.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{jpath}: missing") from None
+        except OSError as exc:
+            raise ModelError(f"{jpath}: {exc.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{jpath}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != "nnspam-model":
+            raise ModelError(f"{jpath}: not an nnspam model description")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"{jpath}: format version {meta.get('format_version')!r}, this nnspam reads "
+                f"version {FORMAT_VERSION}"
+            )
+        try:
+            words = meta["words"]
+            kind = meta["kind"]
+            scaling = meta["scaling"]
+            net_cfg = meta["network"]
+        except KeyError as exc:
+            raise ModelError(f"{jpath}: missing field {exc.args[0]!r}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not words:
+            raise ModelError(f"{jpath}: 'words' must be a non-empty list of strings")
+        if kind not in KINDS:
+            raise ModelError(f"{jpath}: unknown kind {kind!r}")
+        if scaling not in SCALINGS:
+            raise ModelError(f"{jpath}: unknown scaling {scaling!r}")
+        try:
+            wbytes = wpath.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"{wpath}: missing") from None
+        except OSError as exc:
+            raise ModelError(f"{wpath}: {exc.strerror}") from None
+        want = meta.get("weights_sha256")
+        if want and hashlib.sha256(wbytes).hexdigest() != want:
+            raise ModelError(f"{wpath}: checksum does not match model.json (truncated or replaced)")
+        try:
+            with np.load(io.BytesIO(wbytes), allow_pickle=False) as npz:
+                weights = {k: npz[k] for k in _WEIGHT_NAMES}
+        except KeyError as exc:
+            raise ModelError(f"{wpath}: missing array {exc.args[0]}") from None
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelError(f"{wpath}: unreadable ({exc.__class__.__name__}: {exc})") from None
+        n_in = len(words)
+        if weights["W1"].ndim != 2 or weights["W1"].shape[0] != n_in:
+            raise ModelError(
+                f"{wpath}: W1 has shape {weights['W1'].shape}, but model.json lists {n_in} words"
+            )
+        try:
+            cfg = dict(net_cfg)
+            cfg["n_inputs"] = n_in
+            net = Network(**cfg)
+            net.set_weights(weights)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{wpath}: does not fit the network in model.json ({exc})") from None
+        try:
+            return cls(
+                words=words,
+                network=net,
+                kind=kind,
+                scaling=scaling,
+                ham_factor=float(meta.get("ham_factor", 0.9)),
+                spam_factor=float(meta.get("spam_factor", 0.1)),
+                threshold=float(meta.get("threshold", 0.5)),
+                max_part_bytes=int(meta.get("max_part_bytes", 262144)),
+                summary=meta.get("summary") or {},
+                wordlist_counts=meta.get("wordlist_counts"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{jpath}: bad value ({exc})") from None

@@ -1,0 +1,142 @@
+"""The model directory: save/load round trip, and clear one-line errors for bad models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_message
+from nnspam import config as C
+from nnspam.corpus import Sample
+from nnspam.model import Model, ModelError, spamicity
+from nnspam.training import learn, train_model
+
+SPAM_WORDS = ["viagra cheap pills offer", "win money now free offer", "cheap loans free money"]
+HAM_WORDS = ["meeting agenda tomorrow notes", "patch review for the kernel build",
+             "lunch tomorrow with the team"]
+
+
+def tiny_samples(k: int = 12) -> list[Sample]:
+    out = []
+    for i in range(k):
+        out.append(Sample(f"s{i}", make_message(f"offer {i}", SPAM_WORDS[i % 3],
+                                                "deals@spam.biz"), "spam"))
+        out.append(Sample(f"h{i}", make_message(f"re: notes {i}", HAM_WORDS[i % 3]), "ham"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Model:
+    settings = C.email_training(C.DEFAULTS)
+    settings["wordlist"].update(size=40, min_df=2)
+    settings["network"].update(max_epochs=30, validation_fraction=0.25)
+    return train_model(tiny_samples(), "email", settings)
+
+
+def test_spamicity_formula():
+    out = np.array([[0.9, 0.1], [0.5, 0.5], [0.0, 0.0]])
+    s = spamicity(out, 0.9, 0.1)
+    assert s[0] == pytest.approx(0.09 / (0.09 + 0.09))
+    assert s[1] == pytest.approx(0.1)
+    assert s[2] == 0.5  # no output at all: undecided, never a crash
+
+
+def test_trained_model_separates_and_round_trips(tiny_model, tmp_path):
+    msgs = [make_message("offer", "cheap viagra free money", "deals@spam.biz"),
+            make_message("notes", "agenda for the meeting tomorrow")]
+    before = tiny_model.score(msgs)
+    assert before[0] > before[1]
+    tiny_model.save(tmp_path / "m")
+    loaded = Model.load(tmp_path / "m")
+    assert np.array_equal(loaded.score(msgs), before)
+    assert loaded.words == tiny_model.words
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["format_version"] == 1 and meta["n_inputs"] == len(tiny_model.words)
+    # saving over an existing model replaces it and leaves no temp dirs behind
+    tiny_model.save(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_learn_moves_the_score(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    m = Model.load(tmp_path / "m")
+    msg = make_message("notes", "agenda cheap offer meeting")
+    before = m.score([msg])[0]
+    learn(m, [msg], "spam", epochs=5)
+    assert m.score([msg])[0] > before
+    assert m.summary["learned_messages"] == 1
+
+
+def _break(path, how):
+    j, w = path / "model.json", path / "weights.npz"
+    if how == "missing-dir":
+        import shutil
+
+        shutil.rmtree(path)
+    elif how == "missing-json":
+        j.unlink()
+    elif how == "bad-json":
+        j.write_text("{not json")
+    elif how == "truncated-weights":
+        w.write_bytes(w.read_bytes()[:100])
+    elif how == "missing-weights":
+        w.unlink()
+    elif how == "version":
+        meta = json.loads(j.read_text())
+        meta["format_version"] = 99
+        j.write_text(json.dumps(meta))
+    elif how == "mismatch":
+        meta = json.loads(j.read_text())
+        meta["words"] = meta["words"][:-1]
+        meta.pop("weights_sha256")
+        j.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "how, file, problem",
+    [
+        ("missing-dir", "m", "no such model"),
+        ("missing-json", "model.json", "missing"),
+        ("bad-json", "model.json", "not valid JSON"),
+        ("truncated-weights", "weights.npz", "checksum"),
+        ("missing-weights", "weights.npz", "missing"),
+        ("version", "model.json", "format version 99"),
+        ("mismatch", "weights.npz", "lists"),
+    ],
+)
+def test_bad_models_fail_with_one_line(tiny_model, tmp_path, how, file, problem):
+    tiny_model.save(tmp_path / "m")
+    _break(tmp_path / "m", how)
+    with pytest.raises(ModelError) as err:
+        Model.load(tmp_path / "m")
+    assert file in str(err.value) and problem in str(err.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnspam", "inspect", "-m", str(tmp_path / "m")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert problem in proc.stderr
+
+
+def test_truncated_weights_without_checksum(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    j = tmp_path / "m" / "model.json"
+    meta = json.loads(j.read_text())
+    meta.pop("weights_sha256")
+    j.write_text(json.dumps(meta))
+    w = tmp_path / "m" / "weights.npz"
+    w.write_bytes(w.read_bytes()[:-200])
+    with pytest.raises(ModelError, match="weights.npz: unreadable"):
+        Model.load(tmp_path / "m")
+
+
+def test_shipped_models_load():
+    for name, kind in (("default", "email"), ("default-sms", "sms")):
+        m = Model.load(name)
+        assert m.kind == kind
+        assert m.summary.get("provenance", {}).get("trained_on")
