@@ -274,7 +274,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ncfg = net.get_config()
     print(f"Model:       {args.model or cfg['model']}")
     print(f"Kind:        {model.kind}")
-    print(f"Network:     {len(model.words)} inputs -> {ncfg.get('n_hidden')} hidden "
+    print(f"Network:     {len(model.words)} inputs -> {net.hidden_size} hidden "
           f"({ncfg.get('hidden_activation')}) -> 2 outputs ({ncfg.get('output')})")
     print(f"Features:    {model.scaling} scaling of word counts")
     print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "

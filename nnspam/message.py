@@ -19,10 +19,16 @@ Decisions that callers may care about:
   exactly "one entry per text part"; the text parts inside the nested message do count.
 * ``texts`` has one entry per text leaf part (any ``text/*`` that is not
   ``Content-Disposition: attachment``), even if the entry is empty. ``text/html`` is
-  converted by ``html_to_text``; other text is returned with CRLF normalised to LF. A
-  leaf that claims ``multipart/*`` or ``message/*`` but has no parsed structure (for
-  example a multipart without a boundary) is treated as ``text/plain`` because its body
-  is usually the real message text.
+  converted by ``html_to_text`` (the ``<title>`` text is kept: it is spam-typical);
+  other text keeps its line breaks, with CRLF normalised to LF. A leaf that claims
+  ``multipart/*`` or ``message/*`` but has no parsed structure (for example a multipart
+  without a boundary) is treated as ``text/plain`` because its body is usually the real
+  message text. Parsed non-text containers such as ``message/delivery-status`` become an
+  attachment of size 0.
+* Charsets: ``iso-8859-1`` is read as cp1252 (as browsers do); GB2312/GBK, EUC-KR/
+  ks_c_5601-1987, Shift_JIS and Big5 are read with their Microsoft supersets. Raw 8-bit
+  header bytes are tried as utf-8, then as the first charset the body declares, then
+  cp1252.
 * ``link_hosts`` is de-duplicated, in order of first appearance. ``mailto:`` links are
   ignored (they are addresses, not hosts a browser visits). Besides ``href``/``src``/
   ``action`` we also read ``background`` attributes (spam uses them for tracking
@@ -34,6 +40,8 @@ Decisions that callers may care about:
   ``part-truncated``, ``too-many-parts``, ``too-deep``, and the stdlib parser's own
   defects as ``mime:<kebab-name>`` (e.g. ``mime:close-boundary-not-found`` for a
   truncated multipart). Each defect appears at most once.
+* Nesting deeper than the stdlib parser's recursion allows (thousands of levels) ends
+  in ``parse-error:RecursionError`` and the raw-body fallback; we never raise.
 """
 
 from __future__ import annotations
@@ -43,8 +51,9 @@ import codecs
 import email
 import email.message
 import email.policy
-import html
+import html as _html  # aliased: html_to_text's parameter is named `html`
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote
@@ -126,6 +135,7 @@ _CHARSET_ALIASES = {
     "ks_c_5601": "cp949",
     "ksc5601": "cp949",
     "euc-kr": "cp949",
+    "euc_kr": "cp949",  # Python's canonical name, reached via other aliases
     "x-sjis": "cp932",
     "shift_jis": "cp932",
     "shift-jis": "cp932",
@@ -385,7 +395,7 @@ def _url_host(url: str) -> str | None:
     """
     url = url.strip()
     if "&" in url:
-        url = html.unescape(url)  # "&#104;ttp://" obfuscation and plain "&amp;"
+        url = _html.unescape(url)  # "&#104;ttp://" obfuscation and plain "&amp;"
     if "\n" in url or "\t" in url or "\r" in url:
         url = "".join(url.split())  # browsers ignore these inside URLs
     head = url[:8].lower()
@@ -412,15 +422,11 @@ def _url_host(url: str) -> str | None:
     return None
 
 
-def _text_hosts(text: str, hosts: list[str], low: str | None = None) -> None:
-    """Append hosts of ``http(s)://`` and ``www.`` URLs found in plain text, in order.
-
-    ``low`` is ``text.lower()`` if the caller already has it.
-    """
-    if low is None:
-        if "http" not in text and "www" not in text and not _maybe_url_upper(text):
-            return  # cheap substring checks spare the lowercasing and regex scans
-        low = text.lower()
+def _text_hosts(text: str, hosts: list[str]) -> None:
+    """Append hosts of ``http(s)://`` and ``www.`` URLs found in plain text, in order."""
+    if "http" not in text and "www" not in text and not _maybe_url_upper(text):
+        return  # cheap substring checks spare the lowercasing and regex scans
+    low = text.lower()
     found = [(m.start(), m.group(0)) for m in _HTTP_URL_RE.finditer(low)]
     if "www." in low:
         # "www." inside an http URL yields the same host again; the dedupe drops it.
@@ -488,7 +494,7 @@ _TAG_RE = re.compile(r"<[A-Za-z/!?][^>]*>")
 _INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 
 
-def html_to_text(html_src: str) -> tuple[str, list[str]]:
+def html_to_text(html: str) -> tuple[str, list[str]]:
     """Convert HTML to visible text and collect link hosts.
 
     Regex-based on purpose: it is several times faster than ``html.parser`` and good
@@ -497,7 +503,7 @@ def html_to_text(html_src: str) -> tuple[str, list[str]]:
     ``href``/``src``/``action``/``background`` URLs plus bare URLs in the visible text.
     """
     hosts: list[str] = []
-    text = html_src
+    text = html
     if "<" in text:
         if "<!--" in text:
             text = _COMMENT_RE.sub("", text)
@@ -515,7 +521,7 @@ def html_to_text(html_src: str) -> tuple[str, list[str]]:
         text = _BLOCK_TAG_RE.sub(" ", text)
         text = _TAG_RE.sub("", text)
     if "&" in text:
-        text = html.unescape(text)
+        text = _html.unescape(text)
     if not text.isascii():
         for ch in _INVISIBLE:
             if ch in text:
@@ -650,21 +656,46 @@ def _charset_param(ct_raw: str | None) -> str | None:
     return (m.group(1) or m.group(2) or m.group(3) or "").strip().lower() or None
 
 
+_RAW_PARAM_RES = (
+    (
+        "content-disposition",
+        re.compile(r"""(?<![\w*-])filename\s*=\s*(?:"([^"]*)"|([^;\s]+))""", re.I),
+    ),
+    ("content-type", re.compile(r"""(?<![\w*-])name\s*=\s*(?:"([^"]*)"|([^;\s]+))""", re.I)),
+)
+
+
 def _filename(
-    part: email.message.Message, defects: _Defects, hint: str | None = None
+    part: email.message.Message,
+    hdrs: dict[str, str],
+    defects: _Defects,
+    hint: str | None = None,
 ) -> str | None:
-    """Decoded attachment file name (RFC 2231 via the stdlib, then RFC 2047)."""
-    try:
-        name = part.get_filename()
-    except Exception:
-        return None
+    """Decoded attachment file name (RFC 2231 via the stdlib, then RFC 2047).
+
+    Raw 8-bit names are read from the header ourselves: the stdlib would turn those
+    bytes into U+FFFD before we could decode them.
+    """
+    name = None
+    for header, param_re in _RAW_PARAM_RES:
+        value = hdrs.get(header)
+        if value and not value.isascii():
+            m = param_re.search(value)
+            if m:
+                name = m.group(1) if m.group(1) is not None else m.group(2)
+                break
+    if name is None:
+        try:
+            name = part.get_filename()
+        except Exception:
+            return None
     if not name:
         return None
     name = _decode_header_value(name, defects, hint)
     return name or None
 
 
-def _walk_leaves(msg: email.message.Message, defects: _Defects):
+def _walk_leaves(msg: email.message.Message, defects: _Defects) -> Iterator[email.message.Message]:
     """Yield leaf parts depth-first, in document order, without recursion.
 
     Also records every part's parser defects. ``email.message.Message.walk`` recurses
@@ -723,7 +754,7 @@ def _parse(
         structured = isinstance(getattr(part, "_payload", None), list)
         if structured or is_attachment or maintype not in ("text", "multipart", "message"):
             size = 0 if structured else len(_payload_bytes(part, cte, defects))
-            filename = _filename(part, defects, charset)
+            filename = _filename(part, hdrs, defects, charset)
             result.attachments.append(Attachment(ctype, filename, size))
             continue
         data = _payload_bytes(part, cte, defects)

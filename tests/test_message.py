@@ -127,7 +127,9 @@ def test_non_bytes_input_is_accepted():
 
 def test_base64_utf8_text():
     pm = parse("base64_utf8.eml")
-    assert pm.texts == ["Grüße aus München — price: 10 €\nSecond line with https://Example.org/path\n"]
+    assert pm.texts == [
+        "Grüße aus München — price: 10 €\nSecond line with https://Example.org/path\n"
+    ]
     assert pm.link_hosts == ["example.org"]
     assert pm.defects == []
 
@@ -206,7 +208,8 @@ def test_invalid_bytes_for_declared_charset():
 def _text_message(charset: str, body: bytes, cte: str = "8bit") -> bytes:
     return (
         f"Content-Type: text/plain; charset={charset}\n"
-        f"Content-Transfer-Encoding: {cte}\n\n".encode() + body
+        f"Content-Transfer-Encoding: {cte}\n\n".encode()
+        + body
     )
 
 
@@ -440,6 +443,22 @@ def test_attachments_with_rfc2231_and_rfc2047_filenames():
     assert pm.defects == []
 
 
+def test_attachment_filename_variants():
+    raw = (
+        "Content-Type: multipart/mixed; boundary=B\n\n"
+        "--B\nContent-Type: application/pdf\n"
+        'Content-Disposition: attachment; filename="Grüße.pdf"\n\nxx\n'  # raw utf-8
+        "--B\nContent-Type: application/zip; name=Ärger.zip\n\nxx\n"  # name= only
+        "--B\nContent-Type: application/octet-stream\n"
+        "Content-Disposition: attachment; filename*0*=utf-8''Teil%20;"
+        ' filename*1="zwei.bin"\n\nxx\n'  # RFC 2231 continuations
+        "--B\nContent-Type: image/png\n\nxx\n"  # no name at all
+        "--B--\n"
+    ).encode()
+    names = [a.filename for a in parse_message(raw).attachments]
+    assert names == ["Grüße.pdf", "Ärger.zip", "Teil zwei.bin", None]
+
+
 def test_nested_message_rfc822():
     pm = parse("nested_rfc822.eml")
     assert pm.content_types == ["text/plain", "text/plain", "text/html"]
@@ -542,7 +561,7 @@ def test_junk_headers_and_bodies():
         b"Content-Type: \xff\xfe/\x00; charset=\xff\n\n\xff\xfe",
         b"Content-Type: text/html; charset=utf-16\n\n\xff\xfeh\x00i\x00",
         b"Content-Type: text/html; charset=utf-16\n\n\xff",
-        b"Content-Type: multipart/mixed; boundary=\"\"\n\n--\n\n----\n",
+        b'Content-Type: multipart/mixed; boundary=""\n\n--\n\n----\n',
         b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\naGk=\n",
         b"Content-Type: text/plain; charset*=utf-8''%FF\n\nx",
         b"Content-Disposition: attachment; filename*0*=bogus''%ZZ; filename*1=x\n\nx",
