@@ -109,6 +109,24 @@ def _labelled_samples(args: argparse.Namespace, part: str | None):
     return None
 
 
+def _find_shared_corpora() -> tuple[str, str] | None:
+    """The SpamAssassin split of the shared development corpora, if present:
+    $NNSPAM_CORPORA, else ../shared/corpora from here or from the source tree."""
+    import os
+    from pathlib import Path
+
+    candidates = []
+    if os.environ.get("NNSPAM_CORPORA"):
+        candidates.append(Path(os.environ["NNSPAM_CORPORA"]))
+    candidates.append(Path.cwd().parent / "shared" / "corpora")
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "corpora")
+    for c in candidates:
+        split, tar = c / "splits" / "spamassassin.tsv", c / "spamassassin.tar.xz"
+        if split.is_file() and tar.is_file():
+            return str(split), str(tar)
+    return None
+
+
 def _progress_printer(enabled: bool):
     if not enabled:
         return None
@@ -233,10 +251,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     cfg = _config(args)
     h, s, t = _bias(args, cfg)
     samples = _labelled_samples(args, "test")
+    if samples is None and not args.ham and not args.spam:
+        found = _find_shared_corpora()
+        if found is None:
+            raise UsageError("give --ham PATH and --spam PATH (e.g. --ham ~/Maildir --spam "
+                             "~/Maildir/.Junk), or --split/--corpus, or --sms FILE --split FILE")
+        args.split, args.corpus = found
+        print(f"nnspam: testing on the test part of {args.split}", file=sys.stderr)
+        samples = _labelled_samples(args, "test")
     if samples is None:
         if not args.ham or not args.spam:
-            raise UsageError("give --ham PATH and --spam PATH, or --split/--corpus, "
-                             "or --sms FILE --split FILE")
+            raise UsageError("give both --ham PATH and --spam PATH")
         samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     t0 = time.perf_counter()
@@ -375,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--faithful", action="store_true",
                     help="the original NNSpam design: spam-only top-n word list, raw counts, "
                     "sigmoid units, plain backpropagation")
-    sp.add_argument("-n", "--size", type=int, metavar="N", help="input words (config: wordlist.size)")
+    sp.add_argument("-n", "--size", type=int, metavar="N",
+                    help="input words (config: wordlist.size)")
     sp.add_argument("--method", choices=("freq", "ig", "chi2"),
                     help="word selection (config: wordlist.method)")
     sp.add_argument("--scaling", choices=("count", "log", "binary", "lognorm"),
@@ -402,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("test", "evaluate a model on labelled mail: the NNSpam results table",
              "Classify labelled messages (the test part of a split, or --ham/--spam paths) "
              "and print the original NNSpam results table with accuracy, spam caught, ham "
-             "lost, F1, MCC and ROC AUC.")
+             "lost, F1, MCC and ROC AUC. With no messages named, the test part of the "
+             "SpamAssassin split in the shared development corpora ($NNSPAM_CORPORA or "
+             "../shared/corpora), when it is there.")
     _add_model(sp)
     sp.add_argument("--ham", nargs="+", metavar="PATH")
     sp.add_argument("--spam", nargs="+", metavar="PATH")

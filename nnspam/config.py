@@ -35,14 +35,14 @@ DEFAULTS: dict[str, Any] = {
     "max_part_bytes": 262144,
     "wordlist": {
         "method": "ig",  # freq (original: spam-only top n) | ig | chi2
-        "size": 1000,  # n: input neurons
-        "min_df": 3,  # ig/chi2: a word must occur in at least this many messages
+        "size": 8000,  # n: input neurons
+        "min_df": 2,  # ig/chi2: a word must occur in at least this many messages
     },
     "features": {
-        "scaling": "log",  # count | log | binary | lognorm
+        "scaling": "binary",  # count | log | binary | lognorm
     },
     "network": {
-        "hidden": None,  # hidden units; null = as many as inputs (the original design)
+        "hidden": 128,  # hidden units; null = as many as inputs (the original design)
         "hidden_activation": "relu",  # relu | tanh | sigmoid
         "output": "softmax",  # softmax | sigmoid
         "loss": "xent",  # xent | mse
@@ -62,8 +62,8 @@ DEFAULTS: dict[str, Any] = {
     # above for SMS, where messages are short and the vocabulary small.
     "sms": {
         "model": "default-sms",
-        "wordlist": {"method": "ig", "size": 1000, "min_df": 2},
-        "features": {"scaling": "log"},
+        "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
+        "features": {"scaling": "binary"},
         "network": {},
     },
 }

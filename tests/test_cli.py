@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 from nnspam.evaluate import roc_auc
+
+from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 
 
 def nnspam(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -84,7 +85,7 @@ def test_classify_paths_and_stdin(small_model, sa_corpus):
 def test_inspect_and_learn(small_model, sa_corpus, tmp_path):
     r = nnspam("inspect", "-m", str(small_model))
     out = r.stdout.decode()
-    assert r.returncode == 0 and "300 inputs -> 300 hidden" in out and "Input words" in out
+    assert r.returncode == 0 and "300 inputs -> 128 hidden" in out and "Input words" in out
     one = sorted((sa_corpus / "easy_ham").iterdir())[0]
     import shutil
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import ROOT
 from nnspam.config import DEFAULTS, ConfigError, load_config, sms_training
+
+from conftest import ROOT
 
 
 def test_config_yaml_documents_exactly_the_defaults():

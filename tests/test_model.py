@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_message
 from nnspam import config as C
 from nnspam.corpus import Sample
 from nnspam.model import Model, ModelError, spamicity
 from nnspam.training import learn, train_model
+
+from conftest import make_message
 
 SPAM_WORDS = ["viagra cheap pills offer", "win money now free offer", "cheap loans free money"]
 HAM_WORDS = ["meeting agenda tomorrow notes", "patch review for the kernel build",
