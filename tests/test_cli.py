@@ -172,3 +172,12 @@ def test_default_tar_corpus_is_readable():
 
     test = load_split_samples(str(SA_SPLIT), str(SA_TAR), "test")
     assert len(test) == 1855
+
+
+@needs_corpora
+def test_plot_writes_png(small_split, small_model, sa_corpus, tmp_path):
+    png = tmp_path / "roc.png"
+    r = nnspam("test", "-m", str(small_model), "--split", str(small_split), "--corpus",
+               str(sa_corpus), "--plot", str(png))
+    assert r.returncode == 0, r.stderr.decode()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
