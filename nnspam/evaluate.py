@@ -165,6 +165,7 @@ def plot(path: str, y: np.ndarray, spamicities: np.ndarray, threshold: float,
     ax1.plot(np.maximum(fpr * 100, 1e-3), (1 - tpr) * 100, drawstyle="steps-post")
     ax1.set_xscale("log")
     ax1.set_yscale("symlog", linthresh=0.1)
+    ax1.set_ylim(0, 100)
     ax1.set_xlabel("ham lost (% of ham, log scale)")
     ax1.set_ylabel("spam missed (% of spam)")
     ax1.set_title(f"ROC, 1-ROCA = {(1 - roc_auc(y, s)) * 100:.3f}%")
@@ -172,8 +173,12 @@ def plot(path: str, y: np.ndarray, spamicities: np.ndarray, threshold: float,
     order = np.r_[np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
     err = np.abs(y[order] - s[order])
     wrong = (y[order] == 1) != (s[order] >= threshold)
-    ax2.bar(np.arange(len(order)), err, width=1.0,
-            color=np.where(wrong, "tab:red", "tab:blue"))
+    # vlines, not bars: a bar one pixel wide can vanish when the chart is drawn
+    x = np.arange(len(order))
+    ax2.vlines(x[~wrong], 0, err[~wrong], color="tab:blue", lw=0.8)
+    ax2.vlines(x[wrong], 0, err[wrong], color="tab:red", lw=1.2,
+               label=f"misclassified ({int(wrong.sum())})")
+    ax2.legend(loc="upper right")
     ax2.axvline((y == 1).sum() - 0.5, color="k", lw=0.8)
     ax2.set_xlabel("message (spam first, then ham)")
     ax2.set_ylabel("error |target - spamicity|")
