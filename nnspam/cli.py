@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str, desc: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=desc, epilog=EPILOG,
+        sp = sub.add_parser(name, help=help, description=textwrap.fill(desc, 78), epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config(sp)
         return sp
