@@ -57,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
         "patience": 8,  # early stopping: epochs without a better validation loss
         "validation_fraction": 0.1,  # held back from the training data
         "seed": 1,
+        # After early stopping: none, or swa = retrain on all the training data
+        # for twice the best epoch count and average the weights of the second
+        # half (helps small corpora such as SMS; see training.refit_swa).
+        "refit": "none",
     },
     # Settings for SMS models (nnspam train --sms): these override the ones
     # above for SMS, where messages are short and the vocabulary small.
@@ -64,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "model": "default-sms",
         "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
         "features": {"scaling": "binary"},
-        "network": {},
+        "network": {"refit": "swa"},
     },
 }
 

@@ -80,10 +80,49 @@ def labels_of(samples: Sequence[Sample]) -> np.ndarray:
 
 
 def network_from_settings(n_inputs: int, net: dict[str, Any]) -> Network:
-    """Build an untrained network from the ``network:`` settings."""
+    """Build an untrained network from the ``network:`` settings (``refit``
+    is a training procedure, not part of the network)."""
     cfg = dict(net)
     hidden = cfg.pop("hidden", None)
+    cfg.pop("refit", None)
     return Network(n_inputs=n_inputs, n_hidden=hidden, **cfg)
+
+
+REFITS = ("none", "swa")
+
+
+def refit_swa(net: Network, X: np.ndarray, y: np.ndarray, net_settings: dict[str, Any],
+              progress: Progress | None = None) -> tuple[Network, dict[str, Any]]:
+    """Retrain on all the training data, held-back part included, and average
+    the weights along the way (stochastic weight averaging).
+
+    Early stopping found the best epoch E on the held-back part; the refit
+    runs 2E epochs on everything with the same seed and returns the mean of
+    the weights after epochs E..2E. It is still one network of the same
+    shape: the weights come from one training run. Measured on the SMS split
+    over seeds 1-3: spam missed 17/26/16 -> 14/14/13 with no ham lost,
+    i.e. less dependence on which 10% was held back. On the SpamAssassin
+    split it made the ranking worse (1-ROCA 0.012% -> 0.019%), so email
+    models do not use it (config: ``network.refit``).
+    """
+    best = max(1, int(getattr(net, "best_epoch_", 1) or 1))
+    cfg = {**net_settings, "validation_fraction": 0.0, "max_epochs": 2 * best, "patience": 0}
+    final = network_from_settings(net.n_inputs, cfg)
+    total: dict[str, np.ndarray] = {}
+    count = 0
+
+    def accumulate(epoch: int, *rest: float) -> None:
+        nonlocal count
+        if progress is not None:
+            progress(epoch, *rest)
+        if epoch >= best:
+            for k, v in final.get_weights().items():
+                total[k] = total.get(k, 0.0) + v.astype(np.float64)
+            count += 1
+
+    final.fit(X, y, progress=accumulate)
+    final.set_weights({k: (v / count).astype(np.float32) for k, v in total.items()})
+    return final, {"method": "swa", "epochs": 2 * best, "averaged_from_epoch": best}
 
 
 def train_model(
@@ -124,6 +163,9 @@ def train_model(
     else:
         wl_method = "file"
     words = [w for _, w in wordlist]
+    refit = settings["network"].get("refit", "none") or "none"
+    if refit not in REFITS:
+        raise ValueError(f"unknown network.refit {refit!r} (use one of {REFITS})")
     net = network_from_settings(len(words), settings["network"])
     model = Model(
         words=words, network=net, kind=kind, scaling=settings["features"]["scaling"],
@@ -133,16 +175,21 @@ def train_model(
     t1 = time.perf_counter()
     X = model.features(toks)
     net.fit(X, y, progress=progress)
+    history, best_epoch = list(net.history_ or []), net.best_epoch_
+    refit_info = None
+    if refit == "swa":
+        net, refit_info = refit_swa(net, X, y, settings["network"], progress)
+        model.network = net
     t_fit = time.perf_counter() - t1
     model.summary = {
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nnspam_version": __version__,
         "messages": {"ham": int((y == 0).sum()), "spam": int((y == 1).sum())},
         "wordlist": {"method": wl_method, "size": len(words), "min_df": wcfg.get("min_df")},
-        "epochs": len(getattr(net, "history_", []) or []),
-        "best_epoch": getattr(net, "best_epoch_", None),
-        "final_validation": (net.history_[net.best_epoch_ - 1]
-                             if getattr(net, "history_", None) and net.best_epoch_ else None),
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "final_validation": history[best_epoch - 1] if history and best_epoch else None,
+        "refit": refit_info,
         "seconds": {"tokenize": round(t_tok, 3), "fit": round(t_fit, 3)},
         "learned_messages": 0,
     }

@@ -141,3 +141,21 @@ def test_shipped_models_load():
         m = Model.load(name)
         assert m.kind == kind
         assert m.summary.get("provenance", {}).get("trained_on")
+
+
+def test_swa_refit_keeps_the_shape_and_records_itself():
+    settings = C.email_training(C.DEFAULTS)
+    settings["wordlist"].update(size=40, min_df=2)
+    settings["network"].update(max_epochs=30, validation_fraction=0.25, refit="swa")
+    m = train_model(tiny_samples(), "email", settings)
+    info = m.summary["refit"]
+    assert info["method"] == "swa" and info["epochs"] == 2 * m.summary["best_epoch"]
+    w = m.network.get_weights()
+    assert w["W1"].shape == (len(m.words), 128)
+    msgs = [make_message("offer", "cheap viagra free money", "deals@spam.biz"),
+            make_message("notes", "agenda for the meeting tomorrow")]
+    s = m.score(msgs)
+    assert s[0] > s[1]
+    settings["network"]["refit"] = "magic"
+    with pytest.raises(ValueError, match="refit"):
+        train_model(tiny_samples(), "email", settings)
