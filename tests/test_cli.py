@@ -181,3 +181,29 @@ def test_plot_writes_png(small_split, small_model, sa_corpus, tmp_path):
                str(sa_corpus), "--plot", str(png))
     assert r.returncode == 0, r.stderr.decode()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+
+
+def test_convert_command(tmp_path):
+    box = tmp_path / "box"
+    box.write_bytes(b"From a@x Mon Jan  1 00:00:00 2024\nSubject: 1\n\none\n\n"
+                    b"From b@x Mon Jan  1 00:00:00 2024\nSubject: 2\n\ntwo\n")
+    r = nnspam("convert", "mbox", str(box), str(tmp_path / "md"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 2
+    r = nnspam("convert", "mbox", str(tmp_path / "missing"), str(tmp_path / "md2"))
+    assert r.returncode == 2 and b"missing" in r.stderr
+
+
+def test_classifying_imports_only_numpy_and_the_standard_library(tmp_path):
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"From: a@example.org\nSubject: hello\n\nfree money now\n")
+    code = (
+        "import sys\n"
+        "from nnspam.model import Model\n"
+        f"m = Model.load('default'); m.score([open({str(msg)!r}, 'rb').read()])\n"
+        "heavy = {'sklearn', 'scipy', 'yaml', 'matplotlib', 'tensorflow', 'flask'}\n"
+        "print(sorted(heavy & {k.split('.')[0] for k in sys.modules}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
