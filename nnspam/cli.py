@@ -321,16 +321,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.training import learn
 
     cfg = _config(args)
+    target = args.model or cfg["model"]
+    if target in ("default", "default-sms", "default-email"):
+        raise UsageError("the shipped default model is read-only: train your own with "
+                         "'nnspam train ... -m DIR' or give -m DIR")
     model = _load_model(args, cfg)
     label = "spam" if args.spam else "ham"
     payloads = [x.payload for x in iter_messages(args.paths)]
     if not payloads:
         return _die("no messages found", 1)
     learn(model, payloads, label, epochs=args.epochs)
-    target = args.model or cfg["model"]
-    if target in ("default", "default-sms", "default-email"):
-        raise UsageError("the shipped default model is read-only: train your own with "
-                         "'nnspam train ... -m DIR' or give -m DIR")
     model.save(target)
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
     return 0
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="word selection (config: wordlist.method)")
     sp.add_argument("--scaling", choices=("count", "log", "binary", "lognorm"),
                     help="input scaling (config: features.scaling)")
-    sp.add_argument("--hidden", type=int, metavar="H", help="hidden units (default: = inputs)")
+    sp.add_argument("--hidden", type=int, metavar="H", help="hidden units (config: network.hidden)")
     sp.add_argument("--epochs", type=int, metavar="E", help="maximum epochs")
     sp.add_argument("--seed", type=int, help="random seed (config: network.seed)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -207,3 +207,10 @@ def test_classifying_imports_only_numpy_and_the_standard_library(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_learn_refuses_the_shipped_model(tmp_path):
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: x\n\ny\n")
+    r = nnspam("learn", "-m", "default", "--spam", str(msg))
+    assert r.returncode == 2 and b"read-only" in r.stderr
