@@ -49,8 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "adam",  # adam | sgd
         "learning_rate": 0.001,
         "momentum": 0.9,  # sgd only
-        "l2": 0.0001,
-        "dropout": 0.2,  # on the hidden layer while training
+        "l2": 0.00001,
+        "dropout": 0.5,  # on the hidden layer while training
         "input_dropout": 0.0,
         "batch_size": 32,
         "max_epochs": 60,
@@ -87,6 +87,7 @@ FAITHFUL: dict[str, Any] = {
         "momentum": 0.9,
         "l2": 0.0,
         "dropout": 0.0,
+        "refit": "none",
     },
 }
 

@@ -29,9 +29,9 @@ def test_default_email_model_on_spamassassin_test_split():
     assert "train part" in model.summary["provenance"]["trained_on"]
     ev = _evaluate(model, load_split_samples(str(SA_SPLIT), str(SA_TAR), "test"))
     assert (ev.n_ham, ev.n_spam) == (1288, 567)
-    assert ev.false_positives <= 1  # measured: 0
-    assert ev.false_negatives <= 26  # measured: 23 (4.1%)
-    assert ev.roc_auc >= 0.9998  # measured: 0.99988
+    assert ev.false_positives <= 1  # target; measured: 0
+    assert ev.false_negatives <= 24  # target is 8 (1.5%), not met; measured: 21 (3.7%)
+    assert ev.roc_auc >= 0.9996  # target; measured: 0.99991
 
 
 @needs_corpora
@@ -41,6 +41,6 @@ def test_default_sms_model_on_sms_test_split():
                                              sms_file=str(SMS_FILE)))
     assert (ev.n_ham, ev.n_spam) == (1481, 213)
     assert ev.false_positives <= 2  # target <= 0.2%; measured: 0
-    assert ev.spam_caught >= 0.93  # target; measured: 93.4% (199 of 213)
-    assert ev.accuracy >= 0.989  # target; measured: 99.17%
-    assert np.isfinite(ev.roc_auc) and ev.roc_auc >= 0.994  # measured: 0.9952
+    assert ev.spam_caught >= 0.93  # target; measured: 94.4% (201 of 213)
+    assert ev.accuracy >= 0.989  # target; measured: 99.29%
+    assert np.isfinite(ev.roc_auc) and ev.roc_auc >= 0.994  # measured: 0.9959
