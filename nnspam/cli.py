@@ -313,6 +313,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     counts = model.wordlist_counts or [0] * len(model.words)
     for c, w in zip(counts, shown, strict=False):
         print(f"  {c}\t{w}")
+    st = model.adaptive
+    if st is not None:
+        recent = st.log[-10:]
+        print(f"Adaptive inputs: policy {st.settings['policy']}, "
+              f"{'enabled' if st.settings['enabled'] else 'disabled'}, "
+              f"{st.step} messages seen, {st.replacements} replacements, "
+              f"{len(st.candidates)} candidates; latest {len(recent)}:")
+        for r in reversed(recent):
+            print(f"  {r.get('time', '?')}  input {r.get('index')}: {r.get('old')} -> "
+                  f"{r.get('new')} (activity {r.get('old_activity')}, "
+                  f"score {r.get('new_score')})")
     return 0
 
 
@@ -368,6 +379,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     n = convert_mbox(args.mbox, args.maildir)
     print(f"nnspam: wrote {n} messages to {args.maildir}", file=sys.stderr)
     return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    """Normally reached through the fast path in :func:`main`."""
+    from nnspam.pipefilter import run
+
+    return run(args)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """Run the maildir daemon until SIGTERM (see nnspam/daemon.py)."""
+    from nnspam.daemon import Daemon, DaemonError, settings_from_config, setup_logging
+
+    setup_logging()
+    cfg = _config(args)
+    try:
+        settings = settings_from_config(cfg, args.maildir, args.model)
+        return Daemon(settings, args.config, args.maildir, args.model).run()
+    except DaemonError as exc:
+        return _die(str(exc))
 
 
 # -- parser --------------------------------------------------------------------
@@ -483,10 +514,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("mbox", metavar="MBOX")
     sp.add_argument("maildir", metavar="MAILDIR")
     sp.set_defaults(func=cmd_convert)
+
+    sp = add("daemon", "watch maildirs: move spam to .Junk, learn from corrections",
+             "Watch the new/ directory of each inbox maildir (daemon.maildirs in the config, "
+             "or --maildir) with inotify; move spam into the Maildir++ Junk folder, leave ham, "
+             "and learn from messages moved into or out of Junk. Runs until SIGTERM; SIGHUP "
+             "reloads the config and the model. Logs one line per decision on stderr and "
+             "speaks the systemd notify protocol (Type=notify).")
+    _add_model(sp)
+    sp.add_argument("--maildir", action="append", metavar="DIR",
+                    help="inbox maildir to watch (repeatable; replaces daemon.maildirs)")
+    sp.set_defaults(func=cmd_daemon)
+
+    from nnspam import pipefilter
+
+    sp = sub.add_parser("filter", help="pipe filter: add X-NNSpam headers to one message",
+                        description=textwrap.fill(pipefilter.DESCRIPTION, 78))
+    pipefilter.add_arguments(sp)
+    sp.set_defaults(func=cmd_filter)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["filter"]:
+        # The pipe filter runs once per delivered message: dispatch before the
+        # full parser is built and anything but the filter's own code is loaded.
+        from nnspam.pipefilter import main as filter_main
+
+        return filter_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

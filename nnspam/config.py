@@ -62,6 +62,23 @@ DEFAULTS: dict[str, Any] = {
         # half (helps small corpora such as SMS; see training.refit_swa).
         "refit": "none",
     },
+    # Adaptive input words (nnspam/adaptive.py): rarely activated input words
+    # are replaced by words that became frequent in the mail stream.
+    "adaptive": {
+        "enabled": True,
+        "policy": "lfu-ig",  # lfu | lfu-ig
+        "init": "class",  # new input's weights: zero | class (from inputs of its class)
+        "half_life": 500,  # aging of all counts, in messages
+        "candidates": 20000,  # candidate table size (bounded at twice this)
+        "cadence": 100,  # a replacement step every this many messages
+        "max_replacements": 20,  # at most this many inputs replaced per step
+        "margin": 2.0,  # candidate score must exceed margin * activity + min_count
+        "min_count": 3.0,
+        "pseudo_label_confidence": 0.9,  # lfu-ig: verdicts this sure count per class
+        "log_size": 200,  # replacements kept in the model's log
+        "learn_on_confident": False,  # daemon: also learn from confident verdicts
+        "confident_margin": 0.45,  # ... spamicity >= threshold+m or <= threshold-m
+    },
     # Settings for SMS models (nnspam train --sms): these override the ones
     # above for SMS, where messages are short and the vocabulary small.
     "sms": {
@@ -69,6 +86,22 @@ DEFAULTS: dict[str, Any] = {
         "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
         "features": {"scaling": "binary"},
         "network": {"refit": "swa"},
+    },
+    # The pipe filter (nnspam filter).
+    "filter": {
+        "max_size": 524288,  # bytes; bigger messages pass through unclassified
+        "unsure": None,  # null, or [low, high]: --verdict-exit 2 for low <= spamicity < high
+    },
+    # The maildir daemon (nnspam daemon; README "Maildir daemon").
+    "daemon": {
+        "maildirs": [],  # inbox maildirs to watch (--maildir DIR replaces the list)
+        "junk": ".Junk",  # Maildir++ folder spam is moved to (created if missing)
+        "state": "~/.local/state/nnspam/daemon.sqlite3",  # decisions (SQLite)
+        "checkpoint_every": 10,  # save the model after this many learned updates
+        "learn_from_corrections": True,  # learn moves into / out of Junk
+        "learn_epochs": 3,  # partial_fit passes per correction
+        "max_message_bytes": 10485760,  # bigger messages are left unclassified
+        "rescan_interval": 3600,  # seconds between safety rescans; 0 = only at start
     },
 }
 

@@ -9,6 +9,12 @@ On disk a model is a directory holding
 ``weights.npz``
     the network's weight matrices (NumPy's uncompressed zip of arrays).
 
+Optionally (models that adapted their inputs, ``nnspam.adaptive``):
+``model.json`` holds an ``adaptive`` object (settings, candidate table,
+replacement log) and ``weights.npz`` the arrays ``adaptive_activity`` and
+``adaptive_by_class`` (aged activity per input, overall and per class).
+Models without them load as before.
+
 Never pickled: both files are plain data and are loaded without executing
 anything. Saving writes a new directory beside the target and renames it into
 place, so a reader sees the old model or the new one, never a mix.
@@ -28,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +42,9 @@ from nnspam import __version__
 from nnspam.atomic import fsync_dir
 from nnspam.features import SCALINGS, Vectorizer
 from nnspam.network import Network
+
+if TYPE_CHECKING:
+    from nnspam.adaptive import AdaptiveState
 
 __all__ = ["FORMAT_VERSION", "KINDS", "Model", "ModelError", "spamicity", "resolve_model_path"]
 
@@ -88,6 +97,7 @@ class Model:
     max_part_bytes: int = 262144
     summary: dict[str, Any] = field(default_factory=dict)
     wordlist_counts: list[int] | None = None
+    adaptive: AdaptiveState | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -125,6 +135,23 @@ class Model:
         """Spamicity of each payload (raw email bytes or SMS text)."""
         return self.spamicity_of_tokens([self.tokens(p) for p in payloads], **kw)
 
+    def replace_input(self, index: int, word: str, count: int = 0) -> None:
+        """Put ``word`` on input ``index`` (adaptive inputs): the word list, the
+        vectorizer and the word counts change together, and the input's
+        outgoing weights restart from zero so the new word starts neutral."""
+        if word in self.vectorizer.index:
+            raise ValueError(f"{word!r} is already input {self.vectorizer.index[word]}")
+        old = self.words[index]
+        self.words[index] = word
+        vec = self.vectorizer
+        vec.words[index] = word
+        if vec.index.get(old) == index:
+            del vec.index[old]
+        vec.index[word] = index
+        if self.wordlist_counts is not None and len(self.wordlist_counts) == len(self.words):
+            self.wordlist_counts[index] = int(count)
+        self.network.reset_inputs([index])
+
     def is_spam(self, spamicities: np.ndarray, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else threshold
         return np.asarray(spamicities) >= t
@@ -146,6 +173,7 @@ class Model:
             "words": self.words,
             "wordlist_counts": self.wordlist_counts,
             "summary": self.summary,
+            **({"adaptive": self.adaptive.to_json()} if self.adaptive is not None else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -156,7 +184,10 @@ class Model:
         try:
             buf = io.BytesIO()
             weights = self.network.get_weights()
-            np.savez(buf, **{k: np.asarray(weights[k], dtype=np.float32) for k in _WEIGHT_NAMES})
+            arrays = {k: np.asarray(weights[k], dtype=np.float32) for k in _WEIGHT_NAMES}
+            if self.adaptive is not None:
+                arrays.update(self.adaptive.arrays())
+            np.savez(buf, **arrays)
             wbytes = buf.getvalue()
             meta = self.to_json()
             meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()
@@ -245,6 +276,8 @@ class Model:
         try:
             with np.load(io.BytesIO(wbytes), allow_pickle=False) as npz:
                 weights = {k: npz[k] for k in _WEIGHT_NAMES}
+                activity = npz["adaptive_activity"] if "adaptive_activity" in npz.files else None
+                by_class = npz["adaptive_by_class"] if "adaptive_by_class" in npz.files else None
         except KeyError as exc:
             raise ModelError(f"{wpath}: missing array {exc.args[0]}") from None
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -261,6 +294,16 @@ class Model:
             net.set_weights(weights)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{wpath}: does not fit the network in model.json ({exc})") from None
+        adaptive = None
+        if meta.get("adaptive") is not None:
+            from nnspam.adaptive import AdaptiveState
+
+            if activity is None or activity.shape != (n_in,):
+                raise ModelError(f"{wpath}: adaptive_activity missing or not of length {n_in}")
+            try:
+                adaptive = AdaptiveState.from_json(meta["adaptive"], activity, by_class)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ModelError(f"{jpath}: bad 'adaptive' object ({exc})") from None
         try:
             return cls(
                 words=words,
@@ -273,6 +316,7 @@ class Model:
                 max_part_bytes=int(meta.get("max_part_bytes", 262144)),
                 summary=meta.get("summary") or {},
                 wordlist_counts=meta.get("wordlist_counts"),
+                adaptive=adaptive,
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{jpath}: bad value ({exc})") from None

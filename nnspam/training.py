@@ -20,7 +20,7 @@ from nnspam.corpus import Sample
 from nnspam.model import Model
 from nnspam.network import Network
 
-__all__ = ["tokenize_samples", "train_model", "learn", "labels_of"]
+__all__ = ["tokenize_samples", "train_model", "learn", "learn_tokens", "labels_of"]
 
 Progress = Callable[[int, float, float, float], None]
 
@@ -205,8 +205,27 @@ def learn(model: Model, payloads: Sequence[bytes | str], label: str, epochs: int
         raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
     if not payloads:
         return
-    toks = [model.tokens(p) for p in payloads]
-    X = model.features(toks)
-    y = np.full(len(payloads), 1 if label == "spam" else 0, dtype=np.int64)
+    learn_tokens(model, [model.tokens(p) for p in payloads], label, epochs)
+
+
+def learn_tokens(model: Model, token_lists: list[list[str]], label: str,
+                 epochs: int = 1) -> list[dict]:
+    """:func:`learn` on already tokenized messages.
+
+    The labelled tokens first feed the adaptive input statistics
+    (:func:`nnspam.adaptive.observe`), so a replacement due now already
+    gives a new word its input before the network trains on the message.
+    Returns the replacements made.
+    """
+    from nnspam import adaptive
+
+    if label not in ("spam", "ham"):
+        raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
+    if not token_lists:
+        return []
+    done = adaptive.observe(model, token_lists, [label] * len(token_lists))
+    X = model.features(token_lists)
+    y = np.full(len(token_lists), 1 if label == "spam" else 0, dtype=np.int64)
     model.network.partial_fit(X, y, epochs=epochs)
     model.summary["learned_messages"] = int(model.summary.get("learned_messages", 0)) + len(y)
+    return done

@@ -1,0 +1,420 @@
+"""The one classify-and-file routine, and learning from corrections.
+
+The maildir daemon (and the SMS adapter, the scoring server's TELL and
+``nnspam learn``) all go through :class:`Sorter`, so a message is scored,
+filed, recorded and learned from the same way whatever noticed it:
+
+* :meth:`Sorter.handle_new` - a message in the inbox's ``new/``: score it;
+  spam is moved into the Junk folder (Maildir++ ``.Junk``) keeping its name,
+  ham stays. The decision is recorded first (``moving``), then the file is
+  moved, then the record says ``junk``: a crash at any point is finished on
+  restart and never scores or moves a message twice.
+* :meth:`Sorter.handle_junk` - a message that appears in Junk. Put there by
+  the daemon: nothing to do. Otherwise the user (or a filter) put it there:
+  learned as spam.
+* :meth:`Sorter.handle_inbox_cur` - a message in the inbox's ``cur/``. If the
+  daemon had moved it to Junk, the user moved it back: learned as ham.
+* :meth:`Sorter.learn` - ``nnspam.training.learn`` plus the checkpoint policy.
+
+Delivered messages are never modified: they are only read and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnspam import maildir as md
+from nnspam.state import Record, State
+
+__all__ = ["Sorter", "Read", "read_message", "message_id_of"]
+
+log = logging.getLogger("nnspam.daemon")
+
+_MSGID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def message_id_of(data: bytes) -> str:
+    """The Message-ID header of raw message bytes ('' if none), for the log."""
+    end = _HEADER_END.search(data, 0, 262144)
+    head = data[: end.start()] if end else data[:262144]
+    m = _MSGID.search(head)
+    if not m:
+        return ""
+    return " ".join(m.group(1).decode("ascii", "replace").split())
+
+
+@dataclass
+class Read:
+    """A message file's bytes (None when over the size cap) and identity."""
+
+    path: Path
+    data: bytes | None
+    size: int
+    sha256: str
+    message_id: str
+
+
+def read_message(path: Path, max_bytes: int) -> Read:
+    """Read a message file once: bytes, size, SHA-256 and Message-ID.
+
+    Files over ``max_bytes`` are hashed in chunks but not kept in memory (they
+    are not scored). Raises FileNotFoundError when the file has gone.
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size <= max_bytes:
+            data = fh.read()
+            return Read(path, data, len(data), hashlib.sha256(data).hexdigest(),
+                        message_id_of(data))
+        h = hashlib.sha256()
+        first = fh.read(262144)
+        h.update(first)
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+        return Read(path, None, size, h.hexdigest(), message_id_of(first))
+
+
+def _same_file_content(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (compared by size, then SHA-256)."""
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        return read_message(a, 1 << 62).sha256 == read_message(b, 1 << 62).sha256
+    except FileNotFoundError:
+        return False
+
+
+class Sorter:
+    """Scores and files messages of one or more inbox maildirs, and learns
+    from corrections. Not thread-safe: one worker thread owns it."""
+
+    def __init__(
+        self,
+        model: Any,
+        state: State,
+        *,
+        model_path: str | None = None,
+        junk: str = ".Junk",
+        ham_factor: float = 0.9,
+        spam_factor: float = 0.1,
+        threshold: float = 0.5,
+        max_message_bytes: int = 10485760,
+        learn_epochs: int = 3,
+        learn_from_corrections: bool = True,
+        checkpoint_every: int = 10,
+        adaptive: bool = True,
+        learn_on_confident: bool = False,
+        confident_margin: float = 0.45,
+    ) -> None:
+        self.model = model
+        self.state = state
+        self.model_path = model_path
+        self.junk = junk
+        self.h, self.s, self.t = ham_factor, spam_factor, threshold
+        self.max_message_bytes = max_message_bytes
+        self.learn_epochs = learn_epochs
+        self.learn_from_corrections = learn_from_corrections
+        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.adaptive = adaptive
+        self.learn_on_confident = learn_on_confident
+        self.confident_margin = confident_margin
+        self.pending_updates = 0
+        self.dirty = False
+        self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def key(maildir: Path) -> str:
+        """The maildir's key in the state: its absolute, resolved path."""
+        return str(Path(maildir).resolve())
+
+    def junk_dir(self, maildir: Path) -> Path:
+        return md.folder_path(maildir, self.junk)
+
+    def _observe(self, tokens: list[str], label: str | None = None) -> None:
+        """Feed the adaptive input words, when ``nnspam.adaptive`` is installed."""
+        if not self.adaptive:
+            return
+        try:
+            from nnspam import adaptive
+        except ImportError:
+            return
+        try:
+            replaced = adaptive.observe(self.model, [tokens], None if label is None else [label])
+        except Exception as exc:  # the adaptive inputs must never stop filing mail
+            log.error("adaptive: observe failed: %s: %s", exc.__class__.__name__, exc)
+            return
+        for r in replaced or ():
+            log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
+        if replaced:
+            # Saved with the next checkpoint (learned updates, reload, shutdown):
+            # a replacement step is cheap to redo, a 4 MB save per step is not.
+            self.dirty = True
+
+    def _updated(self, n: int = 1) -> None:
+        self.pending_updates += n
+        if self.pending_updates >= self.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Save the model atomically if it changed and can be written."""
+        if not (self.pending_updates or self.dirty) or not self.model_path:
+            return False
+        self.model.save(self.model_path)
+        log.info("checkpoint: saved model %s after %d learned update(s)", self.model_path,
+                 self.pending_updates)
+        self.pending_updates = 0
+        self.dirty = False
+        return True
+
+    def learn(self, payloads: Sequence[bytes | str], label: str) -> bool:
+        """Train the model on messages of one class (the correction path).
+
+        Returns False when learning is off or the model cannot be saved (the
+        shipped default models are read-only).
+        """
+        if not self.learn_from_corrections:
+            return False
+        if not self.model_path:
+            log.warning("not learned: the model is read-only (give a model directory with -m)")
+            return False
+        from nnspam.training import learn
+
+        learn(self.model, list(payloads), label, epochs=self.learn_epochs)
+        if self.adaptive:
+            for p in payloads:
+                self._observe(self.model.tokens(p), label)
+        self.stats["learned"] += len(payloads)
+        self._updated(len(payloads))
+        return True
+
+    def learn_files(self, paths: Sequence[Path], label: str) -> int:
+        """Learn messages from files (``nnspam learn``); returns how many were read."""
+        payloads = []
+        for p in paths:
+            try:
+                payloads.append(read_message(Path(p), self.max_message_bytes).data or b"")
+            except FileNotFoundError:
+                log.warning("skipped %s: gone before it was read", p)
+        if payloads:
+            self.learn(payloads, label)
+        return len(payloads)
+
+    def _decision(self, path: Path, msg: Read | None, sp: float | None, action: str) -> None:
+        mid = msg.message_id if msg else ""
+        sps = f"{sp:.6f}" if sp is not None else "-"
+        log.info("decision file=%s message-id=%s spamicity=%s action=%s", path, mid or "-", sps,
+                 action)
+
+    # -- a message in inbox new/ --------------------------------------------
+    def handle_new(self, maildir: Path, path: Path) -> str:
+        """Classify and file one message of the inbox. Returns what was done:
+        ``known`` (already decided), ``ham``, ``spam``, ``skipped``,
+        ``vanished``, ``resumed`` (a move interrupted by a crash finished) or
+        ``corrected`` (a Junk message the user moved back: learned as ham)."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        rec = self.state.get(key, uniq)
+        if rec is not None:
+            return self._known_in_inbox(maildir, path, rec)
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            moved = md.find_message(maildir, uniq)
+            if moved is None:
+                log.info("skipped file=%s: removed before it was read", path)
+                return "vanished"
+            path = moved
+            try:
+                msg = read_message(path, self.max_message_bytes)
+            except FileNotFoundError:
+                log.info("skipped file=%s: removed before it was read", path)
+                return "vanished"
+        now = time.time()
+        back = self._moved_back(maildir, key, msg)
+        if back is not None:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
+                                  back.verdict, "inbox", "user", None, now, now))
+            return self._correct_ham(maildir, key, uniq, path, msg)
+        if msg.data is None:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, None,
+                                  "skipped", "inbox", "daemon", None, now, now))
+            self.stats["skipped"] += 1
+            self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
+            return "skipped"
+        tokens = self.model.tokens(msg.data)
+        sp = float(self.model.spamicity_of_tokens([tokens], self.h, self.s)[0])
+        self.stats["scored"] += 1
+        self._observe(tokens)
+        if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
+            self.learn([msg.data], "spam" if sp >= self.t else "ham")
+        if sp < self.t:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, "ham",
+                                  "inbox", "daemon", None, now, now))
+            self.stats["ham"] += 1
+            self._decision(path, msg, sp, "kept")
+            return "ham"
+        rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, "spam", "moving",
+                     "daemon", None, now, now)
+        self.state.put(rec)
+        dest = self._to_junk(maildir, key, uniq, path)
+        self.stats["spam"] += 1
+        self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
+        return "spam"
+
+    def _to_junk(self, maildir: Path, key: str, uniq: str, path: Path) -> Path | None:
+        """Move a message recorded as ``moving`` into Junk and record ``junk``."""
+        junk = md.ensure_folder(maildir, self.junk)
+        sub = path.parent.name if path.parent.name in ("new", "cur") else "new"
+        for _ in range(3):
+            try:
+                dest = md.move(path, junk / sub)
+            except FileNotFoundError:
+                found = md.find_message(maildir, uniq)
+                if found is None:
+                    if md.find_message(junk, uniq) is not None:
+                        self.state.set_place(key, uniq, "junk")
+                        return junk
+                    log.info("skipped file=%s: removed before it was moved", path)
+                    self.state.set_place(key, uniq, "inbox")
+                    return None
+                path = found
+                sub = path.parent.name
+                continue
+            except md.MaildirError:
+                # The name is taken in Junk: a cross-filesystem move that was cut
+                # short after the link and before the unlink. Same bytes: finish it.
+                there = junk / sub / path.name
+                if _same_file_content(path, there):
+                    os.unlink(path)
+                    log.info("resumed file=%s: already in %s, removed the inbox copy", path,
+                             there)
+                    self.state.set_place(key, uniq, "junk")
+                    return there
+                log.error("error file=%s: another message named %s is in %s; left in the "
+                          "inbox", path, path.name, junk / sub)
+                self.state.set_place(key, uniq, "inbox")
+                return None
+            self.state.set_place(key, uniq, "junk")
+            return dest
+        self.state.set_place(key, uniq, "inbox")
+        return None
+
+    def _known_in_inbox(self, maildir: Path, path: Path, rec: Record) -> str:
+        key, uniq = rec.maildir, rec.uniq
+        if rec.place == "inbox":
+            return "known"
+        if rec.place == "moving":
+            dest = self._to_junk(maildir, key, uniq, path)
+            log.info("resumed file=%s: finished the interrupted move to %s", path, dest)
+            return "resumed"
+        # place == junk, yet the message is in the inbox: the user moved it back.
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        return self._correct_ham(maildir, key, uniq, path, msg)
+
+    def _moved_back(self, maildir: Path, key: str, msg: Read) -> Record | None:
+        """A Junk row with this content whose Junk file is gone: the user moved
+        the message back to the inbox and the mail store gave it a new name."""
+        junk = self.junk_dir(maildir)
+        for rec in self.state.by_sha(key, msg.sha256, "junk"):
+            if md.find_message(junk, rec.uniq) is None:
+                self.state.set_place(key, rec.uniq, "inbox", learned="ham")
+                return rec
+        return None
+
+    def _correct_ham(self, maildir: Path, key: str, uniq: str, path: Path, msg: Read) -> str:
+        learned = msg.data is not None and self.learn([msg.data], "ham")
+        self.state.set_place(key, uniq, "inbox", learned="ham")
+        self.state.add_correction(key, uniq, "ham", str(path))
+        log.info("correction file=%s message-id=%s: moved out of Junk by the user, %s as ham",
+                 path, msg.message_id or "-", "learned" if learned else "recorded")
+        return "corrected"
+
+    # -- a message in inbox cur/ ---------------------------------------------
+    def handle_inbox_cur(self, maildir: Path, path: Path) -> str:
+        """A message in the inbox's ``cur/``: a Junk message moved back is
+        learned as ham; anything else is left alone (``cur/`` is read mail)."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        rec = self.state.get(key, uniq)
+        if rec is not None:
+            return self._known_in_inbox(maildir, path, rec)
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        back = self._moved_back(maildir, key, msg)
+        if back is None:
+            return "ignored"
+        now = time.time()
+        self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
+                              back.verdict, "inbox", "user", None, now, now))
+        return self._correct_ham(maildir, key, uniq, path, msg)
+
+    # -- a message in Junk ---------------------------------------------------
+    def handle_junk(self, maildir: Path, path: Path) -> str:
+        """A message in the Junk folder. Returns ``known`` (the daemon put it
+        there, or it was already learned), ``corrected`` (learned as spam) or
+        ``vanished``."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        rec = self.state.get(key, uniq)
+        if rec is not None and rec.place in ("junk", "moving"):
+            if rec.place == "moving":
+                self.state.set_place(key, uniq, "junk")
+            return "known"
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        now = time.time()
+        if rec is None:
+            # Renamed on the way (a mail store that gives copies new names)?
+            for old in self.state.by_sha(key, msg.sha256, "inbox"):
+                if md.find_message(maildir, old.uniq) is None:
+                    self.state.set_place(key, old.uniq, "junk", learned="spam")
+                    break
+            rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, None, "spam", "junk",
+                         "user", None, now, now)
+            self.state.put(rec)
+        learned = msg.data is not None and self.learn([msg.data], "spam")
+        self.state.set_place(key, uniq, "junk", learned="spam")
+        self.state.add_correction(key, uniq, "spam", str(path))
+        log.info("correction file=%s message-id=%s: put in Junk by the user, %s as spam", path,
+                 msg.message_id or "-", "learned" if learned else "recorded")
+        return "corrected"
+
+    # -- start-up ----------------------------------------------------------
+    def baseline(self, maildir: Path) -> int:
+        """First run on a maildir: record what is already in Junk as
+        ``existing`` without learning it (only later arrivals are corrections).
+        Returns the number of messages recorded."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        if self.state.known_maildir(key):
+            return 0
+        n = 0
+        now = time.time()
+        for p in md.list_messages(self.junk_dir(maildir)):
+            uniq = md.base_name(p.name)
+            if self.state.get(key, uniq) is None:
+                self.state.put(Record(key, uniq, None, None, None, None, "spam", "junk",
+                                      "existing", None, now, now))
+                n += 1
+        self.state.add_maildir(key)
+        return n
