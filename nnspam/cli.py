@@ -341,6 +341,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     payloads = [x.payload for x in iter_messages(args.paths)]
     if not payloads:
         return _die("no messages found", 1)
+    from nnspam.adaptive import configure
+
+    configure(model, cfg["adaptive"])  # the config's adaptive settings, as the daemon uses
     learn(model, payloads, label, epochs=args.epochs)
     model.save(target)
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)

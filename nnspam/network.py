@@ -255,8 +255,8 @@ class Network:
             new[k] = np.array(arr, dtype=self._dt, copy=True)
         self._params = new
         self._reset_optimizer()
-        if self._rng_shuffle is None:
-            self._make_rngs()
+        # Random generators are made when training starts (_run_epoch), not here: building
+        # them imports numpy.random, about 10 ms that a pipe filter start-up cannot spare.
 
     def reset_inputs(self, indices: Any) -> None:
         """Make input neurons neutral again: zero ``W1[indices, :]`` and their optimiser state.
@@ -639,6 +639,8 @@ class Network:
 
     def _run_epoch(self, X: Any, y: np.ndarray) -> float:
         """One shuffled pass of mini-batch updates; returns the mean data loss of the batches."""
+        if self._rng_shuffle is None or self._rng_dropout is None:
+            self._make_rngs()
         assert self._rng_shuffle is not None and self._rng_dropout is not None
         m = X.shape[0]
         order = self._rng_shuffle.permutation(m)
