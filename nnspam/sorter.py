@@ -187,12 +187,17 @@ class Sorter:
         if not self.model_path:
             log.warning("not learned: the model is read-only (give a model directory with -m)")
             return False
-        from nnspam.training import learn
+        from nnspam.training import learn_tokens
 
-        learn(self.model, list(payloads), label, epochs=self.learn_epochs)
-        if self.adaptive:
-            for p in payloads:
-                self._observe(self.model.tokens(p), label)
+        # learn_tokens feeds the labelled tokens to the adaptive inputs itself (when
+        # the model's adaptive state is enabled): observing them here too would count
+        # every correction twice.
+        toks = [self.model.tokens(p) for p in payloads]
+        replaced = learn_tokens(self.model, toks, label, epochs=self.learn_epochs)
+        for r in replaced or ():
+            log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
+        if replaced:
+            self.dirty = True
         self.stats["learned"] += len(payloads)
         self._updated(len(payloads))
         return True
