@@ -404,6 +404,76 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return _die(str(exc))
 
 
+def _sms_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nnspam-sms %(levelname)s %(message)s")
+
+
+def cmd_sms_serve(args: argparse.Namespace) -> int:
+    """Serve the Twilio webhook (POST /sms) with waitress, else Flask's server."""
+    try:
+        from nnspam.sms.webhook import create_app
+    except ImportError as exc:
+        return _die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    _sms_logging()
+    cfg = _config(args)
+    try:
+        app = create_app(cfg, store=_sms_store(args, cfg))
+    except RuntimeError as exc:
+        return _die(str(exc))
+    try:
+        from waitress import serve
+    except ImportError:
+        print("nnspam: waitress is not installed: using Flask's development server",
+              file=sys.stderr)
+        app.run(host=args.host, port=args.port)
+        return 0
+    serve(app, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def _sms_store(args: argparse.Namespace, cfg: dict[str, Any]):
+    from nnspam.sms.store import open_store
+
+    return open_store(cfg, model=args.model)
+
+
+def cmd_sms_poll(args: argparse.Namespace) -> int:
+    """Poll Twilio for inbound SMS (until SIGTERM, or --once)."""
+    try:
+        from nnspam.sms.poller import Poller, make_client, parse_since
+        from nnspam.sms.webhook import twilio_secret
+    except ImportError as exc:
+        return _die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    import signal
+
+    _sms_logging()
+    cfg = _config(args)
+    s = cfg["sms"]
+    to = args.to or s["to"]
+    if not to:
+        raise UsageError("no Twilio number to poll: give --to +NUMBER or set sms.to")
+    sid = twilio_secret("TWILIO_ACCOUNT_SID", s["env_file"])
+    token = twilio_secret("TWILIO_AUTH_TOKEN", s["env_file"])
+    if not (sid and token):
+        return _die("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set in the environment "
+                    f"or in {s['env_file']}")
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = _sms_store(args, cfg)
+    poller = Poller(store, make_client(sid, token), to, s["cursor"], since=since,
+                    interval=float(s["poll_interval"]))
+    signal.signal(signal.SIGTERM, lambda *_: poller.stop())
+    try:
+        return poller.run(once=args.once)
+    finally:
+        store.close()
+
+
 # -- parser --------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -528,6 +598,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--maildir", action="append", metavar="DIR",
                     help="inbox maildir to watch (repeatable; replaces daemon.maildirs)")
     sp.set_defaults(func=cmd_daemon)
+
+    sp = sub.add_parser(
+        "sms", help="SMS from Twilio: webhook server and poller",
+        description=textwrap.fill(
+            "SMS from a Twilio number go down the same path as email: each becomes a message "
+            "in the SMS maildir (sms.maildir) and is filed with the SMS model (sms.model): "
+            "spam into .Junk, ham stays. Needs the sms extra (pip install 'nnspam[sms]'); "
+            "the auth token comes from TWILIO_AUTH_TOKEN or sms.env_file.", 78))
+    smsub = sp.add_subparsers(dest="sms_command", metavar="SMS_COMMAND", required=True)
+    ssp = smsub.add_parser("serve", help="serve the Twilio webhook (POST /sms)",
+                           description="Serve POST /sms: check X-Twilio-Signature, store and "
+                           "file the SMS, answer with an empty TwiML <Response/>.")
+    _add_config(ssp)
+    ssp.add_argument("-m", "--model", metavar="MODEL",
+                     help="SMS model directory (default: sms.model, the shipped default-sms)")
+    ssp.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    ssp.add_argument("--port", type=int, default=4000, help="port (4000)")
+    ssp.add_argument("--threads", type=int, default=4, help="waitress worker threads (4)")
+    ssp.set_defaults(func=cmd_sms_serve)
+    ssp = smsub.add_parser("poll", help="list inbound SMS with the Twilio API",
+                           description="List the Twilio number's inbound SMS "
+                           "(messages.stream) and store the ones not stored yet; repeat every "
+                           "sms.poll_interval seconds, backing off after API errors.")
+    _add_config(ssp)
+    ssp.add_argument("-m", "--model", metavar="MODEL",
+                     help="SMS model directory (default: sms.model, the shipped default-sms)")
+    ssp.add_argument("--since", metavar="DATE",
+                     help="list from this date (YYYY-MM-DD[THH:MM:SS], UTC) instead of the "
+                     "cursor (first run: one day back)")
+    ssp.add_argument("--once", action="store_true",
+                     help="poll once and exit (1 if the poll failed)")
+    ssp.add_argument("--to", metavar="NUMBER", help="the Twilio number (default: sms.to)")
+    ssp.set_defaults(func=cmd_sms_poll)
 
     from nnspam import pipefilter
 

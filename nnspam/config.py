@@ -86,6 +86,14 @@ DEFAULTS: dict[str, Any] = {
         "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
         "features": {"scaling": "binary"},
         "network": {"refit": "swa"},
+        # SMS from Twilio (nnspam sms serve / nnspam sms poll; README "SMS").
+        "maildir": "~/SMS",  # SMS maildir; spam is filed into its daemon.junk folder
+        "state": "~/.local/state/nnspam/sms.sqlite3",  # decisions and SMS list (SQLite)
+        "public_url": None,  # webhook URL as Twilio calls it (TLS proxy); null = request URL
+        "env_file": "~/.config/nnspam/twilio.env",  # TWILIO_AUTH_TOKEN / TWILIO_ACCOUNT_SID
+        "to": None,  # the Twilio number whose inbound SMS the poller lists (+E.164)
+        "poll_interval": 60,  # seconds between polls; doubled on errors, up to 3600
+        "cursor": "~/.local/state/nnspam/sms-poll.cursor",  # poller: date_sent_after
     },
     # The pipe filter (nnspam filter).
     "filter": {

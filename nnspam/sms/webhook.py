@@ -1,0 +1,125 @@
+"""The Twilio webhook: ``POST /sms`` stores and files an inbound SMS.
+
+Every request must carry a valid ``X-Twilio-Signature``: twilio's
+``RequestValidator`` (HMAC-SHA1 of the URL and the sorted POST parameters
+with the account's auth token) over the public URL Twilio called
+(``sms.public_url`` when a TLS proxy forwards to us, else the request's own
+URL). A missing or wrong signature, or a body changed after signing, is
+answered 403 and nothing is stored. A valid request is stored and filed
+(:class:`nnspam.sms.store.SmsStore`) and answered at once with an empty TwiML
+``<Response/>``, so Twilio sends no reply. ``MessageSid`` is the
+idempotency key: Twilio's retries never store a second copy.
+
+The auth token comes from ``TWILIO_AUTH_TOKEN`` in the environment or the
+``.env`` file named by ``sms.env_file``, never from the config file.
+
+Flask and twilio are imported only here (the ``sms`` extra), never on the
+filter or daemon path. Run with ``nnspam sms serve`` (waitress) or any WSGI
+server: ``gunicorn 'nnspam.sms.webhook:app_from_environment()'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nnspam.sms.message import Sms
+
+__all__ = ["create_app", "read_env_file", "twilio_secret", "TWIML_EMPTY",
+           "app_from_environment"]
+
+log = logging.getLogger("nnspam.sms")
+
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+def read_env_file(path: str | os.PathLike | None) -> dict[str, str]:
+    """``NAME=value`` lines of a ``.env`` file (``#`` comments, optional
+    ``export`` and quotes); {} when there is no such file."""
+    if not path:
+        return {}
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        name, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name.strip()] = value
+    return out
+
+
+def twilio_secret(name: str, env_file: str | os.PathLike | None) -> str | None:
+    """A Twilio setting from the environment, else from the ``.env`` file."""
+    return os.environ.get(name) or read_env_file(env_file).get(name) or None
+
+
+def create_app(config: dict[str, Any], store: Any = None, auth_token: str | None = None):
+    """The Flask app for a loaded nnspam config.
+
+    ``store`` (an :class:`~nnspam.sms.store.SmsStore`) and ``auth_token`` are
+    normally built from the config and environment; tests may pass them.
+    Raises RuntimeError when there is no auth token: a webhook that cannot
+    check signatures would accept anyone's messages.
+    """
+    from flask import Flask, Response, request
+    from twilio.request_validator import RequestValidator
+
+    s = config["sms"]
+    token = auth_token or twilio_secret("TWILIO_AUTH_TOKEN", s.get("env_file"))
+    if not token:
+        raise RuntimeError("no Twilio auth token: set TWILIO_AUTH_TOKEN in the environment or "
+                           f"in {s.get('env_file')}")
+    if store is None:
+        from nnspam.sms.store import open_store
+
+        store = open_store(config)
+    validator = RequestValidator(token)
+    public_url = s.get("public_url") or None
+
+    app = Flask("nnspam.sms")
+    app.config["NNSPAM_SMS_STORE"] = store
+
+    @app.post("/sms")
+    def sms_webhook() -> Any:
+        url = public_url or request.url
+        signature = request.headers.get("X-Twilio-Signature", "")
+        # request.form is a MultiDict: the validator reads repeated keys with getlist.
+        if not signature or not validator.validate(url, request.form, signature):
+            log.warning("webhook: rejected a request with %s signature from %s for %s",
+                        "a wrong" if signature else "no", request.remote_addr, url)
+            return Response("forbidden: bad or missing X-Twilio-Signature\n", status=403,
+                            mimetype="text/plain")
+        sid = request.form.get("MessageSid") or request.form.get("SmsSid") or ""
+        try:
+            sms = Sms(sid, request.form.get("From", ""), request.form.get("To", ""),
+                      request.form.get("Body", ""), datetime.now(UTC))
+        except ValueError as exc:
+            log.warning("webhook: signed request without a valid MessageSid: %s", exc)
+            return Response("bad request: no MessageSid\n", status=400, mimetype="text/plain")
+        result = store.store(sms, source="webhook")
+        log.info("webhook: sid=%s action=%s spamicity=%s", sid, result.action,
+                 "-" if result.spamicity is None else f"{result.spamicity:.6f}")
+        return Response(TWIML_EMPTY, status=200, mimetype="text/xml")
+
+    return app
+
+
+def app_from_environment():
+    """The app for the config found as ``nnspam`` finds it (``$NNSPAM_CONFIG``
+    or ``~/.config/nnspam/config.yaml``): for gunicorn and other WSGI servers."""
+    from nnspam.config import load_config
+
+    return create_app(load_config(None))

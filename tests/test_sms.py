@@ -1,0 +1,365 @@
+"""SMS down the same path: message, delivery and filing, the Twilio webhook."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nnspam import maildir as md
+from nnspam.config import DEFAULTS
+from nnspam.sms.message import Sms, message_id_for, sms_to_bytes
+from nnspam.tokens import sms_text_from_bytes
+
+from conftest import SMS_FILE, needs_corpora
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+URL = "https://sms.example.org/sms"
+
+
+def sms_lines(label: str, n: int) -> list[str]:
+    """The first n texts of one class in the SMS Spam Collection (read, never copied)."""
+    out = []
+    with open(SMS_FILE, encoding="utf-8") as fh:
+        for line in fh:
+            lab, text = line.rstrip("\n").split("\t", 1)
+            if lab == label:
+                out.append(text)
+                if len(out) == n:
+                    break
+    return out
+
+
+def sms_config(tmp_path: Path, **sms: object) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["sms"].update({"maildir": str(tmp_path / "SMS"),
+                       "state": str(tmp_path / "state" / "sms.sqlite3"),
+                       "env_file": str(tmp_path / "twilio.env"),
+                       "cursor": str(tmp_path / "state" / "cursor")})
+    cfg["sms"].update(sms)
+    return cfg
+
+
+@pytest.fixture
+def store(tmp_path):
+    from nnspam.sms.store import open_store
+
+    st = open_store(sms_config(tmp_path))
+    yield st
+    st.close()
+
+
+def files(folder: Path) -> list[Path]:
+    return md.list_messages(folder)
+
+
+# -- the message -----------------------------------------------------------------
+
+def test_sms_becomes_a_message_with_the_right_headers():
+    from nnspam.message import parse_message
+
+    body = "Cheers 😀 that's £5\nsee you at 8\n\nbye"
+    date = datetime(2026, 11, 23, 14, 5, 6, tzinfo=UTC)
+    raw = sms_to_bytes(Sms("SMabc123", "+447700900123", "+441632960000", body, date))
+    head, _, payload = raw.partition(b"\n\n")
+    lines = head.decode("ascii").splitlines()
+    assert "From: +447700900123" in lines
+    assert "To: +441632960000" in lines
+    assert "Date: Mon, 23 Nov 2026 14:05:06 +0000" in lines
+    assert "X-Twilio-MessageSid: SMabc123" in lines
+    assert f"Message-ID: {message_id_for('SMabc123')}" in lines
+    assert "MIME-Version: 1.0" in lines
+    assert "Content-Type: text/plain; charset=utf-8" in lines
+    assert "Content-Transfer-Encoding: 8bit" in lines
+    assert payload == body.encode("utf-8")
+    assert sms_text_from_bytes(raw) == body
+    assert parse_message(raw).texts  # the email parser reads it as any message
+
+
+def test_long_lines_and_carriage_returns_are_quoted_printable():
+    body = "£" * 700 + "\n" + "x\ry"
+    raw = sms_to_bytes(Sms("SMlong", "+1", "+2", body))
+    assert b"Content-Transfer-Encoding: quoted-printable" in raw
+    assert max(len(x) for x in raw.split(b"\n")) <= 78
+    assert sms_text_from_bytes(raw) == body
+
+
+def test_header_injection_is_neutralised():
+    raw = sms_to_bytes(Sms("SMinj", "+1\nBcc: evil@example.org", "+2", "hi"))
+    assert b"\nBcc:" not in raw
+    with pytest.raises(ValueError):
+        Sms("not a sid!", "+1", "+2", "x")
+
+
+# -- delivery and filing -----------------------------------------------------------
+
+@needs_corpora
+def test_spam_sms_is_filed_into_junk_and_ham_stays(store):
+    spam = sms_lines("spam", 1)[0]  # "Free entry in 2 a wkly comp to win FA Cup final ..."
+    ham = sms_lines("ham", 1)[0]  # "Go until jurong point, crazy.. ..."
+    r1 = store.store(Sms("SMspam0000000001", "+447700900001", "+441632960000", spam))
+    r2 = store.store(Sms("SMham00000000001", "+447700900002", "+441632960000", ham))
+    assert (r1.action, r2.action) == ("spam", "ham")
+    junk = store.maildir / ".Junk"
+    assert [p.name for p in files(junk)] == [r1.path.name]
+    assert [p.name for p in files(store.maildir)] == [r2.path.name]
+    assert r1.path.parent == junk / "new" and (junk / "maildirfolder").exists()
+    assert r1.spamicity >= 0.5 > r2.spamicity
+    assert sms_text_from_bytes(r1.path.read_bytes()) == spam
+    assert list((store.maildir / "tmp").iterdir()) == []
+    # What a dashboard lists: date, from, text, spamicity per folder.
+    (inbox,), (junked,) = store.listing("inbox"), store.listing("junk")
+    assert (inbox.from_number, inbox.body, inbox.place) == ("+447700900002", ham, "inbox")
+    assert (junked.sid, junked.body, junked.place) == ("SMspam0000000001", spam, "junk")
+    assert junked.spamicity == pytest.approx(r1.spamicity)
+
+
+def test_same_sid_twice_stores_one_message(store):
+    sms = Sms("SMdup0000000000001", "+447700900003", "+441632960000", "see you at 6")
+    first = store.store(sms)
+    again = store.store(sms)
+    assert again.action == "duplicate" and again.path == first.path
+    assert store.count() == 1
+    assert len(files(store.maildir)) + len(files(store.maildir / ".Junk")) == 1
+
+
+def test_a_crash_between_row_and_file_is_finished_by_the_retry(store, monkeypatch):
+    from nnspam.sms import store as store_mod
+
+    sms = Sms("SMcrash00000000001", "+447700900004", "+441632960000", "on my way home")
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.md, "deliver", crash)
+    with pytest.raises(OSError):
+        store.store(sms)
+    monkeypatch.undo()
+    assert files(store.maildir) == []
+    # Within RESUME_AFTER another process may still be storing it: left alone.
+    assert store.store(sms).path is None and files(store.maildir) == []
+    monkeypatch.setattr(store_mod, "RESUME_AFTER", 0.0)
+    again = store.store(sms)
+    assert again.path is not None and again.path.exists()
+    assert store.count() == 1 and len(files(store.maildir)) == 1
+    assert store.listing("inbox")[0].sid == sms.sid
+
+
+def test_webhook_and_poller_processes_racing_for_one_sid_store_it_once(store, tmp_path,
+                                                                        monkeypatch):
+    from nnspam.sms import store as store_mod
+
+    other = store_mod.open_store(sms_config(tmp_path))  # the other process, same files
+    sms = Sms("SMrace000000000001", "+447700900006", "+441632960000", "ok see you then")
+    orig = store_mod.md.unique_name
+    raced = []
+
+    def other_wins_the_race() -> str:
+        if not raced:  # between our SELECT and our INSERT the other process stores it
+            raced.append(1)
+            other.store(sms, source="poll")
+        return orig()
+
+    monkeypatch.setattr(store_mod.md, "unique_name", other_wins_the_race)
+    assert store.store(sms).action == "duplicate"
+    other.close()
+    assert raced and store.count() == 1
+    assert len(files(store.maildir)) + len(files(store.maildir / ".Junk")) == 1
+
+
+def test_the_shipped_sms_model_is_not_written(store):
+    assert store.sorter.model_path is None  # default-sms is read-only
+    assert store.sorter.model.kind == "sms"
+
+
+# -- the webhook -------------------------------------------------------------------
+
+@pytest.fixture
+def app(store, tmp_path):
+    from nnspam.sms.webhook import create_app
+
+    cfg = sms_config(tmp_path, public_url=URL)
+    (tmp_path / "twilio.env").write_text(f"# test\nTWILIO_AUTH_TOKEN='{TOKEN}'\n")
+    a = create_app(cfg, store=store)
+    a.testing = True
+    return a
+
+
+def signed(params: dict, token: str = TOKEN, url: str = URL) -> dict:
+    from twilio.request_validator import RequestValidator
+
+    return {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
+
+
+def form(sid: str, body: str) -> dict:
+    return {"MessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "0" * 32,
+            "From": "+447700900005", "To": "+441632960000", "Body": body, "NumMedia": "0"}
+
+
+@needs_corpora
+def test_signed_request_is_accepted_filed_and_answered_with_empty_twiml(app, store):
+    import xml.etree.ElementTree as ET
+
+    spam = sms_lines("spam", 2)[1]
+    params = form("SMweb000000000001", spam)
+    r = app.test_client().post("/sms", data=params, headers=signed(params))
+    assert r.status_code == 200
+    assert r.mimetype == "text/xml"
+    root = ET.fromstring(r.data)
+    assert root.tag == "Response" and len(root) == 0 and not (root.text or "").strip()
+    (junked,) = store.listing("junk")
+    assert junked.sid == "SMweb000000000001" and junked.body == spam
+    assert len(files(store.maildir / ".Junk")) == 1
+
+
+def test_the_token_comes_from_the_environment_before_the_env_file(store, tmp_path, monkeypatch):
+    from nnspam.sms.webhook import create_app
+
+    (tmp_path / "twilio.env").write_text("TWILIO_AUTH_TOKEN=from-file\n")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "from-env")
+    app = create_app(sms_config(tmp_path, public_url=URL), store=store)
+    params = form("SMenv000000000001", "hello")
+    c = app.test_client()
+    assert c.post("/sms", data=params, headers=signed(params, "from-file")).status_code == 403
+    assert c.post("/sms", data=params, headers=signed(params, "from-env")).status_code == 200
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN")
+    (tmp_path / "twilio.env").unlink()
+    with pytest.raises(RuntimeError, match="TWILIO_AUTH_TOKEN"):
+        create_app(sms_config(tmp_path), store=store)
+
+
+def test_without_public_url_the_request_url_is_signed(store, tmp_path):
+    from nnspam.sms.webhook import create_app
+
+    app = create_app(sms_config(tmp_path), store=store, auth_token=TOKEN)
+    params = form("SMurl000000000001", "hello")
+    c = app.test_client()
+    assert c.post("/sms", data=params, headers=signed(params)).status_code == 403
+    ok = signed(params, url="http://localhost/sms")
+    assert c.post("/sms", data=params, headers=ok).status_code == 200
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong", "replay-changed-body", "other-token"])
+def test_bad_signatures_get_403_and_store_nothing(app, store, case, caplog):
+    params = form("SMbad000000000001", "hello there")
+    if case == "unsigned":
+        headers: dict = {}
+    elif case == "wrong":
+        headers = {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}
+    elif case == "replay-changed-body":
+        headers = signed(params)
+        params = dict(params, Body="WINNER! claim your prize at http://example.com")
+    else:
+        headers = signed(params, token="f" * 32)
+    with caplog.at_level(logging.WARNING, logger="nnspam.sms"):
+        r = app.test_client().post("/sms", data=params, headers=headers)
+    assert r.status_code == 403
+    assert store.count() == 0
+    assert files(store.maildir) == [] and files(store.maildir / ".Junk") == []
+    assert "rejected" in caplog.text
+
+
+def test_a_retried_message_sid_stores_one_message(app, store):
+    params = form("SMretry0000000001", "running late, 10 min")
+    c = app.test_client()
+    for _ in range(3):
+        r = c.post("/sms", data=params, headers=signed(params))
+        assert r.status_code == 200 and b"<Response/>" in r.data
+    assert store.count() == 1
+    assert len(files(store.maildir)) + len(files(store.maildir / ".Junk")) == 1
+
+
+def test_get_is_not_allowed(app):
+    assert app.test_client().get("/sms").status_code == 405
+
+
+# -- the command line ----------------------------------------------------------------
+
+def test_flask_and_twilio_stay_off_the_filter_and_daemon_path():
+    import subprocess
+    import sys
+
+    code = ("import sys, nnspam.cli as c; c.build_parser(); "
+            "import nnspam.daemon, nnspam.sorter, nnspam.model, nnspam.pipefilter; "
+            "import nnspam.sms.store; "
+            "nnspam.model.Model.load('default-sms').score(['hello']);"
+            "print(sorted(m for m in ('flask', 'twilio', 'werkzeug', 'waitress') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sms_serve_answers_signed_requests_on_127_0_0_1(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    pytest.importorskip("waitress")
+    port = _free_port()
+    conf = tmp_path / "config.yaml"
+    conf.write_text(f"sms:\n  maildir: {tmp_path / 'SMS'}\n  state: {tmp_path / 's.sqlite3'}\n"
+                    f"  env_file: {tmp_path / 'twilio.env'}\n")
+    (tmp_path / "twilio.env").write_text(f"TWILIO_AUTH_TOKEN={TOKEN}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    proc = subprocess.Popen([sys.executable, "-m", "nnspam", "sms", "serve", "-c", str(conf),
+                             "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):  # wait until it listens (a readiness loop, not a timing check)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/sms"
+        params = form("SMcli000000000001", "Are we still on for lunch? 🙂")
+
+        def post(headers: dict) -> tuple[int, bytes, str]:
+            req = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(),
+                                         headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read(), r.headers.get_content_type()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read(), ""
+
+        assert post({})[0] == 403
+        status, body, ctype = post(signed(params, url=url))
+        assert (status, ctype) == (200, "text/xml") and body.endswith(b"<Response/>")
+        assert post(signed(params, url=url))[0] == 200  # Twilio's retry
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    msgs = files(tmp_path / "SMS") + files(tmp_path / "SMS" / ".Junk")
+    assert len(msgs) == 1
+    assert sms_text_from_bytes(msgs[0].read_bytes()) == "Are we still on for lunch? 🙂"
+
+
+def test_sms_poll_needs_a_number_and_credentials(tmp_path, capsys, monkeypatch):
+    from nnspam.cli import main
+
+    for k in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    conf = tmp_path / "config.yaml"
+    conf.write_text(f"sms:\n  maildir: {tmp_path / 'SMS'}\n  state: {tmp_path / 's.sqlite3'}\n"
+                    f"  env_file: {tmp_path / 'twilio.env'}\n")
+    assert main(["sms", "poll", "-c", str(conf), "--once"]) == 2
+    assert "no Twilio number" in capsys.readouterr().err
+    assert main(["sms", "poll", "-c", str(conf), "--once", "--to", "+441632960000"]) == 2
+    assert "TWILIO_ACCOUNT_SID" in capsys.readouterr().err
