@@ -434,6 +434,26 @@ def cmd_sms_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sms_hash_password(args: argparse.Namespace) -> int:
+    """Print a salted hash of a dashboard password for sms.dashboard.password_hash."""
+    try:
+        from werkzeug.security import generate_password_hash
+    except ImportError as exc:
+        return _die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("Dashboard password: ")
+        if getpass.getpass("Again: ") != password:
+            return _die("the passwords differ")
+    if len(password) < 8:
+        return _die("the password is too short (8 characters at least)")
+    print(generate_password_hash(password, method="scrypt"))
+    return 0
+
+
 def _sms_store(args: argparse.Namespace, cfg: dict[str, Any]):
     from nnspam.sms.store import open_store
 
@@ -631,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="poll once and exit (1 if the poll failed)")
     ssp.add_argument("--to", metavar="NUMBER", help="the Twilio number (default: sms.to)")
     ssp.set_defaults(func=cmd_sms_poll)
+    ssp = smsub.add_parser("hash-password", help="hash a password for the SMS dashboard",
+                           description="Ask for a password (twice) and print its salted scrypt "
+                           "hash, for sms.dashboard.password_hash in the config file.")
+    ssp.add_argument("--stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    ssp.set_defaults(func=cmd_sms_hash_password)
 
     from nnspam import pipefilter
 

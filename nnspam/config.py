@@ -94,6 +94,8 @@ DEFAULTS: dict[str, Any] = {
         "to": None,  # the Twilio number whose inbound SMS the poller lists (+E.164)
         "poll_interval": 60,  # seconds between polls; doubled on errors, up to 3600
         "cursor": "~/.local/state/nnspam/sms-poll.cursor",  # poller: date_sent_after
+        # The dashboard (GET / of nnspam sms serve): closed (403) without a password hash.
+        "dashboard": {"password_hash": None, "page_size": 25},
     },
     # The pipe filter (nnspam filter).
     "filter": {

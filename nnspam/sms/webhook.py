@@ -91,6 +91,11 @@ def create_app(config: dict[str, Any], store: Any = None, auth_token: str | None
 
     app = Flask("nnspam.sms")
     app.config["NNSPAM_SMS_STORE"] = store
+    # The dashboard (GET /, login, moves): its own login and CSRF checks,
+    # which POST /sms below does not go through (it has the signature check).
+    from nnspam.sms import dashboard
+
+    dashboard.configure(app, config)
 
     @app.post("/sms")
     def sms_webhook() -> Any:

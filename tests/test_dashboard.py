@@ -1,0 +1,369 @@
+"""The SMS dashboard (Flask test client): access control, lists, escaping, moves."""
+
+from __future__ import annotations
+
+import copy
+import html
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask")
+
+from werkzeug.security import generate_password_hash  # noqa: E402
+
+from nnspam import maildir as md  # noqa: E402
+from nnspam.config import DEFAULTS  # noqa: E402
+from nnspam.sms.message import Sms  # noqa: E402
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+URL = "https://sms.example.org/sms"
+PASSWORD = "correct horse battery staple"
+PW_HASH = generate_password_hash(PASSWORD, method="scrypt")
+
+SPAM = "WINNER!! You have won a 1000 cash prize. Call 09061701461 now to claim. T&C txt STOP"
+SPAM2 = "URGENT! Your mobile number has been awarded a £2000 bonus prize. Call 09066362231 now"
+HAM = "Ok see you at home later, I will bring dinner"
+HAM2 = "Sorry, I will call you later, in a meeting"
+HOSTILE = "<script>alert(1)</script> \"&' see you at lunch tomorrow"
+HOSTILE_FROM = '"><img src=x onerror=alert(2)>'
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def dash_config(tmp_path: Path, model: str = "default-sms", password_hash: str | None = PW_HASH,
+                page_size: int = 25) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["sms"].update({"maildir": str(tmp_path / "SMS"), "model": model,
+                       "state": str(tmp_path / "state" / "sms.sqlite3"),
+                       "env_file": str(tmp_path / "twilio.env"),
+                       "cursor": str(tmp_path / "state" / "cursor"), "public_url": URL,
+                       "dashboard": {"password_hash": password_hash, "page_size": page_size}})
+    return cfg
+
+
+@pytest.fixture
+def writable_model(tmp_path) -> Path:
+    """A copy of the shipped SMS model that corrections may be learned into."""
+    from nnspam.model import Model
+
+    path = tmp_path / "sms-model"
+    Model.load("default-sms").save(path)
+    return path
+
+
+def make(tmp_path: Path, **kw):
+    from nnspam.sms.store import open_store
+    from nnspam.sms.webhook import create_app
+
+    cfg = dash_config(tmp_path, **kw)
+    store = open_store(cfg)
+    app = create_app(cfg, store=store, auth_token=TOKEN)
+    app.testing = True
+    return app, store
+
+
+@pytest.fixture
+def dash(tmp_path):
+    app, store = make(tmp_path)
+    yield app, store
+    store.close()
+
+
+def fill(store) -> None:
+    """Two ham, two spam and the hostile SMS, an hour apart (HAM2 newest ham)."""
+    for i, (body, frm) in enumerate([(HAM, "+447700900001"), (SPAM, "+447700900002"),
+                                     (HOSTILE, HOSTILE_FROM), (SPAM2, "+447700900004"),
+                                     (HAM2, "+447700900005")]):
+        store.store(Sms(f"SM{i:032d}", frm, "+441632960000", body, T0 + timedelta(hours=i)))
+
+
+def csrf_of(page: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def login(client, password: str = PASSWORD):
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"csrf_token": token, "password": password})
+
+
+def section(page: str, name: str) -> str:
+    """The Inbox (``inbox``) or Spam (``spam``) section, entities decoded (so
+    texts compare as written; the escaping itself is tested on the raw page)."""
+    m = re.search(rf'<section id="{name}".*?</section>', page, re.S)
+    assert m, f"no {name} section"
+    return html.unescape(m.group(0))
+
+
+def sid_of(store, body: str) -> str:
+    return store.db.execute("SELECT sid FROM sms WHERE body=?", (body,)).fetchone()[0]
+
+
+# -- access control ---------------------------------------------------------------
+
+def test_without_a_password_hash_the_dashboard_refuses_to_serve(tmp_path):
+    app, store = make(tmp_path, password_hash=None)
+    try:
+        fill(store)
+        c = app.test_client()
+        for r in (c.get("/"), c.get("/login"), c.post("/login", data={"password": ""}),
+                  c.post("/move", data={"sid": sid_of(store, SPAM), "to": "inbox"})):
+            assert r.status_code == 403
+            assert b"hash-password" in r.data and b"password_hash" in r.data
+            assert SPAM.encode() not in r.data
+        assert md.find_message(store.maildir / ".Junk", store.listing("junk")[0].uniq)
+    finally:
+        store.close()
+
+
+def test_the_webhook_needs_no_login_or_csrf_token(dash):
+    from twilio.request_validator import RequestValidator
+
+    app, store = dash
+    params = {"MessageSid": "SM" + "a" * 32, "From": "+447700900009", "To": "+441632960000",
+              "Body": HAM}
+    sig = RequestValidator(TOKEN).compute_signature(URL, params)
+    r = app.test_client().post("/sms", data=params, headers={"X-Twilio-Signature": sig})
+    assert r.status_code == 200 and b"<Response/>" in r.data
+    assert store.count() == 1
+
+
+def test_login_is_required_and_a_wrong_password_is_refused(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    r = c.get("/")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    page = c.get("/login").get_data(as_text=True)
+    assert 'type="password"' in page and HAM not in page
+    r = login(c, "not the password")
+    assert r.status_code == 401 and b"Wrong password" in r.data
+    assert c.get("/").status_code == 302
+    r = login(c)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/")
+    assert c.get("/").status_code == 200
+    # Logging out ends the session.
+    token = csrf_of(c.get("/").get_data(as_text=True))
+    assert c.post("/logout", data={"csrf_token": token}).status_code == 302
+    assert c.get("/").status_code == 302
+
+
+def test_the_login_form_needs_its_csrf_token(dash):
+    app, _ = dash
+    c = app.test_client()
+    c.get("/login")
+    r = c.post("/login", data={"password": PASSWORD})
+    assert r.status_code == 403
+    assert c.get("/").status_code == 302
+
+
+def test_session_cookie_is_httponly_and_samesite_strict(dash):
+    app, _ = dash
+    c = app.test_client()
+    r = c.get("/login")
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_secret_key_comes_from_the_env_file(tmp_path, monkeypatch):
+    from nnspam.sms.dashboard import secret_key
+
+    monkeypatch.delenv("NNSPAM_SECRET_KEY", raising=False)
+    env = tmp_path / "x.env"
+    env.write_text("NNSPAM_SECRET_KEY=s3cr3t-key-from-file\n")
+    assert secret_key(str(env)) == (b"s3cr3t-key-from-file", True)
+    monkeypatch.setenv("NNSPAM_SECRET_KEY", "from-environment")
+    assert secret_key(str(env)) == (b"from-environment", True)
+    monkeypatch.delenv("NNSPAM_SECRET_KEY")
+    a, b = secret_key(str(tmp_path / "missing.env")), secret_key(None)
+    assert not a[1] and not b[1] and len(a[0]) == 32 and a[0] != b[0]
+
+
+# -- the lists ----------------------------------------------------------------------
+
+def test_inbox_and_spam_are_listed_newest_first_with_all_fields(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    r = c.get("/")
+    page = r.get_data(as_text=True)
+    inbox, spam = section(page, "inbox"), section(page, "spam")
+    assert HAM in inbox and HAM2 in inbox and SPAM not in inbox
+    assert SPAM in spam and SPAM2 in spam and HAM not in spam
+    assert inbox.index(HAM2) < inbox.index(HAM)  # newest first
+    assert spam.index(SPAM2) < spam.index(SPAM)
+    assert "+447700900005" in inbox and "2026-11-20 13:00 UTC" in inbox
+    rec = store.listing("junk")[0]
+    assert f"{rec.spamicity:.4f}" in spam
+    # Styles come from the package (no CDN) and are served without login.
+    assert "http://" not in page and "https://" not in page
+    css = app.test_client().get("/static/dashboard/dashboard.css")
+    assert css.status_code == 200 and b"font-family" in css.data
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+
+
+def test_lists_are_paged(tmp_path):
+    app, store = make(tmp_path, page_size=1)
+    try:
+        fill(store)
+        c = app.test_client()
+        login(c)
+        page = c.get("/").get_data(as_text=True)
+        inbox = section(page, "inbox")
+        assert HAM2 in inbox and HAM not in inbox and "inbox=2" in inbox
+        page = c.get("/?inbox=2").get_data(as_text=True)
+        inbox = section(page, "inbox")
+        assert HOSTILE in inbox and HAM2 not in inbox and HAM not in inbox
+        assert "inbox=1" in inbox and "inbox=3" in inbox and "page 2" in inbox
+        inbox = section(c.get("/?inbox=3").get_data(as_text=True), "inbox")
+        assert HAM in inbox and "inbox=4" not in inbox  # the oldest: no next page
+        page = c.get("/?inbox=4&spam=nonsense").get_data(as_text=True)
+        assert "No messages." in section(page, "inbox")
+        assert "page 1" in section(page, "spam") and SPAM2 in section(page, "spam")
+    finally:
+        store.close()
+
+
+def test_every_field_is_escaped(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    page = c.get("/").get_data(as_text=True)
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&#39; see you" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
+
+
+# -- moving --------------------------------------------------------------------------
+
+def _move(c, sid: str, to: str, token: str | None):
+    data = {"sid": sid, "to": to}
+    if token is not None:
+        data["csrf_token"] = token
+    return c.post("/move", data=data)
+
+
+def test_a_move_without_or_with_a_wrong_csrf_token_changes_nothing(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    sid = sid_of(store, SPAM)
+    uniq = store.db.execute("SELECT uniq FROM sms WHERE sid=?", (sid,)).fetchone()[0]
+    for token in (None, "", "x" * 43):
+        assert _move(c, sid, "inbox", token).status_code in (400, 403)
+    other = app.test_client()  # another session's token is wrong here too
+    login(other)
+    assert _move(c, sid, "inbox", csrf_of(other.get("/").get_data(as_text=True))
+                 ).status_code == 403
+    assert md.find_message(store.maildir / ".Junk", uniq) is not None
+    assert md.find_message(store.maildir, uniq) is None
+    assert store.sorter.state.get(store.key, uniq).place == "junk"
+    assert c.get("/?x=1").status_code == 200
+    # Not logged in, a valid-looking POST is not honoured either.
+    anon = app.test_client()
+    token = csrf_of(anon.get("/login").get_data(as_text=True))
+    r = _move(anon, sid, "inbox", token)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert md.find_message(store.maildir / ".Junk", uniq) is not None
+
+
+def test_moves_are_learned_and_move_the_score(tmp_path, writable_model):
+    from nnspam.model import Model
+
+    app, store = make(tmp_path, model=str(writable_model))
+    try:
+        fill(store)
+        c = app.test_client()
+        login(c)
+        token = csrf_of(c.get("/").get_data(as_text=True))
+        model = store.sorter.model
+        before = model.score([SPAM, HAM])
+        on_disk = Model.load(writable_model).score([SPAM, HAM])
+
+        sid = sid_of(store, SPAM)
+        uniq = store.db.execute("SELECT uniq FROM sms WHERE sid=?", (sid,)).fetchone()[0]
+        r = _move(c, sid, "inbox", token)
+        assert r.status_code == 302
+        path = md.find_message(store.maildir, uniq)
+        assert path is not None and path.parent.name == "cur"
+        assert md.find_message(store.maildir / ".Junk", uniq) is None
+        assert store.sorter.state.get(store.key, uniq).place == "inbox"
+        page = c.get("/").get_data(as_text=True)
+        assert "learned it as ham" in page
+        assert SPAM in section(page, "inbox") and SPAM not in section(page, "spam")
+
+        sid = sid_of(store, HAM)
+        uniq = store.db.execute("SELECT uniq FROM sms WHERE sid=?", (sid,)).fetchone()[0]
+        assert _move(c, sid, "junk", token).status_code == 302
+        assert md.find_message(store.maildir / ".Junk", uniq) is not None
+        assert md.find_message(store.maildir, uniq) is None
+        page = c.get("/").get_data(as_text=True)
+        assert "learned it as spam" in page
+        assert HAM in section(page, "spam") and HAM not in section(page, "inbox")
+
+        after = model.score([SPAM, HAM])
+        assert after[0] < before[0]  # learned as ham: less spammy
+        assert after[1] > before[1]  # learned as spam: more spammy
+        saved = Model.load(writable_model).score([SPAM, HAM])
+        assert saved[0] < on_disk[0] and saved[1] > on_disk[1]  # saved at once
+        kinds = [r[0] for r in store.db.execute(
+            "SELECT label FROM corrections ORDER BY rowid").fetchall()]
+        assert kinds == ["ham", "spam"]
+        # Moving it again to where it is does nothing.
+        assert _move(c, sid, "junk", token).status_code == 302
+        assert "already in Spam" in c.get("/").get_data(as_text=True)
+    finally:
+        store.close()
+
+
+def test_with_the_read_only_shipped_model_the_move_happens_unlearned(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    token = csrf_of(c.get("/").get_data(as_text=True))
+    before = store.sorter.model.score([SPAM2])
+    sid = sid_of(store, SPAM2)
+    uniq = store.db.execute("SELECT uniq FROM sms WHERE sid=?", (sid,)).fetchone()[0]
+    assert _move(c, sid, "inbox", token).status_code == 302
+    assert md.find_message(store.maildir, uniq) is not None
+    page = c.get("/").get_data(as_text=True)
+    assert "not learned" in page and SPAM2 in section(page, "inbox")
+    assert store.sorter.model.score([SPAM2])[0] == before[0]
+    assert store.sorter.state.get(store.key, uniq).place == "inbox"
+
+
+def test_move_rejects_bad_input(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    token = csrf_of(c.get("/").get_data(as_text=True))
+    assert _move(c, sid_of(store, HAM), "trash", token).status_code == 400
+    assert _move(c, "SM" + "f" * 32, "junk", token).status_code == 404
+
+
+# -- the command line -------------------------------------------------------------------
+
+def test_hash_password_prints_a_salted_hash_that_checks():
+    from werkzeug.security import check_password_hash
+
+    def run(pw: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nnspam.cli", "sms", "hash-password",
+                               "--stdin"], input=pw + "\n", capture_output=True, text=True)
+
+    a, b = run(PASSWORD), run(PASSWORD)
+    assert a.returncode == 0 and a.stdout.startswith("scrypt:")
+    h = a.stdout.strip()
+    assert h != b.stdout.strip()  # salted
+    assert check_password_hash(h, PASSWORD) and not check_password_hash(h, PASSWORD + "x")
+    short = run("short")
+    assert short.returncode != 0 and "too short" in short.stderr

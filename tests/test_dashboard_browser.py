@@ -1,0 +1,211 @@
+"""The SMS dashboard in a real browser: headless Chromium driven by Selenium.
+
+The app is served by werkzeug on 127.0.0.1 (a free port) in a thread, over a
+test SMS maildir filed by a writable copy of the shipped SMS model.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium``
+package (the dev extra). Without them the tests skip, unless CI is set: then
+they fail. A screenshot of the dashboard after a move is saved in
+``$NNSPAM_TEST_ARTIFACTS`` (default: the test's temporary directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from test_dashboard import HAM, HAM2, HOSTILE, HOSTILE_FROM, PASSWORD, SPAM, SPAM2, fill, make
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _missing() -> str | None:
+    """What is missing to run a real browser, or None."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    if _chromium() is None:
+        return "chromium is not installed (apt-get install -y chromium)"
+    if not os.access(CHROMEDRIVER, os.X_OK):
+        return f"{CHROMEDRIVER} is not installed (apt-get install -y chromium-driver)"
+    return None
+
+
+MISSING = _missing()
+# Skip only on a developer's machine without a browser; under CI every test
+# here runs, and fails when something is missing.
+pytestmark = pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"),
+                                reason=f"{MISSING} (CI always has it)")
+
+
+def test_a_browser_is_available():
+    assert MISSING is None, MISSING
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(base URL, store) for the dashboard over a filled test maildir."""
+    from werkzeug.serving import make_server
+
+    from nnspam.model import Model
+
+    model = tmp_path / "sms-model"
+    Model.load("default-sms").save(model)
+    app, store = make(tmp_path, model=str(model))
+    fill(store)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", store
+    finally:
+        server.shutdown()
+        thread.join(10)
+        store.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = _chromium() or ""
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def texts(driver, folder: str) -> list[str]:
+    """The SMS texts shown in the Inbox (``inbox``) or Spam (``spam``) section."""
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"#{folder} td.text")]
+
+
+def click_and_wait(driver, element) -> None:
+    """Click a submit button and wait until the next page has replaced this one."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_driver) -> bool:
+        # Stale, or (mid-navigation) chromedriver's "node does not belong to
+        # the document": either way the old page is going away.
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    element.click()
+    WebDriverWait(driver, 15).until(gone)
+    WebDriverWait(driver, 15).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def log_in(driver, base: str, password: str = PASSWORD) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(base + "/")
+    driver.find_element(By.ID, "password").send_keys(password)
+    click_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]"))
+
+
+def no_alert(driver) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        alert = driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    alert.dismiss()
+    return False
+
+
+def test_login_is_required_and_a_wrong_password_is_refused(served, browser):
+    from selenium.webdriver.common.by import By
+
+    base, _ = served
+    browser.get(base + "/")
+    assert browser.current_url.endswith("/login")
+    assert browser.find_element(By.ID, "password").get_attribute("type") == "password"
+    assert HAM not in browser.page_source and not browser.find_elements(By.ID, "inbox")
+    log_in(browser, base, "wrong password")
+    assert "Wrong password" in browser.find_element(By.CSS_SELECTOR, ".error").text
+    assert not browser.find_elements(By.ID, "inbox")
+    browser.get(base + "/")
+    assert browser.current_url.endswith("/login")
+    log_in(browser, base)
+    assert browser.find_element(By.ID, "inbox").is_displayed()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, ".logout button"))
+    assert browser.current_url.endswith("/login")
+    browser.get(base + "/")
+    assert browser.current_url.endswith("/login")
+
+
+def test_the_dashboard_lists_inbox_and_spam(served, browser):
+    base, _ = served
+    log_in(browser, base)
+    inbox, spam = texts(browser, "inbox"), texts(browser, "spam")
+    assert inbox == [HAM2, HOSTILE, HAM]  # newest first
+    assert spam == [SPAM2, SPAM]
+
+
+def test_a_click_moves_the_message_to_the_other_folder(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    base, store = served
+    log_in(browser, base)
+    before = store.sorter.model.score([SPAM])[0]
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#spam tr.sms")
+               if r.find_element(By.CSS_SELECTOR, "td.text").text == SPAM)
+    button = row.find_element(By.CSS_SELECTOR, "button.move")
+    assert button.text == "Not spam"
+    click_and_wait(browser, button)
+    assert SPAM in texts(browser, "inbox") and SPAM not in texts(browser, "spam")
+    assert "learned it as ham" in browser.find_element(By.CSS_SELECTOR, ".flash").text
+    assert store.sorter.model.score([SPAM])[0] < before
+    out = Path(os.environ.get("NNSPAM_TEST_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    shot = out / "dashboard-after-move.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 1000
+    # And back: the ham button files it as spam again.
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#inbox tr.sms")
+               if r.find_element(By.CSS_SELECTOR, "td.text").text == SPAM)
+    click_and_wait(browser, row.find_element(By.CSS_SELECTOR, "button.move"))
+    assert SPAM in texts(browser, "spam") and SPAM not in texts(browser, "inbox")
+
+
+def test_hostile_content_is_shown_as_text_and_never_runs(served, browser):
+    from selenium.webdriver.common.by import By
+
+    base, _ = served
+    log_in(browser, base)
+    assert no_alert(browser)
+    assert HOSTILE in texts(browser, "inbox")
+    froms = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#inbox td.from")]
+    assert HOSTILE_FROM in froms
+    assert browser.find_elements(By.TAG_NAME, "script") == []
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+    assert no_alert(browser)
