@@ -272,7 +272,12 @@ def _number_shape(num: str) -> list[str]:
 
 
 def tokenize_sms(text: str) -> list[str]:
-    """Tokens of one SMS text (see the module docstring)."""
+    """Tokens of one SMS text (see the module docstring).
+
+    Measured on the SMS split (seeds 1-3, same network): this tokenizer missed 12/13/13
+    spams with 0/0/1 hams lost (1-ROCA 0.41-0.43%); the email body tokenizer (words of
+    3..20 characters) missed 31/33/29 with 1 ham lost each (1-ROCA 1.2-1.6%). The short
+    tokens it keeps ("£", "txt", shortcodes) carry most of the evidence in SMS spam."""
     out: list[str] = []
     for m in _SMS_TOKEN.finditer(text):
         kind = m.lastgroup
