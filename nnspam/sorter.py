@@ -220,16 +220,20 @@ class Sorter:
         log.info("decision file=%s message-id=%s spamicity=%s action=%s", path, mid or "-", sps,
                  action)
 
+    def _lookup(self, maildir: Path, path: Path) -> tuple[Path, str, str, Record | None]:
+        """The maildir, its state key, the message's unique name and its record (if any)."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        return maildir, key, uniq, self.state.get(key, uniq)
+
     # -- a message in inbox new/ --------------------------------------------
     def handle_new(self, maildir: Path, path: Path) -> str:
         """Classify and file one message of the inbox. Returns what was done:
         ``known`` (already decided), ``ham``, ``spam``, ``skipped``,
         ``vanished``, ``resumed`` (a move interrupted by a crash finished) or
         ``corrected`` (a Junk message the user moved back: learned as ham)."""
-        maildir = Path(maildir)
-        key = self.key(maildir)
-        uniq = md.base_name(path.name)
-        rec = self.state.get(key, uniq)
+        maildir, key, uniq, rec = self._lookup(maildir, path)
         if rec is not None:
             return self._known_in_inbox(maildir, path, rec)
         try:
@@ -352,10 +356,7 @@ class Sorter:
     def handle_inbox_cur(self, maildir: Path, path: Path) -> str:
         """A message in the inbox's ``cur/``: a Junk message moved back is
         learned as ham; anything else is left alone (``cur/`` is read mail)."""
-        maildir = Path(maildir)
-        key = self.key(maildir)
-        uniq = md.base_name(path.name)
-        rec = self.state.get(key, uniq)
+        maildir, key, uniq, rec = self._lookup(maildir, path)
         if rec is not None:
             return self._known_in_inbox(maildir, path, rec)
         try:
