@@ -404,6 +404,22 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return _die(str(exc))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the SPAMC/SPAMD scoring server until SIGTERM (see nnspam/server.py)."""
+    import logging
+
+    from nnspam.server import ServerError, run_server, serve_settings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nnspam-serve %(levelname)s %(message)s")
+    cfg = _config(args)
+    try:
+        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow)
+        return run_server(st)
+    except ServerError as exc:
+        return _die(str(exc))
+
+
 def _sms_logging() -> None:
     import logging
 
@@ -618,6 +634,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--maildir", action="append", metavar="DIR",
                     help="inbox maildir to watch (repeatable; replaces daemon.maildirs)")
     sp.set_defaults(func=cmd_daemon)
+
+    sp = add("serve", "SPAMC/SPAMD scoring server for spamc, Exim and milters",
+             "Serve SpamAssassin's SPAMC/SPAMD protocol (PING, CHECK, SYMBOLS, REPORT, "
+             "REPORT_IFSPAM, HEADERS, PROCESS, TELL, SKIP) on a Unix socket and/or TCP, so "
+             "that spamc gets what nnspam filter writes. Score = 10 * spamicity, threshold = "
+             "10 * threshold (spamc -c prints e.g. 9.7/5.0 and exits 1 for spam). spamc -L "
+             "spam|ham learns (model directory given with -m). SIGTERM drains and exits 0; "
+             "SIGHUP reloads the model.")
+    _add_model(sp)
+    sp.add_argument("--socket", metavar="PATH",
+                    help="listen on this Unix socket (with --listen: replaces serve.socket "
+                    "and serve.listen)")
+    sp.add_argument("--listen", metavar="HOST:PORT",
+                    help="listen on TCP (loopback unless --allow names other networks)")
+    sp.add_argument("--allow", action="append", metavar="NETWORK",
+                    help="TCP client network allowed (repeatable; replaces serve.allowed)")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser(
         "sms", help="SMS from Twilio: webhook server and poller",

@@ -113,6 +113,16 @@ DEFAULTS: dict[str, Any] = {
         "max_message_bytes": 10485760,  # bigger messages are left unclassified
         "rescan_interval": 3600,  # seconds between safety rescans; 0 = only at start
     },
+    # The SPAMC/SPAMD scoring server (nnspam serve; README "Scoring server").
+    "serve": {
+        "socket": None,  # Unix socket path, e.g. /run/nnspam/nnspam.sock; null = none
+        "listen": "127.0.0.1:783",  # TCP HOST:PORT (spamd's port); null = no TCP
+        "allowed": ["127.0.0.1/32", "::1/128"],  # TCP client networks (loopback always)
+        "max_size": 524288,  # bytes; bigger messages come back unchanged, unclassified
+        "timeout": 30,  # seconds a client may stay silent before it is disconnected
+        "score_scale": 10,  # spamc score = scale * spamicity, threshold = scale * threshold
+        "learn_epochs": 3,  # partial_fit passes per TELL (spamc -L spam|ham)
+    },
 }
 
 # The original NNSpam design, selectable with --faithful: spam-only top-n

@@ -1,0 +1,336 @@
+"""``nnspam serve`` driven by the real SpamAssassin client ``spamc`` (Debian
+package ``spamc``) and by hand-written requests over a socket."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from nnspam import pipefilter
+
+SPAMC = shutil.which("spamc")
+
+
+def _need_spamc() -> str:
+    if SPAMC is None:
+        if os.environ.get("CI"):
+            pytest.fail("spamc is missing (apt-get install -y spamc)")
+        pytest.skip("spamc is not installed (Debian package spamc)")
+    return SPAMC
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``nnspam serve`` subprocess on a TCP port and a Unix socket."""
+
+    def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "") -> None:
+        self.port = _free_port()
+        self.sock = str(tmp / "nnspam.sock")
+        self.cfg = tmp / "config.yaml"
+        self.cfg.write_text(extra_cfg)
+        self.model = model
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
+             "--listen", f"127.0.0.1:{self.port}", "--socket", self.sock],
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode())
+            try:
+                if self.request(b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG"):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def request(self, data: bytes, unix: bool = False) -> bytes:
+        if unix:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.sock)
+        else:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        with s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            parts = []
+            while chunk := s.recv(65536):
+                parts.append(chunk)
+        return b"".join(parts)
+
+    def spamc(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([_need_spamc(), "-d", "127.0.0.1", "-p", str(self.port), *args],
+                              input=data, capture_output=True, timeout=60)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("serve"))
+    yield srv
+    assert srv.stop() == 0
+
+
+def _filter_output(raw: bytes, cfg: Path) -> bytes:
+    """What ``nnspam filter -c cfg`` writes (its own code path, in-process)."""
+    out = io.BytesIO()
+    args = pipefilter.build_parser().parse_args(["-c", str(cfg)])
+    assert pipefilter.run(args, io.BytesIO(raw), out) == 0
+    return out.getvalue()
+
+
+def _messages(sa_corpus: Path, n: int) -> list[bytes]:
+    spam = sorted((sa_corpus / "spam").iterdir())[: n // 2]
+    ham = sorted((sa_corpus / "easy_ham").iterdir())[: n - len(spam)]
+    return [p.read_bytes() for p in spam + ham]
+
+
+def _request(verb: str, body: bytes, **headers: str) -> bytes:
+    hdr = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"{verb} SPAMC/1.5\r\nContent-length: {len(body)}\r\n{hdr}\r\n").encode() + body
+
+
+# -- spamc ---------------------------------------------------------------------------
+
+def test_spamc_output_equals_filter_output_on_200_messages(server, sa_corpus):
+    _need_spamc()
+    msgs = _messages(sa_corpus, 200)
+    verdicts = set()
+    for raw in msgs:
+        want = _filter_output(raw, server.cfg)
+        got = server.spamc([], raw)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == want
+        assert got.stdout != raw  # classified, not the fallback
+        verdicts.add(b"X-NNSpam-Flag: YES" in got.stdout)
+    assert verdicts == {True, False}
+
+
+def test_spamc_output_equals_the_real_filter_process(server, sa_corpus):
+    for raw in _messages(sa_corpus, 4):
+        want = subprocess.run([sys.executable, "-m", "nnspam", "filter", "-c", str(server.cfg)],
+                              input=raw, capture_output=True, check=True).stdout
+        assert server.spamc([], raw).stdout == want
+
+
+def test_spamc_headers_mode_and_unix_socket(server, sa_corpus):
+    spamc = _need_spamc()
+    for raw in _messages(sa_corpus, 6):
+        want = _filter_output(raw, server.cfg)
+        assert server.spamc(["--headers"], raw).stdout == want
+        got = subprocess.run([spamc, "-U", server.sock], input=raw, capture_output=True,
+                             timeout=60)
+        assert got.stdout == want
+
+
+def test_spamc_check_prints_score_and_exit_code_is_the_verdict(server, sa_corpus):
+    for raw in _messages(sa_corpus, 10):
+        want = _filter_output(raw, server.cfg)
+        sp = float(want.split(b"spamicity=")[1].split(b",")[0])
+        got = server.spamc(["-c"], raw)
+        score, thr = got.stdout.decode().strip().split("/")
+        assert thr == "5.0" and abs(float(score) - 10 * sp) <= 0.051  # header has 3 decimals
+        assert got.returncode == (1 if sp >= 0.5 else 0)
+
+
+def test_spamc_symbols_and_report(server, sa_corpus):
+    spam, ham = _messages(sa_corpus, 2)
+    assert server.spamc(["-y"], spam).stdout.strip() == b"NNSPAM_SPAM"
+    assert server.spamc(["-y"], ham).stdout.strip() == b"NNSPAM_HAM"
+    rep = server.spamc(["-R"], spam)
+    assert rep.stdout.startswith(b"10.0/5.0\n") and b"spamicity 1.000" in rep.stdout
+    assert b"spamicity" not in server.spamc(["-r"], ham).stdout  # REPORT_IFSPAM on ham
+
+
+def test_spamc_z_when_spamc_has_zlib(server, sa_corpus):
+    spamc = _need_spamc()
+    usage = subprocess.run([spamc, "-h"], capture_output=True, text=True)
+    if "-z" not in usage.stdout + usage.stderr:
+        pytest.skip("this spamc is built without zlib (Debian's is): -z is covered by the "
+                    "hand-written Compress: zlib request below")
+    raw = _messages(sa_corpus, 1)[0]
+    assert server.spamc(["-z"], raw).stdout == _filter_output(raw, server.cfg)
+
+
+def test_spamc_over_size_cap_comes_back_unchanged(server):
+    body = b"x" * 999 + b"\n"
+    raw = (b"From: a@example.org\nSubject: big\n\n" + body * 600)  # about 600 KB > 512 KiB
+    got = server.spamc(["-s", "2000000"], raw)
+    assert got.returncode == 0
+    assert got.stdout == raw
+    assert server.spamc(["-s", "2000000", "-c"], raw).stdout.strip() == b"0.0/5.0"
+
+
+def test_spamc_learn_changes_the_answer(tmp_path, sa_corpus):
+    from nnspam.model import resolve_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_path("default"), model)
+    srv = Server(tmp_path, str(model))
+    try:
+        raw = _messages(sa_corpus, 2)[1]  # a ham
+        before = float(srv.spamc(["-c"], raw).stdout.split(b"/")[0])
+        assert before < 5.0
+        for _ in range(10):
+            got = srv.spamc(["-L", "spam"], raw)
+            assert got.returncode in (0, 5, 6), got.stderr
+            if float(srv.spamc(["-c"], raw).stdout.split(b"/")[0]) >= 5.0:
+                break
+        assert srv.spamc(["-c"], raw).returncode == 1
+        saved = os.stat(model / os.listdir(model)[0]).st_mtime
+        assert saved > 0
+        for _ in range(10):
+            srv.spamc(["-L", "ham"], raw)
+            if float(srv.spamc(["-c"], raw).stdout.split(b"/")[0]) < 5.0:
+                break
+        assert srv.spamc(["-c"], raw).returncode == 0
+        # The model on disk is the learned one: a fresh server agrees.
+        score = srv.spamc(["-c"], raw).stdout
+    finally:
+        assert srv.stop() == 0
+    srv2 = Server(tmp_path, str(model))
+    try:
+        assert srv2.spamc(["-c"], raw).stdout == score
+    finally:
+        srv2.stop()
+
+
+def test_tell_on_the_shipped_model_is_refused(server, sa_corpus):
+    raw = _messages(sa_corpus, 1)[0]
+    resp = server.request(_request("TELL", raw, Message_class="spam", Set="local"))
+    assert resp.startswith(b"SPAMD/1.5 77 ")
+
+
+# -- hand-written requests -------------------------------------------------------------
+
+def test_ping_and_check_by_hand(server, sa_corpus):
+    assert server.request(b"PING SPAMC/1.2\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    raw = _messages(sa_corpus, 2)[0]  # a spam
+    resp = server.request(_request("CHECK", raw, User="alice"), unix=True)
+    assert resp.startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: True ; ")
+    assert resp.endswith(b" / 5.0\r\n\r\n")
+
+
+def test_compress_zlib_request(server, sa_corpus):
+    raw = _messages(sa_corpus, 1)[0]
+    resp = server.request(_request("PROCESS", zlib.compress(raw), Compress="zlib"))
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"SPAMD/1.5 0 EX_OK")
+    assert f"Content-length: {len(body)}".encode() in head
+    assert body == _filter_output(raw, server.cfg)
+
+
+@pytest.mark.parametrize("req, code", [
+    (b"FROB SPAMC/1.5\r\n\r\n", 64),
+    (b"garbage\r\n\r\n", 76),
+    (b"CHECK HTTP/1.1\r\n\r\n", 76),
+    (b"CHECK SPAMC/1.5\r\n\r\nbody", 76),  # no Content-length
+    (b"CHECK SPAMC/1.5\r\nContent-length: abc\r\n\r\n", 76),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 100\r\n\r\nshort", 76),  # truncated body
+    (b"CHECK SPAMC/1.5\r\nno colon here\r\n\r\n", 76),
+    (b"CHECK SPAMC/1.5\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n", 76),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 4\r\nCompress: zlib\r\n\r\nnope", 65),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 4\r\nCompress: gzip\r\n\r\nnope", 76),
+    (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: eggs\r\nSet: local\r\n\r\nhi", 65),
+    (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: spam\r\nRemove: local\r\n\r\nhi",
+     69),
+])
+def test_malformed_requests_get_spamd_error_codes(server, req, code):
+    resp = server.request(req)
+    assert resp.startswith(f"SPAMD/1.5 {code} ".encode()), resp
+    assert server.request(b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+
+
+def test_zlib_bomb_is_refused(server):
+    bomb = zlib.compress(b"\0" * (50 << 20), 9)  # 50 MB from about 50 KB
+    resp = server.request(_request("PROCESS", bomb, Compress="zlib"))
+    assert resp.startswith(b"SPAMD/1.5 65 ")
+
+
+def test_skip_gets_no_answer(server):
+    assert server.request(b"SKIP SPAMC/1.5\r\n\r\n") == b""
+
+
+def test_oversize_process_by_hand_is_streamed_back_unchanged(server):
+    raw = b"Subject: big\r\n\r\n" + os.urandom(700_000)
+    resp = server.request(_request("PROCESS", raw))
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert b"Spam: False ; 0.0 / 5.0" in head
+    assert body == raw
+
+
+def test_silent_client_is_disconnected_and_others_are_served(tmp_path):
+    srv = Server(tmp_path, extra_cfg="serve:\n  timeout: 1\n")
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.settimeout(10)
+            t0 = time.monotonic()
+            assert srv.request(b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+            assert s.recv(100) == b""  # closed by the server
+            assert time.monotonic() - t0 < 8
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sighup_reloads_and_sigterm_exits_0(tmp_path, sa_corpus):
+    from nnspam.model import Model, resolve_model_path
+    from nnspam.training import learn
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_path("default"), model)
+    srv = Server(tmp_path, str(model))
+    raw = _messages(sa_corpus, 2)[1]
+    try:
+        before = srv.spamc(["-c"], raw).stdout
+        m = Model.load(model)
+        for _ in range(20):
+            learn(m, [raw], "spam", epochs=3)
+        m.save(model)
+        assert srv.spamc(["-c"], raw).stdout == before  # still the loaded model
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while srv.spamc(["-c"], raw).stdout == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert srv.spamc(["-c"], raw).stdout != before
+    finally:
+        assert srv.stop() == 0
+
+
+def test_non_loopback_listen_needs_an_allow_list():
+    from nnspam.config import DEFAULTS
+    from nnspam.server import ServerError, serve_settings
+
+    with pytest.raises(ServerError, match="allow list"):
+        serve_settings(DEFAULTS, listen="0.0.0.0:7830")
+    st = serve_settings(DEFAULTS, listen="0.0.0.0:7830", allow=["192.0.2.0/24"])
+    assert st.listen == ("0.0.0.0", 7830)
+
+
+def test_score_line_mapping():
+    from nnspam.server import score_line
+
+    assert score_line(0.97, 0.5, 10) == b"Spam: True ; 9.7 / 5.0"
+    assert score_line(0.499, 0.5, 10) == b"Spam: False ; 5.0 / 5.0"
+    assert score_line(None, 0.5, 10) == b"Spam: False ; 0.0 / 5.0"
