@@ -158,7 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
     elif args.ham or args.spam:
         raise UsageError("--ham/--spam cannot be combined with --split or --sms")
-    kind = "sms" if args.sms else "email"
+    kind = args.kind or ("sms" if args.sms else "email")
+    if args.sms and kind != "sms":
+        raise UsageError("--sms trains an SMS model; --kind email does not apply")
     settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
     if args.faithful:
         settings = C.merge(settings, C.FAITHFUL)
@@ -174,6 +176,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings["network"]["max_epochs"] = args.epochs
     if args.seed is not None:
         settings["network"]["seed"] = args.seed
+    if args.backend == "keras":
+        from nnspam.keras_backend import available
+
+        if not available():
+            raise UsageError("--backend keras needs TensorFlow and Keras 3: "
+                             "pip install 'nnspam[keras]'")
+    if args.arch == "sms-embedding" and args.balance != "none":
+        raise UsageError("--balance dbb needs feature vectors: not with --arch sms-embedding")
     wordlist = read_wordlist(args.wordlist) if args.wordlist else None
     n_spam = sum(1 for x in samples if x.label == "spam")
     print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam",
@@ -185,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples, kind, settings, wordlist=wordlist, ham_factor=h, spam_factor=s,
         threshold=t, max_part_bytes=int(cfg["max_part_bytes"]),
         progress=_progress_printer(show), provenance=provenance,
+        arch=args.arch, backend=args.backend, balance=args.balance, arch_settings=cfg["arch"],
     )
     model.save(args.model)
     print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, "
@@ -300,8 +311,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ncfg = net.get_config()
     print(f"Model:       {args.model or cfg['model']}")
     print(f"Kind:        {model.kind}")
+    print(f"Arch:        {getattr(model, 'arch', 'nnspam')}, trained with "
+          f"{getattr(model, 'backend', 'numpy')} "
+          f"{' '.join(f'{k} {v}' for k, v in (getattr(model, 'libraries', {}) or {}).items())}")
+    if hasattr(net, "layers"):
+        print(f"Layers:      {ncfg.get('layers')}, dropout {ncfg.get('dropout')}, "
+              f"embedding {ncfg.get('embedding')}, length {ncfg.get('length')}")
     print(f"Network:     {len(model.words)} inputs -> {net.hidden_size} hidden "
-          f"({ncfg.get('hidden_activation')}) -> 2 outputs ({ncfg.get('output')})")
+          f"({ncfg.get('hidden_activation', 'relu')}) -> 2 outputs ({ncfg.get('output')})")
     print(f"Features:    {model.scaling} scaling of word counts")
     print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "
           f"threshold={model.threshold:g}")
@@ -386,7 +403,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     """Normally reached through the fast path in :func:`main`."""
-    from nnspam.pipefilter import run
+    from nnspam.spamc import run
 
     return run(args)
 
@@ -410,11 +427,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from nnspam.server import ServerError, run_server, serve_settings
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s nnspam-serve %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # pid: which worker
+                        format="%(asctime)s nnspam-serve[%(process)d] %(levelname)s %(message)s")
     cfg = _config(args)
     try:
-        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow)
+        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow, args.workers)
         return run_server(st)
     except ServerError as exc:
         return _die(str(exc))
@@ -536,6 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ham", nargs="+", metavar="PATH", help="ham (good mail) to learn from")
     sp.add_argument("--spam", nargs="+", metavar="PATH", help="spam to learn from")
     _add_split_source(sp)
+    sp.add_argument("--kind", choices=("email", "sms"),
+                    help="model kind (default: sms with --sms, else email); --kind sms trains "
+                    "the SMS tokenizer on SMS delivered as messages, e.g. the SMS maildir's "
+                    "ham and spam folders")
     sp.add_argument("--wordlist", metavar="FILE",
                     help="use this word list (count<TAB>word lines) instead of building one")
     sp.add_argument("--faithful", action="store_true",
@@ -552,6 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, help="random seed (config: network.seed)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="show loss per epoch (default: when stderr is a terminal)")
+    sp.add_argument("--arch", choices=("nnspam", "deep", "sms-embedding"), default="nnspam",
+                    help="architecture: nnspam (n inputs, one hidden layer, 2 outputs; "
+                    "default), deep (tf-idf n-grams, several ReLU layers) or sms-embedding "
+                    "(word indices, embedding, dense layers); settings in the config's arch:")
+    sp.add_argument("--backend", choices=("numpy", "keras"), default="numpy",
+                    help="library that trains the network: numpy (default) or keras "
+                    "(TensorFlow, the 'keras' extra); either model is served by NumPy")
+    sp.add_argument("--balance", choices=("none", "dbb"), default="none",
+                    help="dbb: oversample the minority class of the training part with "
+                    "distribution-based synthetic examples before training")
     _add_bias(sp)
     sp.set_defaults(func=cmd_train)
 
@@ -640,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
              "REPORT_IFSPAM, HEADERS, PROCESS, TELL, SKIP) on a Unix socket and/or TCP, so "
              "that spamc gets what nnspam filter writes. Score = 10 * spamicity, threshold = "
              "10 * threshold (spamc -c prints e.g. 9.7/5.0 and exits 1 for spam). spamc -L "
-             "spam|ham learns (model directory given with -m). SIGTERM drains and exits 0; "
-             "SIGHUP reloads the model.")
+             "spam|ham learns (model directory given with -m, or per-user models with "
+             "serve.user_model). Pre-forks serve.workers processes; socket activation and "
+             "Type=notify for systemd. SIGTERM drains and exits 0; SIGHUP reloads the model.")
     _add_model(sp)
     sp.add_argument("--socket", metavar="PATH",
                     help="listen on this Unix socket (with --listen: replaces serve.socket "
@@ -650,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="listen on TCP (loopback unless --allow names other networks)")
     sp.add_argument("--allow", action="append", metavar="NETWORK",
                     help="TCP client network allowed (repeatable; replaces serve.allowed)")
+    sp.add_argument("--workers", type=int, metavar="N",
+                    help="worker processes (replaces serve.workers; 0 = one per core)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser(
@@ -696,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("filter", help="pipe filter: add X-NNSpam headers to one message",
                         description=textwrap.fill(pipefilter.DESCRIPTION, 78))
     pipefilter.add_arguments(sp)
+    from nnspam import spamc
+
+    spamc.add_arguments(sp)
     sp.set_defaults(func=cmd_filter)
     return p
 
@@ -705,7 +742,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["filter"]:
         # The pipe filter runs once per delivered message: dispatch before the
         # full parser is built and anything but the filter's own code is loaded.
-        from nnspam.pipefilter import main as filter_main
+        # nnspam.spamc classifies through filter.server when one answers, else
+        # in-process (nnspam.pipefilter).
+        from nnspam.spamc import main as filter_main
 
         return filter_main(argv[1:])
     parser = build_parser()

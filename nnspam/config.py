@@ -79,6 +79,28 @@ DEFAULTS: dict[str, Any] = {
         "learn_on_confident": False,  # daemon: also learn from confident verdicts
         "confident_margin": 0.45,  # ... spamicity >= threshold+m or <= threshold-m
     },
+    # The architectures other than nnspam's own n-h-2 network (nnspam train
+    # --arch deep|sms-embedding; README "Architectures and the Keras backend").
+    # Learning rate, batch size, epochs, patience, validation part and seed
+    # come from network: above.
+    "arch": {
+        "deep": {
+            "ngram": 2,  # inputs: words and runs of up to this many adjacent tokens
+            "size": 8000,  # inputs, chosen by information gain (min_df as wordlist)
+            "layers": [256, 128, 64],  # ReLU layers, each followed by dropout
+            "dropout": 0.5,
+            "l2": 0.00001,
+        },
+        "sms_embedding": {
+            "vocabulary": 5000,  # most frequent training tokens that get an index
+            "length_sms": 50,  # tokens per message (first ones kept, padded after)
+            "length_email": 300,
+            "embedding": 24,  # numbers per word
+            "layers": [500, 200, 100],  # ReLU layers; dropout only after the last
+            "dropout": 0.5,
+            "l2": 0.0,
+        },
+    },
     # Settings for SMS models (nnspam train --sms): these override the ones
     # above for SMS, where messages are short and the vocabulary small.
     "sms": {
@@ -101,6 +123,10 @@ DEFAULTS: dict[str, Any] = {
     "filter": {
         "max_size": 524288,  # bytes; bigger messages pass through unclassified
         "unsure": None,  # null, or [low, high]: --verdict-exit 2 for low <= spamicity < high
+        # A running nnspam serve to classify through (no NumPy start per message):
+        # null, a Unix socket path, or HOST:PORT; comma-separated to fail over.
+        "server": None,
+        "server_timeout": 5,  # seconds for the whole exchange; then classify in-process
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     "daemon": {
@@ -122,6 +148,21 @@ DEFAULTS: dict[str, Any] = {
         "timeout": 30,  # seconds a client may stay silent before it is disconnected
         "score_scale": 10,  # spamc score = scale * spamicity, threshold = scale * threshold
         "learn_epochs": 3,  # partial_fit passes per TELL (spamc -L spam|ham)
+        "workers": None,  # worker processes; null/0 = one per CPU core
+        "max_connections": 32,  # requests served at once per worker; more wait in the backlog
+        "user_model": None,  # per-user model path pattern (%u, %l, %d, ~); null = site model
+        "user_cache": 16,  # per-user models kept loaded per worker (least recently used go)
+        "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
+    },
+    # Online learning, the TREC protocol (nnspam/online.py, scripts/trec/):
+    # every message is classified, then learned with its true label.
+    "online": {
+        "inputs": None,  # n of an untrained network; null = wordlist.size (sms: sms.wordlist.size)
+        "epochs": 1,  # partial_fit passes per learned message
+        "learning_rate": 0.001,  # Adam step size of online updates from an untrained start
+        "learning_rate_trained": 0.00003,  # ... when starting from a trained model
+        "dropout": 0.5,  # hidden-layer dropout during online updates
+        "admit_min": 2,  # untrained start: a token gets a free input once seen this often
     },
 }
 

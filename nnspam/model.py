@@ -15,6 +15,17 @@ replacement log) and ``weights.npz`` the arrays ``adaptive_activity`` and
 ``adaptive_by_class`` (aged activity per input, overall and per class).
 Models without them load as before.
 
+``model.json`` also names the architecture (``arch``: ``nnspam``, the n-h-2
+network of :mod:`nnspam.network`; ``deep`` or ``sms-embedding``, the networks
+of :mod:`nnspam.arch`), the ``backend`` that trained it (``numpy`` or
+``keras``) and the ``libraries`` (name -> version) used. A model without
+``arch`` is an ``nnspam`` model. Whatever trained it, a model is served by
+the NumPy forward pass: TensorFlow is never imported to classify. ``deep``
+models keep their idf weights in ``weights.npz`` (``idf``) and their n-gram
+length in ``model.json`` (``ngram``); ``sms-embedding`` models keep their
+vocabulary as ``words`` (word i has index i; padding is the last row of
+the embedding ``W1``).
+
 Never pickled: both files are plain data and are loaded without executing
 anything. Saving writes a new directory beside the target and renames it into
 place, so a reader sees the old model or the new one, never a mix.
@@ -39,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nnspam import __version__
+from nnspam.arch import ARCHS, MLP, SequenceEncoder
 from nnspam.atomic import fsync_dir
 from nnspam.features import SCALINGS, Vectorizer
 from nnspam.network import Network
@@ -88,7 +100,7 @@ class Model:
     """A trained (or trainable) filter for one kind of message."""
 
     words: list[str]
-    network: Network
+    network: Network | MLP
     kind: str = "email"
     scaling: str = "log"
     ham_factor: float = 0.9
@@ -98,11 +110,24 @@ class Model:
     summary: dict[str, Any] = field(default_factory=dict)
     wordlist_counts: list[int] | None = None
     adaptive: AdaptiveState | None = None
+    arch: str = "nnspam"
+    backend: str = "numpy"
+    ngram: int = 1
+    idf: np.ndarray | None = None
+    libraries: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}")
-        self.vectorizer = Vectorizer(self.words, self.scaling)
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r} (use one of {ARCHS})")
+        if self.arch == "sms-embedding":
+            if not isinstance(self.network, MLP) or self.network.length is None:
+                raise ValueError("an sms-embedding model needs an MLP with an embedding")
+            self.vectorizer: Vectorizer | SequenceEncoder = SequenceEncoder(
+                self.words, self.network.length)
+        else:
+            self.vectorizer = Vectorizer(self.words, self.scaling, self.ngram, self.idf)
 
     # -- the data path ---------------------------------------------------
     def tokens(self, payload: bytes | str) -> list[str]:
@@ -150,6 +175,11 @@ class Model:
         vec.index[word] = index
         if self.wordlist_counts is not None and len(self.wordlist_counts) == len(self.words):
             self.wordlist_counts[index] = int(count)
+        if self.idf is not None:
+            # tf-idf inputs (arch deep): a word new to the model counts as the rarest one.
+            self.idf[index] = float(self.idf.max())
+            if getattr(vec, "idf", None) is not None:
+                vec.idf[index] = self.idf[index]
         self.network.reset_inputs([index])
 
     def is_spam(self, spamicities: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -162,6 +192,10 @@ class Model:
             "format": "nnspam-model",
             "format_version": FORMAT_VERSION,
             "nnspam_version": __version__,
+            "arch": self.arch,
+            "backend": self.backend,
+            "libraries": self.libraries,
+            "ngram": self.ngram,
             "kind": self.kind,
             "scaling": self.scaling,
             "ham_factor": self.ham_factor,
@@ -184,7 +218,10 @@ class Model:
         try:
             buf = io.BytesIO()
             weights = self.network.get_weights()
-            arrays = {k: np.asarray(weights[k], dtype=np.float32) for k in _WEIGHT_NAMES}
+            names = _WEIGHT_NAMES if self.arch == "nnspam" else tuple(weights)
+            arrays = {k: np.asarray(weights[k], dtype=np.float32) for k in names}
+            if self.idf is not None:
+                arrays["idf"] = np.asarray(self.idf, dtype=np.float32)
             if self.adaptive is not None:
                 arrays.update(self.adaptive.arrays())
             np.savez(buf, **arrays)
@@ -262,8 +299,19 @@ class Model:
             raise ModelError(f"{jpath}: 'words' must be a non-empty list of strings")
         if kind not in KINDS:
             raise ModelError(f"{jpath}: unknown kind {kind!r}")
-        if scaling not in SCALINGS:
+        arch = meta.get("arch", "nnspam")
+        if arch not in ARCHS:
+            raise ModelError(f"{jpath}: unknown architecture {arch!r} (this nnspam has {ARCHS})")
+        if scaling not in SCALINGS and not (arch == "sms-embedding" and scaling == "index"):
             raise ModelError(f"{jpath}: unknown scaling {scaling!r}")
+        names: tuple[str, ...] = _WEIGHT_NAMES
+        mlp = None
+        if arch != "nnspam":
+            try:
+                mlp = MLP(**{**dict(net_cfg), "n_inputs": len(words)})
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{jpath}: bad network for arch {arch} ({exc})") from None
+            names = tuple(mlp.param_shapes()) + (("idf",) if scaling == "tfidf" else ())
         try:
             wbytes = wpath.read_bytes()
         except FileNotFoundError:
@@ -275,7 +323,7 @@ class Model:
             raise ModelError(f"{wpath}: checksum does not match model.json (truncated or replaced)")
         try:
             with np.load(io.BytesIO(wbytes), allow_pickle=False) as npz:
-                weights = {k: npz[k] for k in _WEIGHT_NAMES}
+                weights = {k: npz[k] for k in names}
                 activity = npz["adaptive_activity"] if "adaptive_activity" in npz.files else None
                 by_class = npz["adaptive_by_class"] if "adaptive_by_class" in npz.files else None
         except KeyError as exc:
@@ -283,15 +331,24 @@ class Model:
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise ModelError(f"{wpath}: unreadable ({exc.__class__.__name__}: {exc})") from None
         n_in = len(words)
-        if weights["W1"].ndim != 2 or weights["W1"].shape[0] != n_in:
+        idf = weights.pop("idf", None)
+        if mlp is not None:
+            try:
+                mlp.set_weights(weights)
+            except ValueError as exc:
+                raise ModelError(f"{wpath}: does not fit the {arch} network ({exc})") from None
+        elif weights["W1"].ndim != 2 or weights["W1"].shape[0] != n_in:
             raise ModelError(
                 f"{wpath}: W1 has shape {weights['W1'].shape}, but model.json lists {n_in} words"
             )
         try:
-            cfg = dict(net_cfg)
-            cfg["n_inputs"] = n_in
-            net = Network(**cfg)
-            net.set_weights(weights)
+            if mlp is not None:
+                net: Network | MLP = mlp
+            else:
+                cfg = dict(net_cfg)
+                cfg["n_inputs"] = n_in
+                net = Network(**cfg)
+                net.set_weights(weights)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{wpath}: does not fit the network in model.json ({exc})") from None
         adaptive = None
@@ -317,6 +374,11 @@ class Model:
                 summary=meta.get("summary") or {},
                 wordlist_counts=meta.get("wordlist_counts"),
                 adaptive=adaptive,
+                arch=arch,
+                backend=str(meta.get("backend", "numpy")),
+                ngram=int(meta.get("ngram", 1)),
+                idf=idf,
+                libraries=dict(meta.get("libraries") or {}),
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{jpath}: bad value ({exc})") from None

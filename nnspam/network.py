@@ -56,6 +56,14 @@ _ADAM_EPS = 1e-8
 _UPDATE_BLOCK_ELEMENTS = 1 << 17
 # Inference is done in row blocks so that huge inputs do not need a huge hidden activation.
 _PREDICT_BLOCK_ROWS = 4096
+# A few messages at a time (the pipe filter, the daemon, the server) touch only the rows of
+# W1 of the words they contain: X[:, nz] @ W1[nz] instead of X @ W1. Measured on 400
+# SpamAssassin messages one at a time (shipped model: n = 8000, hidden 128, 124 words present
+# on average): 0.10 ms per message as a full product (4 MB of weights read; 2.6 ms when
+# OpenBLAS's two threads compete with other load), 0.02 ms gathered; the outputs differ by at
+# most 1.2e-7 (float32 rounding). Used up to this many rows, when under a quarter of the
+# columns are used.
+_GATHER_MAX_ROWS = 32
 
 
 def _is_sparse(X: Any) -> bool:
@@ -302,6 +310,12 @@ class Network:
         params = self._require_params()
         X = self._as_input(X)
         m = X.shape[0]
+        if m <= _GATHER_MAX_ROWS and isinstance(X, np.ndarray):
+            nz = np.flatnonzero(X.any(axis=0))
+            if 4 * len(nz) < X.shape[1]:
+                z1 = X[:, nz] @ params["W1"][nz]
+                z1 += params["b1"]
+                return self._from_hidden(params, z1)[3]
         out = np.empty((m, 2), dtype=self._dt)
         for lo in range(0, m, _PREDICT_BLOCK_ROWS):
             out[lo : lo + _PREDICT_BLOCK_ROWS] = self._forward(
@@ -523,6 +537,12 @@ class Network:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         z1 = X @ params["W1"]
         z1 += params["b1"]
+        return self._from_hidden(params, z1)
+
+    def _from_hidden(
+        self, params: dict[str, np.ndarray], z1: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The rest of the forward pass from the hidden pre-activations."""
         h = self._activate(z1)
         z2 = h @ params["W2"] + params["b2"]
         if self.output == "softmax":

@@ -6,9 +6,9 @@ learning with ``spamc -L``) uses nnspam without a Python start per message.
 Protocol (spamd/PROTOCOL of SpamAssassin): a request is ``VERB SPAMC/1.x``,
 header lines ``Name: value``, an empty line and ``Content-length`` bytes of
 body. Verbs: PING, CHECK, SYMBOLS, REPORT, REPORT_IFSPAM, HEADERS, PROCESS,
-TELL and SKIP. Request headers: ``Content-length``, ``User`` (accepted; one
-site model serves every user for now), ``Compress: zlib`` (``spamc -z``),
-``Message-class``, ``Set`` and ``Remove`` (TELL).
+TELL and SKIP. Request headers: ``Content-length``, ``User`` (selects a
+per-user model, below), ``Compress: zlib`` (``spamc -z``), ``Message-class``,
+``Set`` and ``Remove`` (TELL).
 
 Score mapping: spamd reports ``score / threshold`` in points. nnspam reports
 ``score = 10 * spamicity`` and ``threshold = 10 * threshold`` (both with one
@@ -20,54 +20,104 @@ spamicity (``spamicity >= threshold``), as the X-NNSpam headers are.
 PROCESS and HEADERS return exactly what ``nnspam filter`` writes: the same
 :func:`nnspam.pipefilter.classify` inserts the X-NNSpam headers into the raw
 bytes. Messages over ``serve.max_size`` come back unchanged and unclassified
-(spamd semantics; ``Spam: False ; 0.0 / 5.0``).
+(spamd semantics; ``Spam: False ; 0.0 / 5.0``). With
+``serve.spamassassin_headers`` they also carry SpamAssassin's ``X-Spam-Flag``
+and ``X-Spam-Status`` (:func:`spamassassin_fields`), which spamass-milter
+needs: it copies only those fields from spamc's answer.
 
 TELL with ``Message-class: spam|ham`` and ``Set: local`` learns through
 :func:`nnspam.training.learn` (the correction path of ``nnspam learn`` and
 the daemon) and saves the model atomically; ``Remove: local`` (``spamc -L
 forget``) is answered EX_UNAVAILABLE: a network cannot unlearn one message.
+Learning holds an exclusive ``flock`` on ``<model dir>.lock`` and starts from
+the model as last saved, so concurrent TELLs in different workers all count.
+
+Per-user models: with ``serve.user_model`` set to a path pattern (``%u`` user,
+``%l`` its local part, ``%d`` its domain, ``%%``, a leading ``~`` or ``~%u``;
+see :func:`user_model_path`), ``User:`` (what ``spamc -u`` or Exim's ``spam =
+user`` sends; spamc sends its own user name by default) selects that user's
+model directory; a user without one is scored by the site model. The user's
+first TELL creates it as a copy of the site model trained on the message
+(EX_CANTCREAT 73 when the directory cannot be created). User names that could
+leave the pattern's directory are refused with EX_NOUSER 67. Each worker keeps
+up to ``serve.user_cache`` user models loaded (least recently used dropped).
+
+Workers (pre-fork): the supervisor process loads the model, binds the
+sockets (or takes them from systemd socket activation: ``LISTEN_FDS`` /
+``LISTEN_PID``), sends ``READY=1`` to ``$NOTIFY_SOCKET`` (``Type=notify``)
+and forks ``serve.workers`` processes (default one per core) that share the
+listening sockets and, copy-on-write, the loaded model. Each worker accepts
+only while one of its ``serve.max_connections`` handler threads is free;
+other clients wait in the kernel's listen backlog for any worker. A worker
+that dies is replaced. Every request costs one ``stat`` of the model's
+``weights.npz`` (inode, mtime, size): a model saved by a TELL in another
+worker, or by ``nnspam learn``, is loaded on the next request, no signal
+needed. With ``workers: 1`` the supervisor serves by itself.
 
 Errors are answered ``SPAMD/1.5 CODE MESSAGE`` with sysexits codes:
 64 EX_USAGE (unknown verb), 65 EX_DATAERR (bad body: broken zlib, too big
 after decompression, bad TELL class), 76 EX_PROTOCOL (malformed request
 line or header, missing or wrong Content-length, truncated body), 69
 EX_UNAVAILABLE (Remove), 77 EX_NOPERM (TELL on the read-only shipped model),
-74 EX_IOERR (the model could not be saved), 70 EX_SOFTWARE (anything else).
+74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
+for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created).
 A client that says nothing for ``serve.timeout`` seconds is disconnected.
 
-Signals: SIGTERM and SIGINT stop accepting, let in-flight requests finish and
-exit 0; SIGHUP reloads the model from disk.
+Signals (to the supervisor): SIGTERM and SIGINT stop accepting; every worker
+finishes the requests it has accepted, then the supervisor exits 0. SIGHUP
+reloads the site model in every worker and drops the cached user models.
+
+Resources: one BLAS thread per process (set before NumPy is imported; OpenBLAS
+threads made one message's forward pass 0.1 ms -> 20 ms on a busy host) and
+two glibc malloc arenas (RSS +20 MB instead of +75 MB over 4,000 hostile
+requests). Measured (``scripts/bench/server.py``, 2 cores shared with other
+jobs, load average 9-13): see README "Scoring server".
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
+import queue
+import re
+import select
+import selectors
 import signal
 import socket
 import socketserver
 import stat
 import sys
 import threading
+import time
 import zlib
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from nnspam import __version__
+from nnspam.headers import set_header_fields
 from nnspam.pipefilter import Result, Settings, _settings, classify
 
-__all__ = ["ServeSettings", "ServerError", "ScoringServer", "serve_settings", "run_server",
-           "score_line", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_UNAVAILABLE", "EX_SOFTWARE",
-           "EX_IOERR", "EX_PROTOCOL", "EX_NOPERM"]
+__all__ = ["ServeSettings", "ServerError", "ModelRegistry", "Worker", "serve_settings",
+           "run_server", "score_line", "spamassassin_fields", "user_model_path",
+           "inherited_sockets", "resolve_workers",
+           "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE", "EX_SOFTWARE",
+           "EX_CANTCREAT", "EX_IOERR", "EX_PROTOCOL", "EX_NOPERM"]
 
 log = logging.getLogger("nnspam.serve")
 
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_PROTOCOL = 76
 EX_NOPERM = 77
@@ -78,6 +128,12 @@ VERBS = {"PING", "CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "HEADERS", "PROC
 MAX_LINE = 8192  # longest request or header line
 MAX_HEADERS = 64  # most header lines in one request
 CHUNK = 1 << 16
+BACKLOG = 128  # clients beyond every worker's max_connections wait here
+POLL = 0.25  # seconds between checks of the stop flag
+SD_LISTEN_FDS_START = 3
+# User names accepted in ``User:`` when serve.user_model is set: nothing
+# that could leave the pattern's directory (no "/", NUL, leading dot, "..").
+USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]{0,63}")
 
 
 class ServerError(Exception):
@@ -105,6 +161,11 @@ class ServeSettings:
     timeout: float = 30.0
     score_scale: float = 10.0
     learn_epochs: int = 3
+    workers: int | None = None  # None/0: one per core
+    max_connections: int = 32  # requests served at once per worker
+    user_model: str | None = None  # per-user model path pattern (%u, %l, %d, ~)
+    user_cache: int = 16  # per-user models kept loaded per worker (LRU)
+    spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -116,15 +177,21 @@ def _parse_listen(value: str) -> tuple[str, int]:
 
 
 def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | None = None,
-                   listen: str | None = None, allow: Sequence[str] | None = None) -> ServeSettings:
+                   listen: str | None = None, allow: Sequence[str] | None = None,
+                   workers: int | None = None) -> ServeSettings:
     """Settings from the config; ``--socket``/``--listen`` given on the command
-    line replace both configured listeners, ``--allow`` the allow list."""
+    line replace both configured listeners, ``--allow`` the allow list,
+    ``--workers`` serve.workers. Under systemd socket activation the
+    listeners come from systemd and the configured ones are not used."""
     s = cfg["serve"]
     if sock is not None or listen is not None:
         sock_path, listen_s = sock, listen
     else:
         sock_path, listen_s = s["socket"], s["listen"]
-    if sock_path is None and listen_s is None:
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())
+    if activated:
+        sock_path = listen_s = None
+    elif sock_path is None and listen_s is None:
         raise ServerError("nothing to listen on: give --socket PATH and/or --listen HOST:PORT")
     try:
         allowed = [ipaddress.ip_network(a, strict=False)
@@ -144,9 +211,20 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         f = _settings(cfg, model)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
+    n = s.get("workers") if workers is None else workers
+    if n is not None and (not isinstance(n, int) or n < 0):
+        raise ServerError(f"serve.workers must be a number >= 0 or null, not {n!r}")
+    maxc = s.get("max_connections", 32)
+    if not isinstance(maxc, int) or maxc < 1:
+        raise ServerError(f"serve.max_connections must be a number >= 1, not {maxc!r}")
+    user_model = s.get("user_model")
+    if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
+        raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
     return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
                          int(s["max_size"]), float(s["timeout"]), float(s["score_scale"]),
-                         int(s["learn_epochs"]))
+                         int(s["learn_epochs"]), n, maxc, user_model,
+                         int(s.get("user_cache", 16)),
+                         bool(s.get("spamassassin_headers", False)))
 
 
 def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
@@ -157,59 +235,228 @@ def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes
     return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
 
 
-class ModelHolder:
-    """The loaded model behind a lock: scoring, learning and reloading take turns."""
+_Stamp = tuple[int, int, int, int]
 
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
+
+def _stamp(path: Path) -> _Stamp | None:
+    """Identity of a model directory's weights on disk (one ``stat``): a save
+    replaces the directory, so the inode changes even within one mtime tick."""
+    try:
+        st = os.stat(path / "weights.npz")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ModelSlot:
+    """One model directory in memory, reloaded when its files change on disk.
+
+    ``lock`` serialises scoring, learning and reloading of this model within
+    one worker process; an exclusive ``flock`` on ``<dir>.lock`` beside the
+    directory serialises learning across worker processes, so that no TELL
+    overwrites another's."""
+
+    def __init__(self, path: Path, model: Any, stamp: _Stamp | None) -> None:
+        self.path = path
+        self.model = model
+        self.stamp = stamp
+        self.failed: _Stamp | None = None
         self.lock = threading.Lock()
-        self.model = self._load()
 
-    def _load(self) -> Any:
+    def refresh(self) -> None:
+        """Load the model again if another process saved a new one (call with
+        ``lock`` held). A half-replaced or broken directory keeps the old
+        model; the same broken files are not retried on every request."""
         from nnspam.model import Model
 
-        return Model.load(self.settings.filter.model)
+        now = _stamp(self.path)
+        if now is None or now == self.stamp or now == self.failed:
+            return
+        try:
+            model = Model.load(self.path)
+        except Exception as exc:  # noqa: BLE001 - keep serving the model we have
+            self.failed = now
+            log.error("model %s changed on disk but cannot be loaded, keeping the old one: %s",
+                      self.path, exc)
+            return
+        self.model, self.stamp = model, now
+        log.info("model %s reloaded (changed on disk)", self.path)
+
+
+def user_model_path(pattern: str, user: str) -> Path | None:
+    """The per-user model directory for ``user`` from ``serve.user_model``.
+
+    Substitutions: ``%u`` the user name as spamc sends it, ``%l`` its local
+    part (before ``@``), ``%d`` its domain (after ``@``, empty without one),
+    ``%%`` a percent sign; then a leading ``~`` or ``~name`` is expanded from
+    the password database. None when ``~name`` names no account. Raises
+    :class:`RequestError` (EX_NOUSER) for a user name that could escape the
+    pattern: anything but letters, digits and ``._+=@-``, a leading dot or
+    dash, ``..``, more than 64 characters."""
+    if not USER_RE.fullmatch(user) or ".." in user:
+        raise RequestError(EX_NOUSER, "invalid user name")
+    local, _, domain = user.partition("@")
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "%" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            out.append({"u": user, "l": local, "d": domain, "%": "%"}.get(nxt, "%" + nxt))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    path = "".join(out)
+    if path.startswith("~"):
+        path = os.path.expanduser(path)
+        if path.startswith("~"):
+            return None
+    return Path(path)
+
+
+class ModelRegistry:
+    """The site model and a bounded LRU cache of per-user models.
+
+    Every request costs one ``stat`` of the model it uses (see :func:`_stamp`):
+    a model saved by a TELL in another worker process, or by ``nnspam learn``,
+    is served from the next request on, without a restart or a signal."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from nnspam.model import Model, resolve_model_path
+
+        self.settings = settings
+        name = settings.filter.model
+        self.site_readonly = str(name).startswith("default")
+        path = resolve_model_path(name)
+        stamp = _stamp(path)
+        self.site = ModelSlot(path, Model.load(path), stamp)
+        self.users: OrderedDict[Path, ModelSlot] = OrderedDict()
+        self.users_lock = threading.Lock()
 
     def reload(self) -> None:
-        """Load the model from disk again (SIGHUP)."""
-        model = self._load()
-        with self.lock:
-            self.model = model
+        """Load the site model again and forget the cached user models (SIGHUP)."""
+        from nnspam.model import Model
 
-    def classify(self, raw: bytes) -> Result:
-        """Exactly the classification ``nnspam filter`` makes."""
+        stamp = _stamp(self.site.path)
+        model = Model.load(self.site.path)
+        with self.site.lock:
+            self.site.model, self.site.stamp, self.site.failed = model, stamp, None
+        with self.users_lock:
+            self.users.clear()
+
+    def _user_path(self, user: str | None) -> Path | None:
+        pattern = self.settings.user_model
+        if not pattern or not user:
+            return None
+        return user_model_path(pattern, user)
+
+    def slot_for(self, user: str | None) -> ModelSlot:
+        """The model that scores ``user``'s mail: theirs when it exists, else the site's."""
+        from nnspam.model import Model
+
+        path = self._user_path(user)
+        if path is None:
+            return self.site
+        with self.users_lock:
+            slot = self.users.get(path)
+            if slot is not None:
+                self.users.move_to_end(path)
+                return slot
+        stamp = _stamp(path)
+        if stamp is None:
+            return self.site
+        try:
+            slot = ModelSlot(path, Model.load(path), stamp)
+        except Exception as exc:  # noqa: BLE001 - a broken user model: the site model scores
+            log.error("user model %s cannot be loaded, using the site model: %s", path, exc)
+            return self.site
+        with self.users_lock:
+            slot = self.users.setdefault(path, slot)
+            self.users.move_to_end(path)
+            while len(self.users) > max(self.settings.user_cache, 0):
+                self.users.popitem(last=False)
+        return slot
+
+    def classify(self, raw: bytes, user: str | None = None) -> Result:
+        """Exactly the classification ``nnspam filter`` makes, with ``user``'s model."""
         from nnspam.model import spamicity
 
         f = self.settings.filter
-        with self.lock:
-            model = self.model
+        slot = self.slot_for(user)
+        with slot.lock:
+            slot.refresh()
+            model = slot.model
 
             def score(data: bytes) -> float:
                 return float(spamicity(model.outputs([model.tokens(data)]), f.ham_factor,
                                        f.spam_factor)[0])
             return classify(raw, score, f.threshold, f.unsure)
 
-    def learn(self, raw: bytes, label: str) -> None:
-        """Learn one message and save the model atomically."""
-        from nnspam.model import resolve_model_path
+    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
+        """Learn one message into ``user``'s model (the site model without
+        ``serve.user_model``) and save it atomically; returns its directory.
+
+        A user without a model gets one: a copy of the site model as it is on
+        disk, trained on this message and saved to the user's path (parent
+        directories are created). When that directory cannot be created the
+        TELL is refused with EX_CANTCREAT and nothing changes."""
+        from nnspam.model import Model
         from nnspam.training import learn
 
-        name = self.settings.filter.model
-        if str(name).startswith("default"):
-            raise RequestError(EX_NOPERM, "the shipped model is read-only; serve a model "
-                               "directory (-m DIR) to learn")
-        with self.lock:
-            learn(self.model, [raw], label, epochs=self.settings.learn_epochs)
+        path = self._user_path(user)
+        if self.settings.user_model and user and path is None:
+            raise RequestError(EX_NOUSER, "no such user for serve.user_model")
+        if path is None:
+            if self.site_readonly:
+                raise RequestError(EX_NOPERM, "the shipped model is read-only; serve a model "
+                                   "directory (-m DIR) or set serve.user_model to learn")
+            slot = self.site
+        else:
+            slot = self.slot_for(user)
+            if slot is self.site:  # the user has no model yet: start from the site model
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with _flock(path):
+                        if _stamp(path) is None:
+                            with self.site.lock:
+                                self.site.refresh()
+                            m = Model.load(self.site.path)
+                            learn(m, [raw], label, epochs=self.settings.learn_epochs)
+                            m.save(path)
+                            return path
+                except OSError as exc:
+                    raise RequestError(EX_CANTCREAT, f"cannot create the user model: "
+                                       f"{exc.strerror or exc}") from None
+                slot = self.slot_for(user)  # another process created it meanwhile
+        with slot.lock:
             try:
-                self.model.save(resolve_model_path(name))
+                with _flock(slot.path):
+                    slot.refresh()  # learn on top of what other workers saved
+                    learn(slot.model, [raw], label, epochs=self.settings.learn_epochs)
+                    slot.model.save(slot.path)
+                    slot.stamp = _stamp(slot.path)
             except OSError as exc:
-                raise RequestError(EX_IOERR, f"cannot save the model: {exc}") from None
+                raise RequestError(EX_IOERR, f"cannot save the model: "
+                                   f"{exc.strerror or exc}") from None
+        return slot.path
+
+
+@contextlib.contextmanager
+def _flock(model_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``<model_dir>.lock`` (beside the directory, which
+    :meth:`Model.save` replaces): one learner at a time across processes."""
+    fd = os.open(f"{model_dir}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class Handler(socketserver.StreamRequestHandler):
     """One connection, one request (as spamd)."""
 
-    server: ScoringServer
+    server: Context  # type: ignore[assignment]
 
     def handle(self) -> None:
         st = self.server.settings
@@ -276,7 +523,7 @@ class Handler(socketserver.StreamRequestHandler):
     def _body_verb(self, verb: str, headers: dict[str, str]) -> None:
         st = self.server.settings
         cl = headers.get("content-length")
-        if cl is None or not cl.isdigit():
+        if cl is None or not (cl.isascii() and cl.isdigit()):
             raise RequestError(EX_PROTOCOL, "Bad header line: Content-length missing or invalid")
         length = int(cl)
         compress = headers.get("compress")
@@ -299,7 +546,7 @@ class Handler(socketserver.StreamRequestHandler):
         if verb == "TELL":
             self._tell(body, headers)
             return
-        res = self.server.models.classify(body)
+        res = self.server.models.classify(body, headers.get("user"))
         if res.error is not None:
             log.error("classification failed, message passed through: %s", res.error)
         self._answer(verb, body, res.output, res.spamicity)
@@ -312,6 +559,8 @@ class Handler(socketserver.StreamRequestHandler):
         if verb == "CHECK":
             self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n")
             return
+        if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
+            marked = spamassassin_fields(marked, sp, f.threshold, st.score_scale)
         if verb == "PROCESS":
             out = marked
         elif verb == "HEADERS":
@@ -370,9 +619,27 @@ class Handler(socketserver.StreamRequestHandler):
         where = [w.strip().lower() for w in headers.get("set", "").split(",") if w.strip()]
         if "local" not in where:
             raise RequestError(EX_DATAERR, "TELL needs Set: local")
-        self.server.models.learn(body, label)
-        log.info("learned one message as %s (user %s)", label, headers.get("user", "-"))
+        where = self.server.models.learn(body, label, headers.get("user"))
+        log.info("learned one message as %s into %s (user %s)", label, where,
+                 headers.get("user", "-"))
         self._send(PROTO + b" 0 EX_OK\r\nDidSet: local\r\n\r\n")
+
+
+SA_FIELDS = ("X-Spam-Flag", "X-Spam-Status")
+
+
+def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
+                        scale: float) -> bytes:
+    """``marked`` (nnspam filter's output) with SpamAssassin's ``X-Spam-Flag: YES`` (spam
+    only) and ``X-Spam-Status`` fields added, any earlier ones (forged or from another
+    filter) removed: what spamass-milter copies into the message and rejects on
+    (``serve.spamassassin_headers``). Scores use the ``Spam:`` line's mapping."""
+    spam = spamicity >= threshold
+    status = (f"{'Yes' if spam else 'No'}, score={scale * spamicity:.1f} "
+              f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
+              f"autolearn=no version=nnspam-{__version__}")
+    fields = ([("X-Spam-Flag", "YES")] if spam else []) + [("X-Spam-Status", status)]
+    return set_header_fields(marked, fields, SA_FIELDS)
 
 
 def _head_of(raw: bytes) -> bytes:
@@ -397,13 +664,12 @@ def _report(sp: float | None, threshold: float, scale: float) -> bytes:
             f"(score {scale * sp:.1f} / {scale * threshold:.1f})\r\n").encode()
 
 
-class ScoringServer(socketserver.ThreadingMixIn, socketserver.BaseServer):
-    """Marker base: the listening classes below add the socket family."""
+class Context:
+    """What a connection handler needs: the settings, the models, the allow list."""
 
-    settings: ServeSettings
-    models: ModelHolder
-    daemon_threads = False
-    block_on_close = True
+    def __init__(self, settings: ServeSettings, models: ModelRegistry) -> None:
+        self.settings = settings
+        self.models = models
 
     def allowed(self, host: str) -> bool:
         """Is a TCP client at ``host`` in serve.allowed (loopback always is)?"""
@@ -416,91 +682,372 @@ class ScoringServer(socketserver.ThreadingMixIn, socketserver.BaseServer):
         return ip.is_loopback or any(ip in n for n in self.settings.allowed)
 
 
-class _TCPServer(ScoringServer, socketserver.TCPServer):
-    allow_reuse_address = True
+@dataclass
+class Listener:
+    """A listening socket and how to name it in the log."""
+
+    sock: socket.socket
+    where: str
+    unlink: str | None = None  # a Unix socket path we created and remove at exit
 
 
-class _TCP6Server(_TCPServer):
-    address_family = socket.AF_INET6
-
-
-class _UnixServer(ScoringServer, socketserver.UnixStreamServer):
-    pass
-
-
-def _make_servers(st: ServeSettings, models: ModelHolder) -> list[ScoringServer]:
-    servers: list[ScoringServer] = []
-    if st.socket:
-        try:
-            if stat.S_ISSOCK(os.lstat(st.socket).st_mode):
-                os.unlink(st.socket)  # a stale socket of an earlier run
-        except FileNotFoundError:
-            pass
-        os.makedirs(os.path.dirname(os.path.abspath(st.socket)), exist_ok=True)
-        servers.append(_UnixServer(st.socket, Handler))
-    if st.listen:
-        cls = _TCP6Server if ":" in st.listen[0] else _TCPServer
-        servers.append(cls(st.listen, Handler))
-    for s in servers:
-        s.settings, s.models = st, models
-    return servers
-
-
-def run_server(st: ServeSettings, ready: Any = None) -> int:
-    """Serve until SIGTERM/SIGINT (drain, exit 0); SIGHUP reloads the model."""
+def inherited_sockets() -> list[socket.socket] | None:
+    """Sockets passed by systemd socket activation (``LISTEN_PID`` is this
+    process, ``LISTEN_FDS`` sockets from fd 3 on), or None. The variables
+    are removed so that child processes do not take them for theirs."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
     try:
-        models = ModelHolder(st)
-    except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
-        raise ServerError(f"cannot load the model {st.filter.model}: {exc}") from None
+        n = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    socks = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n):
+        s = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        socks.append(s)
+    return socks or None
+
+
+def _bind(st: ServeSettings) -> list[Listener]:
+    """The listening sockets: systemd's when socket-activated, else ours."""
+    got = inherited_sockets()
+    if got is not None:
+        out = []
+        for s in got:
+            name = s.getsockname()
+            out.append(Listener(s, f"systemd:unix:{name}" if s.family == socket.AF_UNIX
+                                else f"systemd:tcp:{name[0]}:{name[1]}"))
+        return out
+    listeners: list[Listener] = []
     try:
-        servers = _make_servers(st, models)
-    except OSError as exc:
-        raise ServerError(f"cannot listen: {exc}") from None
-    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2},
-                                daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    stop = threading.Event()
-
-    def on_term(signum: int, frame: Any) -> None:
-        stop.set()
-
-    def on_hup(signum: int, frame: Any) -> None:
-        def reload() -> None:
+        if st.socket:
             try:
-                models.reload()
+                if stat.S_ISSOCK(os.lstat(st.socket).st_mode):
+                    os.unlink(st.socket)  # a stale socket of an earlier run
+            except FileNotFoundError:
+                pass
+            os.makedirs(os.path.dirname(os.path.abspath(st.socket)), exist_ok=True)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listeners.append(Listener(s, f"unix:{st.socket}"))
+            s.bind(st.socket)
+            listeners[-1].unlink = st.socket
+            s.listen(BACKLOG)
+        if st.listen:
+            fam = socket.AF_INET6 if ":" in st.listen[0] else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            listeners.append(Listener(s, ""))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(st.listen)
+            s.listen(BACKLOG)
+            host, port = s.getsockname()[:2]
+            listeners[-1].where = f"tcp:{host}:{port}"
+    except OSError:
+        _close(listeners)
+        raise
+    return listeners
+
+
+def _close(listeners: list[Listener]) -> None:
+    for lst in listeners:
+        lst.sock.close()
+        if lst.unlink:
+            try:
+                os.unlink(lst.unlink)
+            except OSError:
+                pass
+
+
+class _AcceptSelector:
+    """Waits until a listening socket has a connection. On Linux with epoll's
+    EPOLLEXCLUSIVE one waiting worker is woken per connection instead of all
+    of them (the losers would find nothing to accept and poll again)."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = {s.fileno(): s for s in socks}
+        for s in socks:
+            s.setblocking(False)
+        self.ep: Any = None
+        self.sel: selectors.BaseSelector | None = None
+        if hasattr(select, "epoll") and hasattr(select, "EPOLLEXCLUSIVE"):
+            self.ep = select.epoll()
+            for fd in self.socks:
+                self.ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        else:
+            self.sel = selectors.DefaultSelector()
+            for s in socks:
+                self.sel.register(s, selectors.EVENT_READ)
+
+    def select(self, timeout: float) -> list[socket.socket]:
+        """The sockets that are ready, after at most ``timeout`` seconds."""
+        if self.ep is not None:
+            return [self.socks[fd] for fd, _ in self.ep.poll(timeout)]
+        assert self.sel is not None
+        return [key.fileobj for key, _ in self.sel.select(timeout)]  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Release the epoll/selector (the sockets stay open)."""
+        (self.ep or self.sel).close()
+
+
+class Worker:
+    """Accepts connections on the shared listening sockets and serves them.
+
+    One acceptor thread takes a connection only when one of the
+    ``max_connections`` handler threads is free (excess clients wait in the
+    kernel's listen backlog, where another worker process may take them);
+    the handler serves its one request. ``stop`` ends accepting; the
+    handlers finish the requests already accepted (the drain) before
+    :meth:`run` returns."""
+
+    def __init__(self, listeners: list[Listener], ctx: Context) -> None:
+        self.listeners = listeners
+        self.ctx = ctx
+        self.stopping = False  # a plain flag: set from a signal handler
+
+    def stop(self) -> None:
+        """Stop accepting; in-flight requests finish (safe in a signal handler)."""
+        self.stopping = True
+
+    def reload(self) -> None:
+        """SIGHUP: reload in a thread, so that the signal handler returns at once."""
+        def go() -> None:
+            try:
+                self.ctx.models.reload()
                 log.info("model reloaded")
             except Exception as exc:  # noqa: BLE001 - keep serving the old model
                 log.error("reload failed, keeping the old model: %s", exc)
-        threading.Thread(target=reload, daemon=True).start()
+        threading.Thread(target=go, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    where = [f"unix:{st.socket}"] if st.socket else []
-    for s in servers:
-        if isinstance(s, socketserver.TCPServer) and not isinstance(s, _UnixServer):
-            host, port = s.server_address[:2]
-            where.append(f"tcp:{host}:{port}")
-    log.info("nnspam serve: listening on %s, model %s", ", ".join(where), st.filter.model)
-    print("nnspam serve: listening on " + ", ".join(where), file=sys.stderr, flush=True)
-    _sd_notify(b"READY=1")
-    if ready is not None:
-        ready(servers)
-    while not stop.wait(0.5):
-        pass
-    _sd_notify(b"STOPPING=1")
-    for s in servers:
-        s.shutdown()
-    for s in servers:
-        s.server_close()  # joins the request threads: in-flight requests finish
-    if st.socket:
+    def run(self) -> None:
+        """Serve until :meth:`stop`, then drain."""
+        n = max(1, self.ctx.settings.max_connections)
+        free = threading.Semaphore(n)
+        jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        handlers = [threading.Thread(target=self._handle_loop, args=(jobs, free),
+                                     name=f"nnspam-serve-{i}") for i in range(n)]
+        for t in handlers:
+            t.start()
+        sel = _AcceptSelector([lst.sock for lst in self.listeners])
         try:
-            os.unlink(st.socket)
-        except OSError:
-            pass
+            while not self.stopping:
+                if not free.acquire(timeout=POLL):
+                    continue
+                taken = False
+                for sock in sel.select(POLL):
+                    try:
+                        conn, addr = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue  # another worker took it
+                    except OSError as exc:  # EMFILE and the like: back off
+                        log.error("accept failed: %s", exc)
+                        time.sleep(POLL)
+                        continue
+                    conn.setblocking(True)
+                    jobs.put((conn, addr))
+                    taken = True
+                    break
+                if not taken:
+                    free.release()
+        finally:
+            sel.close()
+            for _ in handlers:
+                jobs.put(None)
+            for t in handlers:
+                t.join()
+
+    def _handle_loop(self, jobs: queue.SimpleQueue, free: threading.Semaphore) -> None:
+        while (job := jobs.get()) is not None:
+            conn, addr = job
+            try:
+                Handler(conn, addr, self.ctx)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - one connection's bug never ends the worker
+                log.exception("request failed")
+            finally:
+                _close_conn(conn)
+                free.release()
+
+
+def _close_conn(conn: socket.socket) -> None:
+    """Send FIN first and discard what the client already sent but we did not
+    read (the rest of a refused request), so the close does not turn into a
+    reset that could destroy our answer before the client has read it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(16):
+            if not conn.recv(CHUNK, socket.MSG_DONTWAIT):
+                break
+    except OSError:
+        pass
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+def resolve_workers(n: int | None) -> int:
+    """``serve.workers``: None or 0 means one per CPU core."""
+    if not n:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    return max(1, int(n))
+
+
+def run_server(st: ServeSettings) -> int:
+    """Load the model, bind (or take systemd's sockets), then serve until
+    SIGTERM/SIGINT (drain, exit 0); SIGHUP reloads the model everywhere.
+
+    With ``workers`` > 1 this process is the supervisor of a pre-fork pool:
+    it forks the workers (which share the listening sockets and, copy-on-write,
+    the loaded model), restarts any that dies, forwards SIGHUP and, on
+    SIGTERM, asks every worker to drain and waits for them."""
+    workers = resolve_workers(st.workers)
+    _limit_malloc_arenas()
+    # One BLAS thread per process, set before NumPy is imported: scoring one
+    # message is a 1 x n_inputs by n_inputs x hidden product, and OpenBLAS's
+    # thread hand-off made it 200 times slower on a busy 2-core host
+    # (measured: 0.1 ms with one thread, 20 ms with two, load average 10).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    try:
+        models = ModelRegistry(st)
+    except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
+        raise ServerError(f"cannot load the model {st.filter.model}: {exc}") from None
+    try:
+        listeners = _bind(st)
+    except OSError as exc:
+        raise ServerError(f"cannot listen: {exc}") from None
+    if not listeners:
+        raise ServerError("nothing to listen on")
+    ctx = Context(st, models)
+    where = ", ".join(lst.where for lst in listeners)
+    log.info("nnspam serve: listening on %s, model %s, %d worker%s", where, st.filter.model,
+             workers, "s" if workers > 1 else "")
+    print(f"nnspam serve: listening on {where}", file=sys.stderr, flush=True)
+    try:
+        if workers == 1:
+            worker = Worker(listeners, ctx)
+            signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+            signal.signal(signal.SIGINT, lambda *_: worker.stop())
+            signal.signal(signal.SIGHUP, lambda *_: worker.reload())
+            _sd_notify(b"READY=1")
+            worker.run()
+        else:
+            _Supervisor(listeners, ctx, workers).run()
+    finally:
+        _sd_notify(b"STOPPING=1")
+        _close(listeners)
     log.info("nnspam serve: stopped")
     return 0
+
+
+class _Supervisor:
+    """The parent of the pre-fork pool (see :func:`run_server`)."""
+
+    def __init__(self, listeners: list[Listener], ctx: Context, n: int) -> None:
+        self.listeners = listeners
+        self.ctx = ctx
+        self.n = n
+        self.children: dict[int, float] = {}  # pid -> start time
+        self.stopping = False
+        self.hup = False
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                worker = Worker(self.listeners, self.ctx)
+                signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+                signal.signal(signal.SIGHUP, lambda *_: worker.reload())
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                worker.run()
+            except BaseException:  # noqa: BLE001 - report, then leave without cleanup
+                log.exception("worker failed")
+                code = EX_SOFTWARE
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = time.monotonic()
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def _hup(self, *_: Any) -> None:
+        self.hup = True
+
+    def run(self) -> None:
+        """Fork the workers, keep them running, then drain them."""
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
+        for _ in range(self.n):
+            self._spawn()
+        _sd_notify(b"READY=1")
+        fast_deaths: list[float] = []
+        while not self.stopping:
+            time.sleep(POLL)
+            if self.hup:
+                self.hup = False
+                log.info("SIGHUP: reloading the model in every worker")
+                for pid in self.children:
+                    _kill(pid, signal.SIGHUP)
+            while self.children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                started = self.children.pop(pid, None)
+                if started is None:
+                    continue
+                log.error("worker %d ended (%s); starting another", pid, _status(status))
+                now = time.monotonic()
+                fast_deaths = [t for t in fast_deaths if now - t < 10] + [now]
+                if len(fast_deaths) > 3 * self.n:  # crashing at once: do not spin
+                    time.sleep(1.0)
+                if not self.stopping:
+                    self._spawn()
+        _sd_notify(b"STOPPING=1")
+        for pid in self.children:
+            _kill(pid, signal.SIGTERM)
+        for pid in list(self.children):
+            while True:
+                try:
+                    os.waitpid(pid, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+
+
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives threads their own malloc arenas (up to 8 per core); with
+    ``max_connections`` handler threads each arena keeps its own freed
+    memory, and a worker's resident set grew by about 75 MB over 4,000
+    hostile requests (measured; 20 MB with two arenas). Called before any
+    thread exists; a no-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
 
 
 def _sd_notify(msg: bytes) -> None:

@@ -89,6 +89,7 @@ def network_from_settings(n_inputs: int, net: dict[str, Any]) -> Network:
 
 
 REFITS = ("none", "swa")
+BACKENDS = ("numpy", "keras")
 
 
 def refit_swa(net: Network, X: np.ndarray, y: np.ndarray, net_settings: dict[str, Any],
@@ -138,13 +139,39 @@ def train_model(
     progress: Progress | None = None,
     provenance: dict[str, Any] | None = None,
     token_lists: list[list[str]] | None = None,
+    arch: str = "nnspam",
+    backend: str = "numpy",
+    balance: str = "none",
+    arch_settings: dict[str, Any] | None = None,
 ) -> Model:
     """Train a model from labelled samples.
 
     ``settings`` holds the ``wordlist``, ``features`` and ``network`` sections
     of the config. A given ``wordlist`` (from ``nnspam build-wordlist`` or a
-    hand-edited file) replaces the built-in selection.
+    hand-edited file) replaces the built-in selection. ``arch`` chooses the
+    architecture (``nnspam``, ``deep``, ``sms-embedding``; the latter two take
+    their settings from ``arch_settings``, the config's ``arch:`` section),
+    ``backend`` the library that trains it (``numpy``, or ``keras``: the
+    optional TensorFlow backend, imported only then), ``balance`` whether
+    the training part is balanced first (``dbb``, see
+    :func:`nnspam.arch.dbb_oversample`).
     """
+    from nnspam.arch import ARCHS, BALANCES
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r} (use one of {ARCHS})")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (use one of {BACKENDS})")
+    if balance not in BALANCES:
+        raise ValueError(f"unknown balance {balance!r} (use one of {BALANCES})")
+    if arch == "sms-embedding" and balance != "none":
+        raise ValueError("--balance dbb needs feature vectors; sms-embedding reads word indices")
+    if backend == "keras":
+        from nnspam import keras_backend
+
+        if not keras_backend.available():
+            raise ValueError("--backend keras needs TensorFlow and Keras 3: "
+                             "pip install 'nnspam[keras]'")
     y = labels_of(samples)
     if y.sum() == 0 or y.sum() == len(y):
         raise ValueError("training needs both spam and ham messages")
@@ -153,6 +180,19 @@ def train_model(
         [s.payload for s in samples], kind, max_part_bytes
     )
     t_tok = time.perf_counter() - t0
+    if arch != "nnspam" or backend != "numpy" or balance != "none":
+        from nnspam.config import DEFAULTS
+
+        model = _train_arch(
+            toks, y, kind, settings, arch_settings or DEFAULTS["arch"], arch, backend,
+            balance, wordlist, progress,
+            dict(ham_factor=ham_factor, spam_factor=spam_factor, threshold=threshold,
+                 max_part_bytes=max_part_bytes),
+        )
+        model.summary["seconds"]["tokenize"] = round(t_tok, 3)
+        if provenance:
+            model.summary["provenance"] = provenance
+        return model
     wcfg = settings["wordlist"]
     if wordlist is None:
         spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
@@ -229,3 +269,133 @@ def learn_tokens(model: Model, token_lists: list[list[str]], label: str,
     model.network.partial_fit(X, y, epochs=epochs)
     model.summary["learned_messages"] = int(model.summary.get("learned_messages", 0)) + len(y)
     return done
+
+
+def _split_and_balance(net: Any, X: np.ndarray, y: np.ndarray, balance: str,
+                       renormalise: bool) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """The stratified validation split of ``Network.fit`` (same seed stream), then the
+    balancing of the training part only."""
+    from nnspam.arch import dbb_oversample
+    from nnspam.network import _stratified_split
+
+    streams = np.random.SeedSequence(net.seed).spawn(5)
+    tr, va = _stratified_split(y, net.validation_fraction, np.random.default_rng(streams[1]))
+    Xt, yt = X[tr], y[tr]
+    Xv, yv = (X[va], y[va]) if va.size else (None, None)
+    if balance == "dbb":
+        Xt, yt = dbb_oversample(Xt, yt, np.random.default_rng(streams[4]), renormalise)
+    return Xt, yt, Xv, yv
+
+
+def embedding_vocabulary(toks: Sequence[Sequence[str]], size: int) -> list[tuple[int, str]]:
+    """The ``size`` most frequent tokens (ties by first appearance), with their counts: the
+    word index of the sms-embedding model, as Keras' ``Tokenizer(num_words)`` builds it."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for t in toks:
+        counts.update(t)
+    return [(c, w) for w, c in counts.most_common(int(size))]
+
+
+def _train_arch(
+    toks: list[list[str]], y: np.ndarray, kind: str, settings: dict[str, Any],
+    arch_settings: dict[str, Any], arch: str, backend: str, balance: str,
+    wordlist: list[tuple[int, str]] | None, progress: Progress | None,
+    bias: dict[str, Any],
+) -> Model:
+    """train_model for the other architectures, the Keras backend and balancing."""
+    from nnspam.arch import MLP
+    from nnspam.features import Vectorizer, idf_weights, with_ngrams
+
+    ncfg = settings["network"]
+    common = {k: ncfg[k] for k in ("learning_rate", "batch_size", "max_epochs", "patience",
+                                   "validation_fraction", "seed")}
+    wcfg = settings["wordlist"]
+    ngram, idf, scaling = 1, None, settings["features"]["scaling"]
+    if arch == "nnspam":
+        if wordlist is None:
+            spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
+            ham_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 0]
+            wordlist = wl.build(spam_docs, ham_docs, int(wcfg["size"]), wcfg["method"],
+                                int(wcfg.get("min_df", 3)))
+        net: Any = network_from_settings(len(wordlist), ncfg)
+        words = [w for _, w in wordlist]
+        X = Vectorizer(words, scaling).transform(toks)
+    elif arch == "deep":
+        d = arch_settings["deep"]
+        ngram, scaling = int(d["ngram"]), "tfidf"
+        docs = [with_ngrams(t, ngram) for t in toks]
+        if wordlist is None:
+            wordlist = wl.build([t for t, lab in zip(docs, y, strict=True) if lab == 1],
+                                [t for t, lab in zip(docs, y, strict=True) if lab == 0],
+                                int(d["size"]), "ig", int(wcfg.get("min_df", 3)))
+        words = [w for _, w in wordlist]
+        idf = idf_weights(words, docs)
+        X = Vectorizer(words, "tfidf", 1, idf).transform(docs)
+        net = MLP(len(words), layers=d["layers"], output="softmax", dropout=d["dropout"],
+                  l2=d["l2"], **common)
+    else:
+        e = arch_settings["sms_embedding"]
+        scaling = "index"
+        wordlist = wordlist or embedding_vocabulary(toks, int(e["vocabulary"]))
+        words = [w for _, w in wordlist]
+        length = int(e["length_sms"] if kind == "sms" else e["length_email"])
+        from nnspam.arch import SequenceEncoder
+
+        X = SequenceEncoder(words, length).transform(toks)
+        n = len(e["layers"])
+        net = MLP(len(words), layers=e["layers"], output="sigmoid",
+                  dropout=[0.0] * (n - 1) + [float(e["dropout"])], embedding=int(e["embedding"]),
+                  length=length, l2=e["l2"], **common)
+    t1 = time.perf_counter()
+    Xt, yt, Xv, yv = _split_and_balance(net, X, y, balance, scaling == "tfidf")
+    libraries = {"numpy": np.__version__}
+    if backend == "keras":
+        from nnspam import keras_backend
+
+        libraries = keras_backend.libraries()
+        keras_backend.fit(net, Xt, yt, X_val=Xv, y_val=yv, progress=progress, split=False)
+    elif isinstance(net, Network):
+        net.fit(Xt, yt, X_val=Xv, y_val=yv, progress=progress)
+    else:
+        net.fit_split(Xt, yt, Xv, yv, progress)
+    history, best_epoch = list(net.history_ or []), net.best_epoch_
+    refit_info = None
+    if arch == "nnspam" and (ncfg.get("refit") or "none") == "swa":
+        if backend == "keras":
+            from nnspam import keras_backend
+
+            best = max(1, int(best_epoch or 1))
+            final = network_from_settings(net.n_inputs, {
+                **ncfg, "validation_fraction": 0.0, "max_epochs": 2 * best, "patience": 0})
+            Xa, ya = X, y
+            if balance == "dbb":
+                Xa, ya = np.concatenate([Xt, Xv]), np.concatenate([yt, yv])
+            keras_backend.fit(final, Xa, ya, progress=progress, average_from=best, split=False)
+            net = final
+            refit_info = {"method": "swa", "epochs": 2 * best, "averaged_from_epoch": best}
+        else:
+            net, refit_info = refit_swa(net, X, y, ncfg, progress)
+    t_fit = time.perf_counter() - t1
+    model = Model(
+        words=words, network=net, kind=kind, scaling=scaling, wordlist_counts=[
+            int(c) for c, _ in wordlist], arch=arch, backend=backend, ngram=ngram, idf=idf,
+        libraries=libraries, **bias,
+    )
+    model.summary = {
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "nnspam_version": __version__,
+        "arch": arch, "backend": backend, "balance": balance,
+        "messages": {"ham": int((y == 0).sum()), "spam": int((y == 1).sum())},
+        "trained_on": {"ham": int((yt == 0).sum()), "spam": int((yt == 1).sum())},
+        "wordlist": {"method": "ig" if arch != "sms-embedding" else "frequency",
+                     "size": len(words), "min_df": wcfg.get("min_df")},
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "final_validation": history[best_epoch - 1] if history and best_epoch else None,
+        "refit": refit_info,
+        "seconds": {"tokenize": 0.0, "fit": round(t_fit, 3)},
+        "learned_messages": 0,
+    }
+    return model

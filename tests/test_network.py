@@ -470,3 +470,23 @@ def test_first_adam_step_is_bias_corrected() -> None:
     net.partial_fit(X, y)
     for k, v in net.get_weights().items():
         np.testing.assert_allclose(v - params[k], -0.01 * np.sign(g[k]), rtol=1e-4, err_msg=k)
+
+
+def test_few_rows_use_the_gathered_first_layer_and_agree_with_the_full_product(monkeypatch):
+    """The pipe filter's path (a few sparse rows, W1 rows gathered) gives the outputs of the
+    batch path (full X @ W1) to float32 rounding."""
+    import nnspam.network as N
+
+    rng = np.random.default_rng(5)
+    X = (rng.random((40, 400)) < 0.03).astype(np.float32)
+    y = (X[:, :20].sum(axis=1) > 0).astype(int)
+    net = Network(n_inputs=400, n_hidden=32, max_epochs=3, seed=1).fit(X, y)
+    full_calls = []
+    real = net._forward
+    monkeypatch.setattr(net, "_forward", lambda p, x: full_calls.append(1) or real(p, x))
+    few = np.vstack([net.predict_proba(X[i:i + 1]) for i in range(len(X))])
+    assert not full_calls, "one sparse row must take the gathered path"
+    monkeypatch.setattr(N, "_GATHER_MAX_ROWS", 0)
+    full = net.predict_proba(X)
+    assert full_calls
+    np.testing.assert_allclose(few, full, atol=1e-6)

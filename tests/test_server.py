@@ -38,20 +38,25 @@ def _free_port() -> int:
 class Server:
     """A ``nnspam serve`` subprocess on a TCP port and a Unix socket."""
 
-    def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "") -> None:
-        self.port = _free_port()
-        self.sock = str(tmp / "nnspam.sock")
+    def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "",
+                 host: str = "127.0.0.1", port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.port = port or _free_port()
+        self.sock = str(tmp / f"nnspam-{host}.sock")
         self.cfg = tmp / "config.yaml"
         self.cfg.write_text(extra_cfg)
         self.model = model
+        self.logfile = tmp / f"serve-{host}-{self.port}.log"
+        self._log = open(self.logfile, "ab")  # a file: a full pipe would block the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
-             "--listen", f"127.0.0.1:{self.port}", "--socket", self.sock],
-            stderr=subprocess.PIPE)
+             "--listen", f"{host}:{self.port}", "--socket", self.sock, *args],
+            stderr=self._log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode())
+                raise RuntimeError(self.log())
             try:
                 if self.request(b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG"):
                     return
@@ -64,7 +69,7 @@ class Server:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(self.sock)
         else:
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            s = socket.create_connection((self.host, self.port), timeout=30)
         with s:
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
@@ -74,8 +79,11 @@ class Server:
         return b"".join(parts)
 
     def spamc(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
-        return subprocess.run([_need_spamc(), "-d", "127.0.0.1", "-p", str(self.port), *args],
+        return subprocess.run([_need_spamc(), "-d", self.host, "-p", str(self.port), *args],
                               input=data, capture_output=True, timeout=60)
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -83,7 +91,7 @@ class Server:
         try:
             return self.proc.wait(timeout=30)
         finally:
-            self.proc.stderr.close()
+            self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -294,26 +302,28 @@ def test_silent_client_is_disconnected_and_others_are_served(tmp_path):
         assert srv.stop() == 0
 
 
-def test_sighup_reloads_and_sigterm_exits_0(tmp_path, sa_corpus):
+def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_corpus):
     from nnspam.model import Model, resolve_model_path
     from nnspam.training import learn
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
-    srv = Server(tmp_path, str(model))
+    srv = Server(tmp_path, str(model), args=("--workers", "3"))
     raw = _messages(sa_corpus, 2)[1]
     try:
         before = srv.spamc(["-c"], raw).stdout
         m = Model.load(model)
         for _ in range(20):
             learn(m, [raw], "spam", epochs=3)
-        m.save(model)
-        assert srv.spamc(["-c"], raw).stdout == before  # still the loaded model
+        m.save(model)  # as `nnspam learn` would: no signal needed
+        after = [srv.spamc(["-c"], raw).stdout for _ in range(12)]
+        assert set(after) != {before} and len(set(after)) == 1, (before, after)
         srv.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
-        while srv.spamc(["-c"], raw).stdout == before and time.monotonic() < deadline:
+        while srv.log().count("INFO model reloaded\n") < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert srv.spamc(["-c"], raw).stdout != before
+        assert srv.log().count("INFO model reloaded\n") == 3  # one per worker
+        assert srv.spamc(["-c"], raw).stdout == after[0]
     finally:
         assert srv.stop() == 0
 
@@ -334,3 +344,17 @@ def test_score_line_mapping():
     assert score_line(0.97, 0.5, 10) == b"Spam: True ; 9.7 / 5.0"
     assert score_line(0.499, 0.5, 10) == b"Spam: False ; 5.0 / 5.0"
     assert score_line(None, 0.5, 10) == b"Spam: False ; 0.0 / 5.0"
+
+
+def test_spamassassin_fields_replace_forged_ones_and_keep_the_body():
+    from nnspam.server import spamassassin_fields
+
+    raw = (b"From: a@example.org\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes,\r\n score=99\r\n"
+           b"Subject: hi\r\n\r\nbody \xff\r\n")
+    ham = spamassassin_fields(raw, 0.123, 0.5, 10)
+    assert b"X-Spam-Flag" not in ham and b"score=99" not in ham
+    assert b"X-Spam-Status: No, score=1.2 required=5.0 tests=NNSPAM_HAM" in ham
+    assert ham.endswith(b"\r\n\r\nbody \xff\r\n")
+    spam = spamassassin_fields(raw, 0.97, 0.5, 10)
+    assert spam.count(b"X-Spam-Flag: YES\r\n") == 1
+    assert b"X-Spam-Status: Yes, score=9.7 required=5.0 tests=NNSPAM_SPAM" in spam

@@ -13,12 +13,20 @@ unpacked from ../shared/corpora/spamassassin.tar.xz) and prints the median
 and 90th percentile wall time per message, with ``python -c pass`` and
 ``python -c 'import numpy'`` as baselines, and the in-process cost of each
 stage (imports, model load, scoring) of one message.
+
+With ``--server`` it also starts ``nnspam serve`` on a Unix socket and times
+``nnspam filter --server SOCKET`` (the filter's no-NumPy fast path through
+the server) and Debian's ``spamc -U SOCKET`` per message, and counts how
+many of the server-path outputs are byte-identical to the in-process ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +76,40 @@ def timed(cmd: list[str], stdin_path: Path | None = None) -> float:
     return dt
 
 
+def run_out(cmd: list[str], path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return subprocess.run(cmd, stdin=fh, capture_output=True, check=True).stdout
+
+
+def server_mode(msgs: list[Path], tmp: str) -> None:
+    """Time the filter through a running nnspam serve against in-process."""
+    sock = os.path.join(tmp, "nnspam.sock")
+    cfg = os.path.join(tmp, "serve.yaml")
+    Path(cfg).write_text("")
+    srv = subprocess.Popen([str(BIN), "serve", "-c", cfg, "--socket", sock],
+                           stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.1)
+        else:
+            sys.exit("nnspam serve did not start")
+        via = [str(BIN), "filter", "-c", cfg, "--server", sock]
+        timed(via, msgs[0])  # warm up the server's first request
+        report("nnspam filter via nnspam serve", [timed(via, m) for m in msgs])
+        spamc = shutil.which("spamc")
+        if spamc:
+            report("spamc -U (C client) via nnspam serve",
+                   [timed([spamc, "-U", sock], m) for m in msgs])
+        same = sum(run_out(via, m) == run_out([str(BIN), "filter", "-c", cfg], m)
+                   for m in msgs)
+        print(f"server-path output identical to in-process: {same}/{len(msgs)}")
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(60)
+
+
 def report(name: str, times: list[float]) -> None:
     ms = sorted(t * 1000 for t in times)
     p90 = ms[min(len(ms) - 1, int(0.9 * len(ms)))]
@@ -98,17 +140,24 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200)
     ap.add_argument("--corpus")
     ap.add_argument("--baseline-runs", type=int, default=30)
+    ap.add_argument("--server", action="store_true",
+                    help="also time the filter through a running nnspam serve")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         msgs = pick(find_corpus(a.corpus, tmp), a.messages)
         py = sys.executable
         print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {BIN}")
+        # An installed package has its bytecode; without it (e.g. under
+        # PYTHONDONTWRITEBYTECODE=1) every start would compile nnspam's sources.
+        compileall.compile_dir(str(ROOT / "nnspam"), quiet=1)
         timed([str(BIN), "filter"], msgs[0])  # warm the page cache
         report("python -c pass", [timed([py, "-c", "pass"]) for _ in range(a.baseline_runs)])
         report("python -c 'import numpy'",
                [timed([py, "-c", "import numpy"]) for _ in range(a.baseline_runs)])
         report("nnspam filter, one process per message",
                [timed([str(BIN), "filter"], m) for m in msgs])
+        if a.server:
+            server_mode(msgs, tmp)
         stages = []
         for m in msgs[:20]:
             r = subprocess.run([py, "-c", STAGES, str(m)], capture_output=True, text=True,
