@@ -450,6 +450,44 @@ class Network:
         self._rng_shuffle = np.random.default_rng(streams[2])
         self._rng_dropout = np.random.default_rng(streams[3])
 
+    def initialize(self) -> Network:
+        """Seeded initial weights, zero optimiser state and fresh random streams: the state
+        ``partial_fit`` starts from on its first call, so that an untrained network can
+        score at once (the online learner starts here)."""
+        self._start_fresh()
+        return self
+
+    def get_training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The optimiser state that ``partial_fit`` carries between calls, for saving:
+        arrays ``{"<slot>.<param>": array}`` (Adam's ``m``/``v`` or SGD's ``velocity``)
+        and JSON-able metadata (the step count and the shuffle/dropout generator states).
+        With :meth:`set_training_state`, a learner restarted in another process continues
+        exactly where it stopped."""
+        arrays = {f"{slot}.{name}": arr for slot, params in self._opt.items()
+                  for name, arr in params.items()}
+        meta: dict[str, Any] = {"step": int(self._step)}
+        if self._rng_shuffle is not None and self._rng_dropout is not None:
+            meta["rng"] = {"shuffle": self._rng_shuffle.bit_generator.state,
+                           "dropout": self._rng_dropout.bit_generator.state}
+        return arrays, meta
+
+    def set_training_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`get_training_state` returned (empty ``arrays``: keep the
+        current optimiser moments; no ``rng`` in ``meta``: fresh seeded streams)."""
+        if arrays:
+            opt: dict[str, dict[str, np.ndarray]] = {}
+            for key, arr in arrays.items():
+                slot, _, name = key.partition(".")
+                opt.setdefault(slot, {})[name] = np.asarray(arr, dtype=self._dt)
+            self._opt = opt
+        self._step = int(meta.get("step", 0))
+        self._make_rngs()
+        rng = meta.get("rng")
+        if rng:
+            assert self._rng_shuffle is not None and self._rng_dropout is not None
+            self._rng_shuffle.bit_generator.state = rng["shuffle"]
+            self._rng_dropout.bit_generator.state = rng["dropout"]
+
     def _start_fresh(self) -> None:
         """Seeded initial weights, zero optimiser state, fresh training random streams."""
         self._params = self._initial_params()

@@ -169,7 +169,7 @@ def _untrained_model(s: dict[str, Any]) -> Model:
     net = network_from_settings(n, net_cfg)
     # The initial weights, optimiser state and random streams of a new network
     # (what partial_fit would make on its first call), so it can score at once.
-    net._start_fresh()
+    net.initialize()
     words = [f"{FREE_PREFIX}{i}" for i in range(n)]
     model = Model(words=words, network=net, kind=s["kind"], scaling=s["scaling"],
                   ham_factor=s["ham_factor"], spam_factor=s["spam_factor"],
@@ -384,19 +384,8 @@ class OnlineFilter:
             arrays = {}
         except (OSError, ValueError) as exc:
             raise OnlineError(f"{state / _OPT_FILE}: unreadable ({exc})") from None
-        # Network keeps these private; it has no public accessor for them.
-        if arrays:
-            opt: dict[str, dict[str, np.ndarray]] = {}
-            for key, arr in arrays.items():
-                slot, _, name = key.partition(".")
-                opt.setdefault(slot, {})[name] = arr.astype(net._dt, copy=False)
-            net._opt = opt
-        net._step = int(self.meta.get("adam_step", 0))
-        net._make_rngs()
-        rng = self.meta.get("rng")
-        if rng:
-            net._rng_shuffle.bit_generator.state = rng["shuffle"]
-            net._rng_dropout.bit_generator.state = rng["dropout"]
+        net.set_training_state(arrays, {"step": self.meta.get("adam_step", 0),
+                                        "rng": self.meta.get("rng")})
         self._opt_loaded = True
 
     def save(self) -> None:
@@ -412,13 +401,10 @@ class OnlineFilter:
         meta["generation"] = gen
         arrays: dict[str, np.ndarray] = {}
         if self._opt_loaded:
-            for slot, params in net._opt.items():
-                for name, arr in params.items():
-                    arrays[f"{slot}.{name}"] = arr
-            meta["adam_step"] = int(net._step)
-            if net._rng_shuffle is not None and net._rng_dropout is not None:
-                meta["rng"] = {"shuffle": net._rng_shuffle.bit_generator.state,
-                               "dropout": net._rng_dropout.bit_generator.state}
+            arrays, tmeta = net.get_training_state()
+            meta["adam_step"] = tmeta["step"]
+            if "rng" in tmeta:
+                meta["rng"] = tmeta["rng"]
         elif self._state_dir is not None:
             # Never trained in this process: carry the saved optimiser over.
             src = self._state_dir / _OPT_FILE

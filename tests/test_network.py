@@ -490,3 +490,22 @@ def test_few_rows_use_the_gathered_first_layer_and_agree_with_the_full_product(m
     full = net.predict_proba(X)
     assert full_calls
     np.testing.assert_allclose(few, full, atol=1e-6)
+
+
+def test_training_state_round_trip_continues_partial_fit_exactly():
+    """get/set_training_state carry partial_fit's optimiser and random streams between
+    processes: a restored copy takes the very same next step as the original."""
+    rng = np.random.default_rng(2)
+    X = (rng.random((30, 50)) < 0.2).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    a = Network(n_inputs=50, n_hidden=8, dropout=0.3, seed=4).initialize()
+    a.partial_fit(X, y)
+    arrays, meta = a.get_training_state()
+    json.dumps(meta)  # the metadata must be storable as JSON
+    b = Network(n_inputs=50, n_hidden=8, dropout=0.3, seed=4)
+    b.set_weights(a.get_weights())
+    b.set_training_state({k: v.copy() for k, v in arrays.items()}, json.loads(json.dumps(meta)))
+    a.partial_fit(X, y)
+    b.partial_fit(X, y)
+    for k, v in a.get_weights().items():
+        np.testing.assert_array_equal(v, b.get_weights()[k])
