@@ -937,6 +937,11 @@ def run_server(st: ServeSettings) -> int:
         else:
             _Supervisor(listeners, ctx, workers).run()
     finally:
+        # Stopping already: a second SIGTERM (systemd, a test's stop()) must not kill the
+        # interpreter while it finalizes, when Python's own handlers are gone and the
+        # default action would end the process with -15. SIG_IGN survives finalization.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _sd_notify(b"STOPPING=1")
         _close(listeners)
     log.info("nnspam serve: stopped")
