@@ -22,7 +22,7 @@ tokens (:func:`nnspam.adaptive.observe`, with its replacement steps), then
 ``Network.partial_fit`` takes ``epochs`` Adam steps on the message.
 
 **Untrained start.** With no model, the network has n input slots holding
-placeholders (:data:`FREE_PREFIX`, never a token) and the seeded initial
+free-slot names (:data:`FREE_PREFIX`, never a token) and the seeded initial
 weights of a new network. A token gets a free slot the second time it is seen
 in a trained message (``online.admit_min``: the aged count of earlier messages
 comes from the adaptive candidate table), so the word list grows from the
@@ -326,7 +326,7 @@ class OnlineFilter:
             taken = {int(r["index"]) for r in done}
             self._free = [i for i in self._free if i not in taken]
             cands = self.model.adaptive.candidates if self.model.adaptive else {}
-            for r in done:  # an evicted placeholder is not a word to remember
+            for r in done:  # an evicted free-slot name is not a word to remember
                 if str(r["old"]).startswith(FREE_PREFIX):
                     cands.pop(r["old"], None)
         self.meta["trained"] = int(self.meta.get("trained", 0)) + 1
