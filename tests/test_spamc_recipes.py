@@ -197,6 +197,12 @@ class Exim:
         for p in (self.dir, *self.dir.iterdir()):
             p.chmod(0o777)
         user = self._delivery_user()
+        # The shipped ACL file, copied byte for byte beside the config: Exim reads the
+        # .include as its own user, who cannot reach a checkout under a private directory
+        # (a clone in a mktemp -d directory is mode 0700).
+        acl = self.dir / "exim4-nnspam-acl"
+        shutil.copyfile(FILTERS / "exim4-nnspam-acl", acl)
+        acl.chmod(0o644)
         self.conf = self.dir / "test.conf"
         self.conf.write_text(
             f"{macros}"
@@ -211,7 +217,7 @@ class Exim:
             "acl_check_rcpt:\n"
             "  accept\n"
             "acl_check_data:\n"
-            f".include {FILTERS / 'exim4-nnspam-acl'}\n"
+            f".include {acl}\n"
             "  accept\n"
             "begin routers\n"
             "all:\n"
