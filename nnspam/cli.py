@@ -317,8 +317,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if hasattr(net, "layers"):
         print(f"Layers:      {ncfg.get('layers')}, dropout {ncfg.get('dropout')}, "
               f"embedding {ncfg.get('embedding')}, length {ncfg.get('length')}")
+    members = (model.summary or {}).get("members") or []
+    merged = (f", {len(members)} merged members of {net.hidden_size // len(members)}"
+              if len(members) > 1 else "")
     print(f"Network:     {len(model.words)} inputs -> {net.hidden_size} hidden "
-          f"({ncfg.get('hidden_activation', 'relu')}) -> 2 outputs ({ncfg.get('output')})")
+          f"({ncfg.get('hidden_activation', 'relu')}{merged}) -> 2 outputs "
+          f"({ncfg.get('output')})")
     print(f"Features:    {model.scaling} scaling of word counts")
     print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "
           f"threshold={model.threshold:g}")

@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,  # sgd only
         "l2": 0.00001,
         "dropout": 0.5,  # on the hidden layer while training
-        "input_dropout": 0.0,
+        "input_dropout": 0.4,  # on the inputs while training
         "batch_size": 32,
         "max_epochs": 60,
         "patience": 8,  # early stopping: epochs without a better validation loss
@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
         # for twice the best epoch count and average the weights of the second
         # half (helps small corpora such as SMS; see training.refit_swa).
         "refit": "none",
+        # Networks trained (seeds seed, seed+1, ...) and merged into one whose
+        # outputs are their mean logits (training.fit_members).
+        "members": 3,
     },
     # Adaptive input words (nnspam/adaptive.py): rarely activated input words
     # are replaced by words that became frequent in the mail stream.
@@ -107,7 +110,7 @@ DEFAULTS: dict[str, Any] = {
         "model": "default-sms",
         "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
         "features": {"scaling": "binary"},
-        "network": {"refit": "swa"},
+        "network": {"refit": "swa", "input_dropout": 0.0, "members": 1},
         # SMS from Twilio (nnspam sms serve / nnspam sms poll; README "SMS").
         "maildir": "~/SMS",  # SMS maildir; spam is filed into its daemon.junk folder
         "state": "~/.local/state/nnspam/sms.sqlite3",  # decisions and SMS list (SQLite)
@@ -162,6 +165,7 @@ DEFAULTS: dict[str, Any] = {
         "learning_rate": 0.001,  # Adam step size of online updates from an untrained start
         "learning_rate_trained": 0.00003,  # ... when starting from a trained model
         "dropout": 0.5,  # hidden-layer dropout during online updates
+        "input_dropout": 0.0,  # input dropout during online updates from an untrained start
         "admit_min": 2,  # untrained start: a token gets a free input once seen this often
     },
 }

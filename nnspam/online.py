@@ -149,6 +149,7 @@ def online_settings(config: dict[str, Any] | None = None, kind: str = "email") -
         "learning_rate": float(on["learning_rate"]),
         "learning_rate_trained": float(on["learning_rate_trained"]),
         "dropout": float(on["dropout"]),
+        "input_dropout": float(on["input_dropout"]),
         "admit_min": float(on["admit_min"]),
         "network": train["network"],
         "scaling": train["features"]["scaling"],
@@ -165,7 +166,8 @@ def _untrained_model(s: dict[str, Any]) -> Model:
     from nnspam.training import network_from_settings
 
     n = s["inputs"]
-    net_cfg = {**s["network"], "learning_rate": s["learning_rate"], "dropout": s["dropout"]}
+    net_cfg = {**s["network"], "learning_rate": s["learning_rate"], "dropout": s["dropout"],
+               "input_dropout": s.get("input_dropout", 0.0)}
     net = network_from_settings(n, net_cfg)
     # The initial weights, optimiser state and random streams of a new network
     # (what partial_fit would make on its first call), so it can score at once.

@@ -85,7 +85,58 @@ def network_from_settings(n_inputs: int, net: dict[str, Any]) -> Network:
     cfg = dict(net)
     hidden = cfg.pop("hidden", None)
     cfg.pop("refit", None)
+    cfg.pop("members", None)
     return Network(n_inputs=n_inputs, n_hidden=hidden, **cfg)
+
+
+def member_count(net: dict[str, Any]) -> int:
+    """``network.members``: how many networks of the recipe are trained and merged."""
+    k = net.get("members", 1)
+    k = 1 if k is None else k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"network.members must be a whole number >= 1, got {k!r}")
+    return k
+
+
+FitOne = Callable[[dict[str, Any]], tuple[Network, list[dict[str, float]], "int | None",
+                                          "dict[str, Any] | None"]]
+
+
+def fit_members(net_settings: dict[str, Any], fit_one: FitOne) -> tuple[Network, list[dict]]:
+    """Train ``network.members`` networks with seeds seed, seed+1, ... and merge them.
+
+    ``fit_one(settings)`` trains one network (early stopping, refit) and returns it with
+    its history, best epoch and refit record. Each member holds back its own validation
+    tenth (the split follows the seed), so together they learn from all of the training
+    data. With more than one member the result is :func:`nnspam.network.merge_networks`:
+    one network whose outputs are the members' mean logits. With one member it is that
+    network unchanged (``members: 1`` gives exactly the single-network model).
+    Returns the network and one summary record per member.
+    """
+    from nnspam.network import merge_networks
+
+    k = member_count(net_settings)
+    nets, runs = [], []
+    for i in range(k):
+        cfg = {**net_settings, "seed": int(net_settings.get("seed", 1)) + i}
+        net, history, best, refit_info = fit_one(cfg)
+        nets.append(net)
+        runs.append({
+            "seed": cfg["seed"], "epochs": len(history), "best_epoch": best,
+            "final_validation": history[best - 1] if history and best else None,
+            "refit": refit_info,
+        })
+    return (nets[0] if k == 1 else merge_networks(nets)), runs
+
+
+def _run_summary(runs: list[dict]) -> dict[str, Any]:
+    """The training summary fields of a (merged) network: the first member's figures
+    as before, and every member's when there are several."""
+    first = runs[0]
+    out = {k: first[k] for k in ("epochs", "best_epoch", "final_validation", "refit")}
+    if len(runs) > 1:
+        out["members"] = runs
+    return out
 
 
 REFITS = ("none", "swa")
@@ -206,30 +257,34 @@ def train_model(
     refit = settings["network"].get("refit", "none") or "none"
     if refit not in REFITS:
         raise ValueError(f"unknown network.refit {refit!r} (use one of {REFITS})")
-    net = network_from_settings(len(words), settings["network"])
+    member_count(settings["network"])
     model = Model(
-        words=words, network=net, kind=kind, scaling=settings["features"]["scaling"],
+        words=words, network=network_from_settings(len(words), settings["network"]),
+        kind=kind, scaling=settings["features"]["scaling"],
         ham_factor=ham_factor, spam_factor=spam_factor, threshold=threshold,
         max_part_bytes=max_part_bytes, wordlist_counts=[c for c, _ in wordlist],
     )
     t1 = time.perf_counter()
     X = model.features(toks)
-    net.fit(X, y, progress=progress)
-    history, best_epoch = list(net.history_ or []), net.best_epoch_
-    refit_info = None
-    if refit == "swa":
-        net, refit_info = refit_swa(net, X, y, settings["network"], progress)
-        model.network = net
+
+    def fit_one(cfg: dict[str, Any]) -> tuple[Network, list[dict[str, float]], int | None,
+                                              dict[str, Any] | None]:
+        net = network_from_settings(len(words), cfg)
+        net.fit(X, y, progress=progress)
+        history, best = list(net.history_ or []), net.best_epoch_
+        refit_info = None
+        if refit == "swa":
+            net, refit_info = refit_swa(net, X, y, cfg, progress)
+        return net, history, best, refit_info
+
+    model.network, runs = fit_members(settings["network"], fit_one)
     t_fit = time.perf_counter() - t1
     model.summary = {
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nnspam_version": __version__,
         "messages": {"ham": int((y == 0).sum()), "spam": int((y == 1).sum())},
         "wordlist": {"method": wl_method, "size": len(words), "min_df": wcfg.get("min_df")},
-        "epochs": len(history),
-        "best_epoch": best_epoch,
-        "final_validation": history[best_epoch - 1] if history and best_epoch else None,
-        "refit": refit_info,
+        **_run_summary(runs),
         "seconds": {"tokenize": round(t_tok, 3), "fit": round(t_fit, 3)},
         "learned_messages": 0,
     }
@@ -349,34 +404,45 @@ def _train_arch(
                   dropout=[0.0] * (n - 1) + [float(e["dropout"])], embedding=int(e["embedding"]),
                   length=length, l2=e["l2"], **common)
     t1 = time.perf_counter()
-    Xt, yt, Xv, yv = _split_and_balance(net, X, y, balance, scaling == "tfidf")
     libraries = {"numpy": np.__version__}
     if backend == "keras":
         from nnspam import keras_backend
 
         libraries = keras_backend.libraries()
-        keras_backend.fit(net, Xt, yt, X_val=Xv, y_val=yv, progress=progress, split=False)
-    elif isinstance(net, Network):
-        net.fit(Xt, yt, X_val=Xv, y_val=yv, progress=progress)
-    else:
-        net.fit_split(Xt, yt, Xv, yv, progress)
-    history, best_epoch = list(net.history_ or []), net.best_epoch_
-    refit_info = None
-    if arch == "nnspam" and (ncfg.get("refit") or "none") == "swa":
-        if backend == "keras":
-            from nnspam import keras_backend
 
-            best = max(1, int(best_epoch or 1))
-            final = network_from_settings(net.n_inputs, {
-                **ncfg, "validation_fraction": 0.0, "max_epochs": 2 * best, "patience": 0})
-            Xa, ya = X, y
-            if balance == "dbb":
-                Xa, ya = np.concatenate([Xt, Xv]), np.concatenate([yt, yv])
-            keras_backend.fit(final, Xa, ya, progress=progress, average_from=best, split=False)
-            net = final
-            refit_info = {"method": "swa", "epochs": 2 * best, "averaged_from_epoch": best}
+    def fit_one(cfg: dict[str, Any]) -> tuple[Any, list[dict[str, float]], int | None,
+                                              dict[str, Any] | None]:
+        """One network: split (and balance), train with early stopping, refit."""
+        one = net if cfg["seed"] == net.seed else network_from_settings(net.n_inputs, cfg)
+        Xt, yt, Xv, yv = _split_and_balance(one, X, y, balance, scaling == "tfidf")
+        trained_on["ham"], trained_on["spam"] = int((yt == 0).sum()), int((yt == 1).sum())
+        if backend == "keras":
+            keras_backend.fit(one, Xt, yt, X_val=Xv, y_val=yv, progress=progress, split=False)
+        elif isinstance(one, Network):
+            one.fit(Xt, yt, X_val=Xv, y_val=yv, progress=progress)
         else:
-            net, refit_info = refit_swa(net, X, y, ncfg, progress)
+            one.fit_split(Xt, yt, Xv, yv, progress)
+        history, best_epoch = list(one.history_ or []), one.best_epoch_
+        if arch != "nnspam" or (cfg.get("refit") or "none") != "swa":
+            return one, history, best_epoch, None
+        refit_info: dict[str, Any] = {"method": "swa", "epochs": 2 * max(1, int(best_epoch or 1)),
+                                      "averaged_from_epoch": max(1, int(best_epoch or 1))}
+        if backend != "keras":
+            final, refit_info = refit_swa(one, X, y, cfg, progress)
+            return final, history, best_epoch, refit_info
+        best = refit_info["averaged_from_epoch"]
+        final = network_from_settings(one.n_inputs, {
+            **cfg, "validation_fraction": 0.0, "max_epochs": 2 * best, "patience": 0})
+        Xa, ya = X, y
+        if balance == "dbb":
+            Xa, ya = np.concatenate([Xt, Xv]), np.concatenate([yt, yv])
+        keras_backend.fit(final, Xa, ya, progress=progress, average_from=best, split=False)
+        return final, history, best_epoch, refit_info
+
+    trained_on: dict[str, int] = {}
+    # network.members networks of the nnspam architecture are merged into one; the other
+    # architectures train one network
+    net, runs = fit_members(ncfg if arch == "nnspam" else {**ncfg, "members": 1}, fit_one)
     t_fit = time.perf_counter() - t1
     model = Model(
         words=words, network=net, kind=kind, scaling=scaling, wordlist_counts=[
@@ -388,13 +454,10 @@ def _train_arch(
         "nnspam_version": __version__,
         "arch": arch, "backend": backend, "balance": balance,
         "messages": {"ham": int((y == 0).sum()), "spam": int((y == 1).sum())},
-        "trained_on": {"ham": int((yt == 0).sum()), "spam": int((yt == 1).sum())},
+        "trained_on": trained_on,
         "wordlist": {"method": "ig" if arch != "sms-embedding" else "frequency",
                      "size": len(words), "min_df": wcfg.get("min_df")},
-        "epochs": len(history),
-        "best_epoch": best_epoch,
-        "final_validation": history[best_epoch - 1] if history and best_epoch else None,
-        "refit": refit_info,
+        **_run_summary(runs),
         "seconds": {"tokenize": 0.0, "fit": round(t_fit, 3)},
         "learned_messages": 0,
     }

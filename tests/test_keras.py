@@ -90,6 +90,30 @@ def test_numpy_forward_matches_keras_predict_on_every_test_message(monkeypatch, 
     assert roc_auc(y, ours[:, 0]) > 0.9
 
 
+def test_keras_members_merge_into_the_mean_of_the_keras_models(monkeypatch, sms_parts):
+    train, test = sms_parts
+    models = []
+    real_fit = keras_backend.fit
+
+    def spy(net, *args, **kw):
+        models.append(real_fit(net, *args, **kw))
+        return models[-1]
+
+    monkeypatch.setattr(keras_backend, "fit", spy)
+    settings = _settings()
+    settings["network"].update(members=2, refit="none", hidden=16, max_epochs=2)
+    m = train_model(train, "sms", settings, backend="keras")
+    assert len(models) == 2 and m.network.hidden_size == 32
+    assert [r["seed"] for r in m.summary["members"]] == [1, 2]
+    X = m.features(tokenize_samples([s.payload for s in test], "sms"))
+    # softmax of the mean logits = what the merged NumPy network serves
+    logit = np.mean([np.log(p[:, 0]) - np.log(p[:, 1])
+                     for p in (keras_backend.predict(k, X).astype(np.float64) for k in models)],
+                    axis=0)
+    want = 1 / (1 + np.exp(-logit))
+    assert np.max(np.abs(m.network.predict_proba(X)[:, 0] - want)) < 1e-5
+
+
 @needs_corpora
 def test_cli_trains_with_keras_and_the_mail_paths_never_import_tensorflow(tmp_path):
     out = tmp_path / "model"

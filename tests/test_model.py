@@ -146,7 +146,7 @@ def test_shipped_models_load():
 def test_swa_refit_keeps_the_shape_and_records_itself():
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=30, validation_fraction=0.25, refit="swa")
+    settings["network"].update(max_epochs=30, validation_fraction=0.25, refit="swa", members=1)
     m = train_model(tiny_samples(), "email", settings)
     info = m.summary["refit"]
     assert info["method"] == "swa" and info["epochs"] == 2 * m.summary["best_epoch"]
@@ -159,3 +159,30 @@ def test_swa_refit_keeps_the_shape_and_records_itself():
     settings["network"]["refit"] = "magic"
     with pytest.raises(ValueError, match="refit"):
         train_model(tiny_samples(), "email", settings)
+
+
+def test_members_train_with_consecutive_seeds_and_merge_into_one_network():
+    settings = C.email_training(C.DEFAULTS)
+    settings["wordlist"].update(size=40, min_df=2)
+    settings["network"].update(max_epochs=6, validation_fraction=0.25, hidden=8, members=1,
+                               seed=4)
+    single = {s: train_model(tiny_samples(), "email", {**settings, "network": {
+        **settings["network"], "seed": s}}) for s in (4, 5)}
+    settings["network"]["members"] = 2
+    m = train_model(tiny_samples(), "email", settings)
+    w = m.network.get_weights()
+    assert w["W1"].shape == (len(m.words), 16)
+    assert [r["seed"] for r in m.summary["members"]] == [4, 5]
+    # member k is exactly the single network of seed 4 + k, side by side
+    for k, s in enumerate((4, 5)):
+        ws = single[s].network.get_weights()
+        assert np.array_equal(w["W1"][:, 8 * k:8 * (k + 1)], ws["W1"])
+        assert np.allclose(w["W2"][8 * k:8 * (k + 1)], ws["W2"] / 2)
+    msgs = [make_message("offer", "cheap viagra free money", "deals@spam.biz"),
+            make_message("notes", "agenda for the meeting tomorrow")]
+    s2 = m.score(msgs)
+    assert s2[0] > s2[1]
+    for bad in (0, -1, 1.5, "3", True):
+        settings["network"]["members"] = bad
+        with pytest.raises(ValueError, match="members"):
+            train_model(tiny_samples(), "email", settings)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from nnspam.network import Network, _stratified_split, gradient_check
+from nnspam.network import Network, _stratified_split, gradient_check, merge_networks
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]
 OUTPUT_LOSSES = [("softmax", "xent"), ("sigmoid", "xent"), ("sigmoid", "mse")]
@@ -509,3 +509,49 @@ def test_training_state_round_trip_continues_partial_fit_exactly():
     b.partial_fit(X, y)
     for k, v in a.get_weights().items():
         np.testing.assert_array_equal(v, b.get_weights()[k])
+
+
+def _logits(net: Network, X) -> np.ndarray:
+    """The output pre-activations (what merging averages)."""
+    return net._forward(net.get_weights(), net._as_input(X))[2]
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_merged_network_outputs_the_members_mean_logits(output) -> None:
+    X, y = _bag_of_words(300, 60, seed=5)
+    members = [Network(60, n_hidden=h, output=output, max_epochs=3, seed=s)
+               for s, h in ((1, 8), (2, 8), (3, 5))]
+    for net in members:
+        net.fit(X, y)
+    merged = merge_networks(members)
+    assert merged.hidden_size == 21 and merged.n_inputs == 60
+    mean_logits = np.mean([_logits(net, X) for net in members], axis=0)
+    assert np.allclose(_logits(merged, X), mean_logits, atol=1e-5)
+    # what the mean logits mean for the outputs
+    got = merged.predict_proba(X)
+    if output == "softmax":
+        z = mean_logits - mean_logits.max(axis=1, keepdims=True)
+        want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    else:
+        want = 1 / (1 + np.exp(-mean_logits))
+    assert np.allclose(got, want, atol=1e-5)
+    # the few-row (gathered) path agrees too
+    dense = X[:3].toarray().astype(np.float32)
+    assert np.allclose(merged.predict_proba(dense), got[:3], atol=1e-5)
+    # a merged network trains on like any other
+    before = merged.get_weights()["W2"].copy()
+    merged.partial_fit(X[:10], y[:10])
+    assert not np.array_equal(before, merged.get_weights()["W2"])
+
+
+def test_merge_refuses_networks_that_do_not_fit_together() -> None:
+    a, b = Network(10, n_hidden=4), Network(11, n_hidden=4)
+    X = np.eye(10)[:4]
+    a.partial_fit(X, [0, 1, 0, 1])
+    b.partial_fit(np.eye(11)[:4], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="n_inputs"):
+        merge_networks([a, b])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_networks([])
+    with pytest.raises(RuntimeError, match="no weights"):
+        merge_networks([Network(10, n_hidden=4)])
