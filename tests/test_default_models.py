@@ -29,9 +29,11 @@ def test_default_email_model_on_spamassassin_test_split():
     assert "train part" in model.summary["provenance"]["trained_on"]
     ev = _evaluate(model, load_split_samples(str(SA_SPLIT), str(SA_TAR), "test"))
     assert (ev.n_ham, ev.n_spam) == (1288, 567)
-    assert ev.false_positives <= 1  # target; measured: 0
-    assert ev.false_negatives <= 24  # target is 8 (1.5%), not met; measured: 21 (3.7%)
-    assert ev.roc_auc >= 0.9996  # target; measured: 0.99991
+    assert ev.false_positives <= 1  # target; measured: 1
+    # target is 8 (1.5%), not met; measured: 10 (1.76%); the seed figures to beat
+    # (issue 8, DBB-RDNN-ReL-style) are 0.93% ham lost and 3.4% (19) spam missed
+    assert ev.false_negatives <= 12
+    assert ev.roc_auc >= 0.9996  # target; measured: 0.99989
 
 
 @needs_corpora
