@@ -176,6 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings["network"]["max_epochs"] = args.epochs
     if args.seed is not None:
         settings["network"]["seed"] = args.seed
+    if args.members is not None:
+        if args.members < 1:
+            raise UsageError(f"--members must be at least 1, not {args.members}")
+        settings["network"]["members"] = args.members
     if args.backend == "keras":
         from nnspam.keras_backend import available
 
@@ -575,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hidden", type=int, metavar="H", help="hidden units (config: network.hidden)")
     sp.add_argument("--epochs", type=int, metavar="E", help="maximum epochs")
     sp.add_argument("--seed", type=int, help="random seed (config: network.seed)")
+    sp.add_argument("--members", type=int, metavar="K",
+                    help="train K networks (seeds seed..seed+K-1) and merge them into one "
+                    "(config: network.members; email default 3, SMS 1)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="show loss per epoch (default: when stderr is a terminal)")
     sp.add_argument("--arch", choices=("nnspam", "deep", "sms-embedding"), default="nnspam",

@@ -163,7 +163,7 @@ DEFAULTS: dict[str, Any] = {
         "inputs": None,  # n of an untrained network; null = wordlist.size (sms: sms.wordlist.size)
         "epochs": 1,  # partial_fit passes per learned message
         "learning_rate": 0.001,  # Adam step size of online updates from an untrained start
-        "learning_rate_trained": 0.00003,  # ... when starting from a trained model
+        "learning_rate_trained": 0.00001,  # ... when starting from a trained model
         "dropout": 0.5,  # hidden-layer dropout during online updates
         "input_dropout": 0.0,  # input dropout during online updates from an untrained start
         "admit_min": 2,  # untrained start: a token gets a free input once seen this often
@@ -185,7 +185,9 @@ FAITHFUL: dict[str, Any] = {
         "momentum": 0.9,
         "l2": 0.0,
         "dropout": 0.0,
+        "input_dropout": 0.0,
         "refit": "none",
+        "members": 1,
     },
 }
 

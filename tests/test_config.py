@@ -45,3 +45,18 @@ def test_bad_config_files(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_one_network_where_the_recipe_says_so():
+    """Email merges three networks trained with input dropout; SMS and the original design
+    (--faithful) train one network without it."""
+    from nnspam.config import FAITHFUL, email_training, merge
+
+    email = email_training(DEFAULTS)["network"]
+    assert (email["members"], email["input_dropout"]) == (3, 0.4)
+    sms = sms_training(DEFAULTS)["network"]
+    assert (sms["members"], sms["input_dropout"]) == (1, 0.0)
+    for base in (email_training(DEFAULTS), sms_training(DEFAULTS)):
+        faithful = merge(base, FAITHFUL)["network"]
+        assert (faithful["members"], faithful["input_dropout"]) == (1, 0.0)
+        assert faithful["hidden"] is None
