@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from nnspam.network import _adam_block, _sigmoid, _stratified_split
+from nnspam.network import _adam_block, _sigmoid, _stratified_split, early_stopping_loop
 
 __all__ = ["ARCHS", "BALANCES", "MLP", "SequenceEncoder", "dbb_oversample"]
 
@@ -291,30 +291,7 @@ class MLP:
             self.set_weights(self.initial_weights())
         if self._rng_shuffle is None:
             self._make_rngs()
-        self.history_, self.best_epoch_ = [], None
-        best, best_params, since = np.inf, None, 0
-        for epoch in range(1, self.max_epochs + 1):
-            loss = self._run_epoch(Xt, yt)
-            if Xv is not None and len(yv):
-                vloss, verr = self._evaluate(Xv, yv)
-            else:
-                vloss, verr = float("nan"), float("nan")
-            self.history_.append({"epoch": epoch, "train_loss": loss, "val_loss": vloss,
-                                  "val_error": verr})
-            if progress is not None:
-                progress(epoch, loss, vloss, verr)
-            if np.isnan(vloss):
-                self.best_epoch_ = epoch
-                continue
-            if vloss < best:
-                best, since, self.best_epoch_ = vloss, 0, epoch
-                best_params = {k: v.copy() for k, v in self._require_params().items()}
-            else:
-                since += 1
-                if 0 < self.patience <= since:
-                    break
-        if best_params is not None:
-            self._params = best_params
+        early_stopping_loop(self, Xt, yt, Xv, yv, progress)
         return self
 
     def partial_fit(self, X: Any, y: Any, epochs: int = 1) -> MLP:
@@ -343,7 +320,9 @@ class MLP:
 
     def _reset_optimizer(self) -> None:
         params = self._require_params()
-        self._opt = {s: {k: np.zeros_like(v) for k, v in params.items()} for s in ("m", "v")}
+        # np.zeros (calloc): untouched until training, as in Network._reset_optimizer
+        self._opt = {s: {k: np.zeros(v.shape, dtype=v.dtype) for k, v in params.items()}
+                     for s in ("m", "v")}
         self._step = 0
 
     def _as_input(self, X: Any) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Network", "gradient_check", "merge_networks"]
+__all__ = ["Network", "early_stopping_loop", "gradient_check", "merge_networks"]
 
 ProgressFn = Callable[[int, float, float, float], Any]
 
@@ -370,41 +370,7 @@ class Network:
         if Xt.shape[0] == 0:
             raise ValueError("no training examples left after the validation split")
 
-        self.history_ = []
-        self.best_epoch_ = None
-        best_loss = np.inf
-        best_params: dict[str, np.ndarray] | None = None
-        since_best = 0
-        for epoch in range(1, self.max_epochs + 1):
-            train_loss = self._run_epoch(Xt, yt)
-            if Xv is not None and Xv.shape[0] > 0:
-                val_loss, val_error = self._evaluate(Xv, yv)
-            else:
-                val_loss, val_error = float("nan"), float("nan")
-            self.history_.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_error": val_error,
-                }
-            )
-            if progress is not None:
-                progress(epoch, train_loss, val_loss, val_error)
-            if np.isnan(val_loss):
-                self.best_epoch_ = epoch
-                continue
-            if val_loss < best_loss:
-                best_loss = val_loss
-                best_params = {k: v.copy() for k, v in self._params.items()}
-                self.best_epoch_ = epoch
-                since_best = 0
-            else:
-                since_best += 1
-                if 0 < self.patience <= since_best:
-                    break
-        if best_params is not None:
-            self._params = best_params
+        early_stopping_loop(self, Xt, yt, Xv, yv, progress)
         return self
 
     def partial_fit(self, X: Any, y: Any, epochs: int = 1) -> Network:
@@ -765,6 +731,48 @@ class Network:
                 _adam_block(pb, gb, state[0][sl], state[1][sl], tmp, *coefs)
             else:
                 _momentum_block(pb, gb, state[0][sl], *coefs)
+
+
+def early_stopping_loop(net: Any, Xt: Any, yt: np.ndarray, Xv: Any, yv: Any,
+                        progress: ProgressFn | None = None) -> None:
+    """The epoch loop of ``fit``, shared by :class:`Network` and :class:`nnspam.arch.MLP`.
+
+    Runs up to ``net.max_epochs`` epochs of ``net._run_epoch(Xt, yt)``; after each it measures
+    ``net._evaluate(Xv, yv)`` (loss, error) when there is validation data, records
+    ``net.history_`` and calls ``progress(epoch, train_loss, val_loss, val_error)``. It stops
+    after ``net.patience`` epochs without a lower validation loss (``patience <= 0``: never)
+    and leaves ``net._params`` at the best epoch's weights, recorded in ``net.best_epoch_``.
+    Without validation data every epoch counts as the best and training runs to the end.
+    """
+    net.history_ = []
+    net.best_epoch_ = None
+    best_loss = np.inf
+    best_params: dict[str, np.ndarray] | None = None
+    since_best = 0
+    has_val = Xv is not None and Xv.shape[0] > 0
+    for epoch in range(1, net.max_epochs + 1):
+        train_loss = net._run_epoch(Xt, yt)
+        val_loss, val_error = net._evaluate(Xv, yv) if has_val else (float("nan"), float("nan"))
+        net.history_.append(
+            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+             "val_error": val_error}
+        )
+        if progress is not None:
+            progress(epoch, train_loss, val_loss, val_error)
+        if np.isnan(val_loss):
+            net.best_epoch_ = epoch
+            continue
+        if val_loss < best_loss:
+            best_loss = val_loss
+            best_params = {k: v.copy() for k, v in net._params.items()}
+            net.best_epoch_ = epoch
+            since_best = 0
+        else:
+            since_best += 1
+            if 0 < net.patience <= since_best:
+                break
+    if best_params is not None:
+        net._params = best_params
 
 
 def merge_networks(nets: Sequence[Network]) -> Network:
