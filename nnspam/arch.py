@@ -145,6 +145,7 @@ class MLP:
         self._params: dict[str, np.ndarray] | None = None
         self._opt: dict[str, dict[str, np.ndarray]] = {}
         self._step = 0
+        self._plain_rate: float | None = None  # set by partial_fit(optimizer="sgd")
         self._rng_shuffle: np.random.Generator | None = None
         self._rng_dropout: np.random.Generator | None = None
         self.history_: list[dict[str, float]] = []
@@ -294,16 +295,31 @@ class MLP:
         early_stopping_loop(self, Xt, yt, Xv, yv, progress)
         return self
 
-    def partial_fit(self, X: Any, y: Any, epochs: int = 1) -> MLP:
-        """A few passes over just these examples (corrections), keeping the optimiser state."""
+    def partial_fit(self, X: Any, y: Any, epochs: int = 1, optimizer: str | None = None,
+                    learning_rate: float | None = None) -> MLP:
+        """A few passes over just these examples (corrections). ``optimizer=None``: Adam,
+        keeping its state; ``"sgd"``: plain gradient steps at ``learning_rate`` (default the
+        network's) that leave the Adam state alone, as :meth:`Network.partial_fit`."""
         X = self._as_input(X)
         y = np.asarray(y).astype(np.int64).ravel()
+        if optimizer not in (None, "sgd", "adam"):
+            raise ValueError(f"optimizer must be None, 'sgd' or 'adam', not {optimizer!r}")
+        rate = self.learning_rate if learning_rate is None else float(learning_rate)
+        if not rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if self._params is None:
             self.set_weights(self.initial_weights())
         if self._rng_shuffle is None:
             self._make_rngs()
-        for _ in range(max(1, int(epochs))):
-            self._run_epoch(X, y)
+        saved = self.learning_rate
+        self._plain_rate = rate if optimizer == "sgd" else None
+        self.learning_rate = rate
+        try:
+            for _ in range(max(1, int(epochs))):
+                self._run_epoch(X, y)
+        finally:
+            self._plain_rate = None
+            self.learning_rate = saved
         return self
 
     # ------------------------------------------------------------------ internals
@@ -431,7 +447,12 @@ class MLP:
                 n_rows = params["W1"].shape[0]
                 grads["W1"] = np.stack([np.bincount(flat, weights=rows[:, c], minlength=n_rows)
                                         for c in range(self.embedding)], axis=1)
-        self._adam(grads)
+        if self._plain_rate is not None:
+            params = self._require_params()
+            for k, g in grads.items():
+                params[k] -= (self._plain_rate * g).astype(params[k].dtype, copy=False)
+        else:
+            self._adam(grads)
         return loss
 
     def _adam(self, grads: dict[str, np.ndarray]) -> None:

@@ -354,9 +354,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.corpus import iter_messages
-    from nnspam.training import learn
+    from nnspam.training import learn, learn_rule
 
     cfg = _config(args)
+    try:
+        rule = learn_rule(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     target = args.model or cfg["model"]
     if target in ("default", "default-sms", "default-email"):
         raise UsageError("the shipped default model is read-only: train your own with "
@@ -369,7 +373,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.adaptive import configure
 
     configure(model, cfg["adaptive"])  # the config's adaptive settings, as the daemon uses
-    learn(model, payloads, label, epochs=args.epochs)
+    learn(model, payloads, label, epochs=args.epochs, **rule)
     model.save(target)
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
     return 0

@@ -132,6 +132,11 @@ DEFAULTS: dict[str, Any] = {
         "server_timeout": 5,  # seconds for the whole exchange; then classify in-process
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
+    # How a correction is learned (nnspam learn, the daemon, the server's TELL).
+    "learn": {
+        "optimizer": "sgd",  # sgd: plain gradient steps | adam: the network's own optimiser
+        "learning_rate": 0.003,  # step size; null = the network's learning_rate
+    },
     "daemon": {
         "maildirs": [],  # inbox maildirs to watch (--maildir DIR replaces the list)
         "junk": ".Junk",  # Maildir++ folder spam is moved to (created if missing)

@@ -107,6 +107,16 @@ class Settings:
     learn_on_confident: bool = False
     confident_margin: float = 0.45
     adaptive_section: dict[str, Any] | None = None
+    learn_rule: dict[str, Any] | None = None  # config learn: (training.learn_rule)
+
+
+def _learn_rule(cfg: dict[str, Any]) -> dict[str, Any]:
+    from nnspam.training import learn_rule
+
+    try:
+        return learn_rule(cfg)
+    except ValueError as exc:
+        raise DaemonError(str(exc)) from None
 
 
 def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
@@ -142,6 +152,7 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
         learn_on_confident=bool(ad.get("learn_on_confident", False)),
         confident_margin=float(ad.get("confident_margin", 0.45)),
         adaptive_section=dict(ad),
+        learn_rule=_learn_rule(cfg),
     )
 
 
@@ -228,6 +239,7 @@ class Daemon:
             learn_from_corrections=s.learn_from_corrections,
             checkpoint_every=s.checkpoint_every, adaptive=s.adaptive,
             learn_on_confident=s.learn_on_confident, confident_margin=s.confident_margin,
+            learn_rule=s.learn_rule,
         )
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)

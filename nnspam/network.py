@@ -185,6 +185,7 @@ class Network:
         self._params: dict[str, np.ndarray] | None = None
         self._opt: dict[str, dict[str, np.ndarray]] = {}
         self._step = 0
+        self._plain_rate: float | None = None  # set by partial_fit(optimizer="sgd")
         self._rng_shuffle: np.random.Generator | None = None
         self._rng_dropout: np.random.Generator | None = None
         self.history_: list[dict[str, float]] = []
@@ -373,21 +374,45 @@ class Network:
         early_stopping_loop(self, Xt, yt, Xv, yv, progress)
         return self
 
-    def partial_fit(self, X: Any, y: Any, epochs: int = 1) -> Network:
+    def partial_fit(self, X: Any, y: Any, epochs: int = 1, optimizer: str | None = None,
+                    learning_rate: float | None = None) -> Network:
         """Online learning: ``epochs`` passes of mini-batch steps over just the given examples.
 
-        Meant for one or a few messages (e.g. user feedback).  Uses and updates the current
-        optimiser state; no re-initialisation (except if the network has no weights yet), no
-        validation, no history.
+        Meant for one or a few messages (e.g. user feedback).  No re-initialisation (except if
+        the network has no weights yet), no validation, no history.
+
+        ``optimizer=None`` uses the network's own optimiser and carries its state (the online
+        learner saves and restores that state).  ``optimizer="sgd"`` takes plain gradient
+        steps ``w -= learning_rate * (grad + l2 * w)`` that neither read nor change the
+        optimiser state: the correction path of a model loaded from disk, whose Adam moments
+        were not saved.  Adam from fresh moments moves every weight a message touches by the
+        full step size on its first step, and that undid trained models: over the drifting
+        SpamAssassin stream of ``scripts/bench/adaptive_stream.py``, learning each error with
+        fresh Adam (3 passes) made 216 errors for one network and 231 for the merged default,
+        plain steps at 0.003 made 120 (README "Adaptive input words").
+        ``learning_rate`` defaults to the network's.
         """
         X = self._as_input(X)
         y = self._as_labels(y, X.shape[0])
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if optimizer not in (None, "sgd", self.optimizer):
+            raise ValueError(f"optimizer must be None, 'sgd' or {self.optimizer!r}, "
+                             f"not {optimizer!r}")
+        rate = self.learning_rate if learning_rate is None else float(learning_rate)
+        if not rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if self._params is None:
             self._start_fresh()
-        for _ in range(int(epochs)):
-            self._run_epoch(X, y)
+        saved_rate = self.learning_rate
+        self._plain_rate = rate if optimizer == "sgd" else None
+        self.learning_rate = rate
+        try:
+            for _ in range(int(epochs)):
+                self._run_epoch(X, y)
+        finally:
+            self._plain_rate = None
+            self.learning_rate = saved_rate
         return self
 
     # ------------------------------------------------------------------ internals: setup
@@ -689,6 +714,15 @@ class Network:
         busy 2-core machine, so it is not done.)
         """
         params = self._require_params()
+        if self._plain_rate is not None:
+            # plain gradient steps (partial_fit(optimizer="sgd")): no optimiser state
+            for name in _PARAM_NAMES:
+                p, g = params[name], grads[name]
+                if self.l2 and name.startswith("W"):
+                    g += self.l2 * p
+                g *= self._plain_rate
+                p -= g
+            return
         self._step += 1
         if self.optimizer == "adam":
             bc1 = 1.0 - _ADAM_BETA1**self._step

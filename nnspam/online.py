@@ -328,7 +328,8 @@ class OnlineFilter:
         self._load_optimizer()
         if self._free:
             self._admit(toks)
-        done = learn_tokens(self.model, [toks], label, self.settings["epochs"])
+        # the network's own optimiser (Adam), whose state the online learner saves
+        done = learn_tokens(self.model, [toks], label, self.settings["epochs"], optimizer=None)
         if done and self._free:
             taken = {int(r["index"]) for r in done}
             self._free = [i for i in self._free if i not in taken]

@@ -166,6 +166,7 @@ class ServeSettings:
     user_model: str | None = None  # per-user model path pattern (%u, %l, %d, ~)
     user_cache: int = 16  # per-user models kept loaded per worker (LRU)
     spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
+    learn_rule: dict[str, Any] = field(default_factory=dict)  # config learn: (TELL)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -209,6 +210,9 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                               "client networks (serve.allowed or --allow)")
     try:
         f = _settings(cfg, model)
+        from nnspam.training import learn_rule
+
+        rule = learn_rule(cfg)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
     n = s.get("workers") if workers is None else workers
@@ -224,7 +228,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                          int(s["max_size"]), float(s["timeout"]), float(s["score_scale"]),
                          int(s["learn_epochs"]), n, maxc, user_model,
                          int(s.get("user_cache", 16)),
-                         bool(s.get("spamassassin_headers", False)))
+                         bool(s.get("spamassassin_headers", False)), rule)
 
 
 def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
@@ -421,7 +425,8 @@ class ModelRegistry:
                             with self.site.lock:
                                 self.site.refresh()
                             m = Model.load(self.site.path)
-                            learn(m, [raw], label, epochs=self.settings.learn_epochs)
+                            learn(m, [raw], label, epochs=self.settings.learn_epochs,
+                                  **self.settings.learn_rule)
                             m.save(path)
                             return path
                 except OSError as exc:
@@ -432,7 +437,8 @@ class ModelRegistry:
             try:
                 with _flock(slot.path):
                     slot.refresh()  # learn on top of what other workers saved
-                    learn(slot.model, [raw], label, epochs=self.settings.learn_epochs)
+                    learn(slot.model, [raw], label, epochs=self.settings.learn_epochs,
+                          **self.settings.learn_rule)
                     slot.model.save(slot.path)
                     slot.stamp = _stamp(slot.path)
             except OSError as exc:

@@ -114,6 +114,7 @@ class Sorter:
         adaptive: bool = True,
         learn_on_confident: bool = False,
         confident_margin: float = 0.45,
+        learn_rule: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.state = state
@@ -127,6 +128,8 @@ class Sorter:
         self.adaptive = adaptive
         self.learn_on_confident = learn_on_confident
         self.confident_margin = confident_margin
+        # how a correction is learned (config learn:, training.learn_rule)
+        self.learn_rule = dict(learn_rule or {})
         self.pending_updates = 0
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
@@ -193,7 +196,8 @@ class Sorter:
         # the model's adaptive state is enabled): observing them here too would count
         # every correction twice.
         toks = [self.model.tokens(p) for p in payloads]
-        replaced = learn_tokens(self.model, toks, label, epochs=self.learn_epochs)
+        replaced = learn_tokens(self.model, toks, label, epochs=self.learn_epochs,
+                                **self.learn_rule)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
         if replaced:

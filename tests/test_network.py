@@ -555,3 +555,28 @@ def test_merge_refuses_networks_that_do_not_fit_together() -> None:
         merge_networks([])
     with pytest.raises(RuntimeError, match="no weights"):
         merge_networks([Network(10, n_hidden=4)])
+
+
+def test_plain_sgd_partial_fit_is_one_gradient_step_and_leaves_the_optimiser_alone() -> None:
+    X, y = _bag_of_words(200, 30, seed=9)
+    net = Network(30, n_hidden=6, dropout=0.0, input_dropout=0.0, l2=1e-3, batch_size=500,
+                  max_epochs=3, seed=2)
+    net.fit(X, y)
+    step, moments = net._step, {k: v.copy() for k, v in net._opt["m"].items()}
+    before = net.get_weights()
+    Xb, yb = X[:7], y[:7]
+    _, grads = net._loss_and_grads(net.get_weights(), net._as_input(Xb), yb, None)
+    net.partial_fit(Xb, yb, optimizer="sgd", learning_rate=0.05)
+    after = net.get_weights()
+    for k in ("W1", "b1", "W2", "b2"):
+        g = grads[k] + (1e-3 * before[k] if k.startswith("W") else 0.0)
+        assert np.allclose(after[k], before[k] - 0.05 * g, atol=1e-6), k
+    assert net._step == step and net.learning_rate == 0.001
+    assert all(np.array_equal(net._opt["m"][k], moments[k]) for k in moments)
+    # the network's own optimiser still carries its state
+    net.partial_fit(Xb, yb)
+    assert net._step == step + 1
+    with pytest.raises(ValueError, match="optimizer"):
+        net.partial_fit(Xb, yb, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="learning_rate"):
+        net.partial_fit(Xb, yb, optimizer="sgd", learning_rate=0)

@@ -200,6 +200,7 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     from nnspam.model import Model
     from nnspam.sorter import Sorter
     from nnspam.state import State
+    from nnspam.training import learn_rule
 
     s = cfg["sms"]
     d = cfg["daemon"]
@@ -224,5 +225,6 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
         checkpoint_every=int(d["checkpoint_every"]), adaptive=adaptive,
         learn_on_confident=bool(ad.get("learn_on_confident", False)),
         confident_margin=float(ad.get("confident_margin", 0.45)),
+        learn_rule=learn_rule(cfg),
     )
     return SmsStore(s["maildir"], sorter)

@@ -29,7 +29,7 @@ from pathlib import Path
 from nnspam import adaptive
 from nnspam import config as C
 from nnspam.corpus import Sample, iter_messages
-from nnspam.training import learn_tokens, tokenize_samples, train_model
+from nnspam.training import learn_rule, learn_tokens, tokenize_samples, train_model
 
 TRAIN_PARTS = {"spam": "spam", "easy_ham": "ham"}
 STREAM_PARTS = {"spam_2": "spam", "easy_ham_2": "ham"}
@@ -56,13 +56,15 @@ def load_parts(corpus: Path, parts: dict[str, str]) -> dict[str, list[Sample]]:
     return out
 
 
-def run_stream(model, toks, labels, feedback: str, margin: float) -> dict:
+def run_stream(model, toks, labels, feedback: str, margin: float, epochs: int = 3,
+               rule: dict | None = None) -> dict:
     """Classify each message in order, feed the adaptive statistics, learn the
     correction when the verdict is wrong; with feedback ``confident`` also
     learn confident verdicts as the daemon's ``learn_on_confident`` does
     (spamicity >= threshold + margin or <= threshold - margin), with ``all``
     learn every message with its true label. Returns per-message errors and
     the number of replacements."""
+    rule = rule or {}
     errors = []
     replaced = 0
     for t, lab in zip(toks, labels, strict=True):
@@ -72,9 +74,9 @@ def run_stream(model, toks, labels, feedback: str, margin: float) -> dict:
         wrong = verdict != lab
         errors.append(wrong)
         if wrong or feedback == "all":
-            replaced += len(learn_tokens(model, [t], lab))
+            replaced += len(learn_tokens(model, [t], lab, epochs, **rule))
         elif feedback == "confident" and abs(s - model.threshold) >= margin:
-            replaced += len(learn_tokens(model, [t], verdict))
+            replaced += len(learn_tokens(model, [t], verdict, epochs, **rule))
     return {"errors": errors, "replacements": replaced}
 
 
@@ -101,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default="frozen,lfu,lfu-ig")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an adaptive setting, e.g. --set half_life=300")
+    ap.add_argument("--learn", choices=("sgd", "adam"), default=C.DEFAULTS["learn"]["optimizer"],
+                    help="how a correction is learned (config learn.optimizer; adam starts "
+                    "from fresh moments, as after loading a model)")
+    ap.add_argument("--learn-rate", type=float, default=C.DEFAULTS["learn"]["learning_rate"],
+                    help="config learn.learning_rate")
+    ap.add_argument("--epochs", type=int, default=C.DEFAULTS["daemon"]["learn_epochs"],
+                    help="passes per learned message (config daemon.learn_epochs)")
+    ap.add_argument("--net", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a network setting of the trained model, e.g. --net members=1")
     args = ap.parse_args(argv)
     corpus = args.corpus or (DEFAULT_DIR if DEFAULT_DIR.is_dir() else DEFAULT_TAR)
 
@@ -114,8 +125,15 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"]["size"] = args.size
+    for kv in args.net:
+        k, _, v = kv.partition("=")
+        if k not in settings["network"]:
+            raise SystemExit(f"--net {kv}: no network setting {k!r}")
+        settings["network"][k] = type(settings["network"][k])(v)
     t1 = time.perf_counter()
     base = train_model(train, "email", settings, token_lists=train_toks)
+    # as after loading the model from disk: no optimiser state (Adam moments are not saved)
+    base.network.set_weights(base.network.get_weights())
     t_train = time.perf_counter() - t1
     overrides = {}
     for kv in args.set:
@@ -123,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides[k] = type(C.DEFAULTS["adaptive"][k])(v) if k != "enabled" else v == "true"
 
     print(f"corpus {corpus}: train {len(train)} messages (spam, easy_ham), {args.size} inputs, "
-          f"feedback: {args.feedback}, adaptive overrides: {overrides or 'none'}")
+          f"feedback: {args.feedback}, adaptive overrides: {overrides or 'none'}, "
+          f"network overrides: {args.net or 'none'}, corrections: {args.learn} "
+          f"{args.learn_rate}, {args.epochs} passes")
     print(f"load+tokenize {t_load:.1f} s, train {t_train:.1f} s")
     totals: dict[str, list[int]] = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
@@ -178,7 +198,9 @@ def one_order(base, stream_toks, labels, seed, args, overrides) -> dict[str, tup
             adaptive.configure(model, {**overrides, "enabled": True, "policy": pol})
         t2 = time.perf_counter()
         r = run_stream(model, stream_toks, labels, args.feedback,
-                       float(C.DEFAULTS["adaptive"]["confident_margin"]))
+                       float(C.DEFAULTS["adaptive"]["confident_margin"]), args.epochs,
+                       learn_rule({"learn": {"optimizer": args.learn,
+                                             "learning_rate": args.learn_rate}}))
         dt = time.perf_counter() - t2
         fn, n_s, fp, n_h = rates(r["errors"], labels, 0, len(stream))
         results[pol] = (fn, fp)
