@@ -236,8 +236,12 @@ class Network:
         params = self._require_params()
         return {k: params[k].copy() for k in _PARAM_NAMES}
 
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], copy: bool = True) -> None:
         """Install parameters (copied and cast to the network dtype).
+
+        ``copy=False`` adopts arrays that already have the network dtype instead of copying
+        them: for a caller that hands over arrays it owns (the model loader), which saves a
+        second copy of the weights in memory.
 
         The shapes must match this network exactly; otherwise a ValueError says which array is
         wrong and what was expected.  The optimiser state is reset, because moments collected
@@ -261,7 +265,8 @@ class Network:
                 )
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"weight {k!r} contains NaN or infinite values")
-            new[k] = np.array(arr, dtype=self._dt, copy=True)
+            new[k] = (np.array(arr, dtype=self._dt, copy=True) if copy
+                      else np.asarray(arr, dtype=self._dt))
         self._params = new
         self._reset_optimizer()
         # Random generators are made when training starts (_run_epoch), not here: building
