@@ -26,6 +26,27 @@ needs_corpora = pytest.mark.skipif(
 )
 
 
+# Debian packages of the programs the tests drive; .ci/run apt-installs them all.
+PACKAGES = {"procmail": "procmail", "maildrop": "maildrop", "maildirmake": "maildrop",
+            "sieve-test": "dovecot-sieve", "sievec": "dovecot-sieve", "setpriv": "util-linux",
+            "flock": "util-linux", "spamc": "spamc", "exim": "exim4-daemon-heavy",
+            "systemd-analyze": "systemd"}
+
+
+def need(program: str) -> str:
+    """The path of an installed program (PATH, then /usr/sbin and /sbin). A missing one
+    fails the test under CI, where .ci/run installs it, and skips it elsewhere."""
+    import shutil
+
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        msg = f"{program} not installed (Debian package {PACKAGES.get(program, '?')})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 def make_message(subject: str, body: str, sender: str = "alice@example.org",
                  extra: str = "") -> bytes:
     return (

@@ -28,7 +28,7 @@ import pytest
 from nnspam import maildir as md
 from nnspam.model import Model, resolve_model_path
 
-from conftest import ROOT
+from conftest import ROOT, need
 
 BURST = 2000
 
@@ -377,17 +377,8 @@ def test_bad_maildir_or_model_is_one_line_exit_2(tmp_path, box):
     assert r.stderr.strip().splitlines()[-1].startswith(f"nnspam: {tmp_path / 'nomodel'}: ")
 
 
-def _systemd_analyze() -> str:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze missing (apt-get install -y systemd)")
-        pytest.skip("systemd-analyze not installed (Debian package: systemd)")
-    return exe
-
-
 def test_system_unit_passes_systemd_analyze_verify(tmp_path):
-    exe = _systemd_analyze()
+    exe = need("systemd-analyze")
     text = (ROOT / "scripts" / "nnspam-daemon.service").read_text()
     for key in ("Type=notify", "ProtectSystem=strict", "ReadWritePaths=", "NoNewPrivileges=yes",
                 "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID"):
@@ -401,7 +392,7 @@ def test_system_unit_passes_systemd_analyze_verify(tmp_path):
 
 
 def test_user_unit_passes_systemd_analyze_verify(tmp_path):
-    exe = _systemd_analyze()
+    exe = need("systemd-analyze")
     text = (ROOT / "scripts" / "nnspam-daemon.user.service").read_text()
     assert "Type=notify" in text and "WantedBy=default.target" in text
     home = tmp_path / "home"

@@ -20,22 +20,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, need
+
 FILTERS = ROOT / "filters"
 NNSPAM = Path(sys.executable).parent / "nnspam"
-PACKAGES = {"procmail": "procmail", "maildrop": "maildrop", "maildirmake": "maildrop",
-            "sieve-test": "dovecot-sieve", "sievec": "dovecot-sieve", "setpriv": "util-linux",
-            "flock": "util-linux"}
-
-
-def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        msg = f"{program} not installed (Debian package {PACKAGES.get(program, '?')})"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def strip_from_line(raw: bytes) -> bytes:
@@ -345,8 +333,13 @@ def test_sieve_failing_filter_still_delivers(sieve_env, spam_ham):
     assert b"X-NNSpam" not in inbox[0].read_bytes()
 
 
-def test_imapsieve_report_scripts_compile(tmp_path):
+@pytest.mark.parametrize("program", ["nnspam-learn", "nnspam-learn-spamc"])
+def test_imapsieve_report_scripts_compile(tmp_path, program):
+    """report-{spam,ham}.sieve (nnspam-learn) and report-{spam,ham}-spamc.sieve
+    (nnspam-learn-spamc, through the scoring server) compile with the plugins they need."""
     sievec = need("sievec")
+    suffix = program.removeprefix("nnspam-learn")
+    names = (f"report-spam{suffix}.sieve", f"report-ham{suffix}.sieve")
     conf = tmp_path / "dovecot.conf"
     conf.write_text(
         "plugin {\n"
@@ -354,7 +347,8 @@ def test_imapsieve_report_scripts_compile(tmp_path):
         "  sieve_global_extensions = +vnd.dovecot.pipe +vnd.dovecot.environment\n"
         f"  sieve_pipe_bin_dir = {tmp_path}\n"
         "}\n")
-    for name in ("report-spam.sieve", "report-ham.sieve"):
+    for name in names:
+        assert f'pipe :copy "{program}"' in (FILTERS / name).read_text()
         out = tmp_path / (name + ".svbin")
         r = subprocess.run([sievec, "-c", str(conf), str(FILTERS / name), str(out)],
                            capture_output=True, text=True, timeout=60)
@@ -363,7 +357,7 @@ def test_imapsieve_report_scripts_compile(tmp_path):
     # so the check above really checks the extensions the scripts use.
     bare = tmp_path / "bare.conf"
     bare.write_text("")
-    r = subprocess.run([sievec, "-c", str(bare), str(FILTERS / "report-spam.sieve"),
+    r = subprocess.run([sievec, "-c", str(bare), str(FILTERS / names[0]),
                         str(tmp_path / "x.svbin")], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
 

@@ -18,15 +18,7 @@ import pytest
 
 from nnspam import pipefilter
 
-SPAMC = shutil.which("spamc")
-
-
-def _need_spamc() -> str:
-    if SPAMC is None:
-        if os.environ.get("CI"):
-            pytest.fail("spamc is missing (apt-get install -y spamc)")
-        pytest.skip("spamc is not installed (Debian package spamc)")
-    return SPAMC
+from conftest import need
 
 
 def _free_port() -> int:
@@ -79,7 +71,7 @@ class Server:
         return b"".join(parts)
 
     def spamc(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
-        return subprocess.run([_need_spamc(), "-d", self.host, "-p", str(self.port), *args],
+        return subprocess.run([need("spamc"), "-d", self.host, "-p", str(self.port), *args],
                               input=data, capture_output=True, timeout=60)
 
     def log(self) -> str:
@@ -123,7 +115,7 @@ def _request(verb: str, body: bytes, **headers: str) -> bytes:
 # -- spamc ---------------------------------------------------------------------------
 
 def test_spamc_output_equals_filter_output_on_200_messages(server, sa_corpus):
-    _need_spamc()
+    need("spamc")
     msgs = _messages(sa_corpus, 200)
     verdicts = set()
     for raw in msgs:
@@ -144,7 +136,7 @@ def test_spamc_output_equals_the_real_filter_process(server, sa_corpus):
 
 
 def test_spamc_headers_mode_and_unix_socket(server, sa_corpus):
-    spamc = _need_spamc()
+    spamc = need("spamc")
     for raw in _messages(sa_corpus, 6):
         want = _filter_output(raw, server.cfg)
         assert server.spamc(["--headers"], raw).stdout == want
@@ -173,7 +165,7 @@ def test_spamc_symbols_and_report(server, sa_corpus):
 
 
 def test_spamc_z_when_spamc_has_zlib(server, sa_corpus):
-    spamc = _need_spamc()
+    spamc = need("spamc")
     usage = subprocess.run([spamc, "-h"], capture_output=True, text=True)
     if "-z" not in usage.stdout + usage.stderr:
         pytest.skip("this spamc is built without zlib (Debian's is): -z is covered by the "

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server import Server, _messages, _need_spamc, _request
+from test_server import Server, _messages, _request
 
-from conftest import ROOT
+from conftest import ROOT, need
 
 
 def _children(pid: int) -> set[int]:
@@ -199,17 +199,8 @@ def test_bad_user_names_and_uncreatable_user_models_are_refused(tmp_path, sa_cor
 
 # -- systemd -------------------------------------------------------------------------
 
-def _systemd_analyze() -> str:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze missing (apt-get install -y systemd)")
-        pytest.skip("systemd-analyze not installed (Debian package: systemd)")
-    return exe
-
-
 def test_serve_units_pass_systemd_analyze_verify(tmp_path):
-    exe = _systemd_analyze()
+    exe = need("systemd-analyze")
     text = (ROOT / "scripts" / "nnspam-serve.service").read_text()
     for key in ("Type=notify", "ProtectSystem=strict", "ReadWritePaths=/var/lib/nnspam",
                 "NoNewPrivileges=yes", "KillMode=mixed", "ExecReload=/bin/kill -HUP $MAINPID",
@@ -230,7 +221,7 @@ def test_serve_units_pass_systemd_analyze_verify(tmp_path):
 def test_socket_activation_and_notify_ready(tmp_path, sa_corpus, workers):
     """As systemd starts it: the listening socket is fd 3 (LISTEN_FDS=1,
     LISTEN_PID=its pid), READY=1 comes on NOTIFY_SOCKET when it can serve."""
-    spamc = _need_spamc()
+    spamc = need("spamc")
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(16)
@@ -291,7 +282,7 @@ def _strip_ours(out: bytes) -> bytes:
 
 
 def test_spamc_fails_over_when_a_server_is_killed(tmp_path, sa_corpus):
-    spamc = _need_spamc()
+    spamc = need("spamc")
     for _ in range(20):  # a port free on both 127.0.0.1 and 127.0.0.2
         with socket.socket() as a, socket.socket() as b:
             a.bind(("127.0.0.1", 0))

@@ -30,21 +30,9 @@ from pathlib import Path
 import pytest
 from test_filter_via_server import NNServe, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, need
+
 FILTERS = ROOT / "filters"
-PACKAGES = {"spamc": "spamc", "procmail": "procmail", "maildrop": "maildrop",
-            "maildirmake": "maildrop", "exim": "exim4-daemon-heavy", "sievec": "dovecot-sieve",
-            "sieve-test": "dovecot-sieve", "setpriv": "util-linux"}
-
-
-def need(program: str) -> str:
-    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
-    if path is None:
-        msg = f"{program} not installed (Debian package {PACKAGES.get(program, '?')})"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def files_in(d: Path) -> list[Path]:
@@ -311,26 +299,7 @@ def test_exim_server_down_accepts_unscored(make_exim, spam_ham):
 
 # -- IMAPSieve learning through spamc -L -------------------------------------------------
 
-def test_imapsieve_spamc_scripts_compile(tmp_path):
-    sievec = need("sievec")
-    conf = tmp_path / "dovecot.conf"
-    conf.write_text(
-        "plugin {\n"
-        "  sieve_plugins = sieve_extprograms sieve_imapsieve\n"
-        "  sieve_global_extensions = +vnd.dovecot.pipe +vnd.dovecot.environment\n"
-        f"  sieve_pipe_bin_dir = {tmp_path}\n"
-        "}\n")
-    for name in ("report-spam-spamc.sieve", "report-ham-spamc.sieve"):
-        assert "nnspam-learn-spamc" in (FILTERS / name).read_text()
-        out = tmp_path / (name + ".svbin")
-        r = subprocess.run([sievec, "-c", str(conf), str(FILTERS / name), str(out)],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
-    bare = tmp_path / "bare.conf"
-    bare.write_text("")
-    r = subprocess.run([sievec, "-c", str(bare), str(FILTERS / "report-spam-spamc.sieve"),
-                        str(tmp_path / "x.svbin")], capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
+# (The -spamc report scripts compile: tests/test_recipes.py, test_imapsieve_report_scripts_compile.)
 
 
 def spamicity(port: int, msg: bytes) -> float:
