@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from nnspam.network import _adam_block, _sigmoid, _stratified_split, early_stopping_loop
+from nnspam.network import (
+    _adam_block,
+    _Learner,
+    _sigmoid,
+    _stratified_split,
+    early_stopping_loop,
+)
 
 __all__ = ["ARCHS", "BALANCES", "MLP", "SequenceEncoder", "dbb_oversample"]
 
@@ -80,7 +86,7 @@ class SequenceEncoder:
         return X
 
 
-class MLP:
+class MLP(_Learner):
     """Optional embedding lookup, dense ReLU layers with dropout, a softmax-2 or sigmoid output.
 
     Args:
@@ -142,14 +148,7 @@ class MLP:
             (float(class_weight[0]), float(class_weight[1])) if class_weight is not None else None
         )
         self.seed = int(seed)
-        self._params: dict[str, np.ndarray] | None = None
-        self._opt: dict[str, dict[str, np.ndarray]] = {}
-        self._step = 0
-        self._plain_rate: float | None = None  # set by partial_fit(optimizer="sgd")
-        self._rng_shuffle: np.random.Generator | None = None
-        self._rng_dropout: np.random.Generator | None = None
-        self.history_: list[dict[str, float]] = []
-        self.best_epoch_: int | None = None
+        self._init_learner()
 
     # ------------------------------------------------------------------ description
 
@@ -302,44 +301,12 @@ class MLP:
         network's) that leave the Adam state alone, as :meth:`Network.partial_fit`."""
         X = self._as_input(X)
         y = np.asarray(y).astype(np.int64).ravel()
-        if optimizer not in (None, "sgd", "adam"):
-            raise ValueError(f"optimizer must be None, 'sgd' or 'adam', not {optimizer!r}")
-        rate = self.learning_rate if learning_rate is None else float(learning_rate)
-        if not rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if self._params is None:
             self.set_weights(self.initial_weights())
-        if self._rng_shuffle is None:
-            self._make_rngs()
-        saved = self.learning_rate
-        self._plain_rate = rate if optimizer == "sgd" else None
-        self.learning_rate = rate
-        try:
-            for _ in range(max(1, int(epochs))):
-                self._run_epoch(X, y)
-        finally:
-            self._plain_rate = None
-            self.learning_rate = saved
+        self._partial_passes(X, y, epochs, optimizer, learning_rate)
         return self
 
     # ------------------------------------------------------------------ internals
-
-    def _require_params(self) -> dict[str, np.ndarray]:
-        if self._params is None:
-            raise RuntimeError("the network has no weights yet: call fit() or set_weights()")
-        return self._params
-
-    def _make_rngs(self) -> None:
-        streams = np.random.SeedSequence(self.seed).spawn(4)
-        self._rng_shuffle = np.random.default_rng(streams[2])
-        self._rng_dropout = np.random.default_rng(streams[3])
-
-    def _reset_optimizer(self) -> None:
-        params = self._require_params()
-        # np.zeros (calloc): untouched until training, as in Network._reset_optimizer
-        self._opt = {s: {k: np.zeros(v.shape, dtype=v.dtype) for k, v in params.items()}
-                     for s in ("m", "v")}
-        self._step = 0
 
     def _as_input(self, X: Any) -> np.ndarray:
         if self.embedding is not None:

@@ -77,7 +77,85 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-class Network:
+class _Learner:
+    """Training bookkeeping shared by :class:`Network` and :class:`nnspam.arch.MLP`: the
+    seeded random streams, the optimiser state, and how ``partial_fit`` chooses between the
+    network's own optimiser and plain gradient steps.  Subclasses provide ``_run_epoch``
+    (and ``_evaluate`` for :func:`early_stopping_loop`)."""
+
+    seed: int
+    learning_rate: float
+
+    def _init_learner(self) -> None:
+        self._params: dict[str, np.ndarray] | None = None
+        self._opt: dict[str, dict[str, np.ndarray]] = {}
+        self._step = 0
+        self._plain_rate: float | None = None  # set by partial_fit(optimizer="sgd")
+        self._rng_shuffle: np.random.Generator | None = None
+        self._rng_dropout: np.random.Generator | None = None
+        self.history_: list[dict[str, float]] = []
+        self.best_epoch_: int | None = None
+
+    def _require_params(self) -> dict[str, np.ndarray]:
+        if self._params is None:
+            raise RuntimeError(
+                "the network has no weights yet: call fit(), partial_fit() or set_weights()"
+            )
+        return self._params
+
+    def _seed_streams(self) -> list[np.random.SeedSequence]:
+        """Independent random streams derived from ``seed``: init, split, shuffle, dropout.
+
+        Separate streams keep e.g. the validation split unchanged when the layer sizes change.
+        """
+        return np.random.SeedSequence(self.seed).spawn(4)
+
+    def _make_rngs(self) -> None:
+        """(Re)create the shuffle and dropout generators from ``seed``."""
+        streams = self._seed_streams()
+        self._rng_shuffle = np.random.default_rng(streams[2])
+        self._rng_dropout = np.random.default_rng(streams[3])
+
+    def _own_optimizer(self) -> str:
+        return "adam"
+
+    def _reset_optimizer(self) -> None:
+        params = self._require_params()
+        slots = ("m", "v") if self._own_optimizer() == "adam" else ("velocity",)
+        # np.zeros, not zeros_like: calloc'd pages stay unmapped until training writes them, so
+        # a process that only classifies (filter, server worker) does not fill 2 x 12 MB of
+        # Adam moments for the shipped model (measured: peak RSS after Model.load 93 -> 70 MB)
+        self._opt = {slot: {k: np.zeros(p.shape, dtype=p.dtype) for k, p in params.items()}
+                     for slot in slots}
+        self._step = 0
+
+    def _partial_passes(self, X: Any, y: np.ndarray, epochs: int, optimizer: str | None,
+                        learning_rate: float | None) -> None:
+        """``epochs`` passes of ``_run_epoch`` over (X, y) for ``partial_fit``: with the
+        network's own optimiser (``optimizer=None``) or plain gradient steps (``"sgd"``), at
+        ``learning_rate`` (default the network's) for these passes only."""
+        if int(epochs) < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        own = self._own_optimizer()
+        if optimizer not in (None, "sgd", own):
+            raise ValueError(f"optimizer must be None, 'sgd' or {own!r}, not {optimizer!r}")
+        rate = self.learning_rate if learning_rate is None else float(learning_rate)
+        if not rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if self._rng_shuffle is None:
+            self._make_rngs()
+        saved_rate = self.learning_rate
+        self._plain_rate = rate if optimizer == "sgd" else None
+        self.learning_rate = rate
+        try:
+            for _ in range(int(epochs)):
+                self._run_epoch(X, y)  # type: ignore[attr-defined]
+        finally:
+            self._plain_rate = None
+            self.learning_rate = saved_rate
+
+
+class Network(_Learner):
     """A one-hidden-layer perceptron with two output neurons (``o_spam``, ``o_ham``).
 
     Parameters are stored as ``W1 (n_inputs, n_hidden)``, ``b1 (n_hidden,)``,
@@ -182,14 +260,7 @@ class Network:
         self.dtype = dtype
 
         self._dt = np.dtype(dtype)
-        self._params: dict[str, np.ndarray] | None = None
-        self._opt: dict[str, dict[str, np.ndarray]] = {}
-        self._step = 0
-        self._plain_rate: float | None = None  # set by partial_fit(optimizer="sgd")
-        self._rng_shuffle: np.random.Generator | None = None
-        self._rng_dropout: np.random.Generator | None = None
-        self.history_: list[dict[str, float]] = []
-        self.best_epoch_: int | None = None
+        self._init_learner()
 
     # ------------------------------------------------------------------ configuration
 
@@ -399,25 +470,9 @@ class Network:
         """
         X = self._as_input(X)
         y = self._as_labels(y, X.shape[0])
-        if int(epochs) < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if optimizer not in (None, "sgd", self.optimizer):
-            raise ValueError(f"optimizer must be None, 'sgd' or {self.optimizer!r}, "
-                             f"not {optimizer!r}")
-        rate = self.learning_rate if learning_rate is None else float(learning_rate)
-        if not rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if self._params is None:
             self._start_fresh()
-        saved_rate = self.learning_rate
-        self._plain_rate = rate if optimizer == "sgd" else None
-        self.learning_rate = rate
-        try:
-            for _ in range(int(epochs)):
-                self._run_epoch(X, y)
-        finally:
-            self._plain_rate = None
-            self.learning_rate = saved_rate
+        self._partial_passes(X, y, epochs, optimizer, learning_rate)
         return self
 
     # ------------------------------------------------------------------ internals: setup
@@ -425,26 +480,6 @@ class Network:
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
         h = self.hidden_size
         return {"W1": (self.n_inputs, h), "b1": (h,), "W2": (h, 2), "b2": (2,)}
-
-    def _require_params(self) -> dict[str, np.ndarray]:
-        if self._params is None:
-            raise RuntimeError(
-                "the network has no weights yet: call fit(), partial_fit() or set_weights()"
-            )
-        return self._params
-
-    def _seed_streams(self) -> list[np.random.SeedSequence]:
-        """Independent random streams derived from ``seed``: init, split, shuffle, dropout.
-
-        Separate streams keep e.g. the validation split unchanged when the layer sizes change.
-        """
-        return np.random.SeedSequence(self.seed).spawn(4)
-
-    def _make_rngs(self) -> None:
-        """(Re)create the shuffle and dropout generators from ``seed``."""
-        streams = self._seed_streams()
-        self._rng_shuffle = np.random.default_rng(streams[2])
-        self._rng_dropout = np.random.default_rng(streams[3])
 
     def initialize(self) -> Network:
         """Seeded initial weights, zero optimiser state and fresh random streams: the state
@@ -511,15 +546,8 @@ class Network:
             "b2": np.zeros(2, dtype=self._dt),
         }
 
-    def _reset_optimizer(self) -> None:
-        params = self._require_params()
-        keys = ("m", "v") if self.optimizer == "adam" else ("velocity",)
-        # np.zeros, not zeros_like: calloc'd pages stay unmapped until training writes them, so
-        # a process that only classifies (filter, server worker) does not fill 2 x 12 MB of
-        # Adam moments for the shipped model (measured: peak RSS after Model.load 93 -> 70 MB)
-        self._opt = {key: {k: np.zeros(p.shape, dtype=p.dtype) for k, p in params.items()}
-                     for key in keys}
-        self._step = 0
+    def _own_optimizer(self) -> str:
+        return self.optimizer
 
     def _as_input(self, X: Any) -> Any:
         """Validate and cast X to the network dtype: CSR for sparse input, ndarray otherwise."""
