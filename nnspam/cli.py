@@ -210,14 +210,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _classify_stream(model, samples, h: float, s: float, chunk: int = 4000):
     """Yield (sample, spamicity) over an iterable of samples, chunked so that
     memory stays bounded on big maildirs."""
-    from nnspam.model import spamicity
     from nnspam.training import tokenize_samples
 
     buf = []
 
     def flush():
         toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes)
-        sp = spamicity(model.outputs(toks), h, s)
+        sp = model.spamicity_of_tokens(toks, h, s)
         return list(zip(buf, sp, strict=True))
 
     for sample in samples:
@@ -354,13 +353,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.corpus import iter_messages
-    from nnspam.training import learn, learn_rule
+    from nnspam.correct import CorrectionError, correct_payloads, rule_from_config
 
     cfg = _config(args)
     try:
-        rule = learn_rule(cfg)
-    except ValueError as exc:
+        rule = rule_from_config(cfg)
+    except CorrectionError as exc:
         raise UsageError(str(exc)) from None
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
     target = args.model or cfg["model"]
     if target in ("default", "default-sms", "default-email"):
         raise UsageError("the shipped default model is read-only: train your own with "
@@ -373,9 +376,69 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.adaptive import configure
 
     configure(model, cfg["adaptive"])  # the config's adaptive settings, as the daemon uses
-    learn(model, payloads, label, epochs=args.epochs, **rule)
+    for p in payloads:  # one correction each, as the daemon learns one move at a time
+        correct_payloads(model, [p], label, rule)
     model.save(target)
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from nnspam.correct import CorrectionError, rule_from_config
+    from nnspam.stream import StreamError, load_messages, read_index, replay, start_model, summarize
+
+    cfg = _config(args)
+    try:
+        rule = rule_from_config(cfg)
+    except CorrectionError as exc:
+        raise UsageError(str(exc)) from None
+    if args.untrained and args.model:
+        raise UsageError("give -m MODEL or --untrained, not both")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        items = read_index(args.index)
+        if args.limit:
+            items = items[: args.limit]
+        corpus = args.corpus or str(Path(args.index).resolve().parent)
+        read = load_messages([p for _, p in items], corpus)
+    except StreamError as exc:
+        return _die(str(exc))
+    model = start_model(None if args.untrained else (args.model or cfg["model"]), cfg,
+                        args.kind)
+    out = open(args.out, "w", encoding="utf-8") if args.out and args.out != "-" else sys.stdout
+    steps = []
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    t0 = time.perf_counter()
+    try:
+        for i, st in enumerate(replay(model, items, read, args.feedback, rule), 1):
+            steps.append(st)
+            out.write(f"{st.path}\t{st.judge}\t{st.spamicity:.6f}\t{st.verdict}\n")
+            if show and i % 500 == 0:
+                r = summarize(steps)
+                print(f"nnspam stream: {i}/{len(items)}  ham lost {r['ham_lost']}  "
+                      f"spam missed {r['spam_missed']}  learned {r['learned']}",
+                      file=sys.stderr)
+    except StreamError as exc:
+        return _die(str(exc))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    secs = time.perf_counter() - t0
+    r = summarize(steps)
+    print(f"# {r['messages']} messages ({r['ham']} ham, {r['spam']} spam), feedback "
+          f"{args.feedback}: ham lost {r['ham_lost']} ({r['ham_lost_percent']:.2f}%), spam "
+          f"missed {r['spam_missed']} ({r['spam_missed_percent']:.2f}%), 1-ROCA "
+          f"{r['one_minus_roca_percent']:.3f}%, learned {r['learned']}, "
+          f"{len(steps) / max(secs, 1e-9):.0f} msg/s", file=sys.stderr)
+    if args.save:
+        if os.path.abspath(args.save) == os.path.abspath(str(args.model or "")):
+            raise UsageError("--save must name a new directory, not the start model")
+        model.save(args.save)
+        print(f"nnspam: saved the learned model to {args.save}", file=sys.stderr)
     return 0
 
 
@@ -645,8 +708,37 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--spam", action="store_true", help="the messages are spam")
     cls.add_argument("--ham", action="store_true", help="the messages are ham")
     sp.add_argument("paths", nargs="+", metavar="PATH")
-    sp.add_argument("--epochs", type=int, default=3, help="passes over the messages (3)")
+    sp.add_argument("--epochs", type=int, default=None,
+                    help="network passes per message (config learn.passes, 3)")
     sp.set_defaults(func=cmd_learn)
+
+    sp = add("stream", "replay a mail history in order, learning as a user would",
+             "Reads a TREC-format index (one 'spam|ham PATH' line per message, in order) and "
+             "classifies each message, then learns it through the correction routine: every "
+             "message (--feedback all, TREC full feedback), only wrong verdicts (errors: a "
+             "user's corrections) or never (none). Writes PATH<TAB>JUDGE<TAB>SPAMICITY<TAB>"
+             "VERDICT lines and a summary (ham lost, spam missed, 1-ROCA) on stderr. The "
+             "start model is copied, never written, unless --save DIR is given.")
+    _add_model(sp)
+    sp.add_argument("--index", required=True, metavar="FILE",
+                    help="TREC index: 'spam|ham PATH' per line, in stream order")
+    sp.add_argument("--corpus", metavar="DIR",
+                    help="folder (or .tar/.tar.xz archive) the index's paths are relative to "
+                    "(default: the index file's folder)")
+    sp.add_argument("--untrained", action="store_true",
+                    help="start from an untrained network that learns its inputs from the "
+                    "stream (instead of -m MODEL / the configured model)")
+    sp.add_argument("--kind", choices=("email", "sms"), default="email",
+                    help="tokenizer of an --untrained start (email)")
+    sp.add_argument("--feedback", choices=("all", "errors", "none"), default="errors",
+                    help="what is learned: every message, wrong verdicts (default), nothing")
+    sp.add_argument("--limit", type=int, metavar="N", help="only the first N messages")
+    sp.add_argument("--out", metavar="FILE", help="write the per-message lines here "
+                    "(default: standard output)")
+    sp.add_argument("--save", metavar="DIR", help="save the learned model to DIR")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress every 500 messages on stderr (default: when a terminal)")
+    sp.set_defaults(func=cmd_stream)
 
     sp = add("build-wordlist", "build the input word list from spam (and ham) mail",
              "Count the words of the spam messages and keep the top n, dropping stop words "

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "features": {
         "scaling": "binary",  # count | log | binary | lognorm
+        "augment": "none",  # email training: none | text-only (a text-only copy of each too)
     },
     "network": {
         "hidden": 128,  # hidden units; null = as many as inputs (the original design)
@@ -132,10 +133,17 @@ DEFAULTS: dict[str, Any] = {
         "server_timeout": 5,  # seconds for the whole exchange; then classify in-process
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
-    # How a correction is learned (nnspam learn, the daemon, the server's TELL).
+    # How a correction is learned: one rule for nnspam learn, the daemon, the server's
+    # TELL, the SMS dashboard, nnspam stream and the TREC scripts (nnspam/correct.py).
     "learn": {
-        "optimizer": "sgd",  # sgd: plain gradient steps | adam: the network's own optimiser
-        "learning_rate": 0.003,  # step size; null = the network's learning_rate
+        "optimizer": "sgd",  # network steps: sgd (plain, no state) | adam (the network's own)
+        "learning_rate": 0.003,  # network step size; null = the network's learning_rate
+        "passes": 0,  # network passes per correction (nnspam learn --epochs replaces it)
+        "max_passes": 0,  # more network passes while short of the margin, up to this
+        "margin": 4.0,  # a corrected spam ends this far above the threshold (logits)
+        "ham_margin": 16.0,  # a corrected ham ends this far below it
+        "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/wide.py)
+        "wide_max": 20.0,  # the most one correction moves the wide path's content part
     },
     "daemon": {
         "maildirs": [],  # inbox maildirs to watch (--maildir DIR replaces the list)
@@ -143,7 +151,6 @@ DEFAULTS: dict[str, Any] = {
         "state": "~/.local/state/nnspam/daemon.sqlite3",  # decisions (SQLite)
         "checkpoint_every": 10,  # save the model after this many learned updates
         "learn_from_corrections": True,  # learn moves into / out of Junk
-        "learn_epochs": 3,  # partial_fit passes per correction
         "max_message_bytes": 10485760,  # bigger messages are left unclassified
         "rescan_interval": 3600,  # seconds between safety rescans; 0 = only at start
     },
@@ -155,7 +162,6 @@ DEFAULTS: dict[str, Any] = {
         "max_size": 524288,  # bytes; bigger messages come back unchanged, unclassified
         "timeout": 30,  # seconds a client may stay silent before it is disconnected
         "score_scale": 10,  # spamc score = scale * spamicity, threshold = scale * threshold
-        "learn_epochs": 3,  # partial_fit passes per TELL (spamc -L spam|ham)
         "workers": None,  # worker processes; null/0 = one per CPU core
         "max_connections": 32,  # requests served at once per worker; more wait in the backlog
         "user_model": None,  # per-user model path pattern (%u, %l, %d, ~); null = site model
@@ -168,7 +174,6 @@ DEFAULTS: dict[str, Any] = {
         "inputs": None,  # n of an untrained network; null = wordlist.size (sms: sms.wordlist.size)
         "epochs": 1,  # partial_fit passes per learned message
         "learning_rate": 0.001,  # Adam step size of online updates from an untrained start
-        "learning_rate_trained": 0.00001,  # ... when starting from a trained model
         "dropout": 0.5,  # hidden-layer dropout during online updates
         "input_dropout": 0.0,  # input dropout during online updates from an untrained start
         "admit_min": 2,  # untrained start: a token gets a free input once seen this often
@@ -197,6 +202,11 @@ FAITHFUL: dict[str, Any] = {
 }
 
 
+# Settings that moved; a config that still has them gets told where.
+_MOVED = {"daemon.learn_epochs": "learn.passes", "serve.learn_epochs": "learn.passes",
+          "online.learning_rate_trained": "learn.learning_rate"}
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``override`` wins; a new dict is returned."""
     out = copy.deepcopy(base)
@@ -212,6 +222,9 @@ def _check(cfg: dict[str, Any], defaults: dict[str, Any], where: str, path: str 
     for key, value in cfg.items():
         name = f"{path}{key}"
         if key not in defaults:
+            if name in _MOVED:
+                raise ConfigError(f"{where}: {name!r} is now {_MOVED[name]!r} (one rule for "
+                                  "every correction path)")
             raise ConfigError(f"{where}: unknown setting {name!r}")
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):

@@ -97,7 +97,6 @@ class Settings:
     state: str = "~/.local/state/nnspam/daemon.sqlite3"
     checkpoint_every: int = 10
     learn_from_corrections: bool = True
-    learn_epochs: int = 3
     max_message_bytes: int = 10485760
     rescan_interval: float = 3600.0
     ham_factor: float = 0.9
@@ -107,15 +106,15 @@ class Settings:
     learn_on_confident: bool = False
     confident_margin: float = 0.45
     adaptive_section: dict[str, Any] | None = None
-    learn_rule: dict[str, Any] | None = None  # config learn: (training.learn_rule)
+    rule: Any = None  # config learn: (nnspam.correct.rule_from_config)
 
 
-def _learn_rule(cfg: dict[str, Any]) -> dict[str, Any]:
-    from nnspam.training import learn_rule
+def _rule(cfg: dict[str, Any]) -> Any:
+    from nnspam.correct import CorrectionError, rule_from_config
 
     try:
-        return learn_rule(cfg)
-    except ValueError as exc:
+        return rule_from_config(cfg)
+    except CorrectionError as exc:
         raise DaemonError(str(exc)) from None
 
 
@@ -142,7 +141,6 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
         state=str(d["state"]),
         checkpoint_every=int(d["checkpoint_every"]),
         learn_from_corrections=bool(d["learn_from_corrections"]),
-        learn_epochs=int(d["learn_epochs"]),
         max_message_bytes=int(d["max_message_bytes"]),
         rescan_interval=float(d["rescan_interval"] or 0),
         ham_factor=float(cfg["ham_factor"]),
@@ -152,7 +150,7 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
         learn_on_confident=bool(ad.get("learn_on_confident", False)),
         confident_margin=float(ad.get("confident_margin", 0.45)),
         adaptive_section=dict(ad),
-        learn_rule=_learn_rule(cfg),
+        rule=_rule(cfg),
     )
 
 
@@ -235,11 +233,11 @@ class Daemon:
         self.sorter = Sorter(
             model, self.state, model_path=s.model if writable else None, junk=s.junk,
             ham_factor=s.ham_factor, spam_factor=s.spam_factor, threshold=s.threshold,
-            max_message_bytes=s.max_message_bytes, learn_epochs=s.learn_epochs,
+            max_message_bytes=s.max_message_bytes,
             learn_from_corrections=s.learn_from_corrections,
             checkpoint_every=s.checkpoint_every, adaptive=s.adaptive,
             learn_on_confident=s.learn_on_confident, confident_margin=s.confident_margin,
-            learn_rule=s.learn_rule,
+            rule=s.rule,
         )
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)

@@ -54,6 +54,7 @@ from nnspam.arch import ARCHS, MLP, SequenceEncoder
 from nnspam.atomic import fsync_dir
 from nnspam.features import SCALINGS, Vectorizer
 from nnspam.network import Network
+from nnspam.wide import Wide
 
 if TYPE_CHECKING:
     from nnspam.adaptive import AdaptiveState
@@ -82,6 +83,13 @@ def spamicity(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.5)
     return s
+
+
+def network_logit(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.ndarray:
+    """``log(s*o_spam / (h*o_ham))``: the logit of :func:`spamicity`, finite where the
+    outputs round to 0 or 1."""
+    o = np.maximum(np.asarray(outputs, dtype=np.float64), 1e-300)
+    return (np.log(spam_factor * o[:, 0]) - np.log(ham_factor * o[:, 1]))
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:
@@ -115,6 +123,7 @@ class Model:
     ngram: int = 1
     idf: np.ndarray | None = None
     libraries: dict[str, str] = field(default_factory=dict)
+    wide: Wide | None = None  # the hashed-token path corrections teach (nnspam/wide.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -152,9 +161,30 @@ class Model:
         self, token_lists: Sequence[Sequence[str]],
         ham_factor: float | None = None, spam_factor: float | None = None,
     ) -> np.ndarray:
+        """Spamicity of tokenized messages: the ham bias over the network's outputs, plus
+        the wide path's logit once corrections have taught it (:mod:`nnspam.wide`). The one
+        place every front's score comes from."""
         h = self.ham_factor if ham_factor is None else ham_factor
         s = self.spam_factor if spam_factor is None else spam_factor
-        return spamicity(self.outputs(token_lists), h, s)
+        out = self.outputs(token_lists)
+        if self.wide is None or not self.wide.active:
+            return spamicity(out, h, s)
+        z = network_logit(out, h, s) + self.wide.logit(token_lists)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def logits(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """(network logit, wide logit) of the spamicity of each message, at the model's
+        ham bias: the spamicity is ``sigmoid`` of their sum."""
+        out = self.outputs(token_lists)
+        wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
+                else np.zeros(len(token_lists)))
+        return network_logit(out, self.ham_factor, self.spam_factor), wide
+
+    def ensure_wide(self) -> Wide:
+        """The model's wide path, created empty on first use."""
+        if self.wide is None:
+            self.wide = Wide()
+        return self.wide
 
     def score(self, payloads: Sequence[bytes | str], **kw: float | None) -> np.ndarray:
         """Spamicity of each payload (raw email bytes or SMS text)."""
@@ -208,6 +238,7 @@ class Model:
             "wordlist_counts": self.wordlist_counts,
             "summary": self.summary,
             **({"adaptive": self.adaptive.to_json()} if self.adaptive is not None else {}),
+            **({"wide": self.wide.meta()} if self.wide is not None and self.wide.used else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -224,6 +255,8 @@ class Model:
                 arrays["idf"] = np.asarray(self.idf, dtype=np.float32)
             if self.adaptive is not None:
                 arrays.update(self.adaptive.arrays())
+            if self.wide is not None and self.wide.used:
+                arrays.update(self.wide.arrays())
             np.savez(buf, **arrays)
             wbytes = buf.getvalue()
             meta = self.to_json()
@@ -333,6 +366,9 @@ class Model:
                                 else None)
                     by_class = (npz["adaptive_by_class"] if "adaptive_by_class" in npz.files
                                 else None)
+                    wide_arrays = ({k: npz[k] for k in ("wide_index", "wide_value",
+                                                        "wide_df_index", "wide_df")}
+                                   if meta.get("wide") is not None else None)
         except FileNotFoundError:
             raise ModelError(f"{wpath}: missing") from None
         except KeyError as exc:
@@ -373,6 +409,12 @@ class Model:
                 adaptive = AdaptiveState.from_json(meta["adaptive"], activity, by_class)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ModelError(f"{jpath}: bad 'adaptive' object ({exc})") from None
+        wide = None
+        if wide_arrays is not None:
+            try:
+                wide = Wide.from_arrays(meta["wide"], wide_arrays)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError(f"{wpath}: bad wide path ({exc})") from None
         try:
             return cls(
                 words=words,
@@ -391,6 +433,7 @@ class Model:
                 ngram=int(meta.get("ngram", 1)),
                 idf=idf,
                 libraries=dict(meta.get("libraries") or {}),
+                wide=wide,
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{jpath}: bad value ({exc})") from None

@@ -118,7 +118,8 @@ __all__ = ["FREE_PREFIX", "LABELS", "OnlineError", "OnlineFilter", "online_setti
 
 #: Words of input slots that no token holds yet. The tokenizers never emit a NUL
 #: (checked on headers, bodies and SMS text that contain one).
-FREE_PREFIX = "\x00free:"
+from nnspam.correct import FREE_PREFIX  # noqa: E402  (re-exported)
+
 LABELS = ("spam", "ham")
 _CURRENT = "CURRENT"
 _STATE_PREFIX = "state-"
@@ -147,12 +148,21 @@ def online_settings(config: dict[str, Any] | None = None, kind: str = "email") -
     if float(on["admit_min"]) < 1:
         raise ValueError(f"online.admit_min must be at least 1, not {on['admit_min']!r}")
     inputs = on.get("inputs") or train["wordlist"]["size"]
+    from dataclasses import asdict
+
+    from nnspam.correct import CorrectionError, rule_from_config
+
+    try:
+        rules = {start: asdict(rule_from_config(cfg, untrained=start == "untrained"))
+                 for start in ("trained", "untrained")}
+    except CorrectionError as exc:
+        raise ValueError(str(exc)) from None
     return {
+        "rules": rules,
         "kind": kind,
         "inputs": int(inputs),
         "epochs": int(on["epochs"]),
         "learning_rate": float(on["learning_rate"]),
-        "learning_rate_trained": float(on["learning_rate_trained"]),
         "dropout": float(on["dropout"]),
         "input_dropout": float(on["input_dropout"]),
         "admit_min": float(on["admit_min"]),
@@ -166,7 +176,7 @@ def online_settings(config: dict[str, Any] | None = None, kind: str = "email") -
     }
 
 
-def _untrained_model(s: dict[str, Any]) -> Model:
+def untrained_model(s: dict[str, Any]) -> Model:
     """A network with ``s['inputs']`` free input slots and seeded initial weights."""
     from nnspam.training import network_from_settings
 
@@ -210,8 +220,6 @@ class OnlineFilter:
         self._state_dir = state_dir  # where the optimiser state can be read from
         self._opt_loaded = state_dir is None
         self.meta = meta or {"generation": 0, "classified": 0, "trained": 0}
-        self._free = [i for i, w in enumerate(model.words) if w.startswith(FREE_PREFIX)]
-        self._free.reverse()  # pop() hands out the lowest slot first
         self._last: tuple[bytes | str, list[str]] | None = None
 
     # -- construction ------------------------------------------------------
@@ -226,9 +234,9 @@ class OnlineFilter:
         untrained start (default email); a given model brings its own kind,
         recorded in its model.json. ``config``: an nnspam config (or the part
         of one that differs from the defaults); its ``online:`` section sets
-        epochs per message, the online learning rates (``learning_rate`` for
-        an untrained start, ``learning_rate_trained`` from a model), dropout,
-        n and ``admit_min``. ValueError for a bad setting or kind."""
+        epochs per message, the learning rate, dropout, n and ``admit_min`` of an
+        untrained start; from a model, messages are learned by the ``learn:`` rule, as
+        the daemon learns them. ValueError for a bad setting or kind."""
         if model is not None:
             try:
                 m = Model.load(model)
@@ -241,13 +249,13 @@ class OnlineFilter:
                 raise ValueError(f"model {model}: online learning needs an nnspam-architecture "
                                  f"model, not {m.arch}")
             s = online_settings(config, m.kind)
-            m.network.learning_rate = s["learning_rate_trained"]
-            m.network.dropout = s["dropout"]
+            s["rule"] = s["rules"]["trained"]  # exactly the daemon's correction rule
             m.summary = dict(m.summary)
             m.summary["online"] = {"start": str(resolve_model_path(model))}
         else:
             s = online_settings(config, kind or "email")
-            m = _untrained_model(s)
+            s["rule"] = s["rules"]["untrained"]
+            m = untrained_model(s)
         from nnspam import adaptive
 
         adaptive.configure(m, s["adaptive"])
@@ -320,62 +328,30 @@ class OnlineFilter:
         self.train_tokens(self.tokens(raw), label)
 
     def train_tokens(self, toks: list[str], label: str) -> None:
-        """:meth:`train` on an already tokenized message."""
-        from nnspam.training import learn_tokens
+        """:meth:`train` on an already tokenized message: the one correction routine
+        (:func:`nnspam.correct.correct`) with this filter's rule."""
+        from nnspam.correct import correct
 
         if label not in LABELS:
             raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
         self._load_optimizer()
-        if self._free:
-            self._admit(toks)
-        # the network's own optimiser (Adam), whose state the online learner saves
-        done = learn_tokens(self.model, [toks], label, self.settings["epochs"], optimizer=None)
-        if done and self._free:
-            taken = {int(r["index"]) for r in done}
-            self._free = [i for i in self._free if i not in taken]
-            cands = self.model.adaptive.candidates if self.model.adaptive else {}
-            for r in done:  # an evicted free-slot name is not a word to remember
-                if str(r["old"]).startswith(FREE_PREFIX):
-                    cands.pop(r["old"], None)
+        correct(self.model, [toks], label, self.rule)
         self.meta["trained"] = int(self.meta.get("trained", 0)) + 1
+
+    @property
+    def rule(self) -> Any:
+        """The correction rule this filter learns by, fixed when it was created (config
+        ``learn:``; for an untrained start with the ``online:`` optimiser settings)."""
+        from nnspam.correct import Rule
+
+        return Rule(**self.settings["rule"])
 
     @property
     def free_inputs(self) -> int:
         """Input slots that no word holds yet (0 once the layer is full)."""
-        return len(self._free)
+        from nnspam.correct import free_inputs
 
-    def _admit(self, toks: list[str]) -> None:
-        """Give free input slots to this message's tokens that are not inputs
-        and were seen in at least ``admit_min - 1`` earlier trained messages
-        (aged counts of the adaptive candidate table; a count decays by half
-        over ``adaptive.half_life`` messages, hence the 0.5 slack)."""
-        st = self.model.adaptive
-        if st is None:
-            return
-        index = self.model.vectorizer.index
-        need = self.settings["admit_min"] - 1.0
-        g = st.gain
-        cands = st.candidates
-        for t in dict.fromkeys(toks):
-            if not self._free:
-                break
-            if t in index:
-                continue
-            e = cands.get(t)
-            seen = e[0] / g if e is not None else 0.0
-            if seen + 0.5 <= need:
-                continue
-            idx = self._free.pop()
-            old = self.model.words[idx]
-            self.model.words[idx] = t
-            vec = self.model.vectorizer
-            vec.words[idx] = t
-            index.pop(old, None)
-            index[t] = idx
-            if e is not None:
-                del cands[t]
-                st.activity[idx] = e[0]
-                st.by_class[:, idx] = e[1], e[2]
+        return len(free_inputs(self.model))
 
     # -- persistence ---------------------------------------------------------
     def _load_optimizer(self) -> None:

@@ -142,13 +142,13 @@ def _settings(cfg: dict[str, Any], model: str | None) -> Settings:
 def _scorer(s: Settings) -> Callable[[bytes], float]:
     """Load the model now (so that a missing model fails before any output)
     and return a function raw bytes -> spamicity."""
-    from nnspam.model import Model, spamicity
+    from nnspam.model import Model
 
     model = Model.load(s.model)
 
     def score(raw: bytes) -> float:
-        return float(spamicity(model.outputs([model.tokens(raw)]), s.ham_factor,
-                               s.spam_factor)[0])
+        return float(model.spamicity_of_tokens([model.tokens(raw)], s.ham_factor,
+                                                s.spam_factor)[0])
     return score
 
 

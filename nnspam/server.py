@@ -26,7 +26,7 @@ and ``X-Spam-Status`` (:func:`spamassassin_fields`), which spamass-milter
 needs: it copies only those fields from spamc's answer.
 
 TELL with ``Message-class: spam|ham`` and ``Set: local`` learns through
-:func:`nnspam.training.learn` (the correction path of ``nnspam learn`` and
+:func:`nnspam.correct.correct` (the one correction routine of ``nnspam learn`` and
 the daemon) and saves the model atomically; ``Remove: local`` (``spamc -L
 forget``) is answered EX_UNAVAILABLE: a network cannot unlearn one message.
 Learning holds an exclusive ``flock`` on ``<model dir>.lock`` and starts from
@@ -160,13 +160,12 @@ class ServeSettings:
     max_size: int = 524288
     timeout: float = 30.0
     score_scale: float = 10.0
-    learn_epochs: int = 3
     workers: int | None = None  # None/0: one per core
     max_connections: int = 32  # requests served at once per worker
     user_model: str | None = None  # per-user model path pattern (%u, %l, %d, ~)
     user_cache: int = 16  # per-user models kept loaded per worker (LRU)
     spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
-    learn_rule: dict[str, Any] = field(default_factory=dict)  # config learn: (TELL)
+    rule: Any = None  # config learn: (nnspam.correct.rule_from_config), for TELL
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -210,9 +209,9 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                               "client networks (serve.allowed or --allow)")
     try:
         f = _settings(cfg, model)
-        from nnspam.training import learn_rule
+        from nnspam.correct import rule_from_config
 
-        rule = learn_rule(cfg)
+        rule = rule_from_config(cfg)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
     n = s.get("workers") if workers is None else workers
@@ -226,7 +225,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
     return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
                          int(s["max_size"]), float(s["timeout"]), float(s["score_scale"]),
-                         int(s["learn_epochs"]), n, maxc, user_model,
+                         n, maxc, user_model,
                          int(s.get("user_cache", 16)),
                          bool(s.get("spamassassin_headers", False)), rule)
 
@@ -383,8 +382,6 @@ class ModelRegistry:
 
     def classify(self, raw: bytes, user: str | None = None) -> Result:
         """Exactly the classification ``nnspam filter`` makes, with ``user``'s model."""
-        from nnspam.model import spamicity
-
         f = self.settings.filter
         slot = self.slot_for(user)
         with slot.lock:
@@ -392,8 +389,8 @@ class ModelRegistry:
             model = slot.model
 
             def score(data: bytes) -> float:
-                return float(spamicity(model.outputs([model.tokens(data)]), f.ham_factor,
-                                       f.spam_factor)[0])
+                return float(model.spamicity_of_tokens([model.tokens(data)], f.ham_factor,
+                                                        f.spam_factor)[0])
             return classify(raw, score, f.threshold, f.unsure)
 
     def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
@@ -404,8 +401,8 @@ class ModelRegistry:
         disk, trained on this message and saved to the user's path (parent
         directories are created). When that directory cannot be created the
         TELL is refused with EX_CANTCREAT and nothing changes."""
+        from nnspam.correct import correct_payloads
         from nnspam.model import Model
-        from nnspam.training import learn
 
         path = self._user_path(user)
         if self.settings.user_model and user and path is None:
@@ -425,8 +422,7 @@ class ModelRegistry:
                             with self.site.lock:
                                 self.site.refresh()
                             m = Model.load(self.site.path)
-                            learn(m, [raw], label, epochs=self.settings.learn_epochs,
-                                  **self.settings.learn_rule)
+                            correct_payloads(m, [raw], label, self.settings.rule)
                             m.save(path)
                             return path
                 except OSError as exc:
@@ -437,8 +433,7 @@ class ModelRegistry:
             try:
                 with _flock(slot.path):
                     slot.refresh()  # learn on top of what other workers saved
-                    learn(slot.model, [raw], label, epochs=self.settings.learn_epochs,
-                          **self.settings.learn_rule)
+                    correct_payloads(slot.model, [raw], label, self.settings.rule)
                     slot.model.save(slot.path)
                     slot.stamp = _stamp(slot.path)
             except OSError as exc:

@@ -14,7 +14,8 @@ filed, recorded and learned from the same way whatever noticed it:
   learned as spam.
 * :meth:`Sorter.handle_inbox_cur` - a message in the inbox's ``cur/``. If the
   daemon had moved it to Junk, the user moved it back: learned as ham.
-* :meth:`Sorter.learn` - ``nnspam.training.learn`` plus the checkpoint policy.
+* :meth:`Sorter.learn` - the one correction routine (:func:`nnspam.correct.correct`)
+  plus the checkpoint policy.
 
 Delivered messages are never modified: they are only read and renamed.
 """
@@ -108,13 +109,12 @@ class Sorter:
         spam_factor: float = 0.1,
         threshold: float = 0.5,
         max_message_bytes: int = 10485760,
-        learn_epochs: int = 3,
         learn_from_corrections: bool = True,
         checkpoint_every: int = 10,
         adaptive: bool = True,
         learn_on_confident: bool = False,
         confident_margin: float = 0.45,
-        learn_rule: dict[str, Any] | None = None,
+        rule: Any = None,
     ) -> None:
         self.model = model
         self.state = state
@@ -122,14 +122,13 @@ class Sorter:
         self.junk = junk
         self.h, self.s, self.t = ham_factor, spam_factor, threshold
         self.max_message_bytes = max_message_bytes
-        self.learn_epochs = learn_epochs
         self.learn_from_corrections = learn_from_corrections
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.adaptive = adaptive
         self.learn_on_confident = learn_on_confident
         self.confident_margin = confident_margin
-        # how a correction is learned (config learn:, training.learn_rule)
-        self.learn_rule = dict(learn_rule or {})
+        # how a correction is learned (config learn:, nnspam.correct.rule_from_config)
+        self.rule = rule
         self.pending_updates = 0
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
@@ -145,14 +144,11 @@ class Sorter:
 
     def _observe(self, tokens: list[str], label: str | None = None) -> None:
         """Feed the adaptive input words, when ``nnspam.adaptive`` is installed."""
-        if not self.adaptive:
-            return
+        from nnspam.correct import observe
+
         try:
-            from nnspam import adaptive
-        except ImportError:
-            return
-        try:
-            replaced = adaptive.observe(self.model, [tokens], None if label is None else [label])
+            replaced = observe(self.model, [tokens], None if label is None else [label],
+                               adaptive_inputs=self.adaptive)
         except Exception as exc:  # the adaptive inputs must never stop filing mail
             log.error("adaptive: observe failed: %s: %s", exc.__class__.__name__, exc)
             return
@@ -190,14 +186,12 @@ class Sorter:
         if not self.model_path:
             log.warning("not learned: the model is read-only (give a model directory with -m)")
             return False
-        from nnspam.training import learn_tokens
+        from nnspam.correct import correct
 
-        # learn_tokens feeds the labelled tokens to the adaptive inputs itself (when
-        # the model's adaptive state is enabled): observing them here too would count
-        # every correction twice.
+        # correct() counts the labelled tokens for the adaptive inputs and the wide path
+        # itself: observing them here too would count every correction twice.
         toks = [self.model.tokens(p) for p in payloads]
-        replaced = learn_tokens(self.model, toks, label, epochs=self.learn_epochs,
-                                **self.learn_rule)
+        replaced = correct(self.model, toks, label, self.rule, adaptive_inputs=self.adaptive)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
         if replaced:

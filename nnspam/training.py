@@ -20,7 +20,7 @@ from nnspam.corpus import Sample
 from nnspam.model import Model
 from nnspam.network import Network
 
-__all__ = ["tokenize_samples", "train_model", "learn", "learn_rule", "learn_tokens", "labels_of"]
+__all__ = ["tokenize_samples", "train_model", "labels_of"]
 
 Progress = Callable[[int, float, float, float], None]
 
@@ -141,10 +141,6 @@ def _run_summary(runs: list[dict]) -> dict[str, Any]:
 
 REFITS = ("none", "swa")
 
-# Step size of a correction's plain gradient steps (config learn.learning_rate). Measured on
-# the drifting stream of scripts/bench/adaptive_stream.py (merged default, 3 passes per
-# error, frozen inputs): 0.003 made 120 errors, 0.01 127; Adam from fresh moments 231.
-CORRECTION_LEARNING_RATE = 0.003
 BACKENDS = ("numpy", "keras")
 
 
@@ -180,6 +176,23 @@ def refit_swa(net: Network, X: np.ndarray, y: np.ndarray, net_settings: dict[str
     final.fit(X, y, progress=accumulate)
     final.set_weights({k: (v / count).astype(np.float32) for k, v in total.items()})
     return final, {"method": "swa", "epochs": 2 * best, "averaged_from_epoch": best}
+
+
+AUGMENTS = ("none", "text-only")
+
+
+def _with_text_only_copies(samples: Sequence[Sample], toks: list[list[str]], y: np.ndarray,
+                           max_part_bytes: int) -> tuple[list[list[str]], np.ndarray]:
+    """The training tokens plus those of a text-only copy of each email
+    (:func:`nnspam.tokens.text_only_copy`; every other copy without the blank line after
+    its Subject), labelled as the original."""
+    from nnspam.tokens import text_only_copy
+
+    copies = [text_only_copy(s.payload if isinstance(s.payload, bytes)
+                             else s.payload.encode("utf-8", "surrogateescape"),
+                             separator=i % 2 == 0, max_part_bytes=max_part_bytes)
+              for i, s in enumerate(samples)]
+    return toks + tokenize_samples(copies, "email", max_part_bytes), np.concatenate([y, y])
 
 
 def train_model(
@@ -235,6 +248,12 @@ def train_model(
     toks = token_lists if token_lists is not None else tokenize_samples(
         [s.payload for s in samples], kind, max_part_bytes
     )
+    counted = toks  # the wide path's token counts: the training messages themselves
+    augment = (settings.get("features") or {}).get("augment", "none") or "none"
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown features.augment {augment!r} (use one of {AUGMENTS})")
+    if augment == "text-only" and kind == "email":
+        toks, y = _with_text_only_copies(samples, toks, y, max_part_bytes)
     t_tok = time.perf_counter() - t0
     if arch != "nnspam" or backend != "numpy" or balance != "none":
         from nnspam.config import DEFAULTS
@@ -248,6 +267,7 @@ def train_model(
         model.summary["seconds"]["tokenize"] = round(t_tok, 3)
         if provenance:
             model.summary["provenance"] = provenance
+        model.ensure_wide().observe(counted)
         return model
     wcfg = settings["wordlist"]
     if wordlist is None:
@@ -287,7 +307,9 @@ def train_model(
     model.summary = {
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nnspam_version": __version__,
-        "messages": {"ham": int((y == 0).sum()), "spam": int((y == 1).sum())},
+        "messages": {"ham": int((labels_of(samples) == 0).sum()),
+                     "spam": int((labels_of(samples) == 1).sum())},
+        **({"augment": augment} if augment != "none" and kind == "email" else {}),
         "wordlist": {"method": wl_method, "size": len(words), "min_df": wcfg.get("min_df")},
         **_run_summary(runs),
         "seconds": {"tokenize": round(t_tok, 3), "fit": round(t_fit, 3)},
@@ -295,66 +317,10 @@ def train_model(
     }
     if provenance:
         model.summary["provenance"] = provenance
+    # The wide path starts with the training mail's token counts, so the first corrections
+    # of a new user already weight common words by a sensible idf (nnspam/wide.py).
+    model.ensure_wide().observe(counted)
     return model
-
-
-def learn(model: Model, payloads: Sequence[bytes | str], label: str, epochs: int = 1,
-          optimizer: str | None = "sgd", learning_rate: float | None = None) -> None:
-    """Incremental training of an existing model on messages of one class:
-    the correction path (``nnspam learn``, the daemon and the server).
-    ``optimizer``/``learning_rate``: see :func:`learn_tokens`."""
-    if label not in ("spam", "ham"):
-        raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
-    if not payloads:
-        return
-    learn_tokens(model, [model.tokens(p) for p in payloads], label, epochs, optimizer,
-                 learning_rate)
-
-
-def learn_rule(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``optimizer`` and ``learning_rate`` of corrections from a config's ``learn:``
-    section (config.yaml), as keyword arguments of :func:`learn` / :func:`learn_tokens`."""
-    sec = cfg.get("learn") or {}
-    opt = sec.get("optimizer", "sgd")
-    if opt not in ("sgd", "adam"):
-        raise ValueError(f"learn.optimizer must be sgd or adam, not {opt!r}")
-    rate = sec.get("learning_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
-                             or not rate > 0):
-        raise ValueError(f"learn.learning_rate must be a number > 0 or null, not {rate!r}")
-    return {"optimizer": "sgd" if opt == "sgd" else None,
-            "learning_rate": None if rate is None else float(rate)}
-
-
-def learn_tokens(model: Model, token_lists: list[list[str]], label: str,
-                 epochs: int = 1, optimizer: str | None = "sgd",
-                 learning_rate: float | None = None) -> list[dict]:
-    """:func:`learn` on already tokenized messages.
-
-    The labelled tokens first feed the adaptive input statistics
-    (:func:`nnspam.adaptive.observe`), so a replacement due now already
-    gives a new word its input before the network trains on the message.
-    ``optimizer="sgd"`` (the default; config ``learn:``) takes plain gradient
-    steps at ``learning_rate`` (default :data:`CORRECTION_LEARNING_RATE`),
-    which need no saved optimiser state; ``None`` uses the network's own
-    optimiser and its state (the online learner, which saves that state).
-    Returns the replacements made.
-    """
-    from nnspam import adaptive
-
-    if label not in ("spam", "ham"):
-        raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
-    if not token_lists:
-        return []
-    if optimizer == "sgd" and learning_rate is None:
-        learning_rate = CORRECTION_LEARNING_RATE
-    done = adaptive.observe(model, token_lists, [label] * len(token_lists))
-    X = model.features(token_lists)
-    y = np.full(len(token_lists), 1 if label == "spam" else 0, dtype=np.int64)
-    model.network.partial_fit(X, y, epochs=epochs, optimizer=optimizer,
-                              learning_rate=learning_rate)
-    model.summary["learned_messages"] = int(model.summary.get("learned_messages", 0)) + len(y)
-    return done
 
 
 def _split_and_balance(net: Any, X: np.ndarray, y: np.ndarray, balance: str,

@@ -11,9 +11,10 @@ import pytest
 from nnspam import adaptive
 from nnspam import config as C
 from nnspam.corpus import Sample, iter_messages
+from nnspam.correct import correct, correct_payloads
 from nnspam.model import Model
 from nnspam.network import Network
-from nnspam.training import learn, learn_tokens, tokenize_samples, train_model
+from nnspam.training import tokenize_samples, train_model
 
 from conftest import make_message
 
@@ -157,13 +158,14 @@ def test_bad_adaptive_object_is_a_model_error(tmp_path):
 def test_learn_feeds_the_statistics():
     model = small_model({"cadence": 1000})
     msg = make_message("hello", "freshword freshword")
-    learn(model, [msg] * 3, "spam")
+    for _ in range(3):
+        correct_payloads(model, [msg], "spam")
     st = model.adaptive
     assert st.step == 3
     entry = st.candidates["freshword"]
     assert entry[1] > 0 and entry[2] == 0  # counted as spam, three times (aged)
     assert entry[0] / st.gain == pytest.approx(sum(st.decay ** k for k in range(3)))
-    assert learn_tokens(model, [["w6"]], "ham") == []
+    assert correct(model, [["w6"]], "ham") == []
     assert st.by_class[1, 6] > 0
 
 
@@ -193,7 +195,7 @@ def test_stream_on_corpus_slice(sa_corpus):
         verdict = "spam" if model.spamicity_of_tokens([t])[0] >= model.threshold else "ham"
         done += adaptive.observe(model, [t])
         if verdict != s.label:
-            done += learn_tokens(model, [t], s.label)
+            done += correct(model, [t], s.label)
     assert len(done) >= 10
     assert len(set(model.words)) == len(model.words) == 1000
     assert all(model.vectorizer.index[w] == i for i, w in enumerate(model.words))

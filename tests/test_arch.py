@@ -183,7 +183,7 @@ def test_numpy_training_save_load_and_scores(tmp_path, arch):
 
 
 def test_learn_corrects_deep_and_embedding_models():
-    from nnspam.training import learn_tokens
+    from nnspam.correct import Rule, correct
 
     for arch in ("deep", "sms-embedding"):
         m = train_model(_sms_samples(), "sms", _settings(), arch=arch, arch_settings=SMALL_ARCH)
@@ -193,7 +193,7 @@ def test_learn_corrects_deep_and_embedding_models():
         from nnspam import adaptive
 
         adaptive.ensure_state(m).settings["enabled"] = False
-        learn_tokens(m, toks, "ham", epochs=20)
+        correct(m, toks, "ham", Rule(passes=20, max_passes=20, wide=False))
         assert m.outputs(toks)[0, 0] < before
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from nnspam import config as C
 from nnspam.corpus import Sample
+from nnspam.correct import Rule, correct_payloads
 from nnspam.model import Model, ModelError, spamicity
-from nnspam.training import learn, train_model
+from nnspam.training import train_model
 
 from conftest import make_message, needs_corpora
 
@@ -67,7 +68,7 @@ def test_learn_moves_the_score(tiny_model, tmp_path):
     m = Model.load(tmp_path / "m")
     msg = make_message("notes", "agenda cheap offer meeting")
     before = m.score([msg])[0]
-    learn(m, [msg], "spam", epochs=5)
+    correct_payloads(m, [msg], "spam", Rule(passes=5, max_passes=5, wide=False))
     assert m.score([msg])[0] > before
     assert m.summary["learned_messages"] == 1
 
@@ -198,10 +199,11 @@ def test_a_correction_moves_its_message_and_barely_the_others(sa_corpus):
     others = [p.read_bytes() for p in ham + spam]
     msg = (sa_corpus / "hard_ham" / "00168.f8f56df10d37e1b1a50747cf9708e8b4").read_bytes()
     moved = {}
-    for name, rule in (("sgd", {}), ("adam", {"optimizer": None})):
+    for name, rule in (("sgd", Rule(passes=3, max_passes=3, wide=False)),
+                       ("adam", Rule(optimizer=None, passes=3, max_passes=3, wide=False))):
         m = Model.load("default")
         base, base_msg = m.score(others), m.score([msg])[0]
-        learn(m, [msg], "ham", epochs=3, **rule)
+        correct_payloads(m, [msg], "ham", rule)
         assert m.score([msg])[0] < base_msg
         moved[name] = float(np.abs(m.score(others) - base).mean())
         assert m.network._step == (0 if name == "sgd" else 3)

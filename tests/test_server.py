@@ -295,8 +295,8 @@ def test_silent_client_is_disconnected_and_others_are_served(tmp_path):
 
 
 def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_corpus):
+    from nnspam.correct import Rule, correct_payloads
     from nnspam.model import Model, resolve_model_path
-    from nnspam.training import learn
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
@@ -306,7 +306,7 @@ def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_
         before = srv.spamc(["-c"], raw).stdout
         m = Model.load(model)
         for _ in range(20):
-            learn(m, [raw], "spam", epochs=3)
+            correct_payloads(m, [raw], "spam", Rule(passes=3, max_passes=3))
         m.save(model)  # as `nnspam learn` would: no signal needed
         after = [srv.spamc(["-c"], raw).stdout for _ in range(12)]
         assert set(after) != {before} and len(set(after)) == 1, (before, after)

@@ -74,7 +74,7 @@ def test_workers_are_forked_and_a_dead_one_is_replaced(tmp_path, sa_corpus):
 
 def test_tell_in_one_worker_is_served_by_every_worker(tmp_path, sa_corpus):
     model = _copy_default(tmp_path / "model")
-    srv = Server(tmp_path, str(model), extra_cfg="serve:\n  learn_epochs: 20\n",
+    srv = Server(tmp_path, str(model), extra_cfg="learn:\n  passes: 20\n  max_passes: 20\n",
                  args=("--workers", "3"))
     raw = _messages(sa_corpus, 2)[1]  # a ham
     try:
@@ -148,7 +148,7 @@ def test_user_model_path_substitutions(tmp_path):
 def test_spamc_u_selects_the_users_model_and_tell_creates_it(tmp_path, sa_corpus):
     users = tmp_path / "users"
     srv = Server(tmp_path, extra_cfg=f"serve:\n  user_model: {users}/%u/model\n"
-                 "  learn_epochs: 5\n", args=("--workers", "2"))
+                 "learn:\n  passes: 5\n  max_passes: 5\n", args=("--workers", "2"))
     spam, ham = _messages(sa_corpus, 2)
 
     def score(user: str) -> float:

@@ -197,10 +197,10 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     corrections are recorded but only learned with a model directory of your
     own (``nnspam train --sms ... -m DIR`` and ``sms.model: DIR``).
     """
+    from nnspam.correct import rule_from_config
     from nnspam.model import Model
     from nnspam.sorter import Sorter
     from nnspam.state import State
-    from nnspam.training import learn_rule
 
     s = cfg["sms"]
     d = cfg["daemon"]
@@ -220,11 +220,10 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
         model_path=name if writable else None, junk=str(d["junk"]),
         ham_factor=float(m.ham_factor), spam_factor=float(m.spam_factor),
         threshold=float(m.threshold), max_message_bytes=int(d["max_message_bytes"]),
-        learn_epochs=int(d["learn_epochs"]),
         learn_from_corrections=bool(d["learn_from_corrections"]),
         checkpoint_every=int(d["checkpoint_every"]), adaptive=adaptive,
         learn_on_confident=bool(ad.get("learn_on_confident", False)),
         confident_margin=float(ad.get("confident_margin", 0.45)),
-        learn_rule=learn_rule(cfg),
+        rule=rule_from_config(cfg),
     )
     return SmsStore(s["maildir"], sorter)

@@ -5,7 +5,8 @@ default training settings, then streams the later parts (``spam_2``,
 ``easy_ham_2``) in a fixed seeded interleaved order. Each message is
 classified; the adaptive statistics see it (``adaptive.observe``, as the
 daemon does); when the verdict is wrong the user's correction is learned
-(``training.learn_tokens``, i.e. ``learn()``); ``--feedback confident`` also
+(``nnspam.correct.correct``, the one correction routine, with the config's ``learn:``
+rule); ``--feedback confident`` also
 learns confident verdicts (the daemon's ``learn_on_confident``), ``--feedback
 all`` every message with its true label. Prints false negative and false positive rates over the
 stream and per quarter, for frozen inputs and for each adaptive policy, with
@@ -29,7 +30,8 @@ from pathlib import Path
 from nnspam import adaptive
 from nnspam import config as C
 from nnspam.corpus import Sample, iter_messages
-from nnspam.training import learn_rule, learn_tokens, tokenize_samples, train_model
+from nnspam.correct import Rule, correct, observe, rule_from_config
+from nnspam.training import tokenize_samples, train_model
 
 TRAIN_PARTS = {"spam": "spam", "easy_ham": "ham"}
 STREAM_PARTS = {"spam_2": "spam", "easy_ham_2": "ham"}
@@ -56,27 +58,26 @@ def load_parts(corpus: Path, parts: dict[str, str]) -> dict[str, list[Sample]]:
     return out
 
 
-def run_stream(model, toks, labels, feedback: str, margin: float, epochs: int = 3,
-               rule: dict | None = None) -> dict:
+def run_stream(model, toks, labels, feedback: str, margin: float,
+               rule: Rule | None = None) -> dict:
     """Classify each message in order, feed the adaptive statistics, learn the
     correction when the verdict is wrong; with feedback ``confident`` also
     learn confident verdicts as the daemon's ``learn_on_confident`` does
     (spamicity >= threshold + margin or <= threshold - margin), with ``all``
     learn every message with its true label. Returns per-message errors and
     the number of replacements."""
-    rule = rule or {}
     errors = []
     replaced = 0
     for t, lab in zip(toks, labels, strict=True):
         s = float(model.spamicity_of_tokens([t])[0])
         verdict = "spam" if s >= model.threshold else "ham"
-        replaced += len(adaptive.observe(model, [t]))
+        replaced += len(observe(model, [t]))  # the daemon's arrival path
         wrong = verdict != lab
         errors.append(wrong)
         if wrong or feedback == "all":
-            replaced += len(learn_tokens(model, [t], lab, epochs, **rule))
+            replaced += len(correct(model, [t], lab, rule))
         elif feedback == "confident" and abs(s - model.threshold) >= margin:
-            replaced += len(learn_tokens(model, [t], verdict, epochs, **rule))
+            replaced += len(correct(model, [t], verdict, rule))
     return {"errors": errors, "replacements": replaced}
 
 
@@ -108,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                     "from fresh moments, as after loading a model)")
     ap.add_argument("--learn-rate", type=float, default=C.DEFAULTS["learn"]["learning_rate"],
                     help="config learn.learning_rate")
-    ap.add_argument("--epochs", type=int, default=C.DEFAULTS["daemon"]["learn_epochs"],
-                    help="passes per learned message (config daemon.learn_epochs)")
+    ap.add_argument("--epochs", type=int, default=C.DEFAULTS["learn"]["passes"],
+                    help="network passes per learned message (config learn.passes)")
+    ap.add_argument("--no-wide", action="store_true",
+                    help="corrections move only the network (config learn.wide: false)")
     ap.add_argument("--net", action="append", default=[], metavar="KEY=VALUE",
                     help="override a network setting of the trained model, e.g. --net members=1")
     args = ap.parse_args(argv)
@@ -198,9 +201,11 @@ def one_order(base, stream_toks, labels, seed, args, overrides) -> dict[str, tup
             adaptive.configure(model, {**overrides, "enabled": True, "policy": pol})
         t2 = time.perf_counter()
         r = run_stream(model, stream_toks, labels, args.feedback,
-                       float(C.DEFAULTS["adaptive"]["confident_margin"]), args.epochs,
-                       learn_rule({"learn": {"optimizer": args.learn,
-                                             "learning_rate": args.learn_rate}}))
+                       float(C.DEFAULTS["adaptive"]["confident_margin"]),
+                       rule_from_config({"learn": {
+                           "optimizer": args.learn, "learning_rate": args.learn_rate,
+                           "passes": args.epochs, "max_passes": args.epochs,
+                           "wide": not args.no_wide}}))
         dt = time.perf_counter() - t2
         fn, n_s, fp, n_h = rates(r["errors"], labels, 0, len(stream))
         results[pol] = (fn, fp)

@@ -1,0 +1,107 @@
+"""The one correction routine (nnspam/correct.py) and the wide path (nnspam/wide.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspam.config import ConfigError, load_config
+from nnspam.correct import (
+    CorrectionError,
+    Rule,
+    correct,
+    correct_payloads,
+    margin_of,
+    rule_from_config,
+)
+from nnspam.model import Model
+from nnspam.wide import Wide
+
+from conftest import make_message
+
+
+@pytest.fixture
+def tiny_model() -> Model:
+    from test_model import tiny_samples
+
+    from nnspam import config as C
+    from nnspam.training import train_model
+
+    settings = C.email_training(C.DEFAULTS)
+    settings["wordlist"].update(size=40, min_df=2)
+    settings["network"].update(max_epochs=30, validation_fraction=0.25, members=1)
+    return train_model(tiny_samples(), "email", settings)
+
+
+def test_wide_logit_is_zero_until_taught_and_moves_by_the_change_asked():
+    w = Wide(bits=12)
+    toks = ["alpha", "beta", "gamma", "alpha"]
+    assert w.logit([toks])[0] == 0.0 and not w.active
+    w.observe([toks, ["alpha", "delta"]])
+    w.step(toks, 1.5)
+    assert w.logit([toks])[0] == pytest.approx(1.5, abs=1e-5)
+    # a token every message has gets a smaller share than the rare ones
+    i_alpha, i_beta = (w.indices([t])[0] for t in ("alpha", "beta"))
+    assert 0 < w.w[i_alpha] < w.w[i_beta]
+    # mail sharing no token is untouched
+    assert w.logit([["unrelated", "words"]])[0] == 0.0
+
+
+def test_wide_round_trips_through_its_arrays():
+    w = Wide(bits=12)
+    w.observe([["a", "b"], ["b", "c"]])
+    w.step(["a", "b"], -2.0)
+    back = Wide.from_arrays(w.meta(), w.arrays())
+    assert np.array_equal(back.w, w.w) and np.array_equal(back.df, w.df)
+    assert (back.docs, back.updates) == (2, 1)
+    with pytest.raises(ValueError):
+        Wide.from_arrays({"bits": 12}, {**w.arrays(), "wide_index": np.array([1 << 13])})
+
+
+def test_a_correction_reaches_its_margin_and_survives_save_and_load(tiny_model, tmp_path):
+    msg = make_message("agenda", "cheap offer meeting agenda notes")
+    toks = [tiny_model.tokens(msg)]
+    rule = Rule(passes=1, max_passes=1, margin=1.0)
+    for label in ("spam", "ham"):
+        correct(tiny_model, toks, label, rule)
+        assert margin_of(tiny_model, toks, label)[0] >= 1.0 - 1e-4
+    sp = tiny_model.score([msg])[0]
+    assert sp < tiny_model.threshold
+    tiny_model.save(tmp_path / "m")
+    back = Model.load(tmp_path / "m")
+    assert back.score([msg])[0] == pytest.approx(sp, abs=1e-6)
+    assert back.wide is not None and back.wide.updates == tiny_model.wide.updates
+
+
+def test_wide_off_leaves_the_score_to_the_network(tiny_model):
+    msg = make_message("agenda", "cheap offer meeting")
+    correct_payloads(tiny_model, [msg], "spam", Rule(wide=False, passes=1, max_passes=1))
+    assert tiny_model.wide is None or not tiny_model.wide.active
+
+
+def test_until_margin_takes_more_network_passes(tiny_model):
+    msg = make_message("agenda", "cheap offer meeting notes")
+    toks = [tiny_model.tokens(msg)]
+    before = margin_of(tiny_model, toks, "spam")[0]
+    correct(tiny_model, toks, "spam", Rule(passes=1, max_passes=200, margin=before + 2.0,
+                                           wide=False, learning_rate=0.05))
+    assert margin_of(tiny_model, toks, "spam")[0] > before + 1.0
+
+
+def test_rule_from_config_checks_its_values(tmp_path):
+    assert rule_from_config({}) == rule_from_config(load_config(None))
+    for bad in ({"passes": -1}, {"optimizer": "rmsprop"}, {"learning_rate": -1},
+                {"margin": "big"}, {"wide": "yes"}, {"passes": 4, "max_passes": 2}):
+        with pytest.raises(CorrectionError):
+            rule_from_config({"learn": bad})
+    untrained = rule_from_config({}, untrained=True)
+    assert untrained.optimizer is None and untrained.learning_rate == 0.001
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("daemon:\n  learn_epochs: 3\n")
+    with pytest.raises(ConfigError, match="learn.passes"):
+        load_config(str(cfg))
+
+
+def test_bad_label_is_refused(tiny_model):
+    with pytest.raises(CorrectionError):
+        correct(tiny_model, [["a"]], "maybe")
