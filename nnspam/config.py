@@ -142,6 +142,7 @@ DEFAULTS: dict[str, Any] = {
         "max_passes": 0,  # more network passes while short of the margin, up to this
         "margin": 4.0,  # a corrected spam ends this far above the threshold (logits)
         "ham_margin": 16.0,  # a corrected ham ends this far below it
+        "confirm_margin": 1.0,  # a message learned on its right side: pushed this far
         "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/wide.py)
         "wide_max": 20.0,  # the most one correction moves the wide path's content part
     },

@@ -55,6 +55,7 @@ class Rule:
     max_passes: int = 0
     margin: float = 4.0
     ham_margin: float | None = 16.0  # a corrected ham's margin; None: ``margin``
+    confirm_margin: float = 1.0  # margin asked of a message already on its side
     admit_min: float = 2.0
     wide: bool = True
     wide_max: float = 20.0
@@ -105,13 +106,19 @@ def rule_from_config(cfg: dict[str, Any], untrained: bool = False) -> Rule:
     if not isinstance(wide, bool):
         raise CorrectionError(f"learn.wide must be true or false, not {wide!r}")
     wide_max = _number(sec, "wide_max", 20.0)
+    confirm = _number(sec, "confirm_margin", 1.0)
     rule = Rule(optimizer="sgd" if opt == "sgd" else None, learning_rate=rate,
                 passes=passes, max_passes=max_passes, margin=margin,
-                ham_margin=ham_margin, wide=wide, wide_max=wide_max)
+                ham_margin=ham_margin, confirm_margin=confirm, wide=wide,
+                wide_max=wide_max)
     if untrained:
         on = {**DEFAULTS["online"], **(cfg.get("online") or {})}
         epochs = _number(on, "epochs", 1, integer=True, minimum=1)
+        # Every message it learns is pushed to the full margin of a correction: a network
+        # that knows nothing gains from each message's whole evidence (enron1, full
+        # feedback: 1-ROCA 0.37% against 0.60% with the confirm_margin of 1).
         rule = rule.with_(optimizer=None, passes=epochs, max_passes=epochs,
+                          confirm_margin=max(rule.margin, rule.ham_margin or rule.margin),
                           learning_rate=_number(on, "learning_rate", 0.001),
                           admit_min=_number(on, "admit_min", 2.0, minimum=1.0))
     return rule
@@ -245,8 +252,11 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
         m = margin_of(model, token_lists, label)
         sign = 1.0 if label == "spam" else -1.0
         for toks, mi in zip(token_lists, m, strict=True):
-            if mi < need:
-                wide.step(toks, sign * (need - float(mi)), rule.wide_max)
+            # A mistake is pushed to the full margin; a message the model already had on
+            # the right side (full feedback: a confirmation) only to confirm_margin.
+            want = need if mi < 0 else min(need, rule.confirm_margin)
+            if mi < want:
+                wide.step(toks, sign * (want - float(mi)), rule.wide_max)
     model.summary["learned_messages"] = int(model.summary.get("learned_messages", 0)) + len(y)
     return done
 

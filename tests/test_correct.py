@@ -39,12 +39,26 @@ def test_wide_logit_is_zero_until_taught_and_moves_by_the_change_asked():
     assert w.logit([toks])[0] == 0.0 and not w.active
     w.observe([toks, ["alpha", "delta"]])
     w.step(toks, 1.5)
-    assert w.logit([toks])[0] == pytest.approx(1.5, abs=1e-5)
+    # the content part and the digest part (the message itself) each move by 1.5
+    assert w.logit([toks])[0] == pytest.approx(3.0, abs=1e-5)
+    assert w.logit([["alpha", "beta", "gamma", "other"]])[0] < 1.5  # content part only
     # a token every message has gets a smaller share than the rare ones
-    i_alpha, i_beta = (w.indices([t])[0] for t in ("alpha", "beta"))
+    i_alpha, i_beta = (w._hash([t])[0] for t in ("alpha", "beta"))
     assert 0 < w.w[i_alpha] < w.w[i_beta]
     # mail sharing no token is untouched
     assert w.logit([["unrelated", "words"]])[0] == 0.0
+
+
+def test_identity_part_carries_a_correction_to_the_sender_s_next_message():
+    w = Wide(bits=16)
+    issue1 = ["from:addr:news@x.org", "from:domain:x.org"] + [f"a{i}" for i in range(500)]
+    issue2 = ["from:addr:news@x.org", "from:domain:x.org"] + [f"b{i}" for i in range(500)]
+    w.observe([issue1, issue2, ["from:addr:other@y.org", "c1"]])
+    w.step(issue1, -8.0)
+    # the identity part moves it all the way; the content part only by the two sender tokens
+    assert -8.1 < w.logit([issue2])[0] <= -8.0
+    w.step(issue1, -100.0, content_max=5.0)  # the content part's share is capped
+    assert w.logit([issue1 + ["new"]])[0] > -5.0 - 108.0 - 13.0 - 1e-3
 
 
 def test_wide_round_trips_through_its_arrays():
