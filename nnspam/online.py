@@ -83,8 +83,9 @@ FP 13, FN 109, 0.745% -- worse than keeping the slot's weights.
 
 From a trained model the online learner now learns by the daemon's ``learn:``
 rule (issue 13; README "Learning from a stream"). Before that it took Adam steps
-at ``online.learning_rate_trained``, and the rate mattered most: the first Adam steps move every weight by about the step size,
-which undoes much of a trained model. Measured with the single-network email
+at ``online.learning_rate_trained``, and the rate mattered most: the first Adam
+steps move every weight by about the step size, which undoes much of a trained
+model. Measured with the single-network email
 model shipped before issue 8: learning rate 0.001: FP 9, FN 66, 1-ROCA
 0.211%; 0.0001: FP 2, FN 40, 0.025%; 0.00003: FP 2, FN 26, 0.009%
 (optimistic: 70% of this stream is the default model's training part); on
@@ -95,8 +96,8 @@ shipped model of three merged networks (batch: FP 1, FN 10, 0.011%) on the
 test part: 0.00003 FP 3, FN 18, 0.036%; 0.00001 FP 1, FN 13, 0.025%; 0.000003
 FP 0, FN 13, 0.031%. Online steps did not improve a model trained on the same
 distribution, and the TREC scripts from the shipped model lost 6.2% of the hams
-of an unfamiliar stream where the daemon's rule lost 2.3% (issue 13). SMS (``splits/sms.tsv``, 3,000 messages,
-seed 1): untrained FP 0, FN 84 of 403, 1-ROCA 1.65%; from ``default-sms`` at
+of an unfamiliar stream where the daemon's rule lost 2.3% (issue 13). SMS
+(``splits/sms.tsv``, 3,000 messages, seed 1): untrained FP 0, FN 84 of 403, 1-ROCA 1.65%; from ``default-sms`` at
 0.001 FP 2, FN 47, 0.85%, at 0.0001 FP 0, FN 41, 0.29%, at 0.00003 FP 0, FN 32,
 0.23%, at 0.00001 FP 0, FN 20, 0.20%.
 """
