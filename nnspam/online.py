@@ -98,8 +98,8 @@ FP 0, FN 13, 0.031%. Online steps did not improve a model trained on the same
 distribution, and the TREC scripts from the shipped model lost 6.2% of the hams
 of an unfamiliar stream where the daemon's rule lost 2.3% (issue 13). SMS
 (``splits/sms.tsv``, 3,000 messages, seed 1): untrained FP 0, FN 84 of 403,
-1-ROCA 1.65%; from ``default-sms`` at 0.001 FP 2, FN 47, 0.85%, at 0.0001 FP 0, FN 41, 0.29%, at 0.00003 FP 0, FN 32,
-0.23%, at 0.00001 FP 0, FN 20, 0.20%.
+1-ROCA 1.65%; from ``default-sms`` at 0.001 FP 2, FN 47, 0.85%, at 0.0001 FP 0,
+FN 41, 0.29%, at 0.00003 FP 0, FN 32, 0.23%, at 0.00001 FP 0, FN 20, 0.20%.
 """
 
 from __future__ import annotations
