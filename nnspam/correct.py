@@ -258,6 +258,9 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
             if mi < want:
                 wide.step(toks, sign * (want - float(mi)), rule.wide_max)
     model.summary["learned_messages"] = int(model.summary.get("learned_messages", 0)) + len(y)
+    by = dict(model.summary.get("learned") or {})
+    by[label] = int(by.get(label, 0)) + len(y)
+    model.summary["learned"] = by
     return done
 
 

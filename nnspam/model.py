@@ -85,6 +85,13 @@ def spamicity(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.
     return s
 
 
+#: Messages of each class a network must have learned from before its logit counts in full
+#: beside the wide path (:meth:`Model.network_trust`). Measured with an untrained start
+#: over the SpamAssassin corpus by date (full feedback; it opens with 220 spams): 1-ROCA
+#: 0.474% without, 0.458% with 50, 0.381% with 200; Enron-Spam enron5 0.195% / 0.203%.
+TRUST_AFTER = 200.0
+
+
 def network_logit(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.ndarray:
     """``log(s*o_spam / (h*o_ham))``: the logit of :func:`spamicity`, finite where the
     outputs round to 0 or 1."""
@@ -169,8 +176,24 @@ class Model:
         out = self.outputs(token_lists)
         if self.wide is None or not self.wide.active:
             return spamicity(out, h, s)
-        z = network_logit(out, h, s) + self.wide.logit(token_lists)
+        z = network_logit(out, h, s) * self.network_trust() + self.wide.logit(token_lists)
         return 1.0 / (1.0 + np.exp(-z))
+
+    def class_counts(self) -> tuple[int, int]:
+        """(ham, spam) messages the model has learned from: its training part plus the
+        messages learned since (corrections, a stream)."""
+        tr = self.summary.get("messages") or {}
+        le = self.summary.get("learned") or {}
+        return (int(tr.get("ham", 0)) + int(le.get("ham", 0)),
+                int(tr.get("spam", 0)) + int(le.get("spam", 0)))
+
+    def network_trust(self) -> float:
+        """How much the network's logit counts beside the wide path: in proportion to the
+        messages of its rarer class it has learned from, up to TRUST_AFTER (1 for every
+        trained model). A network that has seen spam and no ham yet (the start of an
+        untrained stream) has no ground to call anything spam."""
+        n = min(self.class_counts())
+        return 1.0 if n >= TRUST_AFTER else n / TRUST_AFTER
 
     def logits(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """(network logit, wide logit) of the spamicity of each message, at the model's
@@ -178,7 +201,8 @@ class Model:
         out = self.outputs(token_lists)
         wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
                 else np.zeros(len(token_lists)))
-        return network_logit(out, self.ham_factor, self.spam_factor), wide
+        trust = self.network_trust() if wide.any() else 1.0
+        return network_logit(out, self.ham_factor, self.spam_factor) * trust, wide
 
     def ensure_wide(self) -> Wide:
         """The model's wide path, created empty on first use."""
