@@ -63,12 +63,40 @@ class Wide:
             weights = np.zeros(1 << self.bits, dtype=np.float32)
         elif weights.shape != (1 << self.bits,):
             raise ValueError(f"wide weights have shape {weights.shape}, want ({1 << self.bits},)")
-        self.w = weights
+        self._w: np.ndarray | None = weights
         self.updates = 0
         # messages seen per slot, and messages seen: the inverse document frequency that
         # weights a token's share of a correction (see _values)
-        self.df = np.zeros(1 << self.bits, dtype=np.float32)
+        self._df: np.ndarray | None = None
         self.docs = 0
+        # arrays read from a model, spread into w and df on first use: a process that only
+        # classifies with an untaught wide path (the pipe filter) never allocates them
+        self._saved: dict[str, np.ndarray] | None = None
+
+    def _spread(self) -> None:
+        size = 1 << self.bits
+        self._w = np.zeros(size, dtype=np.float32) if self._w is None else self._w
+        self._df = np.zeros(size, dtype=np.float32) if self._df is None else self._df
+        saved, self._saved = self._saved, None
+        if saved:
+            self._w[saved["wide_index"]] = saved["wide_value"]
+            self._df[saved["wide_df_index"]] = saved["wide_df"]
+
+    @property
+    def w(self) -> np.ndarray:
+        """The weights, one per hashed slot."""
+        if self._w is None or self._saved is not None:
+            self._spread()
+        assert self._w is not None
+        return self._w
+
+    @property
+    def df(self) -> np.ndarray:
+        """Messages counted per hashed slot."""
+        if self._df is None or self._saved is not None:
+            self._spread()
+        assert self._df is not None
+        return self._df
 
     def indices(self, tokens: Iterable[str]) -> np.ndarray:
         """The distinct hashed slots of a message's tokens (every part)."""
@@ -166,15 +194,16 @@ class Wide:
         """A wide path from :meth:`meta` and :meth:`arrays` (ValueError, KeyError or
         TypeError if they do not fit)."""
         out = cls(int(meta["bits"]))
-        size = out.w.size
-        for idx_name, val_name, target in (("wide_index", "wide_value", out.w),
-                                           ("wide_df_index", "wide_df", out.df)):
+        out._w = None
+        size = 1 << out.bits
+        for idx_name, val_name in (("wide_index", "wide_value"), ("wide_df_index", "wide_df")):
             index, value = arrays[idx_name], arrays[val_name]
             if index.shape != value.shape or index.ndim != 1:
                 raise ValueError(f"{idx_name} and {val_name} differ in shape")
             if index.size and (index.min() < 0 or index.max() >= size):
                 raise ValueError(f"{idx_name} out of range")
-            target[index] = value
+        out._saved = {k: arrays[k] for k in ("wide_index", "wide_value", "wide_df_index",
+                                            "wide_df")}
         out.updates = int(meta.get("updates", 0)) if arrays["wide_index"].size else 0
         out.docs = int(meta.get("docs", 0))
         return out
