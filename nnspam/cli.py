@@ -337,6 +337,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     counts = model.wordlist_counts or [0] * len(model.words)
     for c, w in zip(counts, shown, strict=False):
         print(f"  {c}\t{w}")
+    wide = model.wide
+    if wide is not None:
+        learned = model.summary.get("learned") or {}
+        print(f"Wide path: {wide.updates} corrections taught it "
+              f"({int(learned.get('spam', 0))} spam, {int(learned.get('ham', 0))} ham learned), "
+              f"{wide.docs} messages counted, 2^{wide.bits} slots")
     st = model.adaptive
     if st is not None:
         recent = st.log[-10:]
