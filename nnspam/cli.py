@@ -357,15 +357,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_learn(args: argparse.Namespace) -> int:
-    from nnspam.corpus import iter_messages
-    from nnspam.correct import CorrectionError, correct_payloads, rule_from_config
+def _rule(cfg: dict[str, Any], untrained: bool = False):
+    """The correction rule of the config's ``learn:`` section (a bad value: UsageError)."""
+    from nnspam.correct import CorrectionError, rule_from_config
 
-    cfg = _config(args)
     try:
-        rule = rule_from_config(cfg)
+        return rule_from_config(cfg, untrained=untrained)
     except CorrectionError as exc:
         raise UsageError(str(exc)) from None
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from nnspam.corpus import iter_messages
+    from nnspam.correct import correct_payloads
+
+    cfg = _config(args)
+    rule = _rule(cfg)
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("--epochs must be at least 1")
@@ -393,14 +400,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from nnspam.correct import CorrectionError, rule_from_config
     from nnspam.stream import StreamError, load_messages, read_index, replay, start_model, summarize
 
     cfg = _config(args)
-    try:
-        rule = rule_from_config(cfg)
-    except CorrectionError as exc:
-        raise UsageError(str(exc)) from None
+    # an untrained network learns by the online learner's steps (correct.rule_from_config)
+    rule = _rule(cfg, untrained=args.untrained)
     if args.untrained and args.model:
         raise UsageError("give -m MODEL or --untrained, not both")
     if args.limit is not None and args.limit < 1:

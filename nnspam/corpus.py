@@ -189,15 +189,32 @@ def read_split(split_file: str, part: str | None = None) -> list[tuple[str, str,
     return rows
 
 
-def _tar_prefix(names: Iterable[str], wanted: set[str]) -> str:
-    """Find the top directory inside a corpus tarball (``spamassassin/`` for ours)."""
-    for name in names:
-        for w in wanted:
-            if name.endswith("/" + w):
-                return name[: -len(w)]
-            if name == w:
-                return ""
-    return ""
+def read_from_tar(tar_path: str | Path, wanted: Iterable[str]) -> dict[str, bytes]:
+    """The files ``wanted`` (paths relative to the corpus folder) of a tar archive, read in
+    one sequential pass: random access into an .xz stream would decompress from the start
+    for every member. The archive may hold the folder itself (``spamassassin/easy_ham/1``)
+    or its contents (``easy_ham/1``); a leading ``./`` is ignored. Files not found are
+    simply absent from the result."""
+    want = {_strip_dots(w) for w in wanted}
+    found: dict[str, bytes] = {}
+    with tarfile.open(tar_path, "r:*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = _strip_dots(member.name)
+            rel = name if name in want else name.split("/", 1)[-1]
+            if rel in want:
+                fh = tar.extractfile(member)
+                if fh is not None:
+                    found[rel] = fh.read()
+    return found
+
+
+def _strip_dots(p: str) -> str:
+    """A path without its leading ``./`` parts."""
+    while p.startswith("./"):
+        p = p[2:]
+    return p
 
 
 def load_split_samples(
@@ -238,25 +255,8 @@ def load_split_samples(
 
 
 def _load_from_tar(tar_path: Path, rows: list[tuple[str, str, str]]) -> list[Sample]:
-    wanted = {p for p, _, _ in rows}
-    found: dict[str, bytes] = {}
-    # One sequential pass: random access into an .xz stream would decompress
-    # from the start for every member.
-    with tarfile.open(tar_path, "r:*") as tar:
-        prefix = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            if prefix is None:
-                prefix = _tar_prefix([member.name], wanted)
-                if prefix == "" and member.name not in wanted:
-                    prefix = member.name.split("/", 1)[0] + "/" if "/" in member.name else ""
-            rel = member.name[len(prefix):] if member.name.startswith(prefix) else member.name
-            if rel in wanted:
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    found[rel] = fh.read()
-    missing = wanted - found.keys()
+    found = read_from_tar(tar_path, (p for p, _, _ in rows))
+    missing = {p for p, _, _ in rows} - found.keys()
     if missing:
         raise CorpusError(f"{tar_path}: {len(missing)} split paths missing, e.g. {min(missing)}")
     return [Sample(p, found[p], label) for p, label, _ in rows]

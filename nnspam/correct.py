@@ -8,12 +8,15 @@ What a correction does, in order:
 1. the labelled tokens feed the adaptive input statistics
    (:func:`nnspam.adaptive.observe`), so a replacement that is due gives a new word its
    input before the network learns the message;
-2. gradient passes over the message (plain steps, ``learning_rate``; the network's own
-   optimiser only where its state is kept, as in the online learner), at least
-   ``passes`` of them, then more until the message sits on the corrected side of the
-   threshold with ``margin`` to spare, at most ``max_passes`` in all (the "train until
-   no error" of CRM114 and SpamProbe, with a margin as in SpamProbe's and DSPAM's
-   TONE: a message just over the line falls back at the next update).
+2. network passes over the message, if the rule asks for any (``passes``, then more
+   while it is short of its margin, up to ``max_passes``; plain steps, or the network's
+   own optimiser where its state is kept, as in the online learner). By default a
+   correction leaves a trained network alone: its steps undid what it knew;
+3. the wide path (:mod:`nnspam.wide`) takes the smallest change that puts the message
+   ``margin`` logits past the threshold (``ham_margin`` for a ham; ``confirm_margin``
+   for a message that was already right): the "train until no error" of CRM114 and
+   SpamProbe, with a margin as in their TONE, so a message just over the line does not
+   fall back at the next update.
 
 Measured, and why each part is there: README "Learning from a stream".
 """

@@ -65,12 +65,6 @@ def read_index(index_file: str | Path) -> list[tuple[str, str]]:
     return out
 
 
-def _strip_dots(p: str) -> str:
-    while p.startswith("./"):
-        p = p[2:]
-    return p
-
-
 def load_messages(paths: Sequence[str], corpus: str | Path) -> Callable[[str], bytes]:
     """A reader of the index's messages: ``corpus`` is a folder the paths are relative
     to, or a tar archive holding them (under a top folder or not), read once here."""
@@ -83,18 +77,10 @@ def load_messages(paths: Sequence[str], corpus: str | Path) -> Callable[[str], b
                 raise StreamError(f"{root / p}: {exc.strerror}") from None
         return read
     if root.is_file() and tarfile.is_tarfile(root):
+        from nnspam.corpus import _strip_dots, read_from_tar
+
         wanted = {_strip_dots(p) for p in paths}
-        found: dict[str, bytes] = {}
-        with tarfile.open(root, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = _strip_dots(member.name)
-                rel = name if name in wanted else name.split("/", 1)[-1]
-                if rel in wanted:
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        found[rel] = fh.read()
+        found = read_from_tar(root, wanted)
         missing = wanted - found.keys()
         if missing:
             raise StreamError(f"{corpus}: {len(missing)} listed messages missing, "

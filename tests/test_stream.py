@@ -187,3 +187,19 @@ def test_one_learn_moves_the_message_and_its_sender_s_other_mail(sa_corpus, tmp_
         flipped += int((sp >= m.threshold).sum())
         total += len(sp)
     assert total >= 40 and flipped >= 0.8 * total  # measured: 48 of 52
+
+
+def test_stream_untrained_learns_with_the_online_rule(tmp_path):
+    """--untrained takes the online learner's network steps (rule_from_config(untrained=True)):
+    the saved network differs from a fresh one, and its free input slots were filled."""
+    box = _corpus(tmp_path, 6)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("online:\n  inputs: 200\n")
+    assert cli.main(["stream", "-c", str(cfg), "--index", str(box / "index"), "--untrained",
+                     "--feedback", "all", "--out", str(tmp_path / "o"),
+                     "--save", str(tmp_path / "m")]) == 0
+    learned = Model.load(tmp_path / "m")
+    fresh = start_model(None, {"online": {"inputs": 200}})
+    assert not np.array_equal(learned.network.get_weights()["W2"],
+                              fresh.network.get_weights()["W2"])
+    assert "cheap" in learned.vectorizer.index
