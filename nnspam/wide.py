@@ -152,11 +152,12 @@ class Wide:
         slot by ``change * x_t`` (x the part's unit-length feature vector), so rare tokens
         take most of it and tokens found in most mail almost none.
 
-        The content part is capped because it is shared with all other mail: one
-        correction of a message the network scored at logit -50, spread over its words,
-        moved a hundred others (after 50 corrections of Enron-Spam mistakes the
-        SpamAssassin test part missed 63 spams instead of 13 without the cap). The
-        identity and digest parts belong to one sender and one message and carry the
+        The content part is capped because it is shared with all other mail: a bound on
+        how far one correction of a message the network scored at, say, logit -50 moves
+        mail that merely shares its words. (On the 50-correction test of
+        tests/test_stream.py the cap changed nothing: 15 SpamAssassin test spams missed
+        with it and without; what mattered there was the idf of the training mail's token
+        counts, without which 63 were missed.) The identity and digest parts belong to one sender and one message and carry the
         whole change: the message itself, its next copy and the sender's next message
         get the corrected verdict."""
         if change == 0.0:

@@ -154,7 +154,7 @@ def test_fifty_corrections_stick_and_do_not_undo_the_model(enron_errors):
     assert kept >= 48  # measured: 50
     pred = m.spamicity_of_tokens(toks) >= m.threshold
     assert int((pred & ~y).sum()) <= 2  # measured: 0 hams lost (1 before)
-    assert int((~pred & y).sum()) <= 30  # measured: 20 spams missed (10 before)
+    assert int((~pred & y).sum()) <= 30  # measured: 15 spams missed (10 before)
 
 
 @needs_corpora
