@@ -157,7 +157,8 @@ class Wide:
         mail that merely shares its words. (On the 50-correction test of
         tests/test_stream.py the cap changed nothing: 15 SpamAssassin test spams missed
         with it and without; what mattered there was the idf of the training mail's token
-        counts, without which 63 were missed.) The identity and digest parts belong to one sender and one message and carry the
+        counts, without which 63 were missed.) The identity and digest parts belong to
+        one sender and one message and carry the
         whole change: the message itself, its next copy and the sender's next message
         get the corrected verdict."""
         if change == 0.0:
