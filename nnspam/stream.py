@@ -14,7 +14,6 @@ observed unlabelled by the adaptive inputs (the daemon's arrival path).
 
 from __future__ import annotations
 
-import math
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -122,24 +121,15 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
     t = float(model.threshold)
     for judge, path in items:
         toks = model.tokens(read(path))
-        sp = float(model.spamicity_of_tokens([toks])[0])
+        sps, zs = model.judge_tokens([toks])
+        sp, score = float(sps[0]), float(zs[0])  # scored before the message is learned
         verdict = "spam" if sp >= t else "ham"
         learn = feedback == "all" or (feedback == "errors" and verdict != judge)
         if learn:
             correct(model, [toks], judge, rule, adaptive_inputs=adaptive)
         else:
             observe(model, [toks], adaptive_inputs=adaptive)
-        yield Step(path, judge, sp, _score(model, toks, sp), verdict, learn)
-
-
-def _score(model: Any, toks: list[str], sp: float) -> float:
-    """The spamicity's logit, from the network's own outputs where they saturate."""
-    if 1e-9 < sp < 1 - 1e-9:
-        return math.log(sp / (1 - sp))
-    o = np.asarray(model.outputs([toks]), dtype=np.float64)[0]
-    num = math.log(max(o[0], 1e-300)) + math.log(model.spam_factor)
-    den = math.log(max(o[1], 1e-300)) + math.log(model.ham_factor)
-    return num - den
+        yield Step(path, judge, sp, score, verdict, learn)
 
 
 def summarize(steps: Sequence[Step]) -> dict[str, Any]:
