@@ -530,26 +530,18 @@ def _sms_logging() -> None:
 
 
 def cmd_sms_serve(args: argparse.Namespace) -> int:
-    """Serve the Twilio webhook (POST /sms) with waitress, else Flask's server."""
+    """Serve the Twilio webhook (POST /sms) and the dashboard (nnspam.sms.webhook.serve:
+    settings and address checked before anything is created)."""
     try:
-        from nnspam.sms.webhook import create_app
+        from nnspam.sms.webhook import StartupError, serve
     except ImportError as exc:
         return _die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
     _sms_logging()
     cfg = _config(args)
     try:
-        app = create_app(cfg, store=_sms_store(args, cfg))
-    except RuntimeError as exc:
+        return serve(cfg, args.host, args.port, threads=args.threads, model=args.model)
+    except StartupError as exc:
         return _die(str(exc))
-    try:
-        from waitress import serve
-    except ImportError:
-        print("nnspam: waitress is not installed: using Flask's development server",
-              file=sys.stderr)
-        app.run(host=args.host, port=args.port)
-        return 0
-    serve(app, host=args.host, port=args.port, threads=args.threads)
-    return 0
 
 
 def cmd_sms_hash_password(args: argparse.Namespace) -> int:

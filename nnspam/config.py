@@ -7,16 +7,27 @@ the settings it changes.
 
 Search order for the config file: ``-c FILE``, then ``$NNSPAM_CONFIG``, then
 ``~/.config/nnspam/config.yaml``; none of them is required.
+
+Every setting a file gives is checked when it is loaded, against :data:`SCHEMA` (its
+type and range, beside DEFAULTS) and a few rules between settings (:func:`validate`):
+a bad value, an unknown setting, a file that is not UTF-8 or not YAML is a one-line
+:class:`ConfigError` naming the file and the dotted setting, which the command line
+prints before exiting 2.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge", "email_training", "sms_training"]
+__all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Spec", "load_config", "merge", "validate",
+           "email_training", "sms_training"]
 
 
 class ConfigError(Exception):
@@ -203,9 +214,420 @@ FAITHFUL: dict[str, Any] = {
 }
 
 
+# -- the schema: what every setting may be -------------------------------------
+#
+# Every check of a config value is here, beside DEFAULTS, and runs when a file is
+# loaded (load_config), so that a bad value is one line naming the file, the
+# setting and what it may be -- before any command acts on it -- instead of a
+# NumPy traceback later, or a silently wrong filter (threshold: 5 made every
+# message ham; daemon.maildirs: /path was read as the list of its characters).
+# The modules that use a setting may keep their own checks (correct.py checks
+# learn:, server.py serve:, pipefilter.py filter:) for settings that come from
+# elsewhere (the command line, a dict built in code); the loader rejects a bad
+# file first, in the same wording: "<file>: learn.optimizer must be sgd or adam,
+# not 'rmsprop'".
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The values one setting may have.
+
+    ``allowed`` says what they are, as the error message puts it ("a number in
+    (0, 1)"); ``test`` says whether a value is one of them; ``choices`` lists the
+    words of an enumerated setting (tests check them against the modules that
+    act on them)."""
+
+    allowed: str
+    test: Callable[[Any], bool]
+    choices: tuple[str, ...] = ()
+
+
+def _is_number(v: Any) -> bool:
+    # bool is an int subclass: `threshold: true` is not a number. NaN and inf are not
+    # numbers a setting can mean (and NaN would slip through every range check).
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         hi_open: bool = False, integer: bool = False, null: bool = False) -> Spec:
+    """A number (``integer``: a whole number written without a decimal point) in the
+    range lo..hi, each end included unless ``*_open``; ``null`` also allows null."""
+    kind = "an integer" if integer else "a number"
+    if lo is not None and hi is not None:
+        rng = f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        rng = f" {'>' if lo_open else '>='} {lo:g}"
+    else:
+        rng = ""
+
+    def test(v: Any) -> bool:
+        if v is None:
+            return null
+        if not _is_number(v) or (integer and not isinstance(v, int)):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or (v < hi if hi_open else v <= hi)
+
+    return Spec(kind + rng + (" or null" if null else ""), test)
+
+
+def _choice(*words: str) -> Spec:
+    """One word of a fixed set."""
+    allowed = " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+    return Spec(allowed, lambda v: isinstance(v, str) and v in words, words)
+
+
+def _bool() -> Spec:
+    """true or false (YAML also reads yes/no, on/off as booleans); not 0/1 or "true"."""
+    return Spec("true or false", lambda v: isinstance(v, bool))
+
+
+def _text(what: str = "a string", *, null: bool = False) -> Spec:
+    """A non-empty string: a path (``~`` is expanded where it is used), a model name,
+    a password hash. An empty string is never a usable path or name."""
+    return Spec(what + (" or null" if null else ""),
+                lambda v: (null and v is None) or (isinstance(v, str) and v.strip() != ""))
+
+
+def _paths(what: str) -> Spec:
+    """A list of paths (strings). A single string is refused, not guessed at (iterating
+    it gave its characters: ``maildirs: /path`` was read as ["/", "p", "a", ...])."""
+    return Spec(what, lambda v: isinstance(v, list)
+                and all(isinstance(x, str) and x.strip() for x in v))
+
+
+def _layers() -> Spec:
+    """The layer sizes of an architecture: a non-empty list of integers >= 1."""
+    return Spec("a non-empty list of integers >= 1, e.g. [256, 128, 64]",
+                lambda v: isinstance(v, list) and len(v) > 0
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v))
+
+
+def _is_ip_network(v: Any) -> bool:
+    """An IP network as serve.allowed lists them (host bits may be set, as the server
+    reads them: ipaddress.ip_network(strict=False))."""
+    import ipaddress
+
+    if not isinstance(v, str):
+        return False
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_listen(v: Any) -> bool:
+    """IP:PORT as nnspam serve listens on it: an IP address (IPv6 in brackets; empty:
+    127.0.0.1) and a port 0..65535 (0: any free port)."""
+    import ipaddress
+
+    if not isinstance(v, str):
+        return False
+    host, sep, port = v.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return False
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host or "127.0.0.1")
+    except ValueError:
+        return False
+    return True
+
+
+def _is_unsure(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 2 and all(map(_is_number, v))
+                         and 0.0 <= v[0] <= v[1] <= 1.0)
+
+
+def _is_server(v: Any) -> bool:
+    # Only the type: a string, or a list of strings. An address that is neither a socket
+    # path nor HOST:PORT is deliberately not a config error: nnspam filter runs inside
+    # mail delivery, and for a bad filter.server it says so and classifies in-process
+    # (spamc.parse_addresses, tests/test_filter_via_server.py), whereas a config error
+    # passes mail through unclassified.
+    return v is None or isinstance(v, str) or (
+        isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+_POSITIVE = _num(0, lo_open=True)
+_NONNEG = _num(0)
+_FRACTION = _num(0, 1, hi_open=True)  # dropout, validation part: 1 would leave nothing
+_COUNT = _num(1, integer=True)  # sizes and counts: a whole number >= 1
+_BYTES = _num(0, integer=True)
+_PATH = _text("a path (a string)")
+
+_WORDLIST: dict[str, Any] = {
+    "method": _choice("freq", "ig", "chi2"),  # wordlist.METHODS
+    "size": _COUNT,
+    "min_df": _COUNT,
+}
+_FEATURES: dict[str, Any] = {
+    # features.SCALINGS without tfidf: that one needs idf weights, which only the deep
+    # architecture computes (it sets it itself).
+    "scaling": _choice("count", "log", "binary", "lognorm"),
+    "augment": _choice("none", "text-only"),  # training.AUGMENTS
+}
+_NETWORK: dict[str, Any] = {
+    "hidden": _num(1, integer=True, null=True),
+    "hidden_activation": _choice("relu", "tanh", "sigmoid"),
+    "output": _choice("softmax", "sigmoid"),
+    "loss": _choice("xent", "mse"),
+    "optimizer": _choice("adam", "sgd"),
+    "learning_rate": _POSITIVE,
+    "momentum": _FRACTION,
+    "l2": _NONNEG,
+    "dropout": _FRACTION,
+    "input_dropout": _FRACTION,
+    "batch_size": _COUNT,
+    "max_epochs": _COUNT,
+    "patience": _num(0, integer=True),  # 0: no early stopping (Network.fit)
+    "validation_fraction": _FRACTION,
+    "seed": _num(0, integer=True),  # NumPy seeds are >= 0
+    "refit": _choice("none", "swa"),  # training.REFITS
+    "members": _COUNT,
+}
+
+#: For every setting of DEFAULTS (same nesting), its :class:`Spec`. ``sms.wordlist``,
+#: ``sms.features`` and ``sms.network`` take every setting of the top-level sections
+#: they override for SMS models (config.yaml says so and sms_training merges them
+#: whole); only a few are in DEFAULTS.
+SCHEMA: dict[str, Any] = {
+    "model": _text("a model directory or default"),
+    # spamicity = s*o_spam / (s*o_spam + h*o_ham): a factor of 0 pins it to 0 or 1.
+    "ham_factor": _POSITIVE,
+    "spam_factor": _POSITIVE,
+    # A spamicity is in [0, 1]: a threshold of 0 or below makes everything spam, of 1
+    # or above (nearly) everything ham.
+    "threshold": _num(0, 1, lo_open=True, hi_open=True),
+    "max_part_bytes": _COUNT,
+    "wordlist": _WORDLIST,
+    "features": _FEATURES,
+    "network": _NETWORK,
+    "adaptive": {
+        "enabled": _bool(),
+        "policy": _choice("lfu", "lfu-ig"),  # adaptive.POLICIES
+        "init": _choice("zero", "class"),  # adaptive.INITS
+        "half_life": _num(1),
+        "candidates": _COUNT,
+        "cadence": _COUNT,
+        "max_replacements": _num(0, integer=True),
+        "margin": _NONNEG,
+        "min_count": _NONNEG,
+        # spam share >= p counts as spam, <= 1 - p as ham: below 0.5 both would hold.
+        "pseudo_label_confidence": _num(0.5, 1),
+        "log_size": _COUNT,
+        "learn_on_confident": _bool(),
+        "confident_margin": _num(0, 1),  # a distance between spamicities
+    },
+    "arch": {
+        "deep": {
+            "ngram": _COUNT,
+            "size": _COUNT,
+            "layers": _layers(),
+            "dropout": _FRACTION,
+            "l2": _NONNEG,
+        },
+        "sms_embedding": {
+            "vocabulary": _COUNT,
+            "length_sms": _COUNT,
+            "length_email": _COUNT,
+            "embedding": _COUNT,
+            "layers": _layers(),
+            "dropout": _FRACTION,
+            "l2": _NONNEG,
+        },
+    },
+    "sms": {
+        "model": _text("a model directory or default-sms"),
+        "wordlist": _WORDLIST,
+        "features": _FEATURES,
+        "network": _NETWORK,
+        "maildir": _PATH,
+        "state": _PATH,
+        "public_url": Spec("null or an http:// or https:// URL",
+                           lambda v: v is None or (isinstance(v, str)
+                                                   and v.startswith(("http://", "https://")))),
+        "env_file": _PATH,
+        # YAML reads an unquoted +441632960000 as a number.
+        "to": Spec('null or a phone number in quotes, e.g. "+441632960000"',
+                   lambda v: v is None or (isinstance(v, str) and v.strip() != "")),
+        "poll_interval": _POSITIVE,
+        "cursor": _PATH,
+        "dashboard": {
+            "password_hash": _text("a password hash (nnspam sms hash-password)", null=True),
+            "page_size": _COUNT,
+        },
+    },
+    "filter": {
+        "max_size": _BYTES,
+        "unsure": Spec("null or [low, high] with 0 <= low <= high <= 1", _is_unsure),
+        "server": Spec("null, a socket path or HOST:PORT (comma-separated for several), "
+                       "or a list of them", _is_server),
+        "server_timeout": _POSITIVE,
+    },
+    "learn": {  # correct.rule_from_config applies them (and checks them the same way)
+        "optimizer": _choice("sgd", "adam"),
+        "learning_rate": _num(0, lo_open=True, null=True),
+        "passes": _num(0, integer=True),
+        "max_passes": _num(0, integer=True),
+        "margin": _NONNEG,
+        "ham_margin": _num(0, null=True),
+        "confirm_margin": _NONNEG,
+        "wide": _bool(),
+        "wide_max": _NONNEG,
+    },
+    "daemon": {
+        "maildirs": _paths("a list of maildir paths, e.g. [~/Maildir]"),
+        "junk": _text("a maildir folder name, e.g. .Junk"),
+        "state": _PATH,
+        "checkpoint_every": _COUNT,
+        "learn_from_corrections": _bool(),
+        "max_message_bytes": _COUNT,
+        "rescan_interval": _NONNEG,  # 0: no periodic rescans
+    },
+    "serve": {
+        "socket": _text("a socket path", null=True),
+        "listen": Spec("null or IP:PORT with a port 0..65535, e.g. 127.0.0.1:783",
+                       lambda v: v is None or _is_listen(v)),
+        "allowed": Spec("a list of IP networks, e.g. [\"127.0.0.1/32\", \"::1/128\"]",
+                        lambda v: isinstance(v, list) and all(map(_is_ip_network, v))),
+        "max_size": _BYTES,
+        "timeout": _POSITIVE,
+        "score_scale": _POSITIVE,
+        "workers": _num(0, integer=True, null=True),  # null or 0: one per CPU core
+        "max_connections": _COUNT,
+        "user_cache": _num(0, integer=True),
+        "user_model": Spec("null or a path pattern with %u, %l or %d",
+                           lambda v: v is None or (isinstance(v, str) and any(
+                               p in v for p in ("%u", "%l", "%d")))),
+        "spamassassin_headers": _bool(),
+    },
+    "online": {
+        "inputs": _num(1, integer=True, null=True),  # null: wordlist.size
+        "epochs": _COUNT,
+        "learning_rate": _POSITIVE,
+        "dropout": _FRACTION,
+        "input_dropout": _FRACTION,
+        "admit_min": _num(1),
+    },
+}
+
 # Settings that moved; a config that still has them gets told where.
 _MOVED = {"daemon.learn_epochs": "learn.passes", "serve.learn_epochs": "learn.passes",
           "online.learning_rate_trained": "learn.learning_rate"}
+
+# PyYAML (YAML 1.1) reads 1e-5 and 1.0e5 as text: a float with an exponent needs a
+# decimal point and a signed exponent (1.0e-5, 1.0e+5).
+_EXPONENT_TEXT = re.compile(r"([-+]?[0-9]+)(?:\.([0-9]*))?[eE]([-+]?)([0-9]+)")
+
+
+def _show(value: Any) -> str:
+    """A value as the error message quotes it: YAML's words for null and booleans,
+    else repr, cut to one short line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _hint(value: Any, spec: Spec) -> str:
+    """How to write what was probably meant, for two YAML pitfalls: a number with an
+    exponent that YAML read as text, and one path where a list is wanted."""
+    if isinstance(value, str) and spec.allowed.startswith("a number"):
+        m = _EXPONENT_TEXT.fullmatch(value.strip())
+        if m:
+            whole, frac, sign, exp = m.groups()
+            return f" (YAML reads {value} as text: write {whole}.{frac or 0}e{sign or '+'}{exp})"
+    if isinstance(value, str) and value.isprintable() and spec.allowed.startswith("a list"):
+        return f" (a list of one is [{value}])"
+    return ""
+
+
+def _dotted(schema: dict[str, Any], path: str = "") -> list[str]:
+    out = []
+    for key, spec in schema.items():
+        out += _dotted(spec, f"{path}{key}.") if isinstance(spec, dict) else [path + key]
+    return out
+
+
+def _unknown(name: str, key: str, siblings: list[str], where: str) -> ConfigError:
+    """Unknown settings are errors, not warnings: nnspam runs unattended (MTA pipes,
+    daemons) where a warning goes unread, and a misspelt setting is one the admin
+    believes in force while the default applies (``treshold: 0.9``). The message
+    names the setting and suggests the one meant: a moved setting's new name, a
+    close spelling in the same section, or the section a setting belongs to."""
+    import difflib
+
+    if name in _MOVED:
+        return ConfigError(f"{where}: {name!r} is now {_MOVED[name]!r} (one rule for "
+                           "every correction path)")
+    hint = difflib.get_close_matches(key, siblings, n=1, cutoff=0.75)
+    if hint:
+        meant = name[: len(name) - len(key)] + hint[0]
+    else:
+        elsewhere = [d for d in _dotted(SCHEMA) if d.rsplit(".", 1)[-1] == key]
+        meant = elsewhere[0] if len(elsewhere) == 1 else ""
+    return ConfigError(f"{where}: unknown setting {name!r}"
+                       + (f" (did you mean {meant!r}?)" if meant else ""))
+
+
+def _check(data: dict[Any, Any], schema: dict[str, Any], where: str,
+           path: str = "") -> dict[str, Any]:
+    """``data`` (a file's settings, or part of them) checked against ``schema``; returns
+    it with empty sections (a heading whose settings are all commented out, which YAML
+    reads as null) as {}. Raises ConfigError naming ``where`` and the dotted setting."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{path}{key}"
+        spec = schema.get(key) if isinstance(key, str) else None
+        if spec is None:
+            raise _unknown(name, str(key), list(schema), where)
+        if isinstance(spec, dict):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {name} must be a mapping (a section of settings), "
+                                  f"not {_show(value)}")
+            out[key] = _check(value, spec, where, name + ".")
+        elif spec.test(value):
+            out[key] = value
+        else:
+            raise ConfigError(f"{where}: {name} must be {spec.allowed}, not {_show(value)}"
+                              + _hint(value, spec))
+    return out
+
+
+def _check_together(cfg: dict[str, Any], where: str) -> None:
+    """Rules between settings, checked on the merged config (defaults + file): the
+    ones whose breach would otherwise surface as an error mid-run."""
+    learn = cfg["learn"]
+    if learn["max_passes"] < learn["passes"]:  # as correct.rule_from_config says it
+        raise ConfigError(f"{where}: learn.max_passes ({learn['max_passes']}) is below "
+                          f"learn.passes ({learn['passes']})")
+    unsure, t = cfg["filter"]["unsure"], cfg["threshold"]
+    if unsure is not None and not unsure[0] <= t <= unsure[1]:
+        raise ConfigError(f"{where}: filter.unsure {unsure} must satisfy low <= threshold "
+                          f"({t}) <= high")
+    for prefix, net in (("", cfg["network"]), ("sms.", merge(cfg["network"],
+                                                             cfg["sms"].get("network", {})))):
+        if net["loss"] == "mse" and net["output"] != "sigmoid":  # Network refuses it
+            raise ConfigError(f"{where}: {prefix}network.loss mse needs {prefix}network.output "
+                              f"sigmoid, not {net['output']!r}")
+
+
+def validate(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Check a config's settings (a whole config or only the ones a file changes)
+    against :data:`SCHEMA` and the rules between settings; returns the merged config
+    (DEFAULTS overlaid by ``data``). ``where`` (the file) starts every error message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of settings")
+    cfg = merge(DEFAULTS, _check(data, SCHEMA, where))
+    _check_together(cfg, where)
+    return cfg
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -217,20 +639,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _check(cfg: dict[str, Any], defaults: dict[str, Any], where: str, path: str = "") -> None:
-    for key, value in cfg.items():
-        name = f"{path}{key}"
-        if key not in defaults:
-            if name in _MOVED:
-                raise ConfigError(f"{where}: {name!r} is now {_MOVED[name]!r} (one rule for "
-                                  "every correction path)")
-            raise ConfigError(f"{where}: unknown setting {name!r}")
-        if isinstance(defaults[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {name!r} must be a mapping")
-            _check(value, defaults[key] or value, where, name + ".")
 
 
 def config_path(explicit: str | None = None) -> Path | None:
@@ -245,24 +653,34 @@ def config_path(explicit: str | None = None) -> Path | None:
 
 
 def load_config(explicit: str | None = None) -> dict[str, Any]:
-    """Defaults overlaid by the config file (if any)."""
+    """Defaults overlaid by the config file (if any), every value checked (:func:`validate`).
+
+    Raises ConfigError with a one-line message that starts with the file's name: the
+    file cannot be read, is not UTF-8 text, is not YAML, or has a bad setting."""
     path = config_path(explicit)
     if path is None:
         return copy.deepcopy(DEFAULTS)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not part of the text
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
     import yaml  # only when a file is actually read: keeps the filter path lean
 
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    _check(data, DEFAULTS, str(path))
-    return merge(DEFAULTS, data)
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML ({at}{' '.join(str(problem).split())})"
+                          ) from None
+    return validate({} if data is None else data, str(path))
 
 
 def email_training(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Watches the inbox maildirs named in the config with inotify (watchdog) and
 files every message that arrives in ``new/``: spam is moved into the Maildir++
 Junk folder, ham stays (see :mod:`nnspam.sorter`). It also watches Junk and
-the inbox's ``cur/`` to learn from the user's corrections.
+the inbox's ``cur/`` to learn from the user's corrections, and notes when a
+message leaves Junk (deleted, or moved away), so that only bytes appearing in
+the inbox at about that time count as a "Not junk" move: the same spam
+delivered again after the user deleted it is scored like any new message.
 
 * Deliveries by ``link()`` (procmail, maildrop: IN_CREATE) and by
   ``rename()`` (Dovecot, mblaze: IN_MOVED_TO) are both seen. Each maildir is
@@ -28,6 +31,7 @@ the inbox's ``cur/`` to learn from the user's corrections.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -191,7 +195,8 @@ class Daemon:
         self.config_file = config_file
         self.cli_maildirs = cli_maildirs
         self.cli_model = cli_model
-        self.queue: queue.Queue[tuple[str, Path, Path | None]] = queue.Queue()
+        # (kind, maildir, path), and for "gone" the time the watcher saw it go
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.stopping = threading.Event()
         self.heartbeat = time.monotonic()
         self.observer: Any = None
@@ -224,6 +229,13 @@ class Daemon:
                         "but not learned (use -m DIR with a model of your own)", s.model)
         state_path = Path(os.path.expanduser(s.state))
         if self.state is None or self.state.path != state_path:
+            # A state file in a missing directory is refused, not created: a mistyped
+            # daemon.state would start a new, empty memory somewhere unseen. Only the
+            # built-in default's own directory (~/.local/state/nnspam) is made, on first run.
+            if (not state_path.parent.is_dir()
+                    and state_path != Path(os.path.expanduser(Settings.state))):
+                raise DaemonError(f"{state_path}: the directory {state_path.parent} does not "
+                                  "exist (create it first)")
             if self.state is not None:
                 self.state.close()
             try:
@@ -250,6 +262,7 @@ class Daemon:
         """(Re)start the inotify observer on every maildir tree."""
         from watchdog.events import (
             FileCreatedEvent,
+            FileDeletedEvent,
             FileMovedEvent,
             FileSystemEvent,
             FileSystemEventHandler,
@@ -264,6 +277,10 @@ class Daemon:
 
             def on_moved(self, event: FileSystemEvent) -> None:
                 daemon.on_path(os.fsdecode(event.dest_path))
+                daemon.on_gone(os.fsdecode(event.src_path))
+
+            def on_deleted(self, event: FileSystemEvent) -> None:
+                daemon.on_gone(os.fsdecode(event.src_path))
 
         if self.observer is not None:
             self.observer.stop()
@@ -272,11 +289,11 @@ class Daemon:
         handler = Handler()
         for m in self.settings.maildirs:
             obs.schedule(handler, str(m), recursive=True,
-                         event_filter=[FileCreatedEvent, FileMovedEvent])
+                         event_filter=[FileCreatedEvent, FileMovedEvent, FileDeletedEvent])
             junk = md.folder_path(m, self.settings.junk).resolve()
             if not junk.is_relative_to(m):  # a symlinked Junk on another tree
                 obs.schedule(handler, str(junk), recursive=True,
-                             event_filter=[FileCreatedEvent, FileMovedEvent])
+                             event_filter=[FileCreatedEvent, FileMovedEvent, FileDeletedEvent])
         obs.daemon = True
         obs.start()
         self.observer = obs
@@ -303,6 +320,13 @@ class Daemon:
         item = self.classify_path(path)
         if item is not None:
             self.queue.put(item)
+
+    def on_gone(self, path: str) -> None:
+        """Called from the watchdog thread for a deleted or moved-away file: a
+        Junk message's going is queued with the time it was seen."""
+        item = self.classify_path(path)
+        if item is not None and item[0] == "junk":
+            self.queue.put(("gone", item[1], item[2], time.time()))
 
     def request_rescan(self) -> None:
         """Queue a rescan of every maildir (after an inotify overflow)."""
@@ -336,10 +360,14 @@ class Daemon:
                 return
             self._safely(sorter.handle_junk, maildir, p, tally)
         in_junk = {r.uniq for r in state.records(key, "junk")}
+        in_junk |= {r.uniq for r in state.records(key, "gone")}
         if in_junk:
             for p in md.list_messages(maildir, ("cur",)):
                 if md.base_name(p.name) in in_junk:
                     self._safely(sorter.handle_inbox_cur, maildir, p, tally)
+        # Last: Junk messages that left unseen (down, events lost) are gone from now.
+        for _ in range(sorter.sweep_junk(maildir)):
+            tally("gone")
         self.last_rescan = time.monotonic()
         log.info("rescan of %s done in %.2fs: %s", maildir, time.monotonic() - t0,
                  ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing new")
@@ -364,7 +392,7 @@ class Daemon:
         while not self.stopping.is_set():
             self.heartbeat = time.monotonic()
             try:
-                kind, maildir, path = self.queue.get(timeout=0.25)
+                kind, maildir, path, *at = self.queue.get(timeout=0.25)
             except queue.Empty:
                 ri = self.settings.rescan_interval
                 if ri and time.monotonic() - self.last_rescan > ri:
@@ -376,6 +404,9 @@ class Daemon:
                     self._safely(lambda m, _p: self.rescan(m), maildir, maildir)
                 elif kind == "reload":
                     self._reload()
+                elif kind == "gone":
+                    self._safely(functools.partial(self.sorter.handle_junk_gone, at=at[0]),
+                                 maildir, path)
                 elif path is not None:
                     self._safely(getattr(self.sorter, handlers[kind]), maildir, path)
             except Exception:  # keep the worker alive whatever happens

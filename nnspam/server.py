@@ -54,6 +54,12 @@ that dies is replaced. Every request costs one ``stat`` of the model's
 worker, or by ``nnspam learn``, is loaded on the next request, no signal
 needed. With ``workers: 1`` the supervisor serves by itself.
 
+Start-up refusals are one line and exit status 2, with nothing taken over or
+created: a bad ``--listen``/``serve.listen`` (:func:`_parse_listen`), a TCP
+address in use, and a Unix socket where a server answers, whose directory is
+missing, or whose path is another kind of file (:func:`_unix_listener`); a
+stale socket file is replaced, and at exit only our own is removed.
+
 Errors are answered ``SPAMD/1.5 CODE MESSAGE`` with sysexits codes:
 64 EX_USAGE (unknown verb), 65 EX_DATAERR (bad body: broken zlib, too big
 after decompression, bad TELL class), 76 EX_PROTOCOL (malformed request
@@ -168,12 +174,64 @@ class ServeSettings:
     rule: Any = None  # config learn: (nnspam.correct.rule_from_config), for TELL
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ServerError(f"listen address {value!r} is not HOST:PORT")
-    host = host.strip("[]") or "127.0.0.1"
+def _parse_listen(value: Any, what: str) -> tuple[str, int]:
+    """The TCP address of ``--listen`` or ``serve.listen`` (``what``): ``IP:PORT``
+    or ``[IPv6]:PORT``. Every check of the address is made here, before the
+    model is loaded, so that a bad one is one line naming it (``nnspam serve``
+    exits 2) and never a traceback from ``int()`` or ``bind()`` (port 99999
+    raised OverflowError there). The port: ASCII digits, 0..65535 (0: the
+    kernel picks a free port, named on the start line). The host: an IP
+    address (a name could resolve to another interface than meant) and never
+    empty: ``:783`` means every address to some programs and loopback to
+    others, so it has to be said which."""
+    if not isinstance(value, str):
+        raise ServerError(f"{what} must be HOST:PORT, not {value!r}")
+
+    def bad(problem: str) -> ServerError:
+        return ServerError(f"{what} {value!r}: {problem}")
+
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad("not [IPv6]:PORT")
+        port = rest[1:]
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = port, ""
+    if not port:
+        raise bad("no port (HOST:PORT)")
+    if not (port.isascii() and port.isdigit()):
+        raise bad(f"port {port[:20]!r} is not a number")
+    if len(port) > 5 or int(port) > 65535:
+        raise bad(f"port {port if len(port) <= 12 else port[:12] + '...'} is out of range "
+                  "(0..65535)")
+    if not host:
+        raise bad("no host: give an IP address (127.0.0.1 loopback, 0.0.0.0 or [::] every "
+                  "address)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise bad(f"{host[:60]!r} is not an IP address (IPv6: [ADDRESS]:PORT)") from None
     return host, int(port)
+
+
+def _number(s: dict[str, Any], key: str, kind: type, minimum: float, default: Any = None,
+            above: bool = False) -> Any:
+    """``serve.KEY`` from the config as ``kind`` (int or float), at least
+    ``minimum`` (more than it with ``above``): a bad value is one line naming
+    the setting, not a traceback from ``int()``/``float()`` or a server that
+    misbehaves later (a timeout of 0 would make every client socket
+    non-blocking)."""
+    v = s.get(key, default)
+    try:
+        n = kind(v) if not isinstance(v, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        n = None
+    if n is None or not (n > minimum if above else n >= minimum):
+        raise ServerError(f"serve.{key} must be a number {'>' if above else '>='} {minimum}, "
+                          f"not {v!r}")
+    return n
 
 
 def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | None = None,
@@ -193,17 +251,19 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         sock_path = listen_s = None
     elif sock_path is None and listen_s is None:
         raise ServerError("nothing to listen on: give --socket PATH and/or --listen HOST:PORT")
+    nets = allow if allow is not None else s["allowed"]
+    if not isinstance(nets, (list, tuple)):
+        raise ServerError(f"serve.allowed must be a list of networks, not {nets!r}")
     try:
-        allowed = [ipaddress.ip_network(a, strict=False)
-                   for a in (allow if allow is not None else s["allowed"])]
-    except ValueError as exc:
+        allowed = [ipaddress.ip_network(a, strict=False) for a in nets]
+    except (TypeError, ValueError) as exc:
         raise ServerError(f"serve.allowed: {exc}") from None
-    addr = _parse_listen(listen_s) if listen_s is not None else None
+    if sock_path is not None and not isinstance(sock_path, str):
+        raise ServerError(f"serve.socket must be a path, not {sock_path!r}")
+    addr = (_parse_listen(listen_s, "serve.listen" if listen is None else "--listen")
+            if listen_s is not None else None)
     if addr is not None:
-        try:
-            ip = ipaddress.ip_address(addr[0])
-        except ValueError:
-            raise ServerError(f"listen address {addr[0]!r} must be an IP address") from None
+        ip = ipaddress.ip_address(addr[0])
         if not ip.is_loopback and not any(not n.network_address.is_loopback for n in allowed):
             raise ServerError(f"listening on {ip} (not loopback) needs an explicit allow list of "
                               "client networks (serve.allowed or --allow)")
@@ -224,9 +284,10 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
     if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
         raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
     return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
-                         int(s["max_size"]), float(s["timeout"]), float(s["score_scale"]),
-                         n, maxc, user_model,
-                         int(s.get("user_cache", 16)),
+                         _number(s, "max_size", int, 0),
+                         _number(s, "timeout", float, 0, above=True),
+                         _number(s, "score_scale", float, 0, above=True), n, maxc, user_model,
+                         _number(s, "user_cache", int, 0, 16),
                          bool(s.get("spamassassin_headers", False)), rule)
 
 
@@ -690,6 +751,7 @@ class Listener:
     sock: socket.socket
     where: str
     unlink: str | None = None  # a Unix socket path we created and remove at exit
+    ident: tuple[int, int] | None = None  # its (st_dev, st_ino) when we bound it
 
 
 def inherited_sockets() -> list[socket.socket] | None:
@@ -725,38 +787,104 @@ def _bind(st: ServeSettings) -> list[Listener]:
     listeners: list[Listener] = []
     try:
         if st.socket:
-            try:
-                if stat.S_ISSOCK(os.lstat(st.socket).st_mode):
-                    os.unlink(st.socket)  # a stale socket of an earlier run
-            except FileNotFoundError:
-                pass
-            os.makedirs(os.path.dirname(os.path.abspath(st.socket)), exist_ok=True)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listeners.append(Listener(s, f"unix:{st.socket}"))
-            s.bind(st.socket)
-            listeners[-1].unlink = st.socket
-            s.listen(BACKLOG)
+            listeners.append(_unix_listener(st.socket))
         if st.listen:
             fam = socket.AF_INET6 if ":" in st.listen[0] else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_STREAM)
             listeners.append(Listener(s, ""))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(st.listen)
-            s.listen(BACKLOG)
+            try:
+                s.bind(st.listen)
+                s.listen(BACKLOG)
+            except OSError as exc:  # EADDRINUSE: a live server has the port
+                raise ServerError(f"cannot listen on tcp:{st.listen[0]}:{st.listen[1]}: "
+                                  f"{exc.strerror or exc}") from None
             host, port = s.getsockname()[:2]
             listeners[-1].where = f"tcp:{host}:{port}"
-    except OSError:
+    except BaseException:
         _close(listeners)
         raise
     return listeners
 
 
+def _unix_listener(path: str) -> Listener:
+    """Bind and listen on the Unix socket ``path``; never take it from a live server.
+
+    The kernel refuses a second TCP listener on a port, but a Unix socket's
+    file can be unlinked and bound again while its server runs on, reachable
+    by nobody: spamc then delivers mail unfiltered, without an error. So an
+    existing socket file is probed first: if a connection is accepted (or
+    the backlog is full) a server is alive there and we refuse; only a
+    socket that refuses connections (the file of a server that died) is
+    removed and replaced. Any other file is refused and left alone. The
+    socket's directory must exist: a mistyped path is refused rather than
+    created. Probe and bind happen under an ``flock`` of the directory, so
+    that two servers starting at once cannot both replace one stale socket.
+    The (st_dev, st_ino) of the new socket is recorded: at exit we remove
+    the file only if it is still ours (:func:`_close`). Refusals are
+    :class:`ServerError` naming the socket (``nnspam serve`` exits 2, as for
+    a TCP address in use)."""
+    where = f"unix:{path}"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise ServerError(f"cannot listen on {where}: the directory {directory} {what}")
+    with contextlib.ExitStack() as stack:
+        try:
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            pass  # no read permission on the directory: go on without the lock
+        else:
+            stack.callback(os.close, dfd)
+            fcntl.flock(dfd, fcntl.LOCK_EX)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(mode):
+                raise ServerError(f"cannot listen on {where}: the file exists and is not a "
+                                  "socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(2.0)
+                try:
+                    probe.connect(path)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)  # stale: nobody listens there
+                except (BlockingIOError, TimeoutError):  # backlog full: alive
+                    raise ServerError(f"cannot listen on {where}: another server is answering "
+                                      "there (stop it first)") from None
+                except OSError as exc:
+                    raise ServerError(f"cannot listen on {where}: cannot tell whether another "
+                                      f"server answers there ({exc.strerror})") from None
+                else:
+                    raise ServerError(f"cannot listen on {where}: another server is answering "
+                                      "there (stop it first)")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lst = Listener(s, where)
+        try:
+            s.bind(path)
+            st = os.lstat(path)
+            lst.unlink, lst.ident = path, (st.st_dev, st.st_ino)
+            s.listen(BACKLOG)
+        except OSError as exc:
+            _close([lst])
+            raise ServerError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return lst
+
+
 def _close(listeners: list[Listener]) -> None:
+    """Close the listening sockets and remove our Unix socket files, each only
+    if it is still the file we bound (same st_dev and st_ino): a socket file
+    replaced meanwhile belongs to another server, which must stay reachable."""
     for lst in listeners:
         lst.sock.close()
         if lst.unlink:
             try:
-                os.unlink(lst.unlink)
+                st = os.lstat(lst.unlink)
+                if (st.st_dev, st.st_ino) == lst.ident:
+                    os.unlink(lst.unlink)
             except OSError:
                 pass
 

@@ -14,6 +14,10 @@ filed, recorded and learned from the same way whatever noticed it:
   learned as spam.
 * :meth:`Sorter.handle_inbox_cur` - a message in the inbox's ``cur/``. If the
   daemon had moved it to Junk, the user moved it back: learned as ham.
+* :meth:`Sorter.handle_junk_gone` / :meth:`Sorter.sweep_junk` - a message that
+  left Junk (deleted or moved away): when it left is recorded, so that its
+  bytes arriving in the inbox soon after are taken as the user's "Not junk"
+  move and, later, as a new delivery (the rule: :meth:`Sorter._moved_back`).
 * :meth:`Sorter.learn` - the one correction routine (:func:`nnspam.correct.correct`)
   plus the checkpoint policy.
 
@@ -35,9 +39,16 @@ from typing import Any
 from nnspam import maildir as md
 from nnspam.state import Record, State
 
-__all__ = ["Sorter", "Read", "read_message", "message_id_of"]
+__all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
 log = logging.getLogger("nnspam.daemon")
+
+# Seconds between a message leaving Junk and its bytes appearing in the inbox
+# within which that is one "Not junk" move (see Sorter._moved_back). IMAP MOVE
+# takes milliseconds, a client's COPY + EXPUNGE or a sync tool's run seconds;
+# a message deleted from Junk and delivered again (an MTA retry, a re-fetch)
+# is minutes or hours apart.
+MOVE_WINDOW = 120.0
 
 _MSGID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -55,13 +66,17 @@ def message_id_of(data: bytes) -> str:
 
 @dataclass
 class Read:
-    """A message file's bytes (None when over the size cap) and identity."""
+    """A message file's bytes (None when over the size cap), identity and times:
+    ``mtime`` (a copy made by an IMAP server or mbsync keeps the message's date)
+    and ``arrived``, the ctime (when the file was linked or renamed in)."""
 
     path: Path
     data: bytes | None
     size: int
     sha256: str
     message_id: str
+    mtime: float = 0.0
+    arrived: float = 0.0
 
 
 def read_message(path: Path, max_bytes: int) -> Read:
@@ -71,17 +86,19 @@ def read_message(path: Path, max_bytes: int) -> Read:
     are not scored). Raises FileNotFoundError when the file has gone.
     """
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        st = os.fstat(fh.fileno())
+        size = st.st_size
         if size <= max_bytes:
             data = fh.read()
             return Read(path, data, len(data), hashlib.sha256(data).hexdigest(),
-                        message_id_of(data))
+                        message_id_of(data), st.st_mtime, st.st_ctime)
         h = hashlib.sha256()
         first = fh.read(262144)
         h.update(first)
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-        return Read(path, None, size, h.hexdigest(), message_id_of(first))
+        return Read(path, None, size, h.hexdigest(), message_id_of(first), st.st_mtime,
+                    st.st_ctime)
 
 
 def _same_file_content(a: Path, b: Path) -> bool:
@@ -97,6 +114,8 @@ def _same_file_content(a: Path, b: Path) -> bool:
 class Sorter:
     """Scores and files messages of one or more inbox maildirs, and learns
     from corrections. Not thread-safe: one worker thread owns it."""
+
+    clock = staticmethod(time.time)  # the time the "Not junk" rule compares with (tests)
 
     def __init__(
         self,
@@ -325,7 +344,9 @@ class Sorter:
             dest = self._to_junk(maildir, key, uniq, path)
             log.info("resumed file=%s: finished the interrupted move to %s", path, dest)
             return "resumed"
-        # place == junk, yet the message is in the inbox: the user moved it back.
+        # place == junk (or gone: it left Junk), yet the message is in the inbox under
+        # its own unique name: the user moved it back, however long it took (a new
+        # delivery always gets a new name).
         try:
             msg = read_message(path, self.max_message_bytes)
         except FileNotFoundError:
@@ -333,14 +354,85 @@ class Sorter:
         return self._correct_ham(maildir, key, uniq, path, msg)
 
     def _moved_back(self, maildir: Path, key: str, msg: Read) -> Record | None:
-        """A Junk row with this content whose Junk file is gone: the user moved
-        the message back to the inbox and the mail store gave it a new name."""
+        """The Junk record of which this inbox arrival (under a name the daemon
+        does not know) is the user's "Not junk" move, or None: a new message.
+
+        The one place this is decided. The arrival is that message moved back
+        only if
+
+        1. it has the bytes (SHA-256) of a message recorded in Junk,
+        2. that message is no longer in Junk, and
+        3. it left Junk at nearly the same time as the arrival appeared: within
+           :data:`MOVE_WINDOW`, either way round.
+
+        Why: a mail client's "Not junk" is an IMAP MOVE (or COPY + EXPUNGE).
+        The server links or writes the message into the inbox under a new
+        unique name and removes it from Junk in the same command or the next
+        few. A read message lands in ``cur/`` with flags, an unread one in
+        ``new/`` (Dovecot saves a copy without flags there), so where it lands
+        tells nothing. A message the user deleted from Junk is gone: the same
+        bytes delivered later (an MTA retry, a re-fetch) are a new message and
+        are scored like any other. So when a message leaves Junk is recorded
+        (``gone``: :meth:`handle_junk_gone` from the watcher's event,
+        :meth:`sweep_junk` at a rescan), and once the window has passed the
+        record no longer matches. The arrival's time is its file's ctime (when
+        it was linked or renamed in), not when the worker got to it, so a busy
+        worker does not stretch the window.
+
+        A Junk message missing from Junk whose going is not recorded yet is
+        taken to be leaving now: IMAP MOVE copies first and expunges after, so
+        the arrival's event comes before the deletion's. An arrival older than
+        the window (found by the rescan at start, after the daemon was down)
+        matches such a message only if it kept its date - mtime no later than
+        when the daemon decided it - as IMAP copies (Dovecot) and mbsync do and
+        a new delivery, written after that, cannot.
+        """
         junk = self.junk_dir(maildir)
-        for rec in self.state.by_sha(key, msg.sha256, "junk"):
-            if md.find_message(junk, rec.uniq) is None:
+        now = self.clock()
+        for rec in self.state.by_sha(key, msg.sha256):
+            if rec.place == "gone":
+                left, unseen = rec.updated_at, False
+            elif rec.place == "junk" and md.find_message(junk, rec.uniq) is None:
+                left, unseen = now, True
+            else:  # still in Junk (a second delivery), or not a Junk message
+                continue
+            if abs(msg.arrived - left) <= MOVE_WINDOW or (unseen and msg.mtime <= rec.decided_at):
                 self.state.set_place(key, rec.uniq, "inbox", learned="ham")
                 return rec
         return None
+
+    # -- a message that left Junk ---------------------------------------------
+    def handle_junk_gone(self, maildir: Path, path: Path, at: float | None = None) -> str:
+        """A file that left the Junk folder at ``at`` (deleted, expunged or moved
+        away; default: now). Returns ``gone`` when it was a message recorded in
+        Junk and no longer there (when it left is recorded for
+        :meth:`_moved_back`), else ``ignored`` (new/ -> cur/ inside Junk, or a
+        message that is already back in the inbox)."""
+        maildir, key, uniq, rec = self._lookup(maildir, path)
+        if rec is None or rec.place != "junk":
+            return "ignored"
+        if md.find_message(self.junk_dir(maildir), uniq) is not None:
+            return "ignored"
+        self.state.set_place(key, uniq, "gone", at=self.clock() if at is None else at)
+        log.info("left Junk file=%s message-id=%s: deleted or moved away", path,
+                 rec.message_id or "-")
+        return "gone"
+
+    def sweep_junk(self, maildir: Path) -> int:
+        """Record as ``gone`` (now) every message recorded in Junk whose file is
+        not there any more: goings the watcher did not report (the daemon was
+        down, events were lost). Run by the rescan after the inbox passes, so a
+        move made while the daemon was down is matched first. Returns how many."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        junk = self.junk_dir(maildir)
+        there = {md.base_name(p.name) for p in md.list_messages(junk)}
+        n = 0
+        for rec in list(self.state.records(key, "junk")):
+            if rec.uniq not in there and md.find_message(junk, rec.uniq) is None:
+                self.state.set_place(key, rec.uniq, "gone", at=self.clock())
+                n += 1
+        return n
 
     def _correct_ham(self, maildir: Path, key: str, uniq: str, path: Path, msg: Read) -> str:
         learned = msg.data is not None and self.learn([msg.data], "ham")
@@ -378,8 +470,8 @@ class Sorter:
         key = self.key(maildir)
         uniq = md.base_name(path.name)
         rec = self.state.get(key, uniq)
-        if rec is not None and rec.place in ("junk", "moving"):
-            if rec.place == "moving":
+        if rec is not None and rec.place in ("junk", "moving", "gone"):
+            if rec.place != "junk":  # a move finished, or back in Junk under its own name
                 self.state.set_place(key, uniq, "junk")
             return "known"
         try:

@@ -11,7 +11,11 @@ be (``place``):
             restart without scoring again);
 ``junk``    in the Junk folder: put there by the daemon (``origin`` =
             ``daemon``), by the user (``user``, a correction), or already there
-            when the daemon first ran (``existing``).
+            when the daemon first ran (``existing``);
+``gone``    was in Junk and left it (deleted, or moved away): ``updated_at`` is
+            when the daemon saw it go. Its bytes appearing in the inbox soon
+            after are the user's "Not junk" move; later, a new delivery
+            (:meth:`nnspam.sorter.Sorter._moved_back`).
 
 With this a restart never scores or moves a message twice, and user
 corrections are recognised: a message in Junk the daemon did not put there
@@ -34,7 +38,7 @@ from pathlib import Path
 
 __all__ = ["State", "Record", "PLACES"]
 
-PLACES = ("inbox", "moving", "junk")
+PLACES = ("inbox", "moving", "junk", "gone")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -137,16 +141,19 @@ class State:
              rec.verdict, rec.place, rec.origin, rec.learned, rec.decided_at, rec.updated_at),
         )
 
-    def set_place(self, maildir: str, uniq: str, place: str, learned: str | None = None) -> None:
+    def set_place(self, maildir: str, uniq: str, place: str, learned: str | None = None,
+                  at: float | None = None) -> None:
+        """Record where a message is now; ``at`` is when it got there (default: now)."""
         if place not in PLACES:
             raise ValueError(f"unknown place {place!r}")
+        when = time.time() if at is None else at
         if learned is None:
             self.db.execute("UPDATE messages SET place=?, updated_at=? WHERE maildir=? AND uniq=?",
-                            (place, time.time(), maildir, uniq))
+                            (place, when, maildir, uniq))
         else:
             self.db.execute(
                 "UPDATE messages SET place=?, learned=?, updated_at=? WHERE maildir=? AND uniq=?",
-                (place, learned, time.time(), maildir, uniq))
+                (place, learned, when, maildir, uniq))
 
     def add_correction(self, maildir: str, uniq: str, label: str, path: str) -> None:
         self.db.execute("INSERT INTO corrections (at, maildir, uniq, label, path) "

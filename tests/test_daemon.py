@@ -294,6 +294,172 @@ def test_corrections_are_learned(tmp_path, box, model, messages):
     assert labels == ["spam", "ham", "ham"]
 
 
+def an_hour_passes(state: Path) -> None:
+    """Move every time in the daemon's state an hour back, as if an hour had passed
+    (the daemon keeps running; its state file is shared in WAL mode)."""
+    db = sqlite3.connect(state, timeout=30)
+    try:
+        with db:
+            db.execute("UPDATE messages SET decided_at=decided_at-3600, "
+                       "updated_at=updated_at-3600")
+    finally:
+        db.close()
+
+
+def test_a_spam_deleted_from_junk_and_delivered_again_is_scored_not_learned_as_ham(
+        tmp_path, box, model, messages):
+    """The mail admin's report: a spam is filed into .Junk, the user deletes it there,
+    and later the same bytes are delivered again into the inbox's new/. That is a new
+    delivery, not a "Not junk" move: scored, filed into Junk again, nothing learned."""
+    spam, ham = messages[0], messages[1]
+    junk = box / ".Junk"
+    d = Daemon(tmp_path, box, model).start()
+    try:
+        first = md.deliver(box, spam)
+        wait_until(lambda: (junk / "new" / first.name).exists() and d.settled(1), 30,
+                   "the spam filed into Junk", d)
+        os.unlink(junk / "new" / first.name)  # the user deletes it from Junk
+        # The daemon takes events in order: once a message delivered after the
+        # deletion is decided, the deletion has been seen too.
+        later = md.deliver(box, ham)
+        wait_until(lambda: f"decision file={later} " in d.text(), 30, "the next decision", d)
+        an_hour_passes(d.state)
+        again = md.deliver(box, spam)  # the same bytes, a new delivery (a new name)
+        wait_until(lambda: f" file={again} " in d.text(), 30, "the copy handled", d)
+        text = d.text()
+        assert f"decision file={again} " in text, "the copy was not scored:\n" + d.tail()
+        wait_until(lambda: (junk / "new" / again.name).exists(), 30, "the copy in Junk", d)
+        assert not again.exists()
+        rows = {r[0]: r for r in d.rows()}
+        assert rows[again.name][1:] == ("spam", "junk", None, "daemon")
+        assert "moved out of Junk by the user" not in text and "as ham" not in text
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.tail()
+    db = sqlite3.connect(d.state)
+    assert db.execute("SELECT label, uniq FROM corrections").fetchall() == []
+    assert db.execute("SELECT COUNT(*) FROM messages WHERE learned='ham'").fetchone()[0] == 0
+    db.close()
+
+
+def test_not_junk_moves_under_new_names_are_still_learned_as_ham(tmp_path, box, model,
+                                                                 messages):
+    """The genuine "Not junk" moves of a mail store that renames: Dovecot's IMAP MOVE of
+    an unread message (hard link into the inbox's new/ under a new name, no flags, then
+    the Junk file expunged) and a sync tool that removes the Junk file first and writes
+    a read copy into cur/ a moment later. Both learned as ham, neither scored again."""
+    spam1, spam2 = _pick(messages, Model.load(model), spam=True, n=2)
+    junk = box / ".Junk"
+    d = Daemon(tmp_path, box, model).start()
+    try:
+        s1, s2 = md.deliver(box, spam1), md.deliver(box, spam2)
+        wait_until(lambda: d.settled(2) and len(os.listdir(junk / "new")) == 2, 30,
+                   "two spams filed into Junk", d)
+        # IMAP MOVE (Dovecot): COPY by link() into the inbox, then EXPUNGE.
+        copy1 = md.unique_name()
+        os.link(junk / "new" / s1.name, box / "tmp" / copy1)
+        os.rename(box / "tmp" / copy1, box / "new" / copy1)
+        os.unlink(junk / "new" / s1.name)
+        # mbsync-like: the Junk file removed first, the copy written a second later.
+        os.unlink(junk / "new" / s2.name)
+        time.sleep(1)
+        copy2 = md.unique_name()
+        (box / "tmp" / copy2).write_bytes(spam2)
+        os.rename(box / "tmp" / copy2, box / "cur" / (copy2 + ":2,S"))
+        wait_until(lambda: d.text().count("moved out of Junk by the user, learned as ham") == 2,
+                   30, "two ham corrections", d)
+        rows = {r[0]: r for r in d.rows()}
+        assert rows[s1.name][2:4] == ("inbox", "ham") and rows[s2.name][2:4] == ("inbox", "ham")
+        assert rows[copy1][1:3] == ("spam", "inbox") and rows[copy2][1:3] == ("spam", "inbox")
+        assert (box / "new" / copy1).exists() and (box / "cur" / (copy2 + ":2,S")).exists()
+        assert os.listdir(junk / "new") == [] and os.listdir(junk / "cur") == []
+        assert f"decision file={box / 'new' / copy1} " not in d.text()  # not scored again
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.tail()
+    db = sqlite3.connect(d.state)
+    assert [r[0] for r in db.execute("SELECT label FROM corrections ORDER BY id")] == ["ham"] * 2
+    db.close()
+
+
+def test_the_not_junk_rule_in_time(tmp_path, box):
+    """Sorter._moved_back, in process with a stand-in model: bytes of a message that left
+    Junk are a "Not junk" move only near the time it left (MOVE_WINDOW); a going not seen
+    live is taken as now, or, for an arrival from before (a rescan after the daemon was
+    down), as a move only if the arrival kept the message's date, as IMAP copies do."""
+    from nnspam.sorter import MOVE_WINDOW, Sorter
+    from nnspam.state import State
+
+    class Spammy:  # scores everything spam; no learning (read-only: corrections recorded)
+        def tokens(self, payload):
+            return ["w"]
+
+        def ensure_wide(self):
+            return self
+
+        def observe(self, token_lists):
+            pass
+
+        def spamicity_of_tokens(self, token_lists, h, s):
+            return [0.99] * len(token_lists)
+
+    st = State(tmp_path / "s.sqlite3")
+    sorter = Sorter(Spammy(), st, adaptive=False)
+    key, junk = sorter.key(box), box / ".Junk"
+
+    def filed(n: int) -> tuple[Path, bytes]:
+        data = f"Subject: offer {n}\n\nbuy now {n}\n".encode()
+        p = md.deliver(box, data)
+        assert sorter.handle_new(box, p) == "spam"
+        return junk / "new" / p.name, data
+
+    # Deleted (seen live), delivered again an hour later: a new message, scored.
+    j, data = filed(1)
+    os.unlink(j)
+    assert sorter.handle_junk_gone(box, j, at=time.time() - 3600) == "gone"
+    assert st.get(key, j.name).place == "gone"
+    again = md.deliver(box, data)
+    assert sorter.handle_new(box, again) == "spam" and (junk / "new" / again.name).exists()
+    # Deleted (seen live), the same bytes in the inbox within the window: moved back.
+    j, data = filed(2)
+    os.unlink(j)
+    assert sorter.handle_junk_gone(box, j, at=time.time() - MOVE_WINDOW / 2) == "gone"
+    back = md.deliver(box, data)
+    assert sorter.handle_new(box, back) == "corrected" and back.exists()
+    assert (st.get(key, j.name).place, st.get(key, j.name).learned) == ("inbox", "ham")
+    # Still in Junk (the same bytes delivered twice): a new message, scored.
+    j, data = filed(3)
+    twice = md.deliver(box, data)
+    assert sorter.handle_new(box, twice) == "spam" and j.exists()
+    # new/ -> cur/ inside Junk is not a going.
+    os.rename(j, junk / "cur" / (j.name + ":2,S"))
+    assert sorter.handle_junk_gone(box, j) == "ignored"
+    # Gone unseen: just now (IMAP MOVE copies, then expunges), a move ...
+    j, data = filed(4)
+    os.unlink(j)
+    assert sorter.handle_new(box, md.deliver(box, data)) == "corrected"
+    # ... but found an hour later (the rescan after a restart): a new delivery, written
+    # after the Junk message was decided, is scored; a copy that kept its date is a move.
+    sorter.clock = lambda: time.time() + 3600
+    j, data = filed(5)
+    os.unlink(j)
+    late = md.deliver(box, data)
+    assert sorter.handle_new(box, late) == "spam"
+    j, data = filed(6)
+    os.unlink(j)
+    kept = md.deliver(box, data)
+    os.utime(kept, (st.get(key, j.name).decided_at - 5,) * 2)
+    assert sorter.handle_new(box, kept) == "corrected"
+    # The rescan's sweep records what left unseen (5 and 7), as of now.
+    j, data = filed(7)
+    os.unlink(j)
+    assert sorter.sweep_junk(box) == 2 and st.get(key, j.name).place == "gone"
+    assert sorter.sweep_junk(box) == 0
+    labels = [r[1] for r in st.corrections(key)]
+    assert labels == ["ham", "ham", "ham"]
+    st.close()
+
+
 class NotifyListener:
     """A test stand-in for systemd's notify socket."""
 
@@ -334,8 +500,10 @@ def test_sd_notify_reload_and_sigterm_checkpoint(tmp_path, box, model, messages)
         wait_until(lambda: "READY=1" in listener.lines(), 10, "READY=1", d)
         wait_until(lambda: "WATCHDOG=1" in listener.lines(), 10, "WATCHDOG=1", d)
         assert any(x.startswith("STATUS=watching 1 maildir") for x in listener.lines())
-        # SIGHUP re-reads the config: with threshold 1.5 nothing is spam any more.
-        d.config.write_text(d.config.read_text() + "threshold: 1.5\n")
+        # SIGHUP re-reads the config: at this threshold and spam factor (a threshold
+        # above 1, which once did the same, is now refused) nothing is spam any more.
+        d.config.write_text(d.config.read_text()
+                            + "threshold: 0.999999\nspam_factor: 1.0e-9\n")
         d.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: listener.lines().count("READY=1") == 2, 20, "READY=1 after reload", d)
         assert "RELOADING=1" in listener.lines()
@@ -476,3 +644,38 @@ def test_learn_files_trains_and_checkpoints(tmp_path, model, messages):
     assert Model.load(model).score([ham])[0] > before
     read_only = Sorter(Model.load(model), State(tmp_path / "t.sqlite3"), model_path=None)
     assert read_only.learn([ham], "spam") is False  # the shipped model is never written
+
+
+def test_state_file_in_a_missing_directory_is_refused_and_nothing_is_created(tmp_path, box,
+                                                                            model):
+    d = Daemon(tmp_path, box, model)
+    missing = tmp_path / "missing" / "dir"
+    d.config.write_text(f"daemon:\n  maildirs: [{box}]\n  state: {missing / 's.sqlite3'}\n")
+    log = tmp_path / "refused.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "nnspam", "daemon", "-c", str(d.config),
+                                 "-m", str(model)], stdin=subprocess.DEVNULL, stderr=fh, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                assert "INFO watching " not in log.read_text(), "started: " + log.read_text()
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    assert proc.returncode == 2, log.read_text()
+    assert log.read_text().strip().splitlines()[-1] == (
+        f"nnspam: {missing / 's.sqlite3'}: the directory {missing} does not exist "
+        "(create it first)")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_default_state_directory_is_still_created(tmp_path, box, model):
+    home = tmp_path / "home"
+    home.mkdir()
+    d = Daemon(tmp_path, box, model, env={"HOME": str(home)})
+    d.config.write_text(f"daemon:\n  maildirs: [{box}]\n  rescan_interval: 0\n")
+    d.start()
+    assert d.stop() == 0
+    assert (home / ".local/state/nnspam/daemon.sqlite3").is_file()

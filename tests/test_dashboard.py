@@ -367,3 +367,97 @@ def test_hash_password_prints_a_salted_hash_that_checks():
     assert check_password_hash(h, PASSWORD) and not check_password_hash(h, PASSWORD + "x")
     short = run("short")
     assert short.returncode != 0 and "too short" in short.stderr
+
+
+# -- paging parameters out of range (fault A) -------------------------------------------
+
+@pytest.mark.parametrize(("value", "want"), [
+    ("99999999999999999999", "max"), ("9223372036854775807", "max"),
+    ("9223372036854775808", "max"), ("9" * 5000, "max"), (" 3 ", 3), ("+2", 2), ("007", 7),
+    ("-9223372036854775809", 1), ("-1", 1), ("0", 1), ("", 1), ("abc", 1), ("1.5", 1),
+    ("1e9", 1), ("0x10", 1), ("1_000", 1)])
+@pytest.mark.parametrize("param", ["inbox", "spam"])
+def test_out_of_range_or_non_numeric_page_numbers_are_clamped_never_500(dash, param, value,
+                                                                         want):
+    from nnspam.sms.dashboard import MAX_PAGE
+
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    r = c.get("/", query_string={param: value})
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    shown = int(re.search(r"page (\d+)", section(r.get_data(as_text=True), param)).group(1))
+    assert shown == (MAX_PAGE if want == "max" else want)
+    # The other folder is untouched; its move forms carry the clamped page number on,
+    # and a move posted with the raw value redirects to a page that works.
+    page = r.get_data(as_text=True)
+    other = "spam" if param == "inbox" else "inbox"
+    assert "page 1" in section(page, other)
+    assert f'name="{param}" value="{shown}"' in page
+    token = csrf_of(c.get("/").get_data(as_text=True))
+    r = c.post("/move", data={"sid": sid_of(store, HAM), "to": "junk", "csrf_token": token,
+                              param: value})
+    assert r.status_code == 302
+    assert c.get(r.headers["Location"]).status_code == 200
+
+
+def test_an_out_of_range_page_size_in_the_config_is_clamped(tmp_path):
+    from nnspam.sms.dashboard import MAX_PAGE, MAX_PAGE_SIZE
+
+    for size, want in ((10**20, MAX_PAGE_SIZE), (-5, 1)):
+        app, store = make(tmp_path / str(size), page_size=size)
+        try:
+            fill(store)
+            assert app.config["NNSPAM_DASHBOARD_PAGE_SIZE"] == want
+            c = app.test_client()
+            login(c)
+            assert c.get("/", query_string={"inbox": str(MAX_PAGE + 1)}).status_code == 200
+        finally:
+            store.close()
+
+
+# -- logout revokes the session server-side (fault B) -------------------------------------
+
+def test_a_cookie_saved_before_logout_is_refused_after_it(dash):
+    app, store = dash
+    fill(store)
+    c = app.test_client()
+    login(c)
+    page = c.get("/").get_data(as_text=True)
+    token = csrf_of(page)
+    saved = c.get_cookie("nnspam_session").value
+    other = app.test_client()  # another session: not ended by this logout
+    login(other)
+    assert c.post("/logout", data={"csrf_token": token}).status_code == 302
+
+    replay = app.test_client()
+    replay.set_cookie("nnspam_session", saved)
+    r = replay.get("/")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert HAM.encode() not in r.data
+    sid = sid_of(store, SPAM)
+    uniq = store.db.execute("SELECT uniq FROM sms WHERE sid=?", (sid,)).fetchone()[0]
+    replay.set_cookie("nnspam_session", saved)
+    r = _move(replay, sid, "inbox", token)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert md.find_message(store.maildir / ".Junk", uniq) is not None
+
+    assert other.get("/").status_code == 200
+    login(c)  # logging in again works and makes a new session
+    assert c.get("/").status_code == 200
+    assert c.get_cookie("nnspam_session").value != saved
+    replay.set_cookie("nnspam_session", saved)
+    assert replay.get("/").status_code == 302
+
+
+def test_logging_in_again_ends_the_previous_session_of_that_browser(dash):
+    app, _ = dash
+    c = app.test_client()
+    login(c)
+    first = c.get_cookie("nnspam_session").value
+    login(c)
+    assert c.get("/").status_code == 200
+    replay = app.test_client()
+    replay.set_cookie("nnspam_session", first)
+    assert replay.get("/").status_code == 302

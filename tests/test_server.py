@@ -350,3 +350,121 @@ def test_spamassassin_fields_replace_forged_ones_and_keep_the_body():
     spam = spamassassin_fields(raw, 0.97, 0.5, 10)
     assert spam.count(b"X-Spam-Flag: YES\r\n") == 1
     assert b"X-Spam-Status: Yes, score=9.7 required=5.0 tests=NNSPAM_SPAM" in spam
+
+
+# -- start-up refusals: one line, exit 2, nothing taken over or created ---------------
+
+def _serve_refused(tmp: Path, *args: str) -> tuple[int, str]:
+    """Run ``nnspam serve ARGS`` expecting a refusal: its exit status and stderr.
+    Fails the test (after stopping it) if the server starts listening instead."""
+    cfg = tmp / "refused.yaml"
+    cfg.write_text("")
+    logfile = tmp / "refused.log"
+    with open(logfile, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "nnspam", "serve", "-c", str(cfg),
+                                 "--workers", "1", *args], stderr=fh)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                if "listening on" in logfile.read_text(errors="replace"):
+                    pytest.fail(f"nnspam serve {' '.join(args)} started:\n{logfile.read_text()}")
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    return proc.returncode, logfile.read_text(errors="replace")
+
+
+def _one_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nnspam: "), err
+    return lines[0]
+
+
+def test_second_server_on_a_live_unix_socket_is_refused_and_the_first_keeps_it(tmp_path):
+    first = Server(tmp_path, args=("--workers", "1"))
+    try:
+        rc, err = _serve_refused(tmp_path, "--socket", first.sock)
+        line = _one_line(err)
+        assert rc == 2 and f"unix:{first.sock}" in line and "another server" in line, err
+        assert first.request(b"PING SPAMC/1.5\r\n\r\n", unix=True) == b"SPAMD/1.5 0 PONG\r\n"
+    finally:
+        assert first.stop() == 0
+
+
+def test_stale_unix_socket_is_replaced_other_files_are_refused_and_kept(tmp_path):
+    stale = tmp_path / "nnspam-127.0.0.1.sock"  # where Server(tmp_path) listens
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(stale))  # closed without unlink: a server that died
+    srv = Server(tmp_path, args=("--workers", "1"))
+    try:
+        assert srv.request(b"PING SPAMC/1.5\r\n\r\n", unix=True) == b"SPAMD/1.5 0 PONG\r\n"
+    finally:
+        assert srv.stop() == 0
+    assert not stale.exists()  # its own socket, removed at exit
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("keep me")
+    rc, err = _serve_refused(tmp_path, "--socket", str(plain))
+    assert rc == 2 and f"unix:{plain}" in _one_line(err) and "not a socket" in err, err
+    assert plain.read_text() == "keep me"
+
+
+def test_server_removes_only_its_own_socket_at_exit(tmp_path):
+    first = Server(tmp_path, args=("--workers", "1"))
+    try:
+        os.unlink(first.sock)  # removed by hand while it runs; another server takes the path
+        second = Server(tmp_path, args=("--workers", "1"))
+    finally:
+        assert first.stop() == 0
+    try:
+        assert second.request(b"PING SPAMC/1.5\r\n\r\n", unix=True) == b"SPAMD/1.5 0 PONG\r\n"
+    finally:
+        assert second.stop() == 0
+    assert not os.path.exists(second.sock)
+
+
+@pytest.mark.parametrize(("listen", "named"), [
+    ("127.0.0.1:99999", "port 99999"),
+    ("127.0.0.1:65536", "port 65536"),
+    ("127.0.0.1:\u00b2", "port '\u00b2'"),
+    ("127.0.0.1:" + "9" * 5000, "port 999999999999..."),
+    ("127.0.0.1:http", "port 'http'"),
+    ("127.0.0.1:", "no port"),
+    ("127.0.0.1", "no port"),
+    ("[::1]", "no port"),
+    (":0", "no host"),
+    ("[]:0", "no host"),
+    ("localhost:7830", "'localhost' is not an IP address"),
+    ("::1", "':' is not an IP address"),
+])
+def test_bad_listen_address_is_one_line_exit_2(tmp_path, listen, named):
+    rc, err = _serve_refused(tmp_path, "--listen", listen)
+    line = _one_line(err)
+    assert rc == 2 and line.startswith("nnspam: --listen ") and named in line, err
+
+
+def test_bad_serve_settings_in_the_config_are_server_errors():
+    from nnspam.config import DEFAULTS, merge
+    from nnspam.server import ServerError, serve_settings
+
+    for serve, named in [({"listen": "127.0.0.1:70000"}, "serve.listen '127.0.0.1:70000'"),
+                         ({"listen": 783}, "serve.listen must be HOST:PORT"),
+                         ({"socket": 5, "listen": None}, "serve.socket must be a path"),
+                         ({"timeout": "long"}, "serve.timeout"),
+                         ({"max_size": "512k"}, "serve.max_size"),
+                         ({"user_cache": -1}, "serve.user_cache"),
+                         ({"score_scale": None}, "serve.score_scale")]:
+        with pytest.raises(ServerError, match=named.replace(".", r"\.").replace("(", r"\(")):
+            serve_settings(merge(DEFAULTS, {"serve": serve}))
+    assert serve_settings(DEFAULTS, listen="127.0.0.1:0").listen == ("127.0.0.1", 0)
+    assert serve_settings(DEFAULTS, listen="[::1]:65535").listen == ("::1", 65535)
+
+
+def test_socket_in_a_missing_directory_is_refused_and_nothing_is_created(tmp_path):
+    missing = tmp_path / "missing" / "dir"
+    rc, err = _serve_refused(tmp_path, "--socket", str(missing / "s.sock"))
+    line = _one_line(err)
+    assert rc == 2 and f"directory {missing} does not exist" in line, err
+    assert not (tmp_path / "missing").exists()

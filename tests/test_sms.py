@@ -363,3 +363,72 @@ def test_sms_poll_needs_a_number_and_credentials(tmp_path, capsys, monkeypatch):
     assert "no Twilio number" in capsys.readouterr().err
     assert main(["sms", "poll", "-c", str(conf), "--once", "--to", "+441632960000"]) == 2
     assert "TWILIO_ACCOUNT_SID" in capsys.readouterr().err
+
+
+# -- sms serve: startup errors (faults C and D) ----------------------------------------------
+
+def _sms_serve(args: list[str], home: Path, token: bool, timeout: float = 60):
+    """Run ``nnspam sms serve ARGS`` with HOME=home (so defaults land there), no
+    NNSPAM_CONFIG, and TWILIO_AUTH_TOKEN set or not. A server that started
+    instead of refusing is killed by the timeout (the test then fails)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TWILIO_", "NNSPAM_")) and k != "XDG_CONFIG_HOME"}
+    env["HOME"] = str(home)
+    if token:
+        env["TWILIO_AUTH_TOKEN"] = TOKEN
+    return subprocess.run([sys.executable, "-m", "nnspam", "sms", "serve", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sms_serve_on_a_taken_port_says_so_in_one_line_and_exits_2(tmp_path):
+    import socket
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = _sms_serve(["--host", "127.0.0.1", "--port", str(port)], home, token=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "OSError" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("nnspam:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], r.stderr
+    assert "in use" in errors[0]
+    # Nothing was created for a server that never started.
+    assert not (home / "SMS").exists()
+    assert not (home / ".local" / "state" / "nnspam").exists()
+
+
+@pytest.mark.parametrize("port", ["-1", "65536"])
+def test_sms_serve_with_an_impossible_port_says_so_in_one_line(tmp_path, port):
+    home = tmp_path / "home"
+    home.mkdir()
+    r = _sms_serve(["--port", port], home, token=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr
+    assert not (home / "SMS").exists()
+
+
+def test_sms_serve_without_a_token_refuses_before_creating_anything(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    r = _sms_serve([], home, token=False)
+    assert r.returncode == 2, r.stderr
+    assert "TWILIO_AUTH_TOKEN" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "SMS").exists()  # the default sms.maildir, ~/SMS
+    assert not (home / ".local" / "state" / "nnspam").exists()  # the default sms.state
+
+
+def test_sms_serve_with_a_missing_model_refuses_before_creating_anything(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    r = _sms_serve(["-m", str(tmp_path / "no-such-model")], home, token=True)
+    assert r.returncode == 2, r.stderr
+    assert "no-such-model" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "SMS").exists()
+    assert not (home / ".local" / "state" / "nnspam").exists()

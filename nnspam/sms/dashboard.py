@@ -9,6 +9,8 @@ The dashboard shows private messages, so it is closed unless configured:
   the session cookie (HttpOnly, SameSite=Strict) is signed with
   ``NNSPAM_SECRET_KEY`` from the environment or ``sms.env_file``, else with a
   random key made per process (sessions then end when the server restarts).
+* A login starts a server-side session (:func:`start_session`): logging out
+  ends it, and a copy of the cookie saved before is refused from then on.
 * Every POST (login, logout, move) carries the session's random CSRF token,
   compared with :func:`hmac.compare_digest`; a POST without it or with a
   wrong one is answered 403 and changes nothing.
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,11 +56,15 @@ from werkzeug.security import check_password_hash
 
 from nnspam import maildir as md
 
-__all__ = ["bp", "PAGE_SIZE", "move_message", "secret_key", "configure"]
+__all__ = ["bp", "PAGE_SIZE", "MAX_PAGE", "MAX_PAGE_SIZE", "move_message", "secret_key",
+           "configure", "page_number", "page_size", "start_session", "session_live",
+           "end_session"]
 
 log = logging.getLogger("nnspam.sms")
 
 PAGE_SIZE = 25
+MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static/dashboard")
@@ -99,8 +107,75 @@ def configure(app: Any, config: dict[str, Any]) -> None:
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_NAME="nnspam_session")
     app.config["NNSPAM_DASHBOARD_PASSWORD_HASH"] = dash.get("password_hash") or None
-    app.config["NNSPAM_DASHBOARD_PAGE_SIZE"] = int(dash.get("page_size") or PAGE_SIZE)
+    app.config["NNSPAM_DASHBOARD_PAGE_SIZE"] = page_size(dash.get("page_size"))
+    store = app.config.get("NNSPAM_SMS_STORE")
+    if store is not None:
+        with store.lock:
+            store.db.executescript(_SESSIONS_SCHEMA)
     app.register_blueprint(bp)
+
+
+# -- sessions --------------------------------------------------------------------
+
+_SESSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    id      TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+"""
+
+
+def start_session() -> None:
+    """Start a logged-in session: a new random session id, in the (signed)
+    cookie and as a row of ``dashboard_sessions`` in the SMS state file.
+
+    Why server-side: a signed cookie cannot be taken back. Clearing it at
+    logout only empties the browser's copy; a copy saved before (another
+    tab, a stolen cookie, a proxy log) would stay good until the signing key
+    changes. So a session is only as good as its row (:func:`session_live`),
+    and logging out deletes the row (:func:`end_session`). The rows live in
+    the state file, not in memory, so every process of a WSGI server sees a
+    logout, and a session outlives a restart exactly when the signing key
+    does (``NNSPAM_SECRET_KEY``). Rows older than the session lifetime
+    (Flask's ``PERMANENT_SESSION_LIFETIME``, which the cookie's signature
+    check enforces too) are dead and deleted here.
+    """
+    end_session()  # the session this browser had before, if any
+    sid = secrets.token_urlsafe(32)
+    now = time.time()
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    store = current_app.config["NNSPAM_SMS_STORE"]
+    with store.lock:
+        store.db.execute("DELETE FROM dashboard_sessions WHERE created < ?", (now - lifetime,))
+        store.db.execute("INSERT INTO dashboard_sessions (id, created) VALUES (?, ?)",
+                         (sid, now))
+    session["user"] = True
+    session["sid"] = sid
+
+
+def session_live() -> bool:
+    """Whether the request's session is logged in and not ended (see
+    :func:`start_session`)."""
+    sid = session.get("sid")
+    if not session.get("user") or not isinstance(sid, str):
+        return False
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    store = current_app.config["NNSPAM_SMS_STORE"]
+    with store.lock:
+        row = store.db.execute("SELECT created FROM dashboard_sessions WHERE id=?",
+                               (sid,)).fetchone()
+    return row is not None and time.time() - row[0] < lifetime
+
+
+def end_session() -> None:
+    """End the request's session server-side (its cookie is refused from
+    now on) and clear the cookie."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        store = current_app.config["NNSPAM_SMS_STORE"]
+        with store.lock:
+            store.db.execute("DELETE FROM dashboard_sessions WHERE id=?", (sid,))
+    session.clear()
 
 
 # -- access control ------------------------------------------------------------
@@ -122,7 +197,8 @@ def _csrf_ok() -> bool:
 
 @bp.before_request
 def _guard() -> Any:
-    """403 without a configured password; login required; CSRF on every POST."""
+    """403 without a configured password; a live session (:func:`session_live`)
+    required; CSRF on every POST."""
     if request.endpoint == "dashboard.static":
         return None
     if not current_app.config.get("NNSPAM_DASHBOARD_PASSWORD_HASH"):
@@ -132,7 +208,11 @@ def _guard() -> Any:
                     request.path, request.remote_addr)
         return Response("forbidden: missing or wrong CSRF token (reload the page)\n",
                         status=403, mimetype="text/plain")
-    if request.endpoint != "dashboard.login" and not session.get("user"):
+    if request.endpoint != "dashboard.login" and not session_live():
+        if session.get("user"):
+            log.warning("dashboard: refused an ended or expired session from %s",
+                        request.remote_addr)
+            session.clear()
         return redirect(url_for("dashboard.login"))
     return None
 
@@ -160,8 +240,7 @@ def login() -> Any:
     if request.method == "POST":
         pw = request.form.get("password", "")
         if check_password_hash(current_app.config["NNSPAM_DASHBOARD_PASSWORD_HASH"], pw):
-            session.clear()
-            session["user"] = True
+            start_session()
             csrf_token()  # a fresh token for the logged-in session
             log.info("dashboard: login from %s", request.remote_addr)
             return redirect(url_for("dashboard.index"))
@@ -173,18 +252,55 @@ def login() -> Any:
 
 @bp.post("/logout")
 def logout() -> Any:
-    """End the session."""
-    session.clear()
+    """End the session, server-side too: a saved copy of the cookie is refused."""
+    end_session()
+    log.info("dashboard: logout from %s", request.remote_addr)
     return redirect(url_for("dashboard.login"))
 
 
 # -- the lists -------------------------------------------------------------------
 
-def _page(name: str) -> int:
-    try:
-        return max(1, int(request.args.get(name, "1")))
-    except ValueError:
+# Paging comes from the URL (and page_size from the config), so any value can
+# arrive; both are clamped, in these two functions only.
+
+def page_number(value: str | None) -> int:
+    """The page number a ``?inbox=``/``?spam=`` value asks for, clamped to
+    1..MAX_PAGE: never an error, never a 500.
+
+    A whole number (ASCII digits, optional sign and blanks) is clamped into
+    range; anything else (``abc``, ``1.5``, empty) is page 1, as before.
+    Clamping rather than answering 400 keeps old links working; a page past
+    the last message shows "No messages." with a link back. The bound keeps
+    the list's SQL offset, (page - 1) * page size, far inside SQLite's
+    64-bit integers: an unbounded page number overflowed there
+    (``OverflowError`` in :meth:`~nnspam.sms.store.SmsStore.listing`, a 500).
+    Digits are counted before ``int()`` is called, so even a number too long
+    for ``int()`` is simply "too large".
+    """
+    m = re.fullmatch(r"\s*([+-]?)([0-9]+)\s*", value or "")
+    if m is None or m.group(1) == "-":
         return 1
+    digits = m.group(2).lstrip("0")
+    if len(digits) > len(str(MAX_PAGE)):
+        return MAX_PAGE
+    return min(max(int(digits or "0"), 1), MAX_PAGE)
+
+
+def page_size(value: Any) -> int:
+    """``sms.dashboard.page_size`` clamped to 1..MAX_PAGE_SIZE (unset, 0 or
+    not a number: PAGE_SIZE), so that with :func:`page_number`'s bound no
+    offset can overflow and no page is unbounded."""
+    try:
+        n = int(value or PAGE_SIZE)
+    except (TypeError, ValueError):
+        log.warning("dashboard: sms.dashboard.page_size %r is not a number: using %d",
+                    value, PAGE_SIZE)
+        return PAGE_SIZE
+    return min(max(n, 1), MAX_PAGE_SIZE)
+
+
+def _page(name: str) -> int:
+    return page_number(request.args.get(name))
 
 
 def _fmt_date(ts: float) -> str:

@@ -196,6 +196,10 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     The shipped ``default-sms`` model is read-only: SMS are scored and filed,
     corrections are recorded but only learned with a model directory of your
     own (``nnspam train --sms ... -m DIR`` and ``sms.model: DIR``).
+
+    Every setting is read and checked first (the model loaded, the
+    correction rule made, the numbers converted); only then are the state
+    file and the maildir created, so a bad setting leaves nothing behind.
     """
     from nnspam.correct import rule_from_config
     from nnspam.model import Model
@@ -215,8 +219,7 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
 
         adaptive_mod.configure(m, dict(ad))
     writable = name not in SHIPPED_MODELS
-    sorter = Sorter(
-        m, State(os.path.expanduser(str(s["state"]))),
+    settings: dict[str, Any] = dict(
         model_path=name if writable else None, junk=str(d["junk"]),
         ham_factor=float(m.ham_factor), spam_factor=float(m.spam_factor),
         threshold=float(m.threshold), max_message_bytes=int(d["max_message_bytes"]),
@@ -226,4 +229,7 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
         confident_margin=float(ad.get("confident_margin", 0.45)),
         rule=rule_from_config(cfg),
     )
-    return SmsStore(s["maildir"], sorter)
+    state_path = os.path.expanduser(str(s["state"]))
+    maildir = str(s["maildir"])
+    # Nothing was created above this line.
+    return SmsStore(maildir, Sorter(m, State(state_path), **settings))
