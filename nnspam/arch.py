@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from nnspam.network import (
-    _adam_block,
-    _Learner,
+    Learner,
     _sigmoid,
-    _stratified_split,
+    adam_block,
     early_stopping_loop,
+    stratified_split,
 )
 
 __all__ = ["ARCHS", "BALANCES", "MLP", "SequenceEncoder", "dbb_oversample"]
@@ -86,7 +86,7 @@ class SequenceEncoder:
         return X
 
 
-class MLP(_Learner):
+class MLP(Learner):
     """Optional embedding lookup, dense ReLU layers with dropout, a softmax-2 or sigmoid output.
 
     Args:
@@ -276,7 +276,7 @@ class MLP(_Learner):
         self._make_rngs()
         if X_val is None:
             rng_split = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(4)[1])
-            tr, va = _stratified_split(y, self.validation_fraction, rng_split)
+            tr, va = stratified_split(y, self.validation_fraction, rng_split)
             Xt, yt = X[tr], y[tr]
             Xv, yv = (X[va], y[va]) if va.size else (None, None)
         else:
@@ -437,7 +437,7 @@ class MLP(_Learner):
             tmp = np.empty((min(rows, p.shape[0]),) + p.shape[1:], dtype=np.float32)
             for a in range(0, p.shape[0], rows):
                 sl = slice(a, a + rows)
-                _adam_block(p[sl], g[sl], m[k][sl], v[k][sl], tmp[: p[sl].shape[0]], lr_t,
+                adam_block(p[sl], g[sl], m[k][sl], v[k][sl], tmp[: p[sl].shape[0]], lr_t,
                             eps_t)
 
     def _evaluate(self, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -207,17 +207,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify_stream(model, samples, h: float, s: float, chunk: int = 4000):
-    """Yield (sample, spamicity) over an iterable of samples, chunked so that
-    memory stays bounded on big maildirs."""
+def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 4000):
+    """Yield (sample, spamicity, verdict) over an iterable of samples, scored and judged
+    by the one routine of every front (:func:`nnspam.verdict.score_tokens`), chunked so
+    that memory stays bounded on big maildirs."""
     from nnspam.training import tokenize_samples
+    from nnspam.verdict import score_tokens
 
     buf = []
 
     def flush():
         toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes)
-        sp = model.spamicity_of_tokens(toks, h, s)
-        return list(zip(buf, sp, strict=True))
+        judged = score_tokens(model, toks, t, h, s)
+        return [(x, sp, v) for x, (sp, v) in zip(buf, judged, strict=True)]
 
     for sample in samples:
         buf.append(sample)
@@ -243,8 +245,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     out = sys.stdout
     n = 0
-    for sample, sp in _classify_stream(model, samples, h, s):
-        verdict = "spam" if sp >= t else "ham"
+    for sample, sp, verdict in _classify_stream(model, samples, h, s, t):
         if args.format == "tsv":
             out.write(f"{sample.name}\t{sp:.6f}\t{verdict}\n")
         else:
@@ -280,10 +281,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     t0 = time.perf_counter()
-    scored = list(_classify_stream(model, samples, h, s))
+    scored = list(_classify_stream(model, samples, h, s, t))
     elapsed = time.perf_counter() - t0
-    y = labels_of([x for x, _ in scored])
-    sp = np.array([v for _, v in scored])
+    y = labels_of([x for x, _, _ in scored])
+    sp = np.array([v for _, v, _ in scored])
     ev = evaluate(y, sp, t, h, s)
     print(f"Model: {args.model or cfg['model']}  ({model.kind}, {len(model.words)} inputs)")
     print(f"Messages: {len(y)}  ({elapsed:.2f}s, {len(y) / max(elapsed, 1e-9):.0f} messages/s)")
@@ -291,8 +292,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     print(format_table(ev))
     if args.errors:
         print()
-        for (x, v), lab in zip(scored, y, strict=True):
-            if (v >= t) != (lab == 1):
+        for (x, v, verdict), lab in zip(scored, y, strict=True):
+            if (verdict == "spam") != (lab == 1):
                 kind = "FP (ham lost)" if lab == 0 else "FN (spam missed)"
                 print(f"{kind:17s} {v:.6f}  {x.name}")
     if args.json:
@@ -370,6 +371,7 @@ def _rule(cfg: dict[str, Any], untrained: bool = False):
 def cmd_learn(args: argparse.Namespace) -> int:
     from nnspam.corpus import iter_messages
     from nnspam.correct import correct_payloads
+    from nnspam.model import is_shipped
 
     cfg = _config(args)
     rule = _rule(cfg)
@@ -378,7 +380,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise UsageError("--epochs must be at least 1")
         rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
     target = args.model or cfg["model"]
-    if target in ("default", "default-sms", "default-email"):
+    if is_shipped(target):
         raise UsageError("the shipped default model is read-only: train your own with "
                          "'nnspam train ... -m DIR' or give -m DIR")
     model = _load_model(args, cfg)

@@ -22,35 +22,38 @@ delivered again after the user deleted it is scored like any new message.
 * Signals are blocked in every thread and taken by the main thread with
   ``sigtimedwait``: SIGTERM/SIGINT finish the message in hand, checkpoint the
   model and exit 0; SIGHUP checkpoints, then reloads the config and the model.
-* systemd: with ``NOTIFY_SOCKET`` set it sends READY=1, RELOADING=1,
-  STOPPING=1, STATUS=... and, with ``WATCHDOG_USEC`` set, WATCHDOG=1 at half
-  the interval while the worker is alive.
+* systemd (:mod:`nnspam.systemd`, shared with ``nnspam serve``): with
+  ``NOTIFY_SOCKET`` set it sends READY=1, RELOADING=1, STOPPING=1, STATUS=...
+  and, with ``WATCHDOG_USEC`` set, WATCHDOG=1 at half the interval while the
+  worker is alive.
 * One log line per decision on stderr (journald): file, Message-ID,
   spamicity, action.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nnspam import maildir as md
+from nnspam.blas import one_blas_thread
+from nnspam.config import DEFAULTS
+from nnspam.systemd import Watchdog, sd_notify
 
-__all__ = ["Daemon", "DaemonError", "sd_notify", "settings_from_config"]
+__all__ = ["Daemon", "DaemonError", "settings_from_config"]
 
 log = logging.getLogger("nnspam.daemon")
 
-SHIPPED_MODELS = ("default", "default-email", "default-sms")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -58,59 +61,30 @@ class DaemonError(Exception):
     """A daemon that cannot start (bad maildir, unusable state file)."""
 
 
-def sd_notify(message: str) -> bool:
-    """Send one sd_notify(3) datagram to ``$NOTIFY_SOCKET``; False if unset.
-
-    A few lines of standard-library socket code instead of a dependency.
-    An address starting with ``@`` is in the abstract namespace.
-    """
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode("utf-8"))
-        return True
-    except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
-        return False
-
-
-def _watchdog_interval() -> float | None:
-    """Half of ``$WATCHDOG_USEC`` in seconds, when the watchdog is meant for us."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return max(int(usec) / 2e6, 0.01)
-    except ValueError:
-        return None
-
-
 @dataclass
 class Settings:
-    """What the daemon needs from the config and the command line."""
+    """What the daemon needs from the config and the command line.
+
+    ``config`` is the whole loaded config: the Sorter is built from it
+    (:meth:`nnspam.sorter.Sorter.from_config`, as the SMS store builds its own), so
+    the daemon keeps only what it uses itself beside it."""
 
     maildirs: list[Path]
     model: str
-    junk: str = ".Junk"
     state: str = "~/.local/state/nnspam/daemon.sqlite3"
-    checkpoint_every: int = 10
-    learn_from_corrections: bool = True
-    max_message_bytes: int = 10485760
     rescan_interval: float = 3600.0
-    ham_factor: float = 0.9
-    spam_factor: float = 0.1
-    threshold: float = 0.5
-    adaptive: bool = True
-    learn_on_confident: bool = False
-    confident_margin: float = 0.45
-    adaptive_section: dict[str, Any] | None = None
-    rule: Any = None  # config learn: (nnspam.correct.rule_from_config)
+    config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULTS))
+    rule: Any = None  # config learn: (nnspam.correct.rule_from_config), checked at start
+
+    @property
+    def junk(self) -> str:
+        """The Maildir++ Junk folder (``daemon.junk``), the one the Sorter files into."""
+        return str(self.config["daemon"]["junk"])
+
+    @property
+    def learn_from_corrections(self) -> bool:
+        """``daemon.learn_from_corrections``, as the Sorter reads it."""
+        return bool(self.config["daemon"]["learn_from_corrections"])
 
 
 def _rule(cfg: dict[str, Any]) -> Any:
@@ -127,7 +101,6 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
     """Build :class:`Settings` from a loaded config; ``--maildir`` replaces
     the config's list, ``-m`` its model."""
     d = cfg["daemon"]
-    ad = cfg.get("adaptive") or {}
     dirs = maildirs if maildirs else list(d.get("maildirs") or [])
     if not dirs:
         raise DaemonError("no maildir to watch: give --maildir DIR or set daemon.maildirs "
@@ -141,33 +114,11 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
     return Settings(
         maildirs=paths,
         model=str(model or cfg["model"]),
-        junk=str(d["junk"]),
         state=str(d["state"]),
-        checkpoint_every=int(d["checkpoint_every"]),
-        learn_from_corrections=bool(d["learn_from_corrections"]),
-        max_message_bytes=int(d["max_message_bytes"]),
         rescan_interval=float(d["rescan_interval"] or 0),
-        ham_factor=float(cfg["ham_factor"]),
-        spam_factor=float(cfg["spam_factor"]),
-        threshold=float(cfg["threshold"]),
-        adaptive=bool(ad.get("enabled", True)),
-        learn_on_confident=bool(ad.get("learn_on_confident", False)),
-        confident_margin=float(ad.get("confident_margin", 0.45)),
-        adaptive_section=dict(ad),
+        config=cfg,
         rule=_rule(cfg),
     )
-
-
-def _one_blas_thread() -> None:
-    """Score on one BLAS thread. The daemon scores one message at a time: a
-    1 x 8000 product takes ~0.05 ms on one OpenBLAS thread, but measured 8 ms
-    with two threads contending on a busy 2-core host. threadpoolctl comes
-    with scikit-learn; without it, OPENBLAS_NUM_THREADS=1 does the same."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(1)
 
 
 class _OverflowWatch(logging.Handler):
@@ -210,21 +161,13 @@ class Daemon:
     # -- set-up ------------------------------------------------------------
     def _load(self) -> None:
         """(Re)load the model and build the sorter for the current settings."""
-        from nnspam.model import Model
+        from nnspam.model import Model, is_shipped
         from nnspam.sorter import Sorter
         from nnspam.state import State
 
         s = self.settings
         model = Model.load(s.model)
-        if s.adaptive_section is not None:
-            try:
-                from nnspam import adaptive
-            except ImportError:
-                pass
-            else:
-                adaptive.configure(model, s.adaptive_section)
-        writable = s.model not in SHIPPED_MODELS
-        if not writable and s.learn_from_corrections:
+        if is_shipped(s.model) and s.learn_from_corrections:
             log.warning("model %s is the shipped, read-only model: corrections are recorded "
                         "but not learned (use -m DIR with a model of your own)", s.model)
         state_path = Path(os.path.expanduser(s.state))
@@ -242,15 +185,8 @@ class Daemon:
                 self.state = State(state_path)
             except Exception as exc:
                 raise DaemonError(f"{state_path}: cannot open the state file ({exc})") from None
-        self.sorter = Sorter(
-            model, self.state, model_path=s.model if writable else None, junk=s.junk,
-            ham_factor=s.ham_factor, spam_factor=s.spam_factor, threshold=s.threshold,
-            max_message_bytes=s.max_message_bytes,
-            learn_from_corrections=s.learn_from_corrections,
-            checkpoint_every=s.checkpoint_every, adaptive=s.adaptive,
-            learn_on_confident=s.learn_on_confident, confident_margin=s.confident_margin,
-            rule=s.rule,
-        )
+        self.sorter = Sorter.from_config(s.config, model, self.state, model_name=s.model,
+                                         rule=s.rule)
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)
             n = self.sorter.baseline(m)
@@ -451,7 +387,7 @@ class Daemon:
     def run(self) -> int:
         """Start everything, then wait for signals until SIGTERM/SIGINT."""
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # before any thread starts
-        _one_blas_thread()
+        one_blas_thread()
         logging.getLogger("watchdog").addHandler(self._overflow)
         self._load()
         self._watch()
@@ -463,8 +399,9 @@ class Daemon:
                  ", ".join(map(str, self.settings.maildirs)), self.settings.junk,
                  self.settings.model, self.settings.state)
         sd_notify("READY=1\n" + self._status())
-        wd = _watchdog_interval()
-        last_status = last_ping = time.monotonic()
+        watchdog = Watchdog()
+        wd = watchdog.interval
+        last_status = time.monotonic()
         try:
             while True:
                 timeout = min(wd, 1.0) if wd else 1.0
@@ -480,9 +417,8 @@ class Daemon:
                 if not self.worker.is_alive():
                     log.error("the worker thread died; stopping")
                     break
-                if wd and now - last_ping >= wd and now - self.heartbeat < max(2 * wd, 1.0):
-                    sd_notify("WATCHDOG=1")
-                    last_ping = now
+                if wd:  # pinged only while the worker takes events (its heartbeat)
+                    watchdog.ping(alive=now - self.heartbeat < max(2 * wd, 1.0), now=now)
                 if now - last_status >= 5:
                     sd_notify(self._status())
                     last_status = now

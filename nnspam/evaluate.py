@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from nnspam.verdict import is_spam
+
 __all__ = ["Evaluation", "evaluate", "roc_auc", "roc_curve", "format_table", "plot"]
 
 
@@ -89,7 +91,7 @@ def evaluate(
 ) -> Evaluation:
     """Confusion counts at ``threshold`` plus threshold-free ROC AUC."""
     y = np.asarray(y)
-    pred = np.asarray(spamicities) >= threshold
+    pred = is_spam(np.asarray(spamicities), threshold)
     tp = int(((y == 1) & pred).sum())
     fn = int(((y == 1) & ~pred).sum())
     fp = int(((y == 0) & pred).sum())
@@ -172,7 +174,7 @@ def plot(path: str, y: np.ndarray, spamicities: np.ndarray, threshold: float,
     ax1.grid(True, which="both", alpha=0.3)
     order = np.r_[np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
     err = np.abs(y[order] - s[order])
-    wrong = (y[order] == 1) != (s[order] >= threshold)
+    wrong = (y[order] == 1) != is_spam(s[order], threshold)
     # vlines, not bars: a bar one pixel wide can vanish when the chart is drawn
     x = np.arange(len(order))
     ax2.vlines(x[~wrong], 0, err[~wrong], color="tab:blue", lw=0.8)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from nnspam.arch import MLP
-from nnspam.network import Network, _stratified_split
+from nnspam.network import Network, stratified_split
 
 __all__ = ["available", "build", "fit", "libraries", "predict"]
 
@@ -204,7 +204,7 @@ def fit(
     X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
     if X_val is None and split and net.validation_fraction > 0:
         rng_split = np.random.default_rng(np.random.SeedSequence(net.seed).spawn(4)[1])
-        tr, va = _stratified_split(y, net.validation_fraction, rng_split)
+        tr, va = stratified_split(y, net.validation_fraction, rng_split)
         X, X_val, y, y_val = X[tr], X[va], y[tr], y[va]
     model = build(net)
     # Trained through its logits (the output layer before its activation); the returned

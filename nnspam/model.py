@@ -59,7 +59,8 @@ from nnspam.wide import Wide
 if TYPE_CHECKING:
     from nnspam.adaptive import AdaptiveState
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Model", "ModelError", "spamicity", "resolve_model_path"]
+__all__ = ["FORMAT_VERSION", "KINDS", "Model", "ModelError", "spamicity", "resolve_model_path",
+           "is_shipped"]
 
 FORMAT_VERSION = 1
 KINDS = ("email", "sms")
@@ -124,6 +125,25 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     if s == "default-sms":
         return Path(str(resources.files("nnspam").joinpath("data/models/sms")))
     return Path(os.path.expanduser(s))
+
+
+def _shipped_dir() -> Path:
+    """The folder of the models bundled in the package (``nnspam/data/models``)."""
+    return Path(str(resources.files("nnspam").joinpath("data/models")))
+
+
+def is_shipped(name: str | os.PathLike) -> bool:
+    """Whether ``name`` is one of the models bundled in the package, which are read-only:
+    ``default``/``default-email``, ``default-sms``, or any path that resolves (``~`` and
+    symlinks followed) into ``nnspam/data/models``.
+
+    The one rule of every front that could write a model (the daemon, the SMS store,
+    ``nnspam learn``, the server's TELL): the package's files are shared by every user of
+    the installation and replaced by the next upgrade, so learning goes into a model
+    directory of one's own. A directory that merely has a name starting with "default"
+    (``defaults-mine``) is an ordinary, writable model."""
+    path = resolve_model_path(name).resolve()
+    return path.is_relative_to(_shipped_dir().resolve())
 
 
 @dataclass
@@ -266,8 +286,12 @@ class Model:
         self.network.reset_inputs([index])
 
     def is_spam(self, spamicities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Element-wise verdict of spamicities at ``threshold`` (the model's own when
+        None), by the one rule of :func:`nnspam.verdict.is_spam`."""
+        from nnspam.verdict import is_spam
+
         t = self.threshold if threshold is None else threshold
-        return np.asarray(spamicities) >= t
+        return is_spam(np.asarray(spamicities), t)
 
     # -- persistence -----------------------------------------------------
     def to_json(self) -> dict[str, Any]:

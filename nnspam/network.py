@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Network", "early_stopping_loop", "gradient_check", "merge_networks"]
+__all__ = ["Learner", "Network", "adam_block", "early_stopping_loop", "gradient_check",
+           "merge_networks", "stratified_split"]
 
 ProgressFn = Callable[[int, float, float, float], Any]
 
@@ -77,7 +78,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-class _Learner:
+class Learner:
     """Training bookkeeping shared by :class:`Network` and :class:`nnspam.arch.MLP`: the
     seeded random streams, the optimiser state, and how ``partial_fit`` chooses between the
     network's own optimiser and plain gradient steps.  Subclasses provide ``_run_epoch``
@@ -155,7 +156,7 @@ class _Learner:
             self.learning_rate = saved_rate
 
 
-class Network(_Learner):
+class Network(Learner):
     """A one-hidden-layer perceptron with two output neurons (``o_spam``, ``o_ham``).
 
     Parameters are stored as ``W1 (n_inputs, n_hidden)``, ``b1 (n_hidden,)``,
@@ -441,7 +442,7 @@ class Network(_Learner):
             yv = self._as_labels(y_val, Xv.shape[0])
             Xt, yt = X, y
         else:
-            train_idx, val_idx = _stratified_split(y, self.validation_fraction, rng_split)
+            train_idx, val_idx = stratified_split(y, self.validation_fraction, rng_split)
             Xt, yt = X[train_idx], y[train_idx]
             Xv, yv = (X[val_idx], y[val_idx]) if val_idx.size else (None, None)
         if Xt.shape[0] == 0:
@@ -795,7 +796,7 @@ class Network(_Learner):
                 np.multiply(pb, l2, out=tmp)
                 gb += tmp
             if adam:
-                _adam_block(pb, gb, state[0][sl], state[1][sl], tmp, *coefs)
+                adam_block(pb, gb, state[0][sl], state[1][sl], tmp, *coefs)
             else:
                 _momentum_block(pb, gb, state[0][sl], *coefs)
 
@@ -879,7 +880,7 @@ def merge_networks(nets: Sequence[Network]) -> Network:
     return merged
 
 
-def _adam_block(
+def adam_block(
     p: np.ndarray,
     g: np.ndarray,
     m: np.ndarray,
@@ -918,7 +919,7 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _stratified_split(
+def stratified_split(
     y: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, validation), holding back ``fraction`` of each class.

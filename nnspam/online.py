@@ -115,6 +115,7 @@ import numpy as np
 
 from nnspam.atomic import atomic_write_text, fsync_dir
 from nnspam.model import Model, ModelError, resolve_model_path
+from nnspam.verdict import SPAM, score_tokens, verdict
 
 __all__ = ["FREE_PREFIX", "LABELS", "OnlineError", "OnlineFilter", "online_settings"]
 
@@ -298,8 +299,9 @@ class OnlineFilter:
         return self.model.threshold
 
     def is_spam(self, score: float) -> bool:
-        """The verdict for a spamicity, at the model's threshold."""
-        return bool(score >= self.model.threshold)
+        """The verdict for a spamicity, at the model's threshold, by the one rule of
+        every front (:func:`nnspam.verdict.verdict`)."""
+        return verdict(score, self.model.threshold) == SPAM
 
     def tokens(self, raw: bytes | str) -> list[str]:
         """The message's tokens (email: raw bytes; SMS: the text, or the text
@@ -316,7 +318,7 @@ class OnlineFilter:
     def classify(self, raw: bytes | str) -> float:
         """Spamicity of one message, in [0, 1]; spam when >= :attr:`threshold`.
         Changes nothing that is saved."""
-        s = float(self.model.spamicity_of_tokens([self.tokens(raw)])[0])
+        (s, _), = score_tokens(self.model, [self.tokens(raw)], self.model.threshold)
         self.meta["classified"] = int(self.meta.get("classified", 0)) + 1
         return min(1.0, max(0.0, s))
 

@@ -38,10 +38,13 @@ from typing import Any, BinaryIO
 
 from nnspam import __version__
 from nnspam.headers import set_header_fields
+from nnspam.verdict import is_spam, score_tokens
+from nnspam.verdict import verdict as verdict_of
 
 __all__ = [
     "STATUS", "FLAG", "EX_TEMPFAIL", "VERDICT_SPAM", "VERDICT_HAM", "VERDICT_UNSURE",
-    "VERDICT_ERROR", "Result", "mark", "add_arguments", "filter_stream", "main",
+    "VERDICT_ERROR", "VERDICT_EXIT", "Result", "Settings", "mark", "add_arguments",
+    "filter_stream", "main", "model_scorer", "quiet_stdout", "read_upto", "settings",
 ]
 
 STATUS = "X-NNSpam-Status"
@@ -68,8 +71,9 @@ class Result:
 
 
 def status_fields(spamicity: float, threshold: float) -> list[tuple[str, str]]:
-    """The header fields for a classified message."""
-    spam = spamicity >= threshold
+    """The header fields for a classified message (Yes/No by the threshold alone,
+    :func:`nnspam.verdict.is_spam`, also inside an unsure band)."""
+    spam = is_spam(spamicity, threshold)
     fields = [(STATUS, f"{'Yes' if spam else 'No'}, spamicity={spamicity:.3f}, "
                        f"threshold={threshold:.3f}, version={__version__}")]
     if spam:
@@ -97,11 +101,7 @@ def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
         if sp != sp:  # NaN from a broken model: do not file mail on it
             raise ValueError("the model returned NaN")
         out = mark(raw, status_fields(sp, threshold))
-        if unsure is not None and unsure[0] <= sp < unsure[1]:
-            verdict = "unsure"
-        else:
-            verdict = "spam" if sp >= threshold else "ham"
-        return Result(out, verdict, sp)
+        return Result(out, verdict_of(sp, threshold, unsure), sp)
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever failed
         return Result(raw, "error", None, f"{exc.__class__.__name__}: {exc}")
 
@@ -110,6 +110,9 @@ def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
 
 @dataclass
 class Settings:
+    """What the filter needs from the config: the model, the verdict's threshold and
+    unsure band, the ham bias, and the size cap (:func:`settings`)."""
+
     model: str
     threshold: float
     ham_factor: float
@@ -118,7 +121,10 @@ class Settings:
     unsure: tuple[float, float] | None
 
 
-def _settings(cfg: dict[str, Any], model: str | None) -> Settings:
+def settings(cfg: dict[str, Any], model: str | None) -> Settings:
+    """The filter's :class:`Settings` from a loaded config (``-m`` replaces its model),
+    checked: ValueError for a bad unsure band or size cap. Shared with ``nnspam filter
+    --server`` (:mod:`nnspam.spamc`) and ``nnspam serve``, so the three classify alike."""
     f = cfg["filter"]
     unsure = f.get("unsure")
     t = float(cfg["threshold"])
@@ -139,17 +145,23 @@ def _settings(cfg: dict[str, Any], model: str | None) -> Settings:
                     float(cfg["spam_factor"]), max_size, band)
 
 
+def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
+    """A function raw bytes -> spamicity with ``model`` at the settings' ham bias,
+    through the one scoring routine (:func:`nnspam.verdict.score_tokens`); the
+    verdict is :func:`classify`'s, which knows the unsure band. The scoring server
+    scores with the same function."""
+    def score(raw: bytes) -> float:
+        return score_tokens(model, [model.tokens(raw)], s.threshold, s.ham_factor,
+                            s.spam_factor)[0][0]
+    return score
+
+
 def _scorer(s: Settings) -> Callable[[bytes], float]:
     """Load the model now (so that a missing model fails before any output)
     and return a function raw bytes -> spamicity."""
     from nnspam.model import Model
 
-    model = Model.load(s.model)
-
-    def score(raw: bytes) -> float:
-        return float(model.spamicity_of_tokens([model.tokens(raw)], s.ham_factor,
-                                                s.spam_factor)[0])
-    return score
+    return model_scorer(Model.load(s.model), s)
 
 
 # -- I/O -----------------------------------------------------------------------
@@ -165,8 +177,10 @@ def _write(out: BinaryIO, data: bytes) -> None:
         raise OutputError(str(exc)) from exc
 
 
-def _read_upto(inp: BinaryIO, limit: int) -> bytes:
-    """Read until EOF or until more than ``limit`` bytes are held."""
+def read_upto(inp: BinaryIO, limit: int) -> bytes:
+    """Read until EOF or until more than ``limit`` bytes are held (one more byte
+    than ``limit`` says the message is over the size cap). Also used by ``nnspam
+    filter --server``, which must read the message exactly as the filter does."""
     parts: list[bytes] = []
     have = 0
     while have <= limit:
@@ -193,7 +207,7 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
     except Exception as exc:  # noqa: BLE001 - a bad config must not lose mail
         settings, max_size = None, max_size_fallback
         err = f"{exc.__class__.__name__}: {exc}"
-    raw = _read_upto(inp, max_size)
+    raw = read_upto(inp, max_size)
     if len(raw) > max_size:
         # Too big to classify: mark it from its first bytes and copy the rest.
         try:
@@ -264,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_VERDICT_EXIT = {"spam": VERDICT_SPAM, "ham": VERDICT_HAM, "unsure": VERDICT_UNSURE,
+#: ``--verdict-exit`` status of each verdict (bogofilter's convention), shared with
+#: ``nnspam filter --server``.
+VERDICT_EXIT = {"spam": VERDICT_SPAM, "ham": VERDICT_HAM, "unsure": VERDICT_UNSURE,
                  "skipped": VERDICT_UNSURE, "error": VERDICT_ERROR}
 
 
@@ -277,7 +293,7 @@ def run(args: argparse.Namespace, inp: BinaryIO | None = None,
     def settings_of() -> Settings:
         from nnspam.config import load_config
 
-        return _settings(load_config(args.config), args.model)
+        return settings(load_config(args.config), args.model)
 
     def log(msg: str) -> None:
         try:
@@ -289,7 +305,7 @@ def run(args: argparse.Namespace, inp: BinaryIO | None = None,
         verdict, _ = filter_stream(inp, out, settings_of, log=log)
     except OutputError as exc:
         log(f"nnspam filter: cannot write the output ({exc}); exit {EX_TEMPFAIL}")
-        _quiet_stdout()
+        quiet_stdout()
         return EX_TEMPFAIL
     except OSError as exc:
         log(f"nnspam filter: cannot read the input ({exc}); exit {EX_TEMPFAIL}")
@@ -297,11 +313,11 @@ def run(args: argparse.Namespace, inp: BinaryIO | None = None,
     if verdict == "error" and args.tempfail:
         return EX_TEMPFAIL
     if args.verdict_exit:
-        return _VERDICT_EXIT[verdict]
+        return VERDICT_EXIT[verdict]
     return 0
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """After EPIPE, point fd 1 at /dev/null so that the interpreter's final
     flush of sys.stdout does not report the broken pipe a second time."""
     try:

@@ -44,9 +44,11 @@ up to ``serve.user_cache`` user models loaded (least recently used dropped).
 
 Workers (pre-fork): the supervisor process loads the model, binds the
 sockets (or takes them from systemd socket activation: ``LISTEN_FDS`` /
-``LISTEN_PID``), sends ``READY=1`` to ``$NOTIFY_SOCKET`` (``Type=notify``)
-and forks ``serve.workers`` processes (default one per core) that share the
-listening sockets and, copy-on-write, the loaded model. Each worker accepts
+``LISTEN_PID``), sends ``READY=1`` to ``$NOTIFY_SOCKET`` (``Type=notify``;
+:mod:`nnspam.systemd`, as the daemon; with ``WatchdogSec=`` also ``WATCHDOG=1``
+at half the interval while its loop turns) and forks ``serve.workers``
+processes (default one per core) that share the listening sockets and,
+copy-on-write, the loaded model. Each worker accepts
 only while one of its ``serve.max_connections`` handler threads is free;
 other clients wait in the kernel's listen backlog for any worker. A worker
 that dies is replaced. Every request costs one ``stat`` of the model's
@@ -73,7 +75,7 @@ Signals (to the supervisor): SIGTERM and SIGINT stop accepting; every worker
 finishes the requests it has accepted, then the supervisor exits 0. SIGHUP
 reloads the site model in every worker and drops the cached user models.
 
-Resources: one BLAS thread per process (set before NumPy is imported; OpenBLAS
+Resources: one BLAS thread per process (:func:`nnspam.blas.one_blas_thread`; OpenBLAS
 threads made one message's forward pass 0.1 ms -> 20 ms on a busy host) and
 two glibc malloc arenas (RSS +20 MB instead of +75 MB over 4,000 hostile
 requests). Measured (``scripts/bench/server.py``, 2 cores shared with other
@@ -106,8 +108,12 @@ from pathlib import Path
 from typing import Any
 
 from nnspam import __version__
+from nnspam.blas import one_blas_thread
 from nnspam.headers import set_header_fields
-from nnspam.pipefilter import Result, Settings, _settings, classify
+from nnspam.pipefilter import Result, Settings, classify, model_scorer
+from nnspam.pipefilter import settings as filter_settings
+from nnspam.systemd import Watchdog, sd_notify
+from nnspam.verdict import is_spam
 
 __all__ = ["ServeSettings", "ServerError", "ModelRegistry", "Worker", "serve_settings",
            "run_server", "score_line", "spamassassin_fields", "user_model_path",
@@ -268,7 +274,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
             raise ServerError(f"listening on {ip} (not loopback) needs an explicit allow list of "
                               "client networks (serve.allowed or --allow)")
     try:
-        f = _settings(cfg, model)
+        f = filter_settings(cfg, model)
         from nnspam.correct import rule_from_config
 
         rule = rule_from_config(cfg)
@@ -294,7 +300,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
 def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
     """The ``Spam:`` response header: ``True ; 9.7 / 5.0`` (see the module
     docstring for the mapping); an unclassified message is ``False ; 0.0``."""
-    spam = spamicity is not None and spamicity >= threshold
+    spam = spamicity is not None and is_spam(spamicity, threshold)
     pts = 0.0 if spamicity is None else scale * spamicity
     return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
 
@@ -386,11 +392,11 @@ class ModelRegistry:
     is served from the next request on, without a restart or a signal."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        from nnspam.model import Model, resolve_model_path
+        from nnspam.model import Model, is_shipped, resolve_model_path
 
         self.settings = settings
         name = settings.filter.model
-        self.site_readonly = str(name).startswith("default")
+        self.site_readonly = is_shipped(name)
         path = resolve_model_path(name)
         stamp = _stamp(path)
         self.site = ModelSlot(path, Model.load(path), stamp)
@@ -447,12 +453,7 @@ class ModelRegistry:
         slot = self.slot_for(user)
         with slot.lock:
             slot.refresh()
-            model = slot.model
-
-            def score(data: bytes) -> float:
-                return float(model.spamicity_of_tokens([model.tokens(data)], f.ham_factor,
-                                                        f.spam_factor)[0])
-            return classify(raw, score, f.threshold, f.unsure)
+            return classify(raw, model_scorer(slot.model, f), f.threshold, f.unsure)
 
     def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
         """Learn one message into ``user``'s model (the site model without
@@ -617,7 +618,7 @@ class Handler(socketserver.StreamRequestHandler):
         st = self.server.settings
         f = st.filter
         spam_line = score_line(sp, f.threshold, st.score_scale)
-        is_spam = sp is not None and sp >= f.threshold
+        spam = sp is not None and is_spam(sp, f.threshold)
         if verb == "CHECK":
             self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n")
             return
@@ -628,8 +629,8 @@ class Handler(socketserver.StreamRequestHandler):
         elif verb == "HEADERS":
             out = _head_of(marked)
         elif verb == "SYMBOLS":
-            out = b"NNSPAM_SPAM" if is_spam else (b"NNSPAM_HAM" if sp is not None else b"")
-        elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and is_spam):
+            out = b"NNSPAM_SPAM" if spam else (b"NNSPAM_HAM" if sp is not None else b"")
+        elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
             out = _report(sp, f.threshold, st.score_scale)
         else:  # REPORT_IFSPAM on ham
             out = b""
@@ -696,7 +697,7 @@ def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
     only) and ``X-Spam-Status`` fields added, any earlier ones (forged or from another
     filter) removed: what spamass-milter copies into the message and rejects on
     (``serve.spamassassin_headers``). Scores use the ``Spam:`` line's mapping."""
-    spam = spamicity >= threshold
+    spam = is_spam(spamicity, threshold)
     status = (f"{'Yes' if spam else 'No'}, score={scale * spamicity:.1f} "
               f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
               f"autolearn=no version=nnspam-{__version__}")
@@ -931,10 +932,14 @@ class Worker:
     handlers finish the requests already accepted (the drain) before
     :meth:`run` returns."""
 
-    def __init__(self, listeners: list[Listener], ctx: Context) -> None:
+    def __init__(self, listeners: list[Listener], ctx: Context,
+                 watchdog: Watchdog | None = None) -> None:
         self.listeners = listeners
         self.ctx = ctx
         self.stopping = False  # a plain flag: set from a signal handler
+        # systemd's watchdog, pinged from the accept loop: only the worker that is the
+        # service's main process (workers: 1) has one; forked workers do not.
+        self.watchdog = watchdog
 
     def stop(self) -> None:
         """Stop accepting; in-flight requests finish (safe in a signal handler)."""
@@ -962,6 +967,8 @@ class Worker:
         sel = _AcceptSelector([lst.sock for lst in self.listeners])
         try:
             while not self.stopping:
+                if self.watchdog is not None:
+                    self.watchdog.ping()  # the accept loop turns: the server is alive
                 if not free.acquire(timeout=POLL):
                     continue
                 taken = False
@@ -1034,12 +1041,11 @@ def run_server(st: ServeSettings) -> int:
     SIGTERM, asks every worker to drain and waits for them."""
     workers = resolve_workers(st.workers)
     _limit_malloc_arenas()
-    # One BLAS thread per process, set before NumPy is imported: scoring one
-    # message is a 1 x n_inputs by n_inputs x hidden product, and OpenBLAS's
-    # thread hand-off made it 200 times slower on a busy 2-core host
-    # (measured: 0.1 ms with one thread, 20 ms with two, load average 10).
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+    # One BLAS thread per process (nnspam.blas, as the daemon): scoring one message
+    # is a 1 x n_inputs by n_inputs x hidden product, and OpenBLAS's thread hand-off
+    # made it 200 times slower on a busy 2-core host (measured: 0.1 ms with one
+    # thread, 20 ms with two, load average 10). The forked workers inherit it.
+    one_blas_thread()
     try:
         models = ModelRegistry(st)
     except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
@@ -1057,11 +1063,11 @@ def run_server(st: ServeSettings) -> int:
     print(f"nnspam serve: listening on {where}", file=sys.stderr, flush=True)
     try:
         if workers == 1:
-            worker = Worker(listeners, ctx)
+            worker = Worker(listeners, ctx, Watchdog())
             signal.signal(signal.SIGTERM, lambda *_: worker.stop())
             signal.signal(signal.SIGINT, lambda *_: worker.stop())
             signal.signal(signal.SIGHUP, lambda *_: worker.reload())
-            _sd_notify(b"READY=1")
+            sd_notify("READY=1")
             worker.run()
         else:
             _Supervisor(listeners, ctx, workers).run()
@@ -1071,7 +1077,7 @@ def run_server(st: ServeSettings) -> int:
         # default action would end the process with -15. SIG_IGN survives finalization.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _sd_notify(b"STOPPING=1")
+        sd_notify("STOPPING=1")
         _close(listeners)
     log.info("nnspam serve: stopped")
     return 0
@@ -1120,10 +1126,14 @@ class _Supervisor:
         signal.signal(signal.SIGHUP, self._hup)
         for _ in range(self.n):
             self._spawn()
-        _sd_notify(b"READY=1")
+        sd_notify("READY=1")
+        watchdog = Watchdog()
         fast_deaths: list[float] = []
         while not self.stopping:
             time.sleep(POLL)
+            # Alive while it supervises: a worker that dies or hangs in a crash loop is
+            # the supervisor's to replace; a supervisor that stops turning is systemd's.
+            watchdog.ping()
             if self.hup:
                 self.hup = False
                 log.info("SIGHUP: reloading the model in every worker")
@@ -1143,7 +1153,7 @@ class _Supervisor:
                     time.sleep(1.0)
                 if not self.stopping:
                     self._spawn()
-        _sd_notify(b"STOPPING=1")
+        sd_notify("STOPPING=1")
         for pid in self.children:
             _kill(pid, signal.SIGTERM)
         for pid in list(self.children):
@@ -1182,17 +1192,3 @@ def _status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {os.WTERMSIG(status)}"
     return f"exit {os.waitstatus_to_exitcode(status)}"
-
-
-def _sd_notify(msg: bytes) -> None:
-    """systemd's notify protocol (Type=notify), when NOTIFY_SOCKET is set."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(msg, addr)
-    except OSError:
-        pass

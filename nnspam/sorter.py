@@ -20,6 +20,11 @@ filed, recorded and learned from the same way whatever noticed it:
   move and, later, as a new delivery (the rule: :meth:`Sorter._moved_back`).
 * :meth:`Sorter.learn` - the one correction routine (:func:`nnspam.correct.correct`)
   plus the checkpoint policy.
+* :meth:`Sorter.from_config` - the one way the daemon and the SMS store build a
+  Sorter from their config, so that the two cannot drift apart.
+
+Scores and verdicts come from :func:`nnspam.verdict.score_tokens`, as on every other
+front.
 
 Delivered messages are never modified: they are only read and renamed.
 """
@@ -31,13 +36,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nnspam import maildir as md
 from nnspam.state import Record, State
+from nnspam.verdict import HAM, SPAM, score_tokens
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
@@ -151,6 +157,46 @@ class Sorter:
         self.pending_updates = 0
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
+                    *, model_name: str | os.PathLike | None, rule: Any = None) -> Sorter:
+        """The Sorter for a loaded config: the one wiring of the maildir daemon and the
+        SMS store, so that both file and learn alike.
+
+        From the config: the verdict (``threshold``) and the ham bias (``ham_factor``,
+        ``spam_factor``: settings of the config, as for ``nnspam filter``, ``nnspam
+        serve`` and ``nnspam classify``, not the values stored in the model), ``daemon:``
+        (Junk folder, size cap, learning from corrections, checkpoints), ``adaptive:``
+        (applied to ``model`` here) and ``learn:`` (the correction rule; ``rule`` when the
+        caller made it already). ``model_name`` is where ``model`` was loaded from:
+        checkpoints are saved there, unless it is a shipped model
+        (:func:`nnspam.model.is_shipped`) or None, which are only read. ``state`` may be
+        a function that opens the state file: it is called only after every setting has
+        been read and converted, so that a bad one creates nothing (the SMS store)."""
+        from nnspam import adaptive as adaptive_mod
+        from nnspam.correct import rule_from_config
+        from nnspam.model import is_shipped
+
+        d = cfg["daemon"]
+        ad = dict(cfg.get("adaptive") or {})
+        writable = model_name is not None and not is_shipped(model_name)
+        settings: dict[str, Any] = dict(
+            model_path=str(model_name) if writable else None,
+            junk=str(d["junk"]),
+            ham_factor=float(cfg["ham_factor"]),
+            spam_factor=float(cfg["spam_factor"]),
+            threshold=float(cfg["threshold"]),
+            max_message_bytes=int(d["max_message_bytes"]),
+            learn_from_corrections=bool(d["learn_from_corrections"]),
+            checkpoint_every=int(d["checkpoint_every"]),
+            adaptive=bool(ad.get("enabled", True)),
+            learn_on_confident=bool(ad.get("learn_on_confident", False)),
+            confident_margin=float(ad.get("confident_margin", 0.45)),
+            rule=rule if rule is not None else rule_from_config(cfg),
+        )
+        adaptive_mod.configure(model, ad)
+        return cls(model, state() if callable(state) else state, **settings)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -279,18 +325,18 @@ class Sorter:
             self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
             return "skipped"
         tokens = self.model.tokens(msg.data)
-        sp = float(self.model.spamicity_of_tokens([tokens], self.h, self.s)[0])
+        (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s)
         self.stats["scored"] += 1
         self._observe(tokens)
         if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
-            self.learn([msg.data], "spam" if sp >= self.t else "ham")
-        if sp < self.t:
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, "ham",
+            self.learn([msg.data], verdict)
+        if verdict == HAM:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, HAM,
                                   "inbox", "daemon", None, now, now))
             self.stats["ham"] += 1
             self._decision(path, msg, sp, "kept")
             return "ham"
-        rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, "spam", "moving",
+        rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, SPAM, "moving",
                      "daemon", None, now, now)
         self.state.put(rec)
         dest = self._to_junk(maildir, key, uniq, path)

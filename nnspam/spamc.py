@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nnspam import __version__, pipefilter
+from nnspam.verdict import HAM, SPAM, UNSURE
+from nnspam.verdict import verdict as verdict_of
 
 __all__ = ["SpamcError", "Reply", "parse_addresses", "request", "process", "tell", "ping",
            "via_server", "run", "main"]
@@ -254,13 +256,13 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
     fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")] if yes == "Yes" else [])
     if pipefilter.mark(raw, fields) != rep.body:
         return None
-    verdict = "spam" if yes == "Yes" else "ham"
+    verdict = SPAM if yes == "Yes" else HAM  # the server's verdict, from the unrounded score
     if s.unsure is not None:
         sp, (lo, hi) = float(sp_s), s.unsure
         if min(abs(sp - lo), abs(sp - hi)) <= 0.0005 + 1e-9:
             return None  # rounded to 3 decimals: cannot tell the side of the edge
-        if lo <= sp < hi:
-            verdict = "unsure"
+        if verdict_of(sp, s.threshold, s.unsure) == UNSURE:
+            verdict = UNSURE
     return rep.body, verdict
 
 
@@ -311,7 +313,7 @@ def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> 
         from nnspam.config import load_config
 
         cfg = load_config(args.config)
-        settings = pipefilter._settings(cfg, args.model)
+        settings = pipefilter.settings(cfg, args.model)
         if server is None and args.model is not None:
             server = "none"  # -m names a model the configured server may not serve
         addrs = parse_addresses(server if server is not None else cfg["filter"]["server"])
@@ -324,7 +326,7 @@ def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> 
     if not addrs:
         return pipefilter.run(args, inp, out)
     try:
-        raw = pipefilter._read_upto(inp, settings.max_size)
+        raw = pipefilter.read_upto(inp, settings.max_size)
     except OSError as exc:
         log(f"nnspam filter: cannot read the input ({exc}); exit {pipefilter.EX_TEMPFAIL}")
         return pipefilter.EX_TEMPFAIL
@@ -340,10 +342,10 @@ def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> 
         out.flush()
     except OSError as exc:
         log(f"nnspam filter: cannot write the output ({exc}); exit {pipefilter.EX_TEMPFAIL}")
-        pipefilter._quiet_stdout()
+        pipefilter.quiet_stdout()
         return pipefilter.EX_TEMPFAIL
     if args.verdict_exit:
-        return pipefilter._VERDICT_EXIT[verdict]
+        return pipefilter.VERDICT_EXIT[verdict]
     return 0
 
 

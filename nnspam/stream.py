@@ -115,6 +115,7 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
     """Classify then (by ``feedback``) learn each ``(judge, path)`` in order; yields a
     :class:`Step` per message. The model changes in place."""
     from nnspam.correct import correct, observe
+    from nnspam.verdict import verdict as verdict_of
 
     if feedback not in FEEDBACK:
         raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
@@ -123,7 +124,7 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
         toks = model.tokens(read(path))
         sps, zs = model.judge_tokens([toks])
         sp, score = float(sps[0]), float(zs[0])  # scored before the message is learned
-        verdict = "spam" if sp >= t else "ham"
+        verdict = verdict_of(sp, t)  # the one rule (judge_tokens also gives the logit)
         learn = feedback == "all" or (feedback == "errors" and verdict != judge)
         if learn:
             correct(model, [toks], judge, rule, adaptive_inputs=adaptive)

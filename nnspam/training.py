@@ -328,10 +328,10 @@ def _split_and_balance(net: Any, X: np.ndarray, y: np.ndarray, balance: str,
     """The stratified validation split of ``Network.fit`` (same seed stream), then the
     balancing of the training part only."""
     from nnspam.arch import dbb_oversample
-    from nnspam.network import _stratified_split
+    from nnspam.network import stratified_split
 
     streams = np.random.SeedSequence(net.seed).spawn(5)
-    tr, va = _stratified_split(y, net.validation_fraction, np.random.default_rng(streams[1]))
+    tr, va = stratified_split(y, net.validation_fraction, np.random.default_rng(streams[1]))
     Xt, yt = X[tr], y[tr]
     Xv, yv = (X[va], y[va]) if va.size else (None, None)
     if balance == "dbb":

@@ -175,6 +175,7 @@ def test_disabled_does_nothing():
     assert model.adaptive.step == 0 and not model.adaptive.candidates
 
 
+@pytest.mark.slow
 def test_stream_on_corpus_slice(sa_corpus):
     """Train on a slice of the older parts, stream a slice of the later ones:
     replacements happen and the model still separates spam from ham."""

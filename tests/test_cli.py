@@ -139,6 +139,7 @@ def test_train_with_wordlist_file_and_paths(sa_corpus, tmp_path):
     assert t.returncode == 0 and b"False Positives (of 40)" in t.stdout
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_sms_train_and_classify(tmp_path):
     m = tmp_path / "sms"

@@ -51,6 +51,7 @@ def _check(report: dict, names: list[str], mode: str, abstains: tuple[str, ...] 
             assert r["one_minus_roca_pct"] < 30, (name, r)
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_batch_comparison_on_a_spamassassin_slice(tmp_path, sa_corpus):
     _run(tmp_path, "--split", str(SA_SPLIT), "--corpus", str(sa_corpus), "--mode", "batch",
@@ -70,6 +71,7 @@ def test_batch_comparison_on_a_spamassassin_slice(tmp_path, sa_corpus):
     assert png.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_online_comparison_on_an_sms_slice(tmp_path):
     _run(tmp_path, "--sms", str(SMS_FILE), "--split", str(SMS_SPLIT), "--mode", "online",

@@ -173,6 +173,7 @@ def decisions(d: Daemon) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 def test_burst_of_2000_is_filed_exactly_once_unchanged(tmp_path, box, model, messages):
     d = Daemon(tmp_path, box, model).start()
     try:
@@ -187,6 +188,7 @@ def test_burst_of_2000_is_filed_exactly_once_unchanged(tmp_path, box, model, mes
     assert "ERROR" not in d.text()
 
 
+@pytest.mark.slow
 def test_burst_survives_sigkill_and_restart(tmp_path, box, model, messages):
     d = Daemon(tmp_path, box, model).start()
     half = BURST // 2
@@ -380,6 +382,38 @@ def test_not_junk_moves_under_new_names_are_still_learned_as_ham(tmp_path, box, 
     db = sqlite3.connect(d.state)
     assert [r[0] for r in db.execute("SELECT label FROM corrections ORDER BY id")] == ["ham"] * 2
     db.close()
+
+
+def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
+    """Sorter.handle_new decides through nnspam.verdict: exactly at the threshold is spam
+    (moved to Junk), as the X-NNSpam headers say; a NaN spamicity is ham and stays in the
+    inbox, as the pipe filter never files mail on one (the Sorter once moved it to Junk)."""
+    from nnspam.sorter import Sorter
+    from nnspam.state import State
+
+    class Fixed:
+        def __init__(self, sp: float) -> None:
+            self.sp = sp
+
+        def tokens(self, payload):
+            return ["w"]
+
+        def ensure_wide(self):
+            return self
+
+        def observe(self, token_lists):
+            pass
+
+        def spamicity_of_tokens(self, token_lists, h, s):
+            return [self.sp] * len(token_lists)
+
+    st = State(tmp_path / "s.sqlite3")
+    for sp, want in ((0.6, "spam"), (0.59999, "ham"), (float("nan"), "ham")):
+        sorter = Sorter(Fixed(sp), st, threshold=0.6, adaptive=False)
+        p = md.deliver(box, f"Subject: {sp}\n\nbody\n".encode())
+        assert sorter.handle_new(box, p) == want
+        assert p.exists() == (want == "ham")
+    st.close()
 
 
 def test_the_not_junk_rule_in_time(tmp_path, box):

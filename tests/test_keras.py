@@ -22,10 +22,10 @@ from nnspam.training import tokenize_samples, train_model
 
 from conftest import ROOT, SMS_FILE, SMS_SPLIT, make_message, needs_corpora
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not keras_backend.available() and not os.environ.get("CI"),
     reason="TensorFlow/Keras not installed (pip install -e '.[keras]'; CI installs it)",
-)
+)]
 
 SMALL_ARCH = {
     "deep": {"ngram": 2, "size": 500, "layers": [32, 16], "dropout": 0.3, "l2": 1e-5},

@@ -144,6 +144,55 @@ def test_shipped_models_load():
         assert m.summary.get("provenance", {}).get("trained_on")
 
 
+def test_only_the_bundled_models_are_read_only(tmp_path, monkeypatch):
+    """One rule (model.is_shipped) for the daemon, the SMS store, nnspam learn and the
+    server's TELL. The server once took every name starting with "default" for the
+    shipped model and refused to learn into a directory of one's own called so."""
+    from nnspam.model import is_shipped, resolve_model_path
+
+    for name in ("default", "default-email", "default-sms"):
+        assert is_shipped(name)
+        assert is_shipped(resolve_model_path(name))  # the same directory by its path
+    monkeypatch.chdir(tmp_path)
+    for name in ("defaults-mine", "default-x", "default.bak"):
+        (tmp_path / name).mkdir()
+        assert not is_shipped(name) and not is_shipped(tmp_path / name)
+    assert not is_shipped(tmp_path / "not-there-yet")
+    (tmp_path / "link").symlink_to(resolve_model_path("default-sms"))
+    assert is_shipped(tmp_path / "link")  # a symlink to the package's model is the model
+
+
+def test_the_one_verdict_rule():
+    """nnspam.verdict: at the threshold is spam (as X-NNSpam-Status always said), just
+    below is ham, NaN is never spam; the unsure band is low <= s < high."""
+    from nnspam.verdict import is_spam, verdict
+
+    below = float(np.nextafter(0.5, 0.0))
+    assert verdict(0.5, 0.5) == "spam" and verdict(below, 0.5) == "ham"
+    assert verdict(1.0, 0.5) == "spam" and verdict(0.0, 0.5) == "ham"
+    assert verdict(0.7, 0.7) == "spam" and verdict(0.69, 0.7) == "ham"
+    assert verdict(float("nan"), 0.5) == "ham"
+    band = (0.3, 0.7)
+    assert [verdict(x, 0.5, band) for x in (0.29, 0.3, 0.5, 0.69, 0.7)] == [
+        "ham", "unsure", "unsure", "unsure", "spam"]
+    assert is_spam(np.array([below, 0.5, 0.51]), 0.5).tolist() == [False, True, True]
+    assert Model.is_spam(Model.load("default-sms"), [below, 0.5]).tolist() == [False, True]
+
+
+def test_score_tokens_is_the_models_spamicity_and_the_verdict(tiny_model):
+    from nnspam.verdict import score_tokens
+
+    toks = [tiny_model.tokens(m) for m in (
+        make_message("offer", "cheap viagra free money", "deals@spam.biz"),
+        make_message("notes", "agenda for the meeting tomorrow"))]
+    want = tiny_model.spamicity_of_tokens(toks, 0.8, 0.2)
+    got = score_tokens(tiny_model, toks, float(want[0]), 0.8, 0.2)
+    assert [sp for sp, _ in got] == [float(x) for x in want]
+    assert [v for _, v in got] == ["spam", "ham"]  # the first is exactly at the threshold
+    assert score_tokens(tiny_model, toks, 0.5)[0][0] == float(
+        tiny_model.spamicity_of_tokens(toks)[0])  # None: the model's own ham bias
+
+
 def test_swa_refit_keeps_the_shape_and_records_itself():
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"].update(size=40, min_df=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from nnspam.network import Network, _stratified_split, gradient_check, merge_networks
+from nnspam.network import Network, gradient_check, merge_networks, stratified_split
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]
 OUTPUT_LOSSES = [("softmax", "xent"), ("sigmoid", "xent"), ("sigmoid", "mse")]
@@ -264,7 +264,7 @@ def test_internal_validation_split_and_no_validation() -> None:
 
 def test_stratified_split_keeps_class_proportions() -> None:
     y = np.array([1] * 30 + [0] * 170)
-    train, val = _stratified_split(y, 0.1, np.random.default_rng(0))
+    train, val = stratified_split(y, 0.1, np.random.default_rng(0))
     assert len(val) == 20 and int(y[val].sum()) == 3
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(200))
 

@@ -4,6 +4,7 @@ package ``spamc``) and by hand-written requests over a socket."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -32,7 +33,7 @@ class Server:
 
     def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "",
                  host: str = "127.0.0.1", port: int | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port or _free_port()
         self.sock = str(tmp / f"nnspam-{host}.sock")
@@ -44,7 +45,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
              "--listen", f"{host}:{self.port}", "--socket", self.sock, *args],
-            stderr=self._log)
+            stderr=self._log, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -114,6 +115,7 @@ def _request(verb: str, body: bytes, **headers: str) -> bytes:
 
 # -- spamc ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_spamc_output_equals_filter_output_on_200_messages(server, sa_corpus):
     need("spamc")
     msgs = _messages(sa_corpus, 200)
@@ -223,6 +225,25 @@ def test_tell_on_the_shipped_model_is_refused(server, sa_corpus):
     assert resp.startswith(b"SPAMD/1.5 77 ")
 
 
+def test_tell_learns_into_a_model_of_ones_own_named_default_something(tmp_path,
+                                                                     monkeypatch):
+    """The read-only rule is model.is_shipped, as for the daemon and nnspam learn: the
+    server once refused (77) every model whose name started with "default"."""
+    from nnspam.config import DEFAULTS
+    from nnspam.model import resolve_model_path
+    from nnspam.server import ModelRegistry, serve_settings
+
+    shutil.copytree(resolve_model_path("default-sms"), tmp_path / "defaults-mine")
+    weights = (tmp_path / "defaults-mine" / "weights.npz").read_bytes()
+    monkeypatch.chdir(tmp_path)  # the name as given on the command line, relative
+    reg = ModelRegistry(serve_settings(DEFAULTS, model="defaults-mine", listen="127.0.0.1:0"))
+    assert not reg.site_readonly
+    reg.learn(b"Subject: x\n\nWIN a FREE prize, call now\n", "spam")
+    assert (tmp_path / "defaults-mine" / "weights.npz").read_bytes() != weights
+    assert ModelRegistry(serve_settings(DEFAULTS, model="default-sms",
+                                        listen="127.0.0.1:0")).site_readonly
+
+
 # -- hand-written requests -------------------------------------------------------------
 
 def test_ping_and_check_by_hand(server, sa_corpus):
@@ -320,6 +341,54 @@ def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_
         assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path, workers):
+    """systemd's notify protocol, as the daemon speaks it (nnspam.systemd; the daemon's
+    test_sd_notify_reload_and_sigterm_checkpoint): READY=1 once serving, WATCHDOG=1 at
+    half of WATCHDOG_USEC from the main process (the only worker, or the supervisor of
+    the pre-fork pool; systemd takes it from no other: NotifyAccess=main), STOPPING=1
+    at SIGTERM."""
+    path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(path))
+    notify.settimeout(30)
+    srv = Server(tmp_path, "default-sms", args=("--workers", workers),
+                 env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    try:
+        got = [notify.recv(100).decode()]
+        assert got == ["READY=1"], srv.log()
+        t0 = time.monotonic()
+        while got.count("WATCHDOG=1") < 3:
+            got.append(notify.recv(100).decode())
+        assert set(got[1:]) == {"WATCHDOG=1"}
+        assert time.monotonic() - t0 < 10  # every 0.2 s, give or take a busy host
+    finally:
+        assert srv.stop() == 0
+    while (msg := notify.recv(100).decode()) == "WATCHDOG=1":
+        pass
+    assert msg == "STOPPING=1"
+    notify.close()
+
+
+def test_one_blas_thread_also_after_numpy_is_loaded():
+    """nnspam.blas.one_blas_thread, for serve and the daemon: serve imports NumPy while it
+    reads its settings, so the OPENBLAS_NUM_THREADS it used to set came too late and it
+    scored on every core; a BLAS already loaded is limited too now, and the variables
+    are set for what starts later."""
+    code = ("import json, os; from nnspam.config import DEFAULTS; from nnspam.server import "
+            "serve_settings; serve_settings(DEFAULTS, listen='127.0.0.1:0'); "
+            "from nnspam.blas import one_blas_thread; one_blas_thread(); "
+            "from threadpoolctl import threadpool_info; "
+            "print(json.dumps([[i['num_threads'] for i in threadpool_info()], "
+            "os.environ['OPENBLAS_NUM_THREADS']]))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    threads, var = json.loads(out)
+    assert threads and set(threads) == {1} and var == "1", out
+
+
 def test_non_loopback_listen_needs_an_allow_list():
     from nnspam.config import DEFAULTS
     from nnspam.server import ServerError, serve_settings
@@ -334,6 +403,7 @@ def test_score_line_mapping():
     from nnspam.server import score_line
 
     assert score_line(0.97, 0.5, 10) == b"Spam: True ; 9.7 / 5.0"
+    assert score_line(0.5, 0.5, 10) == b"Spam: True ; 5.0 / 5.0"  # at the threshold: spam
     assert score_line(0.499, 0.5, 10) == b"Spam: False ; 5.0 / 5.0"
     assert score_line(None, 0.5, 10) == b"Spam: False ; 0.0 / 5.0"
 

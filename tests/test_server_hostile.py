@@ -225,6 +225,7 @@ def _rss_kb(pid: int) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_over_2000_hostile_requests(server, sa_corpus):
     msgs = _messages(sa_corpus, 40)
     for raw in msgs * 3:  # warm up: every worker has scored mail

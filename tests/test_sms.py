@@ -175,6 +175,59 @@ def test_the_shipped_sms_model_is_not_written(store):
     assert store.sorter.model.kind == "sms"
 
 
+def test_daemon_and_sms_store_build_one_sorter_from_the_config(tmp_path):
+    """Sorter.from_config is the one wiring of both: every setting the same, the ham bias
+    and threshold the config's (the SMS store once took them from the model, the daemon
+    from the config, as the filter, the server and nnspam classify do)."""
+    from nnspam.daemon import Daemon, settings_from_config
+    from nnspam.model import Model
+    from nnspam.sms.store import open_store
+
+    model = Model.load("default-sms")
+    assert (model.ham_factor, model.spam_factor, model.threshold) == (0.9, 0.1, 0.5)
+    cfg = sms_config(tmp_path)
+    cfg.update(ham_factor=0.7, spam_factor=0.3, threshold=0.6)
+    cfg["daemon"].update(junk=".Spam", checkpoint_every=3, max_message_bytes=4096,
+                         state=str(tmp_path / "daemon.sqlite3"))
+    cfg["adaptive"].update(learn_on_confident=True, confident_margin=0.3, half_life=250)
+    store = open_store(cfg)
+    box = md.ensure_maildir(tmp_path / "Maildir")
+    daemon = Daemon(settings_from_config(cfg, [str(box)], "default-sms"))
+    daemon._load()
+    try:
+        names = ("h", "s", "t", "junk", "model_path", "max_message_bytes",
+                 "learn_from_corrections", "checkpoint_every", "adaptive",
+                 "learn_on_confident", "confident_margin", "rule")
+        sms = {k: getattr(store.sorter, k) for k in names}
+        assert sms == {k: getattr(daemon.sorter, k) for k in names}
+        assert (sms["h"], sms["s"], sms["t"]) == (0.7, 0.3, 0.6)
+        assert (sms["junk"], sms["checkpoint_every"], sms["max_message_bytes"]) == (
+            ".Spam", 3, 4096)
+        assert sms["model_path"] is None  # default-sms is read-only for both
+        for sorter in (store.sorter, daemon.sorter):  # the adaptive: section applied
+            assert sorter.model.adaptive.settings["half_life"] == 250
+    finally:
+        store.close()
+        daemon.state.close()
+
+
+def test_an_sms_is_judged_at_the_configs_threshold(tmp_path):
+    """What the shared constructor changes for an SMS: a spam by the model's own bias is
+    ham when the config says spam needs more (as nnspam classify would say)."""
+    from nnspam.sms.store import open_store
+
+    cfg = sms_config(tmp_path)
+    cfg.update(threshold=0.999999, spam_factor=1.0e-9)
+    st = open_store(cfg)
+    try:
+        text = "WINNER!! Claim your FREE prize now, call 09061701461 txt WIN to 80086"
+        r = st.store(Sms("SMcfg000000000001", "+447700900009", "+441632960000", text))
+        assert st.sorter.model.score([text], ham_factor=0.9, spam_factor=0.1)[0] >= 0.5
+        assert r.action == "ham" and r.path.parent == st.maildir / "new"
+    finally:
+        st.close()
+
+
 # -- the webhook -------------------------------------------------------------------
 
 @pytest.fixture

@@ -137,6 +137,7 @@ def enron_errors():
     return picked
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_fifty_corrections_stick_and_do_not_undo_the_model(enron_errors):
     from nnspam.corpus import load_split_samples

@@ -84,6 +84,7 @@ def _run(tmp_path: Path, *args: str) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 @needs_enron
 @pytest.mark.parametrize("feedback", ["errors", "all"])
 def test_empty_start_from_the_archive(tmp_path, feedback):
@@ -101,6 +102,7 @@ def test_empty_start_from_the_archive(tmp_path, feedback):
     assert sum(line.startswith("| enron1 |") for line in summary.splitlines()) == len(names)
 
 
+@pytest.mark.slow
 @needs_enron
 def test_trained_start_with_errors_feedback(tmp_path):
     names = _run(tmp_path, "--corpus", str(ENRON_TAR), "--feedback", "errors",

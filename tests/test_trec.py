@@ -74,6 +74,7 @@ def drive(msgs: list[tuple[Path, str]], env: dict[str, str], cwd: Path) -> tuple
     return scores, gold
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_trec_protocol_untrained_learns(sa_corpus, tmp_path):
     """100 messages from an untrained network: the second half is ranked well
@@ -99,6 +100,7 @@ def test_trec_protocol_untrained_learns(sa_corpus, tmp_path):
     assert errors[50:].sum() < errors[:50].sum()
 
 
+@pytest.mark.slow
 @needs_corpora
 def test_trec_protocol_from_default_model(sa_corpus, tmp_path):
     """NNSPAM_TREC_MODEL=default: the shipped model is right from the start."""

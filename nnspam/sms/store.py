@@ -41,8 +41,6 @@ __all__ = ["SmsStore", "Stored", "SmsRow", "open_store"]
 
 log = logging.getLogger("nnspam.sms")
 
-SHIPPED_MODELS = ("default", "default-email", "default-sms")
-
 # A row whose file is missing (or not filed) is only taken for a crash's
 # leftover after this many seconds: the webhook server and the poller may run
 # at once, and the other process may be between writing the row and filing.
@@ -190,46 +188,31 @@ class SmsStore:
 
 def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     """The SMS store for a loaded config: the model named by ``sms.model``
-    (or ``model``), filed by a :class:`~nnspam.sorter.Sorter` with the
-    daemon's settings, into ``sms.maildir``, state in ``sms.state``.
+    (or ``model``), filed by the :class:`~nnspam.sorter.Sorter` the daemon uses,
+    built from the config the same way (:meth:`~nnspam.sorter.Sorter.from_config`:
+    threshold and ham bias from the config, ``daemon:``, ``adaptive:``, ``learn:``),
+    into ``sms.maildir``, state in ``sms.state``.
 
-    The shipped ``default-sms`` model is read-only: SMS are scored and filed,
-    corrections are recorded but only learned with a model directory of your
-    own (``nnspam train --sms ... -m DIR`` and ``sms.model: DIR``).
+    The shipped ``default-sms`` model is read-only (:func:`nnspam.model.is_shipped`):
+    SMS are scored and filed, corrections are recorded but only learned with a model
+    directory of your own (``nnspam train --sms ... -m DIR`` and ``sms.model: DIR``).
 
     Every setting is read and checked first (the model loaded, the
     correction rule made, the numbers converted); only then are the state
     file and the maildir created, so a bad setting leaves nothing behind.
     """
-    from nnspam.correct import rule_from_config
     from nnspam.model import Model
     from nnspam.sorter import Sorter
     from nnspam.state import State
 
     s = cfg["sms"]
-    d = cfg["daemon"]
-    ad = cfg.get("adaptive") or {}
     name = str(model or s["model"])
     m = Model.load(name)
     if m.kind != "sms":
         log.warning("model %s is an %s model, not an SMS model", name, m.kind)
-    adaptive = bool(ad.get("enabled", True))
-    if adaptive:
-        from nnspam import adaptive as adaptive_mod
-
-        adaptive_mod.configure(m, dict(ad))
-    writable = name not in SHIPPED_MODELS
-    settings: dict[str, Any] = dict(
-        model_path=name if writable else None, junk=str(d["junk"]),
-        ham_factor=float(m.ham_factor), spam_factor=float(m.spam_factor),
-        threshold=float(m.threshold), max_message_bytes=int(d["max_message_bytes"]),
-        learn_from_corrections=bool(d["learn_from_corrections"]),
-        checkpoint_every=int(d["checkpoint_every"]), adaptive=adaptive,
-        learn_on_confident=bool(ad.get("learn_on_confident", False)),
-        confident_margin=float(ad.get("confident_margin", 0.45)),
-        rule=rule_from_config(cfg),
-    )
     state_path = os.path.expanduser(str(s["state"]))
     maildir = str(s["maildir"])
-    # Nothing was created above this line.
-    return SmsStore(maildir, Sorter(m, State(state_path), **settings))
+    # Nothing was created above this line; from_config opens (creates) the state file
+    # only after it has read and converted every setting.
+    return SmsStore(maildir, Sorter.from_config(cfg, m, lambda: State(state_path),
+                                                model_name=name))

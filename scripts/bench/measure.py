@@ -17,6 +17,9 @@ spam missed, 1-ROCA, training time). Tokens are computed once per run.
 Grid keys: method, size, min_df (word list), scaling (features), and any
 ``network:`` setting (hidden, hidden_activation, dropout, l2, learning_rate,
 batch_size, seed, ...).
+
+--baseline-lr needs scikit-learn, which nnspam itself does not depend on:
+``pip install -c constraints.txt -e '.[bench]'``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from nnspam import wordlist as wl  # noqa: E402
 from nnspam.corpus import load_split_samples  # noqa: E402
 from nnspam.evaluate import roc_auc  # noqa: E402
 from nnspam.model import Model, spamicity  # noqa: E402
-from nnspam.network import _stratified_split  # noqa: E402
+from nnspam.network import stratified_split  # noqa: E402
 from nnspam.training import labels_of, network_from_settings, tokenize_samples  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> int:
                      int(w["size"]), w["method"], int(w.get("min_df", 3)))
     words = [x for _, x in wlist]
     for vseed in args.validation_seed:
-        tri, vai = _stratified_split(y, float(st["network"]["validation_fraction"]),
+        tri, vai = stratified_split(y, float(st["network"]["validation_fraction"]),
                                      np.random.default_rng(vseed))
         runs = []
         for seed in range(1, args.seeds + 1):
