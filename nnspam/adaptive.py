@@ -43,14 +43,30 @@ import heapq
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from nnspam.model import Model
+__all__ = ["POLICIES", "AdaptiveModel", "AdaptiveState", "configure", "ensure_state", "observe",
+           "settings_from"]
 
-__all__ = ["POLICIES", "AdaptiveState", "configure", "ensure_state", "observe", "settings_from"]
+
+class AdaptiveModel(Protocol):
+    """What page replacement reads and changes on a model: :class:`nnspam.model.Model`
+    is one. The model module imports this one (a model carries an
+    :class:`AdaptiveState`), so this module names the interface it needs instead of
+    importing the model back."""
+
+    words: list[str]
+    wordlist_counts: list[int] | None
+    summary: dict[str, Any]
+    adaptive: AdaptiveState | None
+    vectorizer: Any  # .index: word -> input
+    network: Any  # its W1 is edited in place by ``init: class``
+
+    def outputs(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray: ...
+
+    def replace_input(self, index: int, word: str, count: int = 0) -> None: ...
 
 POLICIES = ("lfu", "lfu-ig")
 
@@ -187,7 +203,7 @@ class AdaptiveState:
         return st
 
 
-def _initial_activity(model: Model, decay: float) -> np.ndarray:
+def _initial_activity(model: AdaptiveModel, decay: float) -> np.ndarray:
     """Steady-state aged activity implied by the training word counts: a word
     seen in a fraction r of the training messages has aged activity
     r / (1 - decay). Without counts, every input starts at one recent message."""
@@ -201,7 +217,7 @@ def _initial_activity(model: Model, decay: float) -> np.ndarray:
     return np.ones(n, dtype=np.float64)
 
 
-def ensure_state(model: Model, settings: dict[str, Any] | None = None) -> AdaptiveState:
+def ensure_state(model: AdaptiveModel, settings: dict[str, Any] | None = None) -> AdaptiveState:
     """The model's adaptive state, created on first use (settings from the
     config defaults unless given, activity from the training word counts)."""
     st = getattr(model, "adaptive", None)
@@ -213,7 +229,7 @@ def ensure_state(model: Model, settings: dict[str, Any] | None = None) -> Adapti
     return st
 
 
-def configure(model: Model, section: dict[str, Any]) -> AdaptiveState:
+def configure(model: AdaptiveModel, section: dict[str, Any]) -> AdaptiveState:
     """Apply the ``adaptive:`` config section to a model (creating its state
     if needed); the statistics gathered so far are kept."""
     st = ensure_state(model, section)
@@ -222,7 +238,7 @@ def configure(model: Model, section: dict[str, Any]) -> AdaptiveState:
     return st
 
 
-def _pseudo_labels(model: Model, token_lists: Sequence[Sequence[str]],
+def _pseudo_labels(model: AdaptiveModel, token_lists: Sequence[Sequence[str]],
                    confidence: float) -> list[str | None]:
     """Class of each message by the model's own confident verdict, else None."""
     out = model.outputs(token_lists)
@@ -230,7 +246,7 @@ def _pseudo_labels(model: Model, token_lists: Sequence[Sequence[str]],
     return ["spam" if x >= confidence else "ham" if x <= 1.0 - confidence else None for x in o]
 
 
-def observe(model: Model, token_lists: list[list[str]],
+def observe(model: AdaptiveModel, token_lists: list[list[str]],
             labels: list[str] | None = None) -> list[dict]:
     """Update activation statistics of input words and the bounded candidate table with the
     tokens of messages just classified (labels None) or learned (labels 'spam'/'ham'), and,
@@ -282,7 +298,7 @@ def observe(model: Model, token_lists: list[list[str]],
     return done
 
 
-def _replace(model: Model, st: AdaptiveState) -> list[dict]:
+def _replace(model: AdaptiveModel, st: AdaptiveState) -> list[dict]:
     """One page-replacement step (see the module docstring)."""
     k = int(st.settings["max_replacements"])
     if k <= 0 or not st.candidates:
@@ -327,7 +343,7 @@ def _replace(model: Model, st: AdaptiveState) -> list[dict]:
     return done
 
 
-def _class_init(model: Model, st: AdaptiveState, idx: int, spam: float, ham: float) -> None:
+def _class_init(model: AdaptiveModel, st: AdaptiveState, idx: int, spam: float, ham: float) -> None:
     """``init: class``: start a new input's weights from what the network
     already learned about its class, instead of from zero.
 

@@ -201,7 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=_progress_printer(show), provenance=provenance,
         arch=args.arch, backend=args.backend, balance=args.balance, arch_settings=cfg["arch"],
     )
-    model.save(args.model)
+    from nnspam.writer import replace_model
+
+    replace_model(model, args.model)  # under the model writers' lock (nnspam.writer)
     print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, "
           f"{model.summary['epochs']} epochs, {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
     return 0
@@ -369,9 +371,14 @@ def _rule(cfg: dict[str, Any], untrained: bool = False):
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    """Learn messages of one class into a model directory, through the one model
+    writer (:mod:`nnspam.writer`): under the directory's lock, on top of its
+    latest save, so a daemon or server learning into the same model at the same
+    time keeps its corrections and ours."""
+    from nnspam.adaptive import configure
     from nnspam.corpus import iter_messages
-    from nnspam.correct import correct_payloads
     from nnspam.model import is_shipped
+    from nnspam.writer import ModelWriter
 
     cfg = _config(args)
     rule = _rule(cfg)
@@ -383,17 +390,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if is_shipped(target):
         raise UsageError("the shipped default model is read-only: train your own with "
                          "'nnspam train ... -m DIR' or give -m DIR")
-    model = _load_model(args, cfg)
     label = "spam" if args.spam else "ham"
     payloads = [x.payload for x in iter_messages(args.paths)]
     if not payloads:
         return _die("no messages found", 1)
-    from nnspam.adaptive import configure
-
-    configure(model, cfg["adaptive"])  # the config's adaptive settings, as the daemon uses
-    for p in payloads:  # one correction each, as the daemon learns one move at a time
-        correct_payloads(model, [p], label, rule)
-    model.save(target)
+    # the config's adaptive settings, as the daemon uses, also on a model re-read from disk
+    writer = ModelWriter.open(target, prepare=lambda m: configure(m, cfg["adaptive"]))
+    with writer.locked():  # one lock for the batch: re-read if another writer saved
+        for p in payloads:  # one correction each, as the daemon learns one move at a time
+            writer.learn_payloads([p], label, rule, save=False)
+        writer.save()
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
     return 0
 
@@ -449,7 +455,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.save:
         if os.path.abspath(args.save) == os.path.abspath(str(args.model or "")):
             raise UsageError("--save must name a new directory, not the start model")
-        model.save(args.save)
+        from nnspam.writer import replace_model
+
+        replace_model(model, args.save)  # under the model writers' lock (nnspam.writer)
         print(f"nnspam: saved the learned model to {args.save}", file=sys.stderr)
     return 0
 
@@ -575,8 +583,8 @@ def _sms_store(args: argparse.Namespace, cfg: dict[str, Any]):
 def cmd_sms_poll(args: argparse.Namespace) -> int:
     """Poll Twilio for inbound SMS (until SIGTERM, or --once)."""
     try:
+        from nnspam.sms.env import twilio_secret
         from nnspam.sms.poller import Poller, make_client, parse_since
-        from nnspam.sms.webhook import twilio_secret
     except ImportError as exc:
         return _die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
     import signal

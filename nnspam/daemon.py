@@ -22,6 +22,10 @@ delivered again after the user deleted it is scored like any new message.
 * Signals are blocked in every thread and taken by the main thread with
   ``sigtimedwait``: SIGTERM/SIGINT finish the message in hand, checkpoint the
   model and exit 0; SIGHUP checkpoints, then reloads the config and the model.
+* Corrections and checkpoints go through the one model writer
+  (:mod:`nnspam.writer`): under the model directory's lock, on top of what
+  ``nnspam serve`` or ``nnspam learn`` saved there meanwhile, so a checkpoint
+  never overwrites their lessons.
 * systemd (:mod:`nnspam.systemd`, shared with ``nnspam serve``): with
   ``NOTIFY_SOCKET`` set it sends READY=1, RELOADING=1, STOPPING=1, STATUS=...
   and, with ``WATCHDOG_USEC`` set, WATCHDOG=1 at half the interval while the
@@ -161,12 +165,15 @@ class Daemon:
     # -- set-up ------------------------------------------------------------
     def _load(self) -> None:
         """(Re)load the model and build the sorter for the current settings."""
-        from nnspam.model import Model, is_shipped
+        from nnspam.model import is_shipped
         from nnspam.sorter import Sorter
         from nnspam.state import State
+        from nnspam.writer import load_with_stamp
 
         s = self.settings
-        model = Model.load(s.model)
+        # With the stamp of what was read: the Sorter's writer re-reads, rather than
+        # overwrites, a save another process (nnspam serve, nnspam learn) makes later.
+        model, stamp = load_with_stamp(s.model)
         if is_shipped(s.model) and s.learn_from_corrections:
             log.warning("model %s is the shipped, read-only model: corrections are recorded "
                         "but not learned (use -m DIR with a model of your own)", s.model)
@@ -186,7 +193,7 @@ class Daemon:
             except Exception as exc:
                 raise DaemonError(f"{state_path}: cannot open the state file ({exc})") from None
         self.sorter = Sorter.from_config(s.config, model, self.state, model_name=s.model,
-                                         rule=s.rule)
+                                         rule=s.rule, stamp=stamp)
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)
             n = self.sorter.baseline(m)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Learner", "Network", "adam_block", "early_stopping_loop", "gradient_check",
-           "merge_networks", "stratified_split"]
+           "merge_networks", "network_from_settings", "stratified_split"]
 
 ProgressFn = Callable[[int, float, float, float], Any]
 
@@ -799,6 +799,17 @@ class Network(Learner):
                 adam_block(pb, gb, state[0][sl], state[1][sl], tmp, *coefs)
             else:
                 _momentum_block(pb, gb, state[0][sl], *coefs)
+
+
+def network_from_settings(n_inputs: int, net: dict[str, Any]) -> Network:
+    """Build an untrained network from the ``network:`` settings (``refit`` and
+    ``members`` are training procedures, not part of the network): for the batch
+    trainer and for the online learner, which starts from an untrained network."""
+    cfg = dict(net)
+    hidden = cfg.pop("hidden", None)
+    cfg.pop("refit", None)
+    cfg.pop("members", None)
+    return Network(n_inputs=n_inputs, n_hidden=hidden, **cfg)
 
 
 def early_stopping_loop(net: Any, Xt: Any, yt: np.ndarray, Xv: Any, yv: Any,

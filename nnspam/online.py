@@ -181,7 +181,7 @@ def online_settings(config: dict[str, Any] | None = None, kind: str = "email") -
 
 def untrained_model(s: dict[str, Any]) -> Model:
     """A network with ``s['inputs']`` free input slots and seeded initial weights."""
-    from nnspam.training import network_from_settings
+    from nnspam.network import network_from_settings
 
     n = s["inputs"]
     net_cfg = {**s["network"], "learning_rate": s["learning_rate"], "dropout": s["dropout"],

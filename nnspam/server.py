@@ -29,8 +29,11 @@ TELL with ``Message-class: spam|ham`` and ``Set: local`` learns through
 :func:`nnspam.correct.correct` (the one correction routine of ``nnspam learn`` and
 the daemon) and saves the model atomically; ``Remove: local`` (``spamc -L
 forget``) is answered EX_UNAVAILABLE: a network cannot unlearn one message.
-Learning holds an exclusive ``flock`` on ``<model dir>.lock`` and starts from
-the model as last saved, so concurrent TELLs in different workers all count.
+Learning goes through the one model writer (:mod:`nnspam.writer`, shared with
+the daemon, ``nnspam learn`` and the SMS store): it holds an exclusive
+``flock`` on ``<model dir>.lock`` and starts from the model as last saved, so
+concurrent TELLs in different workers, and the corrections of a daemon or
+``nnspam learn`` on the same model, all count.
 
 Per-user models: with ``serve.user_model`` set to a path pattern (``%u`` user,
 ``%l`` its local part, ``%d`` its domain, ``%%``, a leading ``~`` or ``~%u``;
@@ -102,7 +105,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +117,7 @@ from nnspam.pipefilter import Result, Settings, classify, model_scorer
 from nnspam.pipefilter import settings as filter_settings
 from nnspam.systemd import Watchdog, sd_notify
 from nnspam.verdict import is_spam
+from nnspam.writer import ModelWriter, model_lock, model_stamp
 
 __all__ = ["ServeSettings", "ServerError", "ModelRegistry", "Worker", "serve_settings",
            "run_server", "score_line", "spamassassin_fields", "user_model_path",
@@ -305,52 +309,25 @@ def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes
     return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
 
 
-_Stamp = tuple[int, int, int, int]
+_stamp = model_stamp  # identity of a model directory's weights on disk: one stat
 
 
-def _stamp(path: Path) -> _Stamp | None:
-    """Identity of a model directory's weights on disk (one ``stat``): a save
-    replaces the directory, so the inode changes even within one mtime tick."""
-    try:
-        st = os.stat(path / "weights.npz")
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-class ModelSlot:
-    """One model directory in memory, reloaded when its files change on disk.
+class ModelSlot(ModelWriter):
+    """One model directory in memory, reloaded when its files change on disk
+    (:meth:`~nnspam.writer.ModelWriter.refresh`: a half-replaced or broken
+    directory keeps the old model; the same broken files are not retried on
+    every request) and learned into through the one model writer.
 
     ``lock`` serialises scoring, learning and reloading of this model within
-    one worker process; an exclusive ``flock`` on ``<dir>.lock`` beside the
-    directory serialises learning across worker processes, so that no TELL
-    overwrites another's."""
+    one worker process; the writer's exclusive ``flock`` on ``<dir>.lock``
+    beside the directory serialises learning across worker processes and with
+    every other writer (the daemon, ``nnspam learn``), so that no TELL
+    overwrites another's lesson or theirs."""
 
-    def __init__(self, path: Path, model: Any, stamp: _Stamp | None) -> None:
-        self.path = path
-        self.model = model
-        self.stamp = stamp
-        self.failed: _Stamp | None = None
+    def __init__(self, path: Path, model: Any, stamp: Any) -> None:
+        super().__init__(path, model, stamp=stamp)
+        self.path = path  # as the registry resolved it (a user model's name is never mapped)
         self.lock = threading.Lock()
-
-    def refresh(self) -> None:
-        """Load the model again if another process saved a new one (call with
-        ``lock`` held). A half-replaced or broken directory keeps the old
-        model; the same broken files are not retried on every request."""
-        from nnspam.model import Model
-
-        now = _stamp(self.path)
-        if now is None or now == self.stamp or now == self.failed:
-            return
-        try:
-            model = Model.load(self.path)
-        except Exception as exc:  # noqa: BLE001 - keep serving the model we have
-            self.failed = now
-            log.error("model %s changed on disk but cannot be loaded, keeping the old one: %s",
-                      self.path, exc)
-            return
-        self.model, self.stamp = model, now
-        log.info("model %s reloaded (changed on disk)", self.path)
 
 
 def user_model_path(pattern: str, user: str) -> Path | None:
@@ -463,7 +440,6 @@ class ModelRegistry:
         disk, trained on this message and saved to the user's path (parent
         directories are created). When that directory cannot be created the
         TELL is refused with EX_CANTCREAT and nothing changes."""
-        from nnspam.correct import correct_payloads
         from nnspam.model import Model
 
         path = self._user_path(user)
@@ -479,13 +455,12 @@ class ModelRegistry:
             if slot is self.site:  # the user has no model yet: start from the site model
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    with _flock(path):
+                    with model_lock(path):
                         if _stamp(path) is None:
                             with self.site.lock:
                                 self.site.refresh()
-                            m = Model.load(self.site.path)
-                            correct_payloads(m, [raw], label, self.settings.rule)
-                            m.save(path)
+                            new = ModelWriter(path, Model.load(self.site.path), stamp=None)
+                            new.learn_payloads([raw], label, self.settings.rule)
                             return path
                 except OSError as exc:
                     raise RequestError(EX_CANTCREAT, f"cannot create the user model: "
@@ -493,27 +468,12 @@ class ModelRegistry:
                 slot = self.slot_for(user)  # another process created it meanwhile
         with slot.lock:
             try:
-                with _flock(slot.path):
-                    slot.refresh()  # learn on top of what other workers saved
-                    correct_payloads(slot.model, [raw], label, self.settings.rule)
-                    slot.model.save(slot.path)
-                    slot.stamp = _stamp(slot.path)
+                # under the writer lock, on top of what other workers and writers saved
+                slot.learn_payloads([raw], label, self.settings.rule)
             except OSError as exc:
                 raise RequestError(EX_IOERR, f"cannot save the model: "
                                    f"{exc.strerror or exc}") from None
         return slot.path
-
-
-@contextlib.contextmanager
-def _flock(model_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``<model_dir>.lock`` (beside the directory, which
-    :meth:`Model.save` replaces): one learner at a time across processes."""
-    fd = os.open(f"{model_dir}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Handler(socketserver.StreamRequestHandler):

@@ -19,7 +19,11 @@ filed, recorded and learned from the same way whatever noticed it:
   bytes arriving in the inbox soon after are taken as the user's "Not junk"
   move and, later, as a new delivery (the rule: :meth:`Sorter._moved_back`).
 * :meth:`Sorter.learn` - the one correction routine (:func:`nnspam.correct.correct`)
-  plus the checkpoint policy.
+  plus the checkpoint policy, through the one model writer
+  (:class:`nnspam.writer.ModelWriter`): each correction is learned under the
+  model directory's lock on top of its latest save, and a checkpoint never
+  overwrites what another process (``nnspam serve``, ``nnspam learn``) saved
+  meanwhile.
 * :meth:`Sorter.from_config` - the one way the daemon and the SMS store build a
   Sorter from their config, so that the two cannot drift apart.
 
@@ -140,10 +144,21 @@ class Sorter:
         learn_on_confident: bool = False,
         confident_margin: float = 0.45,
         rule: Any = None,
+        stamp: Any = None,
+        prepare: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.model = model
+        from nnspam.writer import ModelWriter
+
         self.state = state
         self.model_path = model_path
+        # The one writer of model_path (None: a read-only model, only scored). ``stamp``:
+        # the model_stamp taken when ``model`` was read (nnspam.writer.load_with_stamp;
+        # None: now); ``prepare``: what a model re-read from disk needs (the config's
+        # adaptive: section).
+        kw = {} if stamp is None else {"stamp": stamp}
+        self.writer = (ModelWriter(model_path, model, prepare=prepare, **kw)
+                       if model_path else None)
+        self._model = model
         self.junk = junk
         self.h, self.s, self.t = ham_factor, spam_factor, threshold
         self.max_message_bytes = max_message_bytes
@@ -158,9 +173,16 @@ class Sorter:
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
 
+    @property
+    def model(self) -> Any:
+        """The model in memory: the writer's, which it replaces by the directory's
+        latest save when another process saved there (see :mod:`nnspam.writer`)."""
+        return self.writer.model if self.writer is not None else self._model
+
     @classmethod
     def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
-                    *, model_name: str | os.PathLike | None, rule: Any = None) -> Sorter:
+                    *, model_name: str | os.PathLike | None, rule: Any = None,
+                    stamp: Any = None) -> Sorter:
         """The Sorter for a loaded config: the one wiring of the maildir daemon and the
         SMS store, so that both file and learn alike.
 
@@ -173,7 +195,10 @@ class Sorter:
         checkpoints are saved there, unless it is a shipped model
         (:func:`nnspam.model.is_shipped`) or None, which are only read. ``state`` may be
         a function that opens the state file: it is called only after every setting has
-        been read and converted, so that a bad one creates nothing (the SMS store)."""
+        been read and converted, so that a bad one creates nothing (the SMS store).
+        ``stamp`` is the model directory's stamp when ``model`` was read
+        (:func:`nnspam.writer.load_with_stamp`), so that a save by another process
+        after that read is re-read, not overwritten, by the first correction."""
         from nnspam import adaptive as adaptive_mod
         from nnspam.correct import rule_from_config
         from nnspam.model import is_shipped
@@ -196,7 +221,8 @@ class Sorter:
             rule=rule if rule is not None else rule_from_config(cfg),
         )
         adaptive_mod.configure(model, ad)
-        return cls(model, state() if callable(state) else state, **settings)
+        return cls(model, state() if callable(state) else state, stamp=stamp,
+                   prepare=lambda m: adaptive_mod.configure(m, ad), **settings)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -230,15 +256,22 @@ class Sorter:
             self.checkpoint()
 
     def checkpoint(self) -> bool:
-        """Save the model atomically if it changed and can be written."""
-        if not (self.pending_updates or self.dirty) or not self.model_path:
+        """Save the model atomically if it changed and can be written, through the
+        writer: under the directory's lock, on top of what another process saved
+        there since (its model is re-read and our unsaved corrections learned again
+        on it). False when nothing was saved."""
+        if not (self.pending_updates or self.dirty) or self.writer is None:
             return False
-        self.model.save(self.model_path)
-        log.info("checkpoint: saved model %s after %d learned update(s)", self.model_path,
-                 self.pending_updates)
+        saved = self.writer.save()
+        if saved:
+            log.info("checkpoint: saved model %s after %d learned update(s)", self.model_path,
+                     self.pending_updates)
+        else:
+            log.info("checkpoint: model %s was saved by another process with nothing of ours "
+                     "left to add; re-read it", self.model_path)
         self.pending_updates = 0
         self.dirty = False
-        return True
+        return saved
 
     def learn(self, payloads: Sequence[bytes | str], label: str) -> bool:
         """Train the model on messages of one class (the correction path).
@@ -248,15 +281,16 @@ class Sorter:
         """
         if not self.learn_from_corrections:
             return False
-        if not self.model_path:
+        if self.writer is None:
             log.warning("not learned: the model is read-only (give a model directory with -m)")
             return False
-        from nnspam.correct import correct
-
         # correct() counts the labelled tokens for the adaptive inputs and the wide path
-        # itself: observing them here too would count every correction twice.
+        # itself: observing them here too would count every correction twice. The writer
+        # learns under the model directory's lock, on top of its latest save; the lesson
+        # is kept (to learn again on a newer save) until the checkpoint saves it.
         toks = [self.model.tokens(p) for p in payloads]
-        replaced = correct(self.model, toks, label, self.rule, adaptive_inputs=self.adaptive)
+        replaced = self.writer.learn(toks, label, self.rule, adaptive_inputs=self.adaptive,
+                                     save=False)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
         if replaced:

@@ -18,7 +18,7 @@ from nnspam import __version__
 from nnspam import wordlist as wl
 from nnspam.corpus import Sample
 from nnspam.model import Model
-from nnspam.network import Network
+from nnspam.network import Network, network_from_settings
 
 __all__ = ["tokenize_samples", "train_model", "labels_of"]
 
@@ -77,16 +77,6 @@ def labels_of(samples: Sequence[Sample]) -> np.ndarray:
             raise ValueError(f"{s.name}: no spam/ham label")
         out[i] = 1 if s.label == "spam" else 0
     return out
-
-
-def network_from_settings(n_inputs: int, net: dict[str, Any]) -> Network:
-    """Build an untrained network from the ``network:`` settings (``refit``
-    is a training procedure, not part of the network)."""
-    cfg = dict(net)
-    hidden = cfg.pop("hidden", None)
-    cfg.pop("refit", None)
-    cfg.pop("members", None)
-    return Network(n_inputs=n_inputs, n_hidden=hidden, **cfg)
 
 
 def member_count(net: dict[str, Any]) -> int:

@@ -55,6 +55,7 @@ from flask import (
 from werkzeug.security import check_password_hash
 
 from nnspam import maildir as md
+from nnspam.sms.env import twilio_secret
 
 __all__ = ["bp", "PAGE_SIZE", "MAX_PAGE", "MAX_PAGE_SIZE", "move_message", "secret_key",
            "configure", "page_number", "page_size", "start_session", "session_live",
@@ -87,8 +88,6 @@ def secret_key(env_file: str | None) -> tuple[bytes, bool]:
     """The session signing key: ``NNSPAM_SECRET_KEY`` from the environment or
     the ``.env`` file, else a random one for this process. Returns the key
     and whether it came from the environment/file."""
-    from nnspam.sms.webhook import twilio_secret
-
     key = twilio_secret("NNSPAM_SECRET_KEY", env_file)
     if key:
         return key.encode("utf-8"), True

@@ -19,7 +19,10 @@ the poller:
    dashboard can list Inbox and Spam with one join (:meth:`SmsStore.listing`).
 
 One lock serialises deliveries: the Sorter and its model are not thread-safe
-and the WSGI server may run several threads.
+and the WSGI server may run several threads. Across processes (the webhook
+server and the poller, the email daemon or ``nnspam serve`` on the same model)
+the Sorter saves through the one model writer (:mod:`nnspam.writer`), which
+learns each correction on top of the model directory's latest save.
 """
 
 from __future__ import annotations
@@ -201,13 +204,13 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     correction rule made, the numbers converted); only then are the state
     file and the maildir created, so a bad setting leaves nothing behind.
     """
-    from nnspam.model import Model
     from nnspam.sorter import Sorter
     from nnspam.state import State
+    from nnspam.writer import load_with_stamp
 
     s = cfg["sms"]
     name = str(model or s["model"])
-    m = Model.load(name)
+    m, stamp = load_with_stamp(name)  # the stamp: see nnspam.writer (one model writer)
     if m.kind != "sms":
         log.warning("model %s is an %s model, not an SMS model", name, m.kind)
     state_path = os.path.expanduser(str(s["state"]))
@@ -215,4 +218,4 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     # Nothing was created above this line; from_config opens (creates) the state file
     # only after it has read and converted every setting.
     return SmsStore(maildir, Sorter.from_config(cfg, m, lambda: State(state_path),
-                                                model_name=name))
+                                                model_name=name, stamp=stamp))

@@ -11,7 +11,8 @@ answered 403 and nothing is stored. A valid request is stored and filed
 idempotency key: Twilio's retries never store a second copy.
 
 The auth token comes from ``TWILIO_AUTH_TOKEN`` in the environment or the
-``.env`` file named by ``sms.env_file``, never from the config file.
+``.env`` file named by ``sms.env_file`` (:mod:`nnspam.sms.env`), never from the
+config file.
 
 Flask and twilio are imported only here (the ``sms`` extra), never on the
 filter or daemon path. Run with ``nnspam sms serve`` (waitress) or any WSGI
@@ -23,51 +24,19 @@ address before it creates anything (:class:`StartupError` otherwise).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from nnspam.sms.env import twilio_secret
 from nnspam.sms.message import Sms
 
-__all__ = ["create_app", "read_env_file", "twilio_secret", "TWIML_EMPTY",
-           "app_from_environment", "StartupError", "required_auth_token", "listen_sockets",
-           "serve"]
+__all__ = ["create_app", "TWIML_EMPTY", "app_from_environment", "StartupError",
+           "required_auth_token", "listen_sockets", "serve"]
 
 log = logging.getLogger("nnspam.sms")
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
-
-
-def read_env_file(path: str | os.PathLike | None) -> dict[str, str]:
-    """``NAME=value`` lines of a ``.env`` file (``#`` comments, optional
-    ``export`` and quotes); {} when there is no such file."""
-    if not path:
-        return {}
-    p = Path(os.path.expanduser(str(path)))
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        name, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[name.strip()] = value
-    return out
-
-
-def twilio_secret(name: str, env_file: str | os.PathLike | None) -> str | None:
-    """A Twilio setting from the environment, else from the ``.env`` file."""
-    return os.environ.get(name) or read_env_file(env_file).get(name) or None
 
 
 class StartupError(RuntimeError):

@@ -29,8 +29,8 @@ from nnspam import wordlist as wl  # noqa: E402
 from nnspam.corpus import load_split_samples  # noqa: E402
 from nnspam.evaluate import roc_auc  # noqa: E402
 from nnspam.model import Model, spamicity  # noqa: E402
-from nnspam.network import stratified_split  # noqa: E402
-from nnspam.training import labels_of, network_from_settings, tokenize_samples  # noqa: E402
+from nnspam.network import network_from_settings, stratified_split  # noqa: E402
+from nnspam.training import labels_of, tokenize_samples  # noqa: E402
 
 
 def main() -> int:
