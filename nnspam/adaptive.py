@@ -372,5 +372,5 @@ def _class_init(model: AdaptiveModel, st: AdaptiveState, idx: int, spam: float, 
         donors = donors[np.argpartition(-cls_act[donors], _DONORS - 1)[:_DONORS]]
     # In place: set_weights would copy every array and reset the optimiser
     # state of all inputs; reset_inputs already zeroed this row's moments.
-    W1 = model.network._require_params()["W1"]
+    W1 = model.network.require_params()["W1"]
     W1[idx] = W1[donors].mean(axis=0) * info

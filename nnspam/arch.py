@@ -35,9 +35,9 @@ import numpy as np
 
 from nnspam.network import (
     Learner,
-    _sigmoid,
     adam_block,
     early_stopping_loop,
+    sigmoid,
     stratified_split,
 )
 
@@ -195,7 +195,7 @@ class MLP(Learner):
     # ------------------------------------------------------------------ weights
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        params = self._require_params()
+        params = self.require_params()
         return {k: v.copy() for k, v in params.items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
@@ -237,7 +237,7 @@ class MLP(Learner):
     def reset_inputs(self, indices: Any) -> None:
         """Make inputs neutral (adaptive input words): zero their input weights
         (the embedding row of a word, or its row of W1) and their optimiser moments."""
-        params = self._require_params()
+        params = self.require_params()
         idx = np.asarray(indices, dtype=np.intp).ravel()
         params["W1"][idx] = 0.0
         for state in self._opt.values():
@@ -247,7 +247,7 @@ class MLP(Learner):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(m, 2) outputs: column 0 = o_spam, column 1 = o_ham (``1 - p`` for sigmoid)."""
-        params = self._require_params()
+        params = self.require_params()
         X = self._as_input(X)
         out = np.empty((X.shape[0], 2), dtype=np.float32)
         for lo in range(0, X.shape[0], _PREDICT_BLOCK_ROWS):
@@ -350,7 +350,7 @@ class MLP(Learner):
                 e = np.exp(z - z.max(axis=1, keepdims=True))
                 acts.append(e / e.sum(axis=1, keepdims=True))
             else:
-                acts.append(_sigmoid(z))
+                acts.append(sigmoid(z))
         return acts
 
     def _targets(self, y: np.ndarray) -> np.ndarray:
@@ -381,7 +381,7 @@ class MLP(Learner):
 
     def _step_batch(self, X: np.ndarray, y: np.ndarray) -> float:
         """Forward with dropout, backpropagation, one Adam step; returns the batch loss."""
-        params = self._require_params()
+        params = self.require_params()
         acts = self._forward(params, X, self._rng_dropout)
         masks = self._masks
         T = self._targets(y)
@@ -415,7 +415,7 @@ class MLP(Learner):
                 grads["W1"] = np.stack([np.bincount(flat, weights=rows[:, c], minlength=n_rows)
                                         for c in range(self.embedding)], axis=1)
         if self._plain_rate is not None:
-            params = self._require_params()
+            params = self.require_params()
             for k, g in grads.items():
                 params[k] -= (self._plain_rate * g).astype(params[k].dtype, copy=False)
         else:
@@ -429,7 +429,7 @@ class MLP(Learner):
         bc1, bc2 = 1 - b1**self._step, 1 - b2**self._step
         lr_t = self.learning_rate * math.sqrt(bc2) / bc1
         eps_t = eps * math.sqrt(bc2)
-        params, m, v = self._require_params(), self._opt["m"], self._opt["v"]
+        params, m, v = self.require_params(), self._opt["m"], self._opt["v"]
         for k, g in grads.items():
             g = g.astype(np.float32, copy=False)
             p = params[k]
@@ -441,7 +441,7 @@ class MLP(Learner):
                             eps_t)
 
     def _evaluate(self, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        params = self._require_params()
+        params = self.require_params()
         total, wrong = 0.0, 0
         for lo in range(0, X.shape[0], _PREDICT_BLOCK_ROWS):
             Xb, yb = X[lo : lo + _PREDICT_BLOCK_ROWS], y[lo : lo + _PREDICT_BLOCK_ROWS]

@@ -25,6 +25,8 @@ __all__ = [
     "read_split",
     "load_split_samples",
     "convert_mbox",
+    "read_from_tar",
+    "strip_dots",
 ]
 
 # Files that sit beside messages in published corpora and are not messages:
@@ -195,13 +197,13 @@ def read_from_tar(tar_path: str | Path, wanted: Iterable[str]) -> dict[str, byte
     for every member. The archive may hold the folder itself (``spamassassin/easy_ham/1``)
     or its contents (``easy_ham/1``); a leading ``./`` is ignored. Files not found are
     simply absent from the result."""
-    want = {_strip_dots(w) for w in wanted}
+    want = {strip_dots(w) for w in wanted}
     found: dict[str, bytes] = {}
     with tarfile.open(tar_path, "r:*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            name = _strip_dots(member.name)
+            name = strip_dots(member.name)
             rel = name if name in want else name.split("/", 1)[-1]
             if rel in want:
                 fh = tar.extractfile(member)
@@ -210,7 +212,7 @@ def read_from_tar(tar_path: str | Path, wanted: Iterable[str]) -> dict[str, byte
     return found
 
 
-def _strip_dots(p: str) -> str:
+def strip_dots(p: str) -> str:
     """A path without its leading ``./`` parts."""
     while p.startswith("./"):
         p = p[2:]

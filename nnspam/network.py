@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Learner", "Network", "adam_block", "early_stopping_loop", "gradient_check",
-           "merge_networks", "network_from_settings", "stratified_split"]
+           "merge_networks", "network_from_settings", "sigmoid", "stratified_split"]
 
 ProgressFn = Callable[[int, float, float, float], Any]
 
@@ -72,7 +72,7 @@ def _is_sparse(X: Any) -> bool:
     return hasattr(X, "tocsr") and not isinstance(X, np.ndarray)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function, stable for any ``z``: exp is only ever taken of ``-|z|``."""
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
@@ -97,7 +97,8 @@ class Learner:
         self.history_: list[dict[str, float]] = []
         self.best_epoch_: int | None = None
 
-    def _require_params(self) -> dict[str, np.ndarray]:
+    def require_params(self) -> dict[str, np.ndarray]:
+        """The weight arrays (RuntimeError if the network has none yet)."""
         if self._params is None:
             raise RuntimeError(
                 "the network has no weights yet: call fit(), partial_fit() or set_weights()"
@@ -121,7 +122,7 @@ class Learner:
         return "adam"
 
     def _reset_optimizer(self) -> None:
-        params = self._require_params()
+        params = self.require_params()
         slots = ("m", "v") if self._own_optimizer() == "adam" else ("velocity",)
         # np.zeros, not zeros_like: calloc'd pages stay unmapped until training writes them, so
         # a process that only classifies (filter, server worker) does not fill 2 x 12 MB of
@@ -305,7 +306,7 @@ class Network(Learner):
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Return copies of the parameters: ``W1``, ``b1``, ``W2``, ``b2``."""
-        params = self._require_params()
+        params = self.require_params()
         return {k: params[k].copy() for k in _PARAM_NAMES}
 
     def set_weights(self, weights: dict[str, np.ndarray], copy: bool = True) -> None:
@@ -351,7 +352,7 @@ class Network(Learner):
         neuron's outgoing weights restart from zero so the new word has no influence until
         training gives it one.  ``indices`` is an int, a sequence of ints or a boolean mask.
         """
-        params = self._require_params()
+        params = self.require_params()
         idx = np.asarray(indices)
         if idx.dtype == bool:
             if idx.shape != (self.n_inputs,):
@@ -375,7 +376,7 @@ class Network(Learner):
         ``z1``/``h`` are the hidden pre-activations/activations, ``z2`` the output
         pre-activations and ``out`` the output activations (column 0 = o_spam).
         """
-        params = self._require_params()
+        params = self.require_params()
         X = self._as_input(X)
         return self._forward(params, X)
 
@@ -385,7 +386,7 @@ class Network(Learner):
         Values lie in [0, 1]; with softmax outputs the two columns sum to one, with sigmoid
         outputs they are independent.  No dropout is applied.
         """
-        params = self._require_params()
+        params = self.require_params()
         X = self._as_input(X)
         m = X.shape[0]
         if m <= _GATHER_MAX_ROWS and isinstance(X, np.ndarray):
@@ -589,7 +590,7 @@ class Network(Learner):
             return np.maximum(z, 0)
         if self.hidden_activation == "tanh":
             return np.tanh(z)
-        return _sigmoid(z)
+        return sigmoid(z)
 
     def _activation_grad(self, z: np.ndarray, h: np.ndarray) -> np.ndarray:
         """Derivative of the hidden activation, from pre-activation z and activation h."""
@@ -616,7 +617,7 @@ class Network(Learner):
             e = np.exp(z2 - z2.max(axis=1, keepdims=True))
             out = e / e.sum(axis=1, keepdims=True)
         else:
-            out = _sigmoid(z2)
+            out = sigmoid(z2)
         return z1, h, z2, out
 
     def _output_loss(
@@ -634,7 +635,7 @@ class Network(Learner):
             out = e / s
             log_p = shifted - np.log(s)
             return -(T * log_p).sum(axis=1), out, out - T
-        out = _sigmoid(z2)
+        out = sigmoid(z2)
         if self.loss == "xent":
             # -[t log s(z) + (1-t) log(1-s(z))] == softplus(z) - t z
             return (np.logaddexp(0, z2) - T * z2).sum(axis=1), out, out - T
@@ -707,7 +708,7 @@ class Network(Learner):
 
     def _evaluate(self, X: Any, y: np.ndarray) -> tuple[float, float]:
         """Weighted mean data loss (no L2) and error rate on a data set, without dropout."""
-        params = self._require_params()
+        params = self.require_params()
         m = X.shape[0]
         total = 0.0
         wrong = 0
@@ -747,7 +748,7 @@ class Network(Learner):
         that fit in cache.  (Splitting the blocks between two threads measured slower on a
         busy 2-core machine, so it is not done.)
         """
-        params = self._require_params()
+        params = self.require_params()
         if self._plain_rate is not None:
             # plain gradient steps (partial_fit(optimizer="sgd")): no optimiser state
             for name in _PARAM_NAMES:

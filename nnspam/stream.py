@@ -76,15 +76,15 @@ def load_messages(paths: Sequence[str], corpus: str | Path) -> Callable[[str], b
                 raise StreamError(f"{root / p}: {exc.strerror}") from None
         return read
     if root.is_file() and tarfile.is_tarfile(root):
-        from nnspam.corpus import _strip_dots, read_from_tar
+        from nnspam.corpus import read_from_tar, strip_dots
 
-        wanted = {_strip_dots(p) for p in paths}
+        wanted = {strip_dots(p) for p in paths}
         found = read_from_tar(root, wanted)
         missing = wanted - found.keys()
         if missing:
             raise StreamError(f"{corpus}: {len(missing)} listed messages missing, "
                               f"e.g. {min(missing)}")
-        return lambda p: found[_strip_dots(p)]
+        return lambda p: found[strip_dots(p)]
     raise StreamError(f"{corpus}: not a folder or tar archive")
 
 

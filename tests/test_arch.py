@@ -52,7 +52,7 @@ def _gradient_error(net: MLP, X: np.ndarray, y: np.ndarray, eps: float = 1e-3) -
     """Largest relative error between backprop and central differences (no dropout)."""
     net.dropout = [0.0] * len(net.layers)
     net.set_weights(net.initial_weights())
-    params = net._require_params()
+    params = net.require_params()
     for k in params:
         params[k] = params[k].astype(np.float64)
 
