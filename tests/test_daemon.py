@@ -384,6 +384,26 @@ def test_not_junk_moves_under_new_names_are_still_learned_as_ham(tmp_path, box, 
     db.close()
 
 
+class FixedModel:
+    """A stand-in model for Sorter tests run in process: every message scores ``sp``, and
+    it has no weights to learn into (read-only: corrections are recorded, not learned)."""
+
+    def __init__(self, sp: float) -> None:
+        self.sp = sp
+
+    def tokens(self, payload):
+        return ["w"]
+
+    def ensure_wide(self):
+        return self
+
+    def observe(self, token_lists):
+        pass
+
+    def spamicity_of_tokens(self, token_lists, h, s):
+        return [self.sp] * len(token_lists)
+
+
 def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
     """Sorter.handle_new decides through nnspam.verdict: exactly at the threshold is spam
     (moved to Junk), as the X-NNSpam headers say; a NaN spamicity is ham and stays in the
@@ -391,25 +411,9 @@ def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
     from nnspam.sorter import Sorter
     from nnspam.state import State
 
-    class Fixed:
-        def __init__(self, sp: float) -> None:
-            self.sp = sp
-
-        def tokens(self, payload):
-            return ["w"]
-
-        def ensure_wide(self):
-            return self
-
-        def observe(self, token_lists):
-            pass
-
-        def spamicity_of_tokens(self, token_lists, h, s):
-            return [self.sp] * len(token_lists)
-
     st = State(tmp_path / "s.sqlite3")
     for sp, want in ((0.6, "spam"), (0.59999, "ham"), (float("nan"), "ham")):
-        sorter = Sorter(Fixed(sp), st, threshold=0.6, adaptive=False)
+        sorter = Sorter(FixedModel(sp), st, threshold=0.6, adaptive=False)
         p = md.deliver(box, f"Subject: {sp}\n\nbody\n".encode())
         assert sorter.handle_new(box, p) == want
         assert p.exists() == (want == "ham")
@@ -424,21 +428,8 @@ def test_the_not_junk_rule_in_time(tmp_path, box):
     from nnspam.sorter import MOVE_WINDOW, Sorter
     from nnspam.state import State
 
-    class Spammy:  # scores everything spam; no learning (read-only: corrections recorded)
-        def tokens(self, payload):
-            return ["w"]
-
-        def ensure_wide(self):
-            return self
-
-        def observe(self, token_lists):
-            pass
-
-        def spamicity_of_tokens(self, token_lists, h, s):
-            return [0.99] * len(token_lists)
-
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(Spammy(), st, adaptive=False)
+    sorter = Sorter(FixedModel(0.99), st, adaptive=False)
     key, junk = sorter.key(box), box / ".Junk"
 
     def filed(n: int) -> tuple[Path, bytes]:
