@@ -2,6 +2,6 @@
 
 import sys
 
-from nnspam.cli import main
+from nnspam.front.cli import main
 
 sys.exit(main())

@@ -1,31 +1,31 @@
 """The package's layers, low to high: which module may import which.
 
-A module imports only modules of its own layer or of a layer below it, and no two
-modules import each other, directly or round a longer loop; an import inside a
-function, or under ``if TYPE_CHECKING:``, counts like one at the top of the file.
-``tests/test_layers.py`` parses every module and fails on a module missing from this
-table, an import of a higher layer, or an import cycle, naming the file and line.
+The folders are the layers (``../shared/DESIGN.md``: front > services > model >
+learning > mail). A module imports only modules of its own layer or of a layer below
+it, and no two modules import each other, directly or round a longer loop; an import
+inside a function, or under ``if TYPE_CHECKING:``, counts like one at the top of the
+file. ``tests/test_layers.py`` parses every module and fails on a module missing from
+this table, an import of a higher layer, or an import cycle, naming the file and line.
+A folder's ``__init__.py`` imports nothing, so importing one module of a layer never
+loads the rest of it.
 
-The layers follow ``../shared/DESIGN.md`` (front > services > model > learning >
-mail); each will become a folder of the package. Where the table differs from the
-sketch, the code taught otherwise:
+Where the table differs from the sketch, the code taught otherwise:
 
 * ``base`` holds what every layer may use: the package itself (``__version__``),
-  ``config`` (settings) and this table.
-* ``verdict`` (the one rule, spamicity -> spam/ham) is in ``model``, not
-  ``services``: the model answers with it (:meth:`nnspam.model.Model.is_spam`), and
-  :func:`nnspam.verdict.score_tokens` is a model's spamicity plus that rule. It is
-  standard library only, so every service and front still imports it cheaply.
-* ``training`` (the batch trainer, corpus -> fitted model) and ``evaluate`` (the
-  figures of a test run) are the "train/test runs" of ``services``: the trainer
-  builds a :class:`~nnspam.model.Model`, and the figures use the verdict rule.
-  ``learning`` is the networks and their inputs alone (``fit``, ``partial_fit``,
+  ``config`` (settings and their one check) and this table.
+* ``services.verdict`` (the one rule, spamicity -> spam/unsure/ham, and a model's
+  score plus that rule) is standard library only, so every service and front imports
+  it cheaply; the model layer answers with spamicities and leaves the verdict to it.
+* ``services.training`` (the batch trainer, corpus -> fitted model) and
+  ``services.evaluate`` (the figures of a test run) are the "train/test runs": the
+  trainer reads corpora and builds a :class:`~nnspam.model.core.Model`. ``learning``
+  is the networks and their inputs alone (``fit``, ``partial_fit``,
   ``predict_proba``; no I/O).
-* ``corpus`` (reading maildirs, mbox files, the SMS collection, split files) is
+* ``mail.corpus`` (reading maildirs, mbox files, the SMS collection, split files) is
   ``mail``, as in the sketch.
 
-A new module needs a line here; a name ending in ``.*`` is a package and every module
-below it.
+A new module goes into the folder of its layer; a name ending in ``.*`` is a package
+and every module below it.
 """
 
 from __future__ import annotations
@@ -37,22 +37,17 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("base", "usable by every layer: the package (__version__), settings, this table",
      ("nnspam", "nnspam._layers", "nnspam.config")),
     ("mail", "bytes, MIME, tokens, headers, maildir, atomic writes, corpora",
-     ("nnspam.message", "nnspam.tokens", "nnspam.headers", "nnspam.maildir",
-      "nnspam.atomic", "nnspam.corpus")),
+     ("nnspam.mail.*",)),
     ("learning", "word lists, features, networks and their optimisers, the Keras backend",
-     ("nnspam.features", "nnspam.wordlist", "nnspam.network", "nnspam.arch",
-      "nnspam.keras_backend")),
+     ("nnspam.learning.*",)),
     ("model", "the model and its files, the one writer of a model directory, adaptive "
-              "inputs, the wide path, the one correction routine, the verdict rule",
-     ("nnspam.model", "nnspam.writer", "nnspam.wide", "nnspam.adaptive", "nnspam.correct",
-      "nnspam.verdict")),
-    ("services", "sorter, daemon, pipe filter, spamc client, server, online and stream "
-                 "learners, train/test runs, their state and system helpers",
-     ("nnspam.sorter", "nnspam.state", "nnspam.daemon", "nnspam.pipefilter",
-      "nnspam.spamc", "nnspam.online", "nnspam.stream", "nnspam.server",
-      "nnspam.systemd", "nnspam.blas", "nnspam.training", "nnspam.evaluate")),
+              "inputs, the wide path, the one correction routine",
+     ("nnspam.model.*",)),
+    ("services", "the verdict rule, sorter, daemon, pipe filter, spamc client, server, "
+                 "online and stream learners, train/test runs, their state and system helpers",
+     ("nnspam.services.*",)),
     ("front", "the command line and the SMS webhook, poller and dashboard",
-     ("nnspam.cli", "nnspam.__main__", "nnspam.sms.*")),
+     ("nnspam.front.*", "nnspam.__main__")),
 )
 
 

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
         # outputs are their mean logits (training.fit_members).
         "members": 3,
     },
-    # Adaptive input words (nnspam/adaptive.py): rarely activated input words
+    # Adaptive input words (nnspam/model/adaptive.py): rarely activated input words
     # are replaced by words that became frequent in the mail stream.
     "adaptive": {
         "enabled": True,
@@ -145,7 +145,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
-    # TELL, the SMS dashboard, nnspam stream and the TREC scripts (nnspam/correct.py).
+    # TELL, the SMS dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
     "learn": {
         "optimizer": "sgd",  # network steps: sgd (plain, no state) | adam (the network's own)
         "learning_rate": 0.003,  # network step size; null = the network's learning_rate
@@ -154,7 +154,7 @@ DEFAULTS: dict[str, Any] = {
         "margin": 4.0,  # a corrected spam ends this far above the threshold (logits)
         "ham_margin": 16.0,  # a corrected ham ends this far below it
         "confirm_margin": 1.0,  # a message learned on its right side: pushed this far
-        "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/wide.py)
+        "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/model/wide.py)
         "wide_max": 20.0,  # the most one correction moves the wide path's content part
     },
     "daemon": {
@@ -180,7 +180,7 @@ DEFAULTS: dict[str, Any] = {
         "user_cache": 16,  # per-user models kept loaded per worker (least recently used go)
         "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
     },
-    # Online learning, the TREC protocol (nnspam/online.py, scripts/trec/):
+    # Online learning, the TREC protocol (nnspam/services/online.py, scripts/trec/):
     # every message is classified, then learned with its true label.
     "online": {
         "inputs": None,  # n of an untrained network; null = wordlist.size (sms: sms.wordlist.size)

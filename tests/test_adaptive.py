@@ -8,13 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from nnspam import adaptive
 from nnspam import config as C
-from nnspam.corpus import Sample, iter_messages
-from nnspam.correct import correct, correct_payloads
-from nnspam.model import Model
-from nnspam.network import Network
-from nnspam.training import tokenize_samples, train_model
+from nnspam.learning.network import Network
+from nnspam.mail.corpus import Sample, iter_messages
+from nnspam.model import adaptive
+from nnspam.model.core import Model
+from nnspam.model.correct import correct, correct_payloads
+from nnspam.services.training import tokenize_samples, train_model
 
 from conftest import make_message
 
@@ -144,7 +144,7 @@ def test_old_model_without_adaptive_state_loads_and_initialises(tmp_path):
 
 
 def test_bad_adaptive_object_is_a_model_error(tmp_path):
-    from nnspam.model import ModelError
+    from nnspam.model.core import ModelError
 
     model = small_model()
     model.save(tmp_path / "m")
@@ -206,7 +206,7 @@ def test_stream_on_corpus_slice(sa_corpus):
         [t for s, t in zip(stream, toks[len(train):], strict=True) if s.label == "spam"])
     ham_scores = model.spamicity_of_tokens(
         [t for s, t in zip(stream, toks[len(train):], strict=True) if s.label == "ham"])
-    from nnspam.evaluate import roc_auc
+    from nnspam.services.evaluate import roc_auc
 
     y = np.r_[np.ones(len(spam_scores)), np.zeros(len(ham_scores))]
     assert roc_auc(y, np.r_[spam_scores, ham_scores]) > 0.97
@@ -214,7 +214,7 @@ def test_stream_on_corpus_slice(sa_corpus):
 
 
 def test_inspect_shows_recent_replacements(tmp_path, capsys):
-    from nnspam.cli import main
+    from nnspam.front.cli import main
 
     model = small_model()
     adaptive.observe(model, [["w0", "w1", "w2", "w3", "w4", "w5", "newword"]] * 30)

@@ -1,5 +1,5 @@
-"""The NumPy architectures (nnspam/arch.py), tf-idf n-gram features, DBB balancing, and model
-directories of every architecture; none of these tests needs TensorFlow."""
+"""The NumPy architectures (nnspam/learning/arch.py), tf-idf n-gram features, DBB
+balancing, and model directories of every architecture; none of these tests needs TensorFlow."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam.arch import MLP, SequenceEncoder, dbb_oversample
 from nnspam.config import DEFAULTS, email_training, sms_training
-from nnspam.corpus import Sample
-from nnspam.evaluate import roc_auc
-from nnspam.features import NGRAM_JOIN, Vectorizer, idf_weights, with_ngrams
-from nnspam.model import Model, ModelError
-from nnspam.training import train_model
+from nnspam.learning.arch import MLP, SequenceEncoder, dbb_oversample
+from nnspam.learning.features import NGRAM_JOIN, Vectorizer, idf_weights, with_ngrams
+from nnspam.mail.corpus import Sample
+from nnspam.model.core import Model, ModelError
+from nnspam.services.evaluate import roc_auc
+from nnspam.services.training import train_model
 
 SMALL_ARCH = {
     "deep": {"ngram": 2, "size": 60, "layers": [16, 8], "dropout": 0.2, "l2": 1e-5},
@@ -183,14 +183,14 @@ def test_numpy_training_save_load_and_scores(tmp_path, arch):
 
 
 def test_learn_corrects_deep_and_embedding_models():
-    from nnspam.correct import Rule, correct
+    from nnspam.model.correct import Rule, correct
 
     for arch in ("deep", "sms-embedding"):
         m = train_model(_sms_samples(), "sms", _settings(), arch=arch, arch_settings=SMALL_ARCH)
         m.adaptive = None
         toks = [m.tokens("win free cash prize now")]
         before = m.outputs(toks)[0, 0]
-        from nnspam import adaptive
+        from nnspam.model import adaptive
 
         adaptive.ensure_state(m).settings["enabled"] = False
         correct(m, toks, "ham", Rule(passes=20, max_passes=20, wide=False))
@@ -225,7 +225,7 @@ def test_numpy_architectures_never_import_tensorflow(tmp_path):
     m = train_model(_sms_samples(), "sms", _settings(), arch="sms-embedding",
                     arch_settings=SMALL_ARCH)
     m.save(tmp_path / "m")
-    code = ("import sys\nfrom nnspam.model import Model\n"
+    code = ("import sys\nfrom nnspam.model.core import Model\n"
             f"m = Model.load({str(tmp_path / 'm')!r})\nm.score(['win a prize now'])\n"
             "print([k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras')])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

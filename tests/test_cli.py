@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam.evaluate import roc_auc
+from nnspam.services.evaluate import roc_auc
 
 from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 
@@ -171,7 +171,7 @@ def test_help_texts():
 def test_default_tar_corpus_is_readable():
     if not SA_TAR.is_file():
         pytest.skip("no shared corpus")
-    from nnspam.corpus import load_split_samples
+    from nnspam.mail.corpus import load_split_samples
 
     test = load_split_samples(str(SA_SPLIT), str(SA_TAR), "test")
     assert len(test) == 1855
@@ -202,7 +202,7 @@ def test_classifying_imports_only_numpy_and_the_standard_library(tmp_path):
     msg.write_bytes(b"From: a@example.org\nSubject: hello\n\nfree money now\n")
     code = (
         "import sys\n"
-        "from nnspam.model import Model\n"
+        "from nnspam.model.core import Model\n"
         f"m = Model.load('default'); m.score([open({str(msg)!r}, 'rb').read()])\n"
         "heavy = {'sklearn', 'scipy', 'yaml', 'matplotlib', 'tensorflow', 'flask'}\n"
         "print(sorted(heavy & {k.split('.')[0] for k in sys.modules}))\n"

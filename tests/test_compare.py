@@ -93,7 +93,7 @@ def test_sms_wrapping_is_the_same_minimal_message_for_every_filter():
     head, _, body = raw.partition(b"\n\n")
     assert b"Content-Type: text/plain; charset=utf-8" in head
     assert body == "Free entry! Txt WIN to 80086 £100\n".encode()
-    from nnspam.tokens import sms_text_from_bytes
+    from nnspam.mail.tokens import sms_text_from_bytes
     assert sms_text_from_bytes(raw).strip() == "Free entry! Txt WIN to 80086 £100"
 
 
@@ -103,7 +103,7 @@ def test_subsample_keeps_both_classes_in_proportion_and_order():
         import compare
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    from nnspam.corpus import Sample
+    from nnspam.mail.corpus import Sample
     samples = [Sample(f"m{i}", b"x", "spam" if i % 4 == 0 else "ham") for i in range(400)]
     sub = compare.subsample(samples, 100, seed=3)
     assert len(sub) == 100

@@ -124,7 +124,9 @@ def _leaves(tree: dict):
 
 
 def test_the_schema_choices_are_the_ones_the_code_accepts():
-    from nnspam import adaptive, features, network, training, wordlist
+    from nnspam.learning import features, network, wordlist
+    from nnspam.model import adaptive
+    from nnspam.services import training
 
     s = C.SCHEMA
     assert s["wordlist"]["method"].choices == wordlist.METHODS
@@ -333,7 +335,7 @@ def test_unknown_settings_are_errors_that_name_them(tmp_path, text, message):
 def test_the_loader_rejects_bad_learn_values_first_in_the_words_of_correct(tmp_path, bad):
     """The bad learn: values that correct.rule_from_config refuses never reach it from a
     file: the loader refuses them, in the same form ("learn.KEY must be ..., not V")."""
-    from nnspam.correct import CorrectionError, rule_from_config
+    from nnspam.model.correct import CorrectionError, rule_from_config
 
     with pytest.raises(CorrectionError) as rule_error:
         rule_from_config({"learn": bad})

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from nnspam.corpus import (
+from nnspam.mail.corpus import (
     CorpusError,
     convert_mbox,
     iter_messages,

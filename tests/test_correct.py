@@ -1,4 +1,4 @@
-"""The one correction routine (nnspam/correct.py) and the wide path (nnspam/wide.py)."""
+"""The one correction routine (nnspam/model/correct.py) and the wide path (nnspam/model/wide.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nnspam.config import ConfigError, load_config
-from nnspam.correct import (
+from nnspam.model.core import Model
+from nnspam.model.correct import (
     CorrectionError,
     Rule,
     correct,
@@ -14,8 +15,7 @@ from nnspam.correct import (
     margin_of,
     rule_from_config,
 )
-from nnspam.model import Model
-from nnspam.wide import Wide
+from nnspam.model.wide import Wide
 
 from conftest import make_message
 
@@ -25,7 +25,7 @@ def tiny_model() -> Model:
     from test_model import tiny_samples
 
     from nnspam import config as C
-    from nnspam.training import train_model
+    from nnspam.services.training import train_model
 
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"].update(size=40, min_df=2)

@@ -16,9 +16,9 @@ pytest.importorskip("flask")
 
 from werkzeug.security import generate_password_hash  # noqa: E402
 
-from nnspam import maildir as md  # noqa: E402
 from nnspam.config import DEFAULTS  # noqa: E402
-from nnspam.sms.message import Sms  # noqa: E402
+from nnspam.front.sms.message import Sms  # noqa: E402
+from nnspam.mail import maildir as md  # noqa: E402
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 URL = "https://sms.example.org/sms"
@@ -48,7 +48,7 @@ def dash_config(tmp_path: Path, model: str = "default-sms", password_hash: str |
 @pytest.fixture
 def writable_model(tmp_path) -> Path:
     """A copy of the shipped SMS model that corrections may be learned into."""
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     path = tmp_path / "sms-model"
     Model.load("default-sms").save(path)
@@ -56,8 +56,8 @@ def writable_model(tmp_path) -> Path:
 
 
 def make(tmp_path: Path, **kw):
-    from nnspam.sms.store import open_store
-    from nnspam.sms.webhook import create_app
+    from nnspam.front.sms.store import open_store
+    from nnspam.front.sms.webhook import create_app
 
     cfg = dash_config(tmp_path, **kw)
     store = open_store(cfg)
@@ -171,7 +171,7 @@ def test_session_cookie_is_httponly_and_samesite_strict(dash):
 
 
 def test_secret_key_comes_from_the_env_file(tmp_path, monkeypatch):
-    from nnspam.sms.dashboard import secret_key
+    from nnspam.front.sms.dashboard import secret_key
 
     monkeypatch.delenv("NNSPAM_SECRET_KEY", raising=False)
     env = tmp_path / "x.env"
@@ -276,7 +276,7 @@ def test_a_move_without_or_with_a_wrong_csrf_token_changes_nothing(dash):
 
 
 def test_moves_are_learned_and_move_the_score(tmp_path, writable_model):
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     app, store = make(tmp_path, model=str(writable_model))
     try:
@@ -357,7 +357,7 @@ def test_hash_password_prints_a_salted_hash_that_checks():
     from werkzeug.security import check_password_hash
 
     def run(pw: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "nnspam.cli", "sms", "hash-password",
+        return subprocess.run([sys.executable, "-m", "nnspam.front.cli", "sms", "hash-password",
                                "--stdin"], input=pw + "\n", capture_output=True, text=True)
 
     a, b = run(PASSWORD), run(PASSWORD)
@@ -379,7 +379,7 @@ def test_hash_password_prints_a_salted_hash_that_checks():
 @pytest.mark.parametrize("param", ["inbox", "spam"])
 def test_out_of_range_or_non_numeric_page_numbers_are_clamped_never_500(dash, param, value,
                                                                          want):
-    from nnspam.sms.dashboard import MAX_PAGE
+    from nnspam.front.sms.dashboard import MAX_PAGE
 
     app, store = dash
     fill(store)
@@ -403,7 +403,7 @@ def test_out_of_range_or_non_numeric_page_numbers_are_clamped_never_500(dash, pa
 
 
 def test_an_out_of_range_page_size_in_the_config_is_clamped(tmp_path):
-    from nnspam.sms.dashboard import MAX_PAGE, MAX_PAGE_SIZE
+    from nnspam.front.sms.dashboard import MAX_PAGE, MAX_PAGE_SIZE
 
     for size, want in ((10**20, MAX_PAGE_SIZE), (-5, 1)):
         app, store = make(tmp_path / str(size), page_size=size)

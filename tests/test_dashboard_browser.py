@@ -59,7 +59,7 @@ def served(tmp_path):
     """(base URL, store) for the dashboard over a filled test maildir."""
     from werkzeug.serving import make_server
 
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     model = tmp_path / "sms-model"
     Model.load("default-sms").save(model)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnspam.corpus import load_split_samples
-from nnspam.evaluate import evaluate
-from nnspam.model import Model
-from nnspam.training import labels_of, tokenize_samples
+from nnspam.mail.corpus import load_split_samples
+from nnspam.model.core import Model
+from nnspam.services.evaluate import evaluate
+from nnspam.services.training import labels_of, tokenize_samples
 
 from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 

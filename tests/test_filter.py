@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nnspam import __version__
-from nnspam.headers import find_header_section, set_header_fields, strip_header_fields
-from nnspam.pipefilter import (
+from nnspam.mail.headers import find_header_section, set_header_fields, strip_header_fields
+from nnspam.services.pipefilter import (
     EX_TEMPFAIL,
     FLAG,
     STATUS,
@@ -195,7 +195,7 @@ def test_size_cap_skips_and_streams_the_rest_byte_for_byte():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from nnspam.pipefilter import _scorer
+    from nnspam.services.pipefilter import _scorer
 
     return _scorer(_settings())
 
@@ -259,7 +259,7 @@ def nnspam_filter(args, data: bytes, env=None, cwd=None):
 
 @pytest.fixture(scope="module")
 def spam_ham(sa_corpus):
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     m = Model.load("default")
 
@@ -300,7 +300,7 @@ def test_subprocess_missing_model_passes_through(spam_ham, tmp_path):
 def test_subprocess_corrupt_model_passes_through(spam_ham, tmp_path):
     import shutil
 
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     spam, _ = spam_ham
     bad = tmp_path / "model"
@@ -357,7 +357,7 @@ def test_filter_path_imports_only_numpy_and_the_standard_library(spam_ham, tmp_p
     code = (
         "import sys\n"
         "startup = {k.split('.')[0] for k in sys.modules}  # site, .pth hooks\n"
-        "from nnspam.cli import main\n"
+        "from nnspam.front.cli import main\n"
         "rc = main(['filter'])\n"
         "mods = {k.split('.')[0] for k in sys.modules} - startup\n"
         "allowed = set(sys.stdlib_module_names) | {'nnspam', 'numpy', 'cython_runtime'}\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspam import pipefilter, spamc
+from nnspam.services import pipefilter, spamc
 
 NNSPAM = Path(sys.executable).parent / "nnspam"
 
@@ -144,7 +144,7 @@ def filter_run(argv: list[str], raw: bytes) -> tuple[int, bytes]:
 
 
 def in_process(argv: list[str], raw: bytes) -> tuple[int, bytes]:
-    """The in-process filter alone (nnspam.pipefilter), the reference."""
+    """The in-process filter alone (nnspam.services.pipefilter), the reference."""
     out = io.BytesIO()
     rc = pipefilter.run(pipefilter.build_parser().parse_args(argv), io.BytesIO(raw), out)
     return rc, out.getvalue()
@@ -197,7 +197,7 @@ def test_tcp_address_and_failover_to_the_next_server(server, sa_corpus, tmp_path
 IMPORTS = (
     "import sys\n"
     "startup = {k.split('.')[0] for k in sys.modules}  # site, .pth hooks\n"
-    "from nnspam.cli import main\n"
+    "from nnspam.front.cli import main\n"
     "rc = main(['filter'] + sys.argv[1:])\n"
     "mods = {k.split('.')[0] for k in sys.modules} - startup\n"
     "allowed = set(sys.stdlib_module_names) | {'nnspam', 'yaml', '_yaml', 'cython_runtime'}\n"
@@ -408,7 +408,7 @@ def test_user_header_selects_the_invoking_users_model(tmp_path, sa_corpus, monke
     """On a server with per-user models (serve.user_model), the filter's
     User: (the invoking user, as spamc sends it) picks that user's model, and
     the output equals the in-process filter run with the same model."""
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     me = spamc._user()
     user_model = tmp_path / "users" / me / "model"

@@ -1,4 +1,5 @@
-"""The Keras backend (nnspam/keras_backend.py): same networks, NumPy serves what Keras trained.
+"""The Keras backend (nnspam/learning/keras_backend.py): same networks, NumPy serves
+what Keras trained.
 
 Skipped only where TensorFlow is not installed and CI is unset (CI installs the keras extra).
 """
@@ -13,12 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam import keras_backend
-from nnspam.arch import MLP
 from nnspam.config import DEFAULTS, sms_training
-from nnspam.corpus import load_split_samples
-from nnspam.network import Network
-from nnspam.training import tokenize_samples, train_model
+from nnspam.learning import keras_backend
+from nnspam.learning.arch import MLP
+from nnspam.learning.network import Network
+from nnspam.mail.corpus import load_split_samples
+from nnspam.services.training import tokenize_samples, train_model
 
 from conftest import ROOT, SMS_FILE, SMS_SPLIT, make_message, needs_corpora
 
@@ -84,7 +85,7 @@ def test_numpy_forward_matches_keras_predict_on_every_test_message(monkeypatch, 
     assert ours.shape == theirs.shape == (len(test), 2)
     assert np.max(np.abs(ours - theirs)) < 1e-5
     # the model learned something: spam ranks above ham
-    from nnspam.evaluate import roc_auc
+    from nnspam.services.evaluate import roc_auc
 
     y = np.array([s.label == "spam" for s in test])
     assert roc_auc(y, ours[:, 0]) > 0.9
@@ -134,17 +135,18 @@ def test_cli_trains_with_keras_and_the_mail_paths_never_import_tensorflow(tmp_pa
     code = f"""
 import io, sys
 from pathlib import Path
-from nnspam.cli import main
+from nnspam.front.cli import main
 from nnspam.config import load_config
-from nnspam.model import Model
+from nnspam.model.core import Model
 sys.stdin = io.TextIOWrapper(io.BytesIO(Path({str(tmp_path / 'msg.eml')!r}).read_bytes()))
 main(['filter', '-m', {str(out)!r}])
 main(['classify', '-m', {str(out)!r}, {str(tmp_path / 'msg.eml')!r}])
-from nnspam.server import ModelRegistry, serve_settings
+from nnspam.services.registry import ModelRegistry
+from nnspam.services.serve_settings import serve_settings
 reg = ModelRegistry(serve_settings(load_config(None), model={str(out)!r}))
 reg.classify(Path({str(tmp_path / 'msg.eml')!r}).read_bytes())
-from nnspam.sorter import Sorter
-from nnspam.state import State
+from nnspam.services.sorter import Sorter
+from nnspam.services.state import State
 md = Path({str(tmp_path / 'Maildir')!r})
 for d in ('new', 'cur', 'tmp'):
     (md / d).mkdir(parents=True, exist_ok=True)

@@ -179,15 +179,15 @@ def test_no_import_cycle():
                     + "\n".join(report), pytrace=False)
 
 
-@pytest.mark.parametrize("entry", ["nnspam.correct", "nnspam.daemon", "nnspam.server",
-                                   "nnspam.sorter", "nnspam.pipefilter", "nnspam.sms.store",
-                                   "nnspam.sms.webhook", "nnspam.sms.dashboard",
-                                   "nnspam.sms.poller"])
+@pytest.mark.parametrize("entry", [
+    "nnspam.model.correct", "nnspam.services.daemon", "nnspam.services.server",
+    "nnspam.services.sorter", "nnspam.services.pipefilter", "nnspam.front.sms.store",
+    "nnspam.front.sms.webhook", "nnspam.front.sms.dashboard", "nnspam.front.sms.poller"])
 def test_serving_paths_never_reach_the_batch_trainer(entry):
     """The correction routine, the daemon, the server and SMS learn through
-    ``nnspam.correct``; none of them needs the batch trainer or the corpus readers."""
+    ``nnspam.model.correct``; none of them needs the batch trainer or the corpus readers."""
     reached = closure(GRAPH, [entry])
-    bad = [" -> ".join(reached[m]) for m in ("nnspam.training", "nnspam.corpus")
+    bad = [" -> ".join(reached[m]) for m in ("nnspam.services.training", "nnspam.mail.corpus")
            if m in reached]
     assert not bad, f"{entry} reaches the batch trainer or corpus readers: {bad}"
 

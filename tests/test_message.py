@@ -1,4 +1,4 @@
-"""Tests for nnspam.message: MIME decoding, HTML to text, link hosts, and never raising.
+"""Tests for nnspam.mail.message: MIME decoding, HTML to text, link hosts, and never raising.
 
 Fixtures in tests/fixtures/mime/ are small hand-written messages, several deliberately
 broken. Random inputs use fixed seeds so failures are reproducible.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import nnspam.message as message_mod
-from nnspam.message import (
+import nnspam.mail.message as message_mod
+from nnspam.mail.message import (
     Attachment,
     ParsedMessage,
     html_to_text,

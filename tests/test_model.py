@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from nnspam import config as C
-from nnspam.corpus import Sample
-from nnspam.correct import Rule, correct_payloads
-from nnspam.model import Model, ModelError, spamicity
-from nnspam.training import train_model
+from nnspam.mail.corpus import Sample
+from nnspam.model.core import Model, ModelError, spamicity
+from nnspam.model.correct import Rule, correct_payloads
+from nnspam.services.training import train_model
 
 from conftest import make_message, needs_corpora
 
@@ -148,7 +148,7 @@ def test_only_the_bundled_models_are_read_only(tmp_path, monkeypatch):
     """One rule (model.is_shipped) for the daemon, the SMS store, nnspam learn and the
     server's TELL. The server once took every name starting with "default" for the
     shipped model and refused to learn into a directory of one's own called so."""
-    from nnspam.model import is_shipped, resolve_model_path
+    from nnspam.model.core import is_shipped, resolve_model_path
 
     for name in ("default", "default-email", "default-sms"):
         assert is_shipped(name)
@@ -163,9 +163,9 @@ def test_only_the_bundled_models_are_read_only(tmp_path, monkeypatch):
 
 
 def test_the_one_verdict_rule():
-    """nnspam.verdict: at the threshold is spam (as X-NNSpam-Status always said), just
+    """nnspam.services.verdict: at the threshold is spam (as X-NNSpam-Status always said), just
     below is ham, NaN is never spam; the unsure band is low <= s < high."""
-    from nnspam.verdict import is_spam, verdict
+    from nnspam.services.verdict import is_spam, verdict
 
     below = float(np.nextafter(0.5, 0.0))
     assert verdict(0.5, 0.5) == "spam" and verdict(below, 0.5) == "ham"
@@ -176,11 +176,12 @@ def test_the_one_verdict_rule():
     assert [verdict(x, 0.5, band) for x in (0.29, 0.3, 0.5, 0.69, 0.7)] == [
         "ham", "unsure", "unsure", "unsure", "spam"]
     assert is_spam(np.array([below, 0.5, 0.51]), 0.5).tolist() == [False, True, True]
-    assert Model.is_spam(Model.load("default-sms"), [below, 0.5]).tolist() == [False, True]
+    sms = Model.load("default-sms")
+    assert is_spam(np.array([below, 0.5]), sms.threshold).tolist() == [False, True]
 
 
 def test_score_tokens_is_the_models_spamicity_and_the_verdict(tiny_model):
-    from nnspam.verdict import score_tokens
+    from nnspam.services.verdict import score_tokens
 
     toks = [tiny_model.tokens(m) for m in (
         make_message("offer", "cheap viagra free money", "deals@spam.biz"),

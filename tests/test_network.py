@@ -1,4 +1,4 @@
-"""Tests for nnspam.network: gradients, learning, sparse input, reproducibility, API."""
+"""Tests for nnspam.learning.network: gradients, learning, sparse input, reproducibility, API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from nnspam.network import Network, gradient_check, merge_networks, stratified_split
+from nnspam.learning.network import Network, gradient_check, merge_networks, stratified_split
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]
 OUTPUT_LOSSES = [("softmax", "xent"), ("sigmoid", "xent"), ("sigmoid", "mse")]
@@ -475,7 +475,7 @@ def test_first_adam_step_is_bias_corrected() -> None:
 def test_few_rows_use_the_gathered_first_layer_and_agree_with_the_full_product(monkeypatch):
     """The pipe filter's path (a few sparse rows, W1 rows gathered) gives the outputs of the
     batch path (full X @ W1) to float32 rounding."""
-    import nnspam.network as N
+    import nnspam.learning.network as N
 
     rng = np.random.default_rng(5)
     X = (rng.random((40, 400)) < 0.03).astype(np.float32)

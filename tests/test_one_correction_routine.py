@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnspam import cli
 from nnspam.config import load_config
-from nnspam.correct import correct, rule_from_config
-from nnspam.model import Model
-from nnspam.stream import start_model
+from nnspam.front import cli
+from nnspam.model.core import Model
+from nnspam.model.correct import correct, rule_from_config
+from nnspam.services.stream import start_model
 
 from conftest import ROOT, make_message
 
@@ -54,7 +54,7 @@ def setup(tmp_path):
     from test_model import tiny_samples
 
     from nnspam import config as C
-    from nnspam.training import train_model
+    from nnspam.services.training import train_model
 
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"].update(size=40, min_df=2)
@@ -86,9 +86,9 @@ def test_nnspam_learn(setup):
 
 
 def test_daemon_sorter_junk_move(setup):
-    from nnspam import maildir as md
-    from nnspam.daemon import Daemon, settings_from_config
-    from nnspam.state import State
+    from nnspam.mail import maildir as md
+    from nnspam.services.daemon import Daemon, settings_from_config
+    from nnspam.services.state import State
 
     tmp, base, cfg_file, cfg, msg, ref = setup
     m = _copy(base, tmp / "daemon")
@@ -110,7 +110,8 @@ def test_daemon_sorter_junk_move(setup):
 
 
 def test_server_tell(setup):
-    from nnspam.server import ModelRegistry, serve_settings
+    from nnspam.services.registry import ModelRegistry
+    from nnspam.services.serve_settings import serve_settings
 
     tmp, base, _, cfg, _, ref = setup
     m = _copy(base, tmp / "serve")
@@ -120,7 +121,7 @@ def test_server_tell(setup):
 
 
 def test_online_learner_and_trec_train(setup):
-    from nnspam.online import OnlineFilter
+    from nnspam.services.online import OnlineFilter
 
     tmp, base, cfg_file, cfg, msg, ref = setup
     f = OnlineFilter.create(tmp / "online", str(base), cfg)

@@ -1,10 +1,10 @@
-"""OnlineFilter (nnspam/online.py): classify-then-train, persistence, SMS flavour."""
+"""OnlineFilter (nnspam/services/online.py): classify-then-train, persistence, SMS flavour."""
 
 from __future__ import annotations
 
 import pytest
 
-from nnspam.online import FREE_PREFIX, OnlineError, OnlineFilter, online_settings
+from nnspam.services.online import FREE_PREFIX, OnlineError, OnlineFilter, online_settings
 
 from conftest import make_message
 
@@ -122,7 +122,7 @@ def test_settings_checked():
 
 
 def test_from_default_model_is_a_copy(tmp_path):
-    from nnspam.model import Model, resolve_model_path
+    from nnspam.model.core import Model, resolve_model_path
 
     shipped = resolve_model_path("default")
     before = (shipped / "weights.npz").read_bytes()

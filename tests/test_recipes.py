@@ -31,7 +31,7 @@ def strip_from_line(raw: bytes) -> bytes:
 
 
 def without_our_headers(raw: bytes) -> bytes:
-    from nnspam.headers import strip_header_fields
+    from nnspam.mail.headers import strip_header_fields
 
     return strip_header_fields(raw, ["X-NNSpam-Status", "X-NNSpam-Flag"])
 
@@ -43,7 +43,7 @@ def files_in(d: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
     """A spam and a ham the shipped model is sure about, without X-NNSpam headers."""
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     m = Model.load("default")
 
@@ -59,7 +59,7 @@ def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def model_copy(tmp_path) -> Path:
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     d = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), d)
@@ -295,7 +295,7 @@ def sieve_env():
 
 
 def test_sieve_filter_script_files_spam_into_junk(sieve_env, spam_ham):
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     spam, ham = spam_ham
     model = sieve_env.dir / "model"
@@ -363,7 +363,7 @@ def test_imapsieve_report_scripts_compile(tmp_path, program):
 
 
 def _spam_share(model_dir: Path, raw: bytes) -> float:
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     m = Model.load(model_dir)
     return float(m.score([raw])[0])  # the spamicity: network and wide path

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspam import pipefilter
+from nnspam.services import pipefilter
 
 from conftest import need
 
@@ -186,7 +186,7 @@ def test_spamc_over_size_cap_comes_back_unchanged(server):
 
 
 def test_spamc_learn_changes_the_answer(tmp_path, sa_corpus):
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
@@ -230,8 +230,9 @@ def test_tell_learns_into_a_model_of_ones_own_named_default_something(tmp_path,
     """The read-only rule is model.is_shipped, as for the daemon and nnspam learn: the
     server once refused (77) every model whose name started with "default"."""
     from nnspam.config import DEFAULTS
-    from nnspam.model import resolve_model_path
-    from nnspam.server import ModelRegistry, serve_settings
+    from nnspam.model.core import resolve_model_path
+    from nnspam.services.registry import ModelRegistry
+    from nnspam.services.serve_settings import serve_settings
 
     shutil.copytree(resolve_model_path("default-sms"), tmp_path / "defaults-mine")
     weights = (tmp_path / "defaults-mine" / "weights.npz").read_bytes()
@@ -316,8 +317,8 @@ def test_silent_client_is_disconnected_and_others_are_served(tmp_path):
 
 
 def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_corpus):
-    from nnspam.correct import Rule, correct_payloads
-    from nnspam.model import Model, resolve_model_path
+    from nnspam.model.core import Model, resolve_model_path
+    from nnspam.model.correct import Rule, correct_payloads
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
@@ -343,7 +344,7 @@ def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sd_notify_ready_watchdog_and_stopping(tmp_path, workers):
-    """systemd's notify protocol, as the daemon speaks it (nnspam.systemd; the daemon's
+    """systemd's notify protocol, as the daemon speaks it (nnspam.services.systemd; the daemon's
     test_sd_notify_reload_and_sigterm_checkpoint): READY=1 once serving, WATCHDOG=1 at
     half of WATCHDOG_USEC from the main process (the only worker, or the supervisor of
     the pre-fork pool; systemd takes it from no other: NotifyAccess=main), STOPPING=1
@@ -371,13 +372,14 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path, workers):
 
 
 def test_one_blas_thread_also_after_numpy_is_loaded():
-    """nnspam.blas.one_blas_thread, for serve and the daemon: serve imports NumPy while it
+    """nnspam.services.blas.one_blas_thread, for serve and the daemon: serve imports NumPy while it
     reads its settings, so the OPENBLAS_NUM_THREADS it used to set came too late and it
     scored on every core; a BLAS already loaded is limited too now, and the variables
     are set for what starts later."""
-    code = ("import json, os; from nnspam.config import DEFAULTS; from nnspam.server import "
-            "serve_settings; serve_settings(DEFAULTS, listen='127.0.0.1:0'); "
-            "from nnspam.blas import one_blas_thread; one_blas_thread(); "
+    code = ("import json, os; from nnspam.config import DEFAULTS; "
+            "from nnspam.services.serve_settings import serve_settings; "
+            "serve_settings(DEFAULTS, listen='127.0.0.1:0'); "
+            "from nnspam.services.blas import one_blas_thread; one_blas_thread(); "
             "from threadpoolctl import threadpool_info; "
             "print(json.dumps([[i['num_threads'] for i in threadpool_info()], "
             "os.environ['OPENBLAS_NUM_THREADS']]))")
@@ -391,7 +393,7 @@ def test_one_blas_thread_also_after_numpy_is_loaded():
 
 def test_non_loopback_listen_needs_an_allow_list():
     from nnspam.config import DEFAULTS
-    from nnspam.server import ServerError, serve_settings
+    from nnspam.services.serve_settings import ServerError, serve_settings
 
     with pytest.raises(ServerError, match="allow list"):
         serve_settings(DEFAULTS, listen="0.0.0.0:7830")
@@ -400,7 +402,7 @@ def test_non_loopback_listen_needs_an_allow_list():
 
 
 def test_score_line_mapping():
-    from nnspam.server import score_line
+    from nnspam.services.spamd import score_line
 
     assert score_line(0.97, 0.5, 10) == b"Spam: True ; 9.7 / 5.0"
     assert score_line(0.5, 0.5, 10) == b"Spam: True ; 5.0 / 5.0"  # at the threshold: spam
@@ -409,7 +411,7 @@ def test_score_line_mapping():
 
 
 def test_spamassassin_fields_replace_forged_ones_and_keep_the_body():
-    from nnspam.server import spamassassin_fields
+    from nnspam.services.spamd import spamassassin_fields
 
     raw = (b"From: a@example.org\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes,\r\n score=99\r\n"
            b"Subject: hi\r\n\r\nbody \xff\r\n")
@@ -517,7 +519,7 @@ def test_bad_listen_address_is_one_line_exit_2(tmp_path, listen, named):
 
 def test_bad_serve_settings_in_the_config_are_server_errors():
     from nnspam.config import DEFAULTS, merge
-    from nnspam.server import ServerError, serve_settings
+    from nnspam.services.serve_settings import ServerError, serve_settings
 
     for serve, named in [({"listen": "127.0.0.1:70000"}, "serve.listen '127.0.0.1:70000'"),
                          ({"listen": 783}, "serve.listen must be HOST:PORT"),

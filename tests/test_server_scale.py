@@ -40,7 +40,7 @@ def _wait(cond, timeout: float = 30.0) -> bool:
 
 
 def _copy_default(dst: Path) -> Path:
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     shutil.copytree(resolve_model_path("default"), dst)
     return dst
@@ -91,7 +91,7 @@ def test_tell_in_one_worker_is_served_by_every_worker(tmp_path, sa_corpus):
 
 def test_concurrent_tells_in_different_workers_are_all_kept(tmp_path, sa_corpus):
     """Each TELL learns on top of the model as saved by the others (flock)."""
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     model = _copy_default(tmp_path / "model")
     before = int(Model.load(model).summary.get("learned_messages", 0))
@@ -130,7 +130,8 @@ def test_sigterm_drains_the_request_in_flight(tmp_path, sa_corpus, workers):
 # -- per-user models -----------------------------------------------------------------
 
 def test_user_model_path_substitutions(tmp_path):
-    from nnspam.server import RequestError, user_model_path
+    from nnspam.services.registry import user_model_path
+    from nnspam.services.spamd import RequestError
 
     assert user_model_path("/var/lib/nnspam/users/%u/model", "alice") == Path(
         "/var/lib/nnspam/users/alice/model")

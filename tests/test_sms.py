@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nnspam import maildir as md
 from nnspam.config import DEFAULTS
-from nnspam.sms.message import Sms, message_id_for, sms_to_bytes
-from nnspam.tokens import sms_text_from_bytes
+from nnspam.front.sms.message import Sms, message_id_for, sms_to_bytes
+from nnspam.mail import maildir as md
+from nnspam.mail.tokens import sms_text_from_bytes
 
 from conftest import SMS_FILE, needs_corpora
 
@@ -45,7 +45,7 @@ def sms_config(tmp_path: Path, **sms: object) -> dict:
 
 @pytest.fixture
 def store(tmp_path):
-    from nnspam.sms.store import open_store
+    from nnspam.front.sms.store import open_store
 
     st = open_store(sms_config(tmp_path))
     yield st
@@ -59,7 +59,7 @@ def files(folder: Path) -> list[Path]:
 # -- the message -----------------------------------------------------------------
 
 def test_sms_becomes_a_message_with_the_right_headers():
-    from nnspam.message import parse_message
+    from nnspam.mail.message import parse_message
 
     body = "Cheers 😀 that's £5\nsee you at 8\n\nbye"
     date = datetime(2026, 11, 23, 14, 5, 6, tzinfo=UTC)
@@ -127,7 +127,7 @@ def test_same_sid_twice_stores_one_message(store):
 
 
 def test_a_crash_between_row_and_file_is_finished_by_the_retry(store, monkeypatch):
-    from nnspam.sms import store as store_mod
+    from nnspam.front.sms import store as store_mod
 
     sms = Sms("SMcrash00000000001", "+447700900004", "+441632960000", "on my way home")
 
@@ -150,7 +150,7 @@ def test_a_crash_between_row_and_file_is_finished_by_the_retry(store, monkeypatc
 
 def test_webhook_and_poller_processes_racing_for_one_sid_store_it_once(store, tmp_path,
                                                                         monkeypatch):
-    from nnspam.sms import store as store_mod
+    from nnspam.front.sms import store as store_mod
 
     other = store_mod.open_store(sms_config(tmp_path))  # the other process, same files
     sms = Sms("SMrace000000000001", "+447700900006", "+441632960000", "ok see you then")
@@ -179,9 +179,9 @@ def test_daemon_and_sms_store_build_one_sorter_from_the_config(tmp_path):
     """Sorter.from_config is the one wiring of both: every setting the same, the ham bias
     and threshold the config's (the SMS store once took them from the model, the daemon
     from the config, as the filter, the server and nnspam classify do)."""
-    from nnspam.daemon import Daemon, settings_from_config
-    from nnspam.model import Model
-    from nnspam.sms.store import open_store
+    from nnspam.front.sms.store import open_store
+    from nnspam.model.core import Model
+    from nnspam.services.daemon import Daemon, settings_from_config
 
     model = Model.load("default-sms")
     assert (model.ham_factor, model.spam_factor, model.threshold) == (0.9, 0.1, 0.5)
@@ -214,7 +214,7 @@ def test_daemon_and_sms_store_build_one_sorter_from_the_config(tmp_path):
 def test_an_sms_is_judged_at_the_configs_threshold(tmp_path):
     """What the shared constructor changes for an SMS: a spam by the model's own bias is
     ham when the config says spam needs more (as nnspam classify would say)."""
-    from nnspam.sms.store import open_store
+    from nnspam.front.sms.store import open_store
 
     cfg = sms_config(tmp_path)
     cfg.update(threshold=0.999999, spam_factor=1.0e-9)
@@ -232,7 +232,7 @@ def test_an_sms_is_judged_at_the_configs_threshold(tmp_path):
 
 @pytest.fixture
 def app(store, tmp_path):
-    from nnspam.sms.webhook import create_app
+    from nnspam.front.sms.webhook import create_app
 
     cfg = sms_config(tmp_path, public_url=URL)
     (tmp_path / "twilio.env").write_text(f"# test\nTWILIO_AUTH_TOKEN='{TOKEN}'\n")
@@ -269,7 +269,7 @@ def test_signed_request_is_accepted_filed_and_answered_with_empty_twiml(app, sto
 
 
 def test_the_token_comes_from_the_environment_before_the_env_file(store, tmp_path, monkeypatch):
-    from nnspam.sms.webhook import create_app
+    from nnspam.front.sms.webhook import create_app
 
     (tmp_path / "twilio.env").write_text("TWILIO_AUTH_TOKEN=from-file\n")
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "from-env")
@@ -285,7 +285,7 @@ def test_the_token_comes_from_the_environment_before_the_env_file(store, tmp_pat
 
 
 def test_without_public_url_the_request_url_is_signed(store, tmp_path):
-    from nnspam.sms.webhook import create_app
+    from nnspam.front.sms.webhook import create_app
 
     app = create_app(sms_config(tmp_path), store=store, auth_token=TOKEN)
     params = form("SMurl000000000001", "hello")
@@ -307,7 +307,7 @@ def test_bad_signatures_get_403_and_store_nothing(app, store, case, caplog):
         params = dict(params, Body="WINNER! claim your prize at http://example.com")
     else:
         headers = signed(params, token="f" * 32)
-    with caplog.at_level(logging.WARNING, logger="nnspam.sms"):
+    with caplog.at_level(logging.WARNING, logger="nnspam.front.sms"):
         r = app.test_client().post("/sms", data=params, headers=headers)
     assert r.status_code == 403
     assert store.count() == 0
@@ -335,10 +335,11 @@ def test_flask_and_twilio_stay_off_the_filter_and_daemon_path():
     import subprocess
     import sys
 
-    code = ("import sys, nnspam.cli as c; c.build_parser(); "
-            "import nnspam.daemon, nnspam.sorter, nnspam.model, nnspam.pipefilter; "
-            "import nnspam.sms.store; "
-            "nnspam.model.Model.load('default-sms').score(['hello']);"
+    code = ("import sys, nnspam.front.cli as c; c.build_parser(); "
+            "import nnspam.services.daemon, nnspam.services.sorter, nnspam.model.core; "
+            "import nnspam.services.pipefilter; "
+            "import nnspam.front.sms.store; "
+            "nnspam.model.core.Model.load('default-sms').score(['hello']);"
             "print(sorted(m for m in ('flask', 'twilio', 'werkzeug', 'waitress') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -405,7 +406,7 @@ def test_sms_serve_answers_signed_requests_on_127_0_0_1(tmp_path):
 
 
 def test_sms_poll_needs_a_number_and_credentials(tmp_path, capsys, monkeypatch):
-    from nnspam.cli import main
+    from nnspam.front.cli import main
 
     for k in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         monkeypatch.delenv(k, raising=False)

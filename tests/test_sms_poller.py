@@ -15,7 +15,7 @@ from test_sms import files, sms_config
 
 pytest.importorskip("twilio")
 
-from nnspam.sms.poller import Poller, make_client, read_cursor  # noqa: E402
+from nnspam.front.sms.poller import Poller, make_client, read_cursor  # noqa: E402
 
 ACCOUNT = "AC" + "1" * 32
 NUMBER = "+441632960000"
@@ -107,7 +107,7 @@ def fake():
 
 @pytest.fixture
 def store(tmp_path):
-    from nnspam.sms.store import open_store
+    from nnspam.front.sms.store import open_store
 
     st = open_store(sms_config(tmp_path))
     yield st
@@ -147,7 +147,7 @@ def test_poll_stores_unseen_messages_across_pages_and_advances_the_cursor(store,
 
 
 def test_a_message_the_webhook_stored_is_not_stored_again(store, fake, tmp_path):
-    from nnspam.sms.message import Sms
+    from nnspam.front.sms.message import Sms
 
     fake.add(3)
     store.store(Sms("SM" + "0" * 31 + "1", "+1", NUMBER, "from the webhook"))
@@ -168,7 +168,7 @@ def test_api_errors_are_logged_and_retried_later_without_loss_or_doubles(
         return len(waits) >= 3  # stop after the third wait
 
     p = poller(store, fake, tmp_path, since=BASE, interval=10, wait=wait)
-    with caplog.at_level(logging.INFO, logger="nnspam.sms"):
+    with caplog.at_level(logging.INFO, logger="nnspam.front.sms"):
         # The twilio client may retry on its own; fail often enough to exhaust it.
         assert p.run() == 0
     assert stored_sids(store) == [f"SM{i:032d}" for i in range(8)]
@@ -208,6 +208,6 @@ def test_connection_errors_are_retried(store, tmp_path, caplog):
     s.close()  # nothing listens there now
     client = make_client(ACCOUNT, "token", base_url=f"http://127.0.0.1:{port}")
     p = Poller(store, client, NUMBER, tmp_path / "cursor")
-    with caplog.at_level(logging.ERROR, logger="nnspam.sms"):
+    with caplog.at_level(logging.ERROR, logger="nnspam.front.sms"):
         assert p.run(once=True) == 1
     assert "network error" in caplog.text and store.count() == 0

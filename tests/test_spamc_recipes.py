@@ -44,7 +44,7 @@ def strip_from_line(raw: bytes) -> bytes:
 
 
 def without_our_headers(raw: bytes) -> bytes:
-    from nnspam.headers import strip_header_fields
+    from nnspam.mail.headers import strip_header_fields
 
     return strip_header_fields(raw, ["X-NNSpam-Status", "X-NNSpam-Flag"])
 
@@ -53,7 +53,7 @@ def without_our_headers(raw: bytes) -> bytes:
 def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
     """A spam and a ham the shipped model is sure about, without X-NNSpam or
     X-Spam headers and with no line over 900 bytes (SMTP-safe)."""
-    from nnspam.model import Model
+    from nnspam.model.core import Model
 
     m = Model.load("default")
 
@@ -311,7 +311,7 @@ def spamicity(port: int, msg: bytes) -> float:
 
 @pytest.fixture
 def learning_server(tmp_path):
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)

@@ -1,4 +1,4 @@
-"""nnspam stream (nnspam/stream.py) and corrections that stick, on real mail."""
+"""nnspam stream (nnspam/services/stream.py) and corrections that stick, on real mail."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from email.parser import BytesHeaderParser
 import numpy as np
 import pytest
 
-from nnspam import cli
-from nnspam.correct import correct, rule_from_config
-from nnspam.model import Model
-from nnspam.stream import StreamError, load_messages, read_index, replay, start_model, summarize
+from nnspam.front import cli
+from nnspam.model.core import Model
+from nnspam.model.correct import correct, rule_from_config
+from nnspam.services.stream import (
+    StreamError,
+    load_messages,
+    read_index,
+    replay,
+    start_model,
+    summarize,
+)
 
 from conftest import CORPORA, SA_SPLIT, SA_TAR, make_message, needs_corpora
 
@@ -140,8 +147,8 @@ def enron_errors():
 @pytest.mark.slow
 @needs_corpora
 def test_fifty_corrections_stick_and_do_not_undo_the_model(enron_errors):
-    from nnspam.corpus import load_split_samples
-    from nnspam.training import tokenize_samples
+    from nnspam.mail.corpus import load_split_samples
+    from nnspam.services.training import tokenize_samples
 
     test = load_split_samples(str(SA_SPLIT), str(SA_TAR), "test")
     toks = tokenize_samples([s.payload for s in test])
@@ -164,7 +171,7 @@ def test_one_learn_moves_the_message_and_its_sender_s_other_mail(sa_corpus, tmp_
     issues of the same newsletters (hard_ham, grouped by From)."""
     import shutil
 
-    from nnspam.model import resolve_model_path
+    from nnspam.model.core import resolve_model_path
 
     copy = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), copy)

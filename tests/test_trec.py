@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnspam.corpus import read_split
-from nnspam.evaluate import roc_auc
+from nnspam.mail.corpus import read_split
+from nnspam.services.evaluate import roc_auc
 
 from conftest import SA_SPLIT, needs_corpora
 
@@ -89,7 +89,7 @@ def test_trec_protocol_untrained_learns(sa_corpus, tmp_path):
     cfg.write_text("online:\n  inputs: 2000\n")
     env["NNSPAM_TREC_CONFIG"] = str(cfg)
     scores, gold = drive(_stream(sa_corpus, 100), env, cwd)
-    from nnspam.online import OnlineFilter
+    from nnspam.services.online import OnlineFilter
 
     assert OnlineFilter.load(env["NNSPAM_TREC_DIR"]).model.network.n_inputs == 2000
     y, s = np.array(gold), np.array(scores)
@@ -158,7 +158,7 @@ def test_trec_untrained_sms(tmp_path, kind):
     out = _run([str(TREC / "classify"), str(msg)], env, tmp_path)
     assert LINE.match(out)
     _run([str(TREC / "train"), "spam", str(msg), "ham", "-"], env, tmp_path)
-    from nnspam.online import OnlineFilter
+    from nnspam.services.online import OnlineFilter
 
     assert OnlineFilter.load(env["NNSPAM_TREC_DIR"]).kind == "sms"
 

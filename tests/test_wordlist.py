@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnspam.wordlist import (
+from nnspam.learning.wordlist import (
     WordListError,
     build,
     is_noise,

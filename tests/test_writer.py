@@ -1,4 +1,4 @@
-"""One model writer (nnspam.writer): every front that saves a learned model does so
+"""One model writer (nnspam.model.writer): every front that saves a learned model does so
 under the model directory's lock, on top of the directory's latest save, so that no
 correction is lost when two of them learn into one model at the same time.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from nnspam import maildir as md
-from nnspam.model import Model, resolve_model_path
+from nnspam.mail import maildir as md
+from nnspam.model.core import Model, resolve_model_path
 
 from conftest import ROOT, need
 
@@ -37,7 +37,7 @@ HAM_SMS = ["Are we still on for lunch tomorrow? I can be there by one",
 
 
 def learned(model: Model) -> dict[str, int]:
-    """Corrections counted in a model's summary, per class (nnspam.correct.correct)."""
+    """Corrections counted in a model's summary, per class (nnspam.model.correct.correct)."""
     by = model.summary.get("learned") or {}
     return {"spam": int(by.get("spam", 0)), "ham": int(by.get("ham", 0))}
 
@@ -53,7 +53,7 @@ def sms_model(tmp_path) -> Path:
 # -- the writer, in one process ----------------------------------------------------------
 
 def test_two_writers_on_one_directory_keep_both_lessons(sms_model):
-    from nnspam.writer import ModelWriter
+    from nnspam.model.writer import ModelWriter
 
     a = ModelWriter.open(sms_model)
     b = ModelWriter.open(sms_model)  # both loaded from the same save
@@ -71,7 +71,7 @@ def test_two_writers_on_one_directory_keep_both_lessons(sms_model):
 def test_unsaved_lessons_are_learned_again_on_a_newer_save(sms_model):
     """The daemon's way: learn several corrections, save every N. Another writer's
     save in between is re-read and the unsaved lessons replayed onto it."""
-    from nnspam.writer import ModelWriter
+    from nnspam.model.writer import ModelWriter
 
     a = ModelWriter.open(sms_model)
     a.learn_payloads([SPAM_SMS[0]], "spam", save=False)
@@ -87,7 +87,7 @@ def test_unsaved_lessons_are_learned_again_on_a_newer_save(sms_model):
 
 
 def test_a_save_with_nothing_to_add_rereads_and_does_not_overwrite(sms_model):
-    from nnspam.writer import ModelWriter, model_stamp
+    from nnspam.model.writer import ModelWriter, model_stamp
 
     a = ModelWriter.open(sms_model)
     b = ModelWriter.open(sms_model)
@@ -99,7 +99,7 @@ def test_a_save_with_nothing_to_add_rereads_and_does_not_overwrite(sms_model):
 
 
 def test_every_save_changes_the_stamp_and_a_stat_tells(sms_model):
-    from nnspam.writer import ModelWriter, model_stamp
+    from nnspam.model.writer import ModelWriter, model_stamp
 
     w = ModelWriter.open(sms_model)
     seen = {model_stamp(sms_model)}
@@ -113,7 +113,7 @@ def test_every_save_changes_the_stamp_and_a_stat_tells(sms_model):
 
 
 def test_the_shipped_model_is_never_written():
-    from nnspam.writer import ModelWriter, ReadOnlyModelError
+    from nnspam.model.writer import ModelWriter, ReadOnlyModelError
 
     path = resolve_model_path("default-sms")
     before = (path / "weights.npz").stat()
@@ -131,7 +131,7 @@ def test_the_lock_is_the_servers_lock_file_and_excludes_other_processes(sms_mode
     """The flock is on ``<model dir>.lock`` beside the directory, the file ``nnspam
     serve`` has always locked for TELL: a process holding it (here a child that locks
     it as the old server did) keeps every writer waiting."""
-    from nnspam.writer import ModelWriter, lock_path, model_lock
+    from nnspam.model.writer import ModelWriter, lock_path, model_lock
 
     assert lock_path(sms_model) == Path(f"{sms_model}.lock")
     holder = subprocess.Popen(
@@ -168,7 +168,7 @@ def test_replace_model_writes_the_directory_as_named_under_the_lock(tmp_path, sm
                                                                     monkeypatch):
     """``nnspam train -m DIR`` and ``nnspam stream --save DIR`` replace a whole model
     under the same lock; a relative name is a directory, never the shipped model."""
-    from nnspam.writer import model_lock, replace_model
+    from nnspam.model.writer import model_lock, replace_model
 
     shipped = resolve_model_path("default-sms") / "weights.npz"
     before = shipped.stat().st_mtime_ns
@@ -187,9 +187,9 @@ def test_replace_model_writes_the_directory_as_named_under_the_lock(tmp_path, sm
 def test_sorters_of_two_processes_keep_all_corrections(tmp_path, sms_model):
     """The Sorter (daemon, SMS store) learns through the writer: a checkpoint every
     N corrections re-reads another writer's save and keeps both sides' corrections."""
-    from nnspam.sorter import Sorter
-    from nnspam.state import State
-    from nnspam.writer import ModelWriter, load_with_stamp
+    from nnspam.model.writer import ModelWriter, load_with_stamp
+    from nnspam.services.sorter import Sorter
+    from nnspam.services.state import State
 
     model, stamp = load_with_stamp(sms_model)
     sorter = Sorter(model, State(tmp_path / "s.sqlite3"), model_path=str(sms_model),
@@ -209,7 +209,7 @@ def test_sorters_of_two_processes_keep_all_corrections(tmp_path, sms_model):
 
 def test_nnspam_learn_keeps_what_a_writer_holding_the_lock_saved(tmp_path, sms_model):
     """``nnspam learn`` takes the lock and learns on top of the latest save."""
-    from nnspam.writer import ModelWriter, model_lock
+    from nnspam.model.writer import ModelWriter, model_lock
 
     msgs = tmp_path / "msgs"
     msgs.mkdir()

@@ -5,7 +5,7 @@ default training settings, then streams the later parts (``spam_2``,
 ``easy_ham_2``) in a fixed seeded interleaved order. Each message is
 classified; the adaptive statistics see it (``adaptive.observe``, as the
 daemon does); when the verdict is wrong the user's correction is learned
-(``nnspam.correct.correct``, the one correction routine, with the config's ``learn:``
+(``nnspam.model.correct.correct``, the one correction routine, with the config's ``learn:``
 rule); ``--feedback confident`` also
 learns confident verdicts (the daemon's ``learn_on_confident``), ``--feedback
 all`` every message with its true label. Prints false negative and false positive rates over the
@@ -27,11 +27,11 @@ import tarfile
 import time
 from pathlib import Path
 
-from nnspam import adaptive
 from nnspam import config as C
-from nnspam.corpus import Sample, iter_messages
-from nnspam.correct import Rule, correct, observe, rule_from_config
-from nnspam.training import tokenize_samples, train_model
+from nnspam.mail.corpus import Sample, iter_messages
+from nnspam.model import adaptive
+from nnspam.model.correct import Rule, correct, observe, rule_from_config
+from nnspam.services.training import tokenize_samples, train_model
 
 TRAIN_PARTS = {"spam": "spam", "easy_ham": "ham"}
 STREAM_PARTS = {"spam_2": "spam", "easy_ham_2": "ham"}

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from nnspam import maildir as md  # noqa: E402
-from nnspam.model import resolve_model_path  # noqa: E402
+from nnspam.mail import maildir as md  # noqa: E402
+from nnspam.model.core import resolve_model_path  # noqa: E402
 
 
 def load_messages(corpus: str | None, n: int) -> list[bytes]:

@@ -122,9 +122,10 @@ import sys, time
 t0 = time.perf_counter()
 import numpy
 t1 = time.perf_counter()
-from nnspam import pipefilter, config
-from nnspam.model import Model, spamicity
-import nnspam.tokens
+from nnspam import config
+from nnspam.services import pipefilter
+from nnspam.model.core import Model, spamicity
+import nnspam.mail.tokens
 t2 = time.perf_counter()
 m = Model.load("default")
 t3 = time.perf_counter()

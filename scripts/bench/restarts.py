@@ -25,12 +25,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nnspam import config as C  # noqa: E402
-from nnspam import wordlist as wl  # noqa: E402
-from nnspam.corpus import load_split_samples  # noqa: E402
-from nnspam.evaluate import roc_auc  # noqa: E402
-from nnspam.model import Model, spamicity  # noqa: E402
-from nnspam.network import network_from_settings, stratified_split  # noqa: E402
-from nnspam.training import labels_of, tokenize_samples  # noqa: E402
+from nnspam.learning import wordlist as wl  # noqa: E402
+from nnspam.learning.network import network_from_settings, stratified_split  # noqa: E402
+from nnspam.mail.corpus import load_split_samples  # noqa: E402
+from nnspam.model.core import Model, spamicity  # noqa: E402
+from nnspam.services.evaluate import roc_auc  # noqa: E402
+from nnspam.services.training import labels_of, tokenize_samples  # noqa: E402
 
 
 def main() -> int:

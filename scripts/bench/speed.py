@@ -15,7 +15,7 @@ not for failing builds).
 3. Per message in one process (the daemon's and the server's case), over the test part
    with the shipped model: tokenizing, scoring tokens with the wide path empty (as
    shipped) and after 200 corrections (the wide path in use), and one correction
-   (``nnspam.correct.correct`` with the config's ``learn:`` rule), in milliseconds.
+   (``nnspam.model.correct.correct`` with the config's ``learn:`` rule), in milliseconds.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def main() -> int:
 def per_message(payloads: list[bytes], repeat: int) -> None:
     """Section 3 of the module docstring."""
     sys.path.insert(0, str(ROOT))
-    from nnspam.correct import correct, rule_from_config
-    from nnspam.stream import start_model
+    from nnspam.model.correct import correct, rule_from_config
+    from nnspam.services.stream import start_model
 
     model = start_model("default")
     rule = rule_from_config({})

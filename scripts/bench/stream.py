@@ -37,12 +37,12 @@ trained the peers are first trained on the train part of ``splits/spamassassin.t
         shipped one regardless). The train part holds most of ``spamassassin-by-date`` and
         of the SMS collection: the reports give that overlap.
 empty   every filter starts from an empty database; nnspam from an untrained network whose
-        free input slots the stream fills (:func:`nnspam.stream.start_model` with None).
+        free input slots the stream fills (:func:`nnspam.services.stream.start_model` with None).
 
 How each filter is driven (each keeps its database in a temporary directory, never in ~):
 
-nnspam      in this process: :func:`nnspam.stream.replay` with the config's ``learn:`` rule
-            (:func:`nnspam.correct.rule_from_config`) and adaptive inputs on, as ``nnspam
+nnspam      in this process: :func:`nnspam.services.stream.replay` with the config's ``learn:`` rule
+            (:func:`nnspam.model.correct.rule_from_config`) and adaptive inputs on, as ``nnspam
             stream`` and the daemon; score: the spamicity's logit; verdict: spamicity >=
             the model's threshold (0.5 at the ham bias h=0.9, s=0.1).
 bogofilter  one process per step: ``bogofilter -C -d DB -v -I FILE`` to classify (score: its
@@ -124,10 +124,10 @@ from compare import (  # noqa: E402
     write_messages,
 )
 
-from nnspam import stream as nn_stream  # noqa: E402
 from nnspam.config import load_config  # noqa: E402
-from nnspam.corpus import load_split_samples, read_sms, read_split  # noqa: E402
-from nnspam.correct import rule_from_config  # noqa: E402
+from nnspam.mail.corpus import load_split_samples, read_sms, read_split  # noqa: E402
+from nnspam.model.correct import rule_from_config  # noqa: E402
+from nnspam.services import stream as nn_stream  # noqa: E402
 
 FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114", "spamassassin")
 DEFAULT_FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114")
@@ -141,7 +141,8 @@ PROGRESS_EVERY = 1000
 def nnspam_start_model(spec: str | None, cfg: dict[str, Any], kind: str) -> Any:
     """nnspam's start model: ``spec`` is a model name ("default", "default-sms") or a model
     directory, loaded into memory and never written; None is an untrained network of
-    ``kind``. The config's ``adaptive:`` section applies (:func:`nnspam.stream.start_model`)."""
+    ``kind``. The config's ``adaptive:`` section applies
+    (:func:`nnspam.services.stream.start_model`)."""
     model = nn_stream.start_model(spec, cfg, kind)
     if model.kind != kind:
         raise ValueError(f"model {spec} is an {model.kind} model; this stream is {kind}")
@@ -481,7 +482,7 @@ def run_peer(peer: Any, stream: Stream, feedback: str, start_db: Path | None) ->
 
 
 def run_nnspam(stream: Stream, feedback: str, spec: str | None, cfg: dict[str, Any]) -> Run:
-    """nnspam's pass, in this process, through :func:`nnspam.stream.replay`."""
+    """nnspam's pass, in this process, through :func:`nnspam.services.stream.replay`."""
     from nnspam import __version__
 
     run = Run(version=f"nnspam {__version__}")

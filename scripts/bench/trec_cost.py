@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nnspam.corpus import load_split_samples
-from nnspam.evaluate import evaluate
-from nnspam.online import OnlineFilter
+from nnspam.mail.corpus import load_split_samples
+from nnspam.services.evaluate import evaluate
+from nnspam.services.online import OnlineFilter
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "corpora"

@@ -17,7 +17,7 @@ threshold (0.5 by default).
 Environment:
 
 ``NNSPAM_TREC_DIR``     the state directory (an ``OnlineFilter``, see
-                        ``nnspam/online.py``); default ``./nnspam-trec``
+                        ``nnspam/services/online.py``); default ``./nnspam-trec``
                         (relative to the directory run.sh runs the commands in).
 ``NNSPAM_TREC_MODEL``   initialize only: the model to start from (a model
                         directory, ``default`` or ``default-sms``); unset: an
@@ -63,7 +63,7 @@ def _ensure_nnspam(argv: list[str]) -> None:
     """Import nnspam (and NumPy, which it needs), or re-execute this script
     with a Python that has them."""
     try:
-        import nnspam.online  # noqa: F401
+        import nnspam.services.online  # noqa: F401
         return
     except ImportError:
         pass
@@ -93,7 +93,7 @@ def main(command: str, argv: list[str]) -> int:
     args = argv
     if len(args) != _NARGS[command]:
         return _fail(f"usage: {USAGE[command]}")
-    from nnspam.online import OnlineError, OnlineFilter
+    from nnspam.services.online import OnlineError, OnlineFilter
 
     directory = state_dir()
     try:

@@ -1,0 +1,192 @@
+"""Evaluation: spamicities and true labels -> the numbers a mail admin asks for.
+
+The table follows the original NNSpam results page (ham factor, spam factor,
+threshold, false negatives of N, false positives of M) and adds accuracy,
+spam caught, ham lost, F1, MCC and ROC AUC (with 1-ROCA, the TREC figure).
+NumPy only: no scikit-learn needed to test a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from nnspam.services.verdict import is_spam
+
+__all__ = ["Evaluation", "evaluate", "roc_auc", "roc_curve", "format_table", "plot"]
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (spam = positive), ties counted as half,
+    from the Mann-Whitney rank statistic."""
+    y = np.asarray(y)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos = int((y == 1).sum())
+    n_neg = int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties
+    i = 0
+    n = len(scores)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    sum_pos = ranks[y == 1].sum()
+    return float((sum_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold."""
+    y = np.asarray(y)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    ys = y[order]
+    s = np.asarray(scores)[order]
+    tps = np.cumsum(ys == 1)
+    fps = np.cumsum(ys == 0)
+    last = np.r_[np.diff(s) != 0, True]
+    tpr = np.r_[0.0, tps[last] / max(1, (y == 1).sum())]
+    fpr = np.r_[0.0, fps[last] / max(1, (y == 0).sum())]
+    return fpr, tpr
+
+
+@dataclass
+class Evaluation:
+    ham_factor: float
+    spam_factor: float
+    threshold: float
+    n_spam: int
+    n_ham: int
+    false_negatives: int
+    false_positives: int
+    accuracy: float
+    spam_caught: float
+    ham_lost: float
+    precision: float
+    f1: float
+    mcc: float
+    roc_auc: float
+
+    @property
+    def one_minus_roca_percent(self) -> float:
+        return (1.0 - self.roc_auc) * 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["one_minus_roca_percent"] = self.one_minus_roca_percent
+        return d
+
+
+def evaluate(
+    y: np.ndarray, spamicities: np.ndarray, threshold: float,
+    ham_factor: float, spam_factor: float,
+) -> Evaluation:
+    """Confusion counts at ``threshold`` plus threshold-free ROC AUC."""
+    y = np.asarray(y)
+    pred = is_spam(np.asarray(spamicities), threshold)
+    tp = int(((y == 1) & pred).sum())
+    fn = int(((y == 1) & ~pred).sum())
+    fp = int(((y == 0) & pred).sum())
+    tn = int(((y == 0) & ~pred).sum())
+    n_spam, n_ham = tp + fn, tn + fp
+    total = max(1, n_spam + n_ham)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / n_spam if n_spam else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = (tp * tn - fp * fn) / den if den else 0.0
+    return Evaluation(
+        ham_factor=ham_factor, spam_factor=spam_factor, threshold=threshold,
+        n_spam=n_spam, n_ham=n_ham, false_negatives=fn, false_positives=fp,
+        accuracy=(tp + tn) / total, spam_caught=recall,
+        ham_lost=fp / n_ham if n_ham else 0.0, precision=precision, f1=f1, mcc=mcc,
+        roc_auc=roc_auc(y, spamicities),
+    )
+
+
+def format_table(ev: Evaluation) -> str:
+    """The original NNSpam results table, extended."""
+    def pct(x: float) -> str:
+        return f"{x * 100:.2f}%"
+
+    fn_rate = ev.false_negatives / ev.n_spam if ev.n_spam else 0.0
+    rows = [
+        ("Ham factor", f"{ev.ham_factor:g}", ""),
+        ("Spam factor", f"{ev.spam_factor:g}", ""),
+        ("Threshold", f"{ev.threshold:g}", ""),
+        ("", "", ""),
+        (f"False Negatives (of {ev.n_spam})", str(ev.false_negatives), pct(fn_rate)),
+        (f"False Positives (of {ev.n_ham})", str(ev.false_positives), pct(ev.ham_lost)),
+        ("", "", ""),
+        ("Accuracy (True negatives)", pct(1 - ev.ham_lost) if ev.n_ham else "-", ""),
+        ("Accuracy (True positives)", pct(ev.spam_caught) if ev.n_spam else "-", ""),
+        ("Accuracy (all messages)", pct(ev.accuracy), ""),
+        ("Spam caught", pct(ev.spam_caught), ""),
+        ("Ham lost", pct(ev.ham_lost), ""),
+        ("Precision", f"{ev.precision:.4f}", ""),
+        ("F1", f"{ev.f1:.4f}", ""),
+        ("MCC", f"{ev.mcc:.4f}", ""),
+        ("ROC AUC", f"{ev.roc_auc:.5f}", f"1-ROCA {ev.one_minus_roca_percent:.3f}%"),
+    ]
+    width = max(len(r[0]) for r in rows) + 4
+    lines = []
+    for a, b, c in rows:
+        if not a:
+            lines.append("")
+            continue
+        lines.append(f" {a:<{width}}{b:>8}   {c}".rstrip())
+    return "\n".join(lines)
+
+
+def plot(path: str, y: np.ndarray, spamicities: np.ndarray, threshold: float,
+         title: str = "nnspam") -> None:
+    """Draw the ROC curve (log-scale false positive axis) and the original
+    page's per-message error chart (|target - spamicity|, spam first) to a PNG.
+    Needs matplotlib (``pip install 'nnspam[plot]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError(
+            "--plot needs matplotlib: pip install 'nnspam[plot]'"
+        ) from None
+    y = np.asarray(y)
+    s = np.asarray(spamicities)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fpr, tpr = roc_curve(y, s)
+    ax1.plot(np.maximum(fpr * 100, 1e-3), (1 - tpr) * 100, drawstyle="steps-post")
+    ax1.set_xscale("log")
+    ax1.set_yscale("symlog", linthresh=0.1)
+    ax1.set_ylim(0, 100)
+    ax1.set_xlabel("ham lost (% of ham, log scale)")
+    ax1.set_ylabel("spam missed (% of spam)")
+    ax1.set_title(f"ROC, 1-ROCA = {(1 - roc_auc(y, s)) * 100:.3f}%")
+    ax1.grid(True, which="both", alpha=0.3)
+    order = np.r_[np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
+    err = np.abs(y[order] - s[order])
+    wrong = (y[order] == 1) != is_spam(s[order], threshold)
+    # vlines, not bars: a bar one pixel wide can vanish when the chart is drawn
+    x = np.arange(len(order))
+    ax2.vlines(x[~wrong], 0, err[~wrong], color="tab:blue", lw=0.8)
+    ax2.vlines(x[wrong], 0, err[wrong], color="tab:red", lw=1.2,
+               label=f"misclassified ({int(wrong.sum())})")
+    ax2.legend(loc="upper right")
+    ax2.axvline((y == 1).sum() - 0.5, color="k", lw=0.8)
+    ax2.set_xlabel("message (spam first, then ham)")
+    ax2.set_ylabel("error |target - spamicity|")
+    ax2.set_title("error of every test message")
+    ax2.set_ylim(0, 1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""The settings of ``nnspam serve`` (``serve:`` in the config, overlaid by the
+command line), every one checked here before anything is loaded or bound: a bad
+value is one line naming it (:class:`ServerError`, ``nnspam serve`` exits 2),
+never a traceback from ``int()`` or ``bind()``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspam.services.pipefilter import Settings
+from nnspam.services.pipefilter import settings as filter_settings
+
+__all__ = ["ServeSettings", "ServerError", "serve_settings", "parse_listen"]
+
+
+class ServerError(Exception):
+    """A setting that prevents the server from starting."""
+
+
+@dataclass
+class ServeSettings:
+    """The server's settings (``serve:`` in the config, overlaid by options)."""
+
+    filter: Settings
+    socket: str | None
+    listen: tuple[str, int] | None
+    allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    max_size: int = 524288
+    timeout: float = 30.0
+    score_scale: float = 10.0
+    workers: int | None = None  # None/0: one per core
+    max_connections: int = 32  # requests served at once per worker
+    user_model: str | None = None  # per-user model path pattern (%u, %l, %d, ~)
+    user_cache: int = 16  # per-user models kept loaded per worker (LRU)
+    spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
+    rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), for TELL
+
+
+def parse_listen(value: Any, what: str) -> tuple[str, int]:
+    """The TCP address of ``--listen`` or ``serve.listen`` (``what``): ``IP:PORT``
+    or ``[IPv6]:PORT``. Every check of the address is made here, before the
+    model is loaded, so that a bad one is one line naming it (``nnspam serve``
+    exits 2) and never a traceback from ``int()`` or ``bind()`` (port 99999
+    raised OverflowError there). The port: ASCII digits, 0..65535 (0: the
+    kernel picks a free port, named on the start line). The host: an IP
+    address (a name could resolve to another interface than meant) and never
+    empty: ``:783`` means every address to some programs and loopback to
+    others, so it has to be said which."""
+    if not isinstance(value, str):
+        raise ServerError(f"{what} must be HOST:PORT, not {value!r}")
+
+    def bad(problem: str) -> ServerError:
+        return ServerError(f"{what} {value!r}: {problem}")
+
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad("not [IPv6]:PORT")
+        port = rest[1:]
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = port, ""
+    if not port:
+        raise bad("no port (HOST:PORT)")
+    if not (port.isascii() and port.isdigit()):
+        raise bad(f"port {port[:20]!r} is not a number")
+    if len(port) > 5 or int(port) > 65535:
+        raise bad(f"port {port if len(port) <= 12 else port[:12] + '...'} is out of range "
+                  "(0..65535)")
+    if not host:
+        raise bad("no host: give an IP address (127.0.0.1 loopback, 0.0.0.0 or [::] every "
+                  "address)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise bad(f"{host[:60]!r} is not an IP address (IPv6: [ADDRESS]:PORT)") from None
+    return host, int(port)
+
+
+def _number(s: dict[str, Any], key: str, kind: type, minimum: float, default: Any = None,
+            above: bool = False) -> Any:
+    """``serve.KEY`` from the config as ``kind`` (int or float), at least
+    ``minimum`` (more than it with ``above``): a bad value is one line naming
+    the setting, not a traceback from ``int()``/``float()`` or a server that
+    misbehaves later (a timeout of 0 would make every client socket
+    non-blocking)."""
+    v = s.get(key, default)
+    try:
+        n = kind(v) if not isinstance(v, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        n = None
+    if n is None or not (n > minimum if above else n >= minimum):
+        raise ServerError(f"serve.{key} must be a number {'>' if above else '>='} {minimum}, "
+                          f"not {v!r}")
+    return n
+
+
+def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | None = None,
+                   listen: str | None = None, allow: Sequence[str] | None = None,
+                   workers: int | None = None) -> ServeSettings:
+    """Settings from the config; ``--socket``/``--listen`` given on the command
+    line replace both configured listeners, ``--allow`` the allow list,
+    ``--workers`` serve.workers. Under systemd socket activation the
+    listeners come from systemd and the configured ones are not used."""
+    s = cfg["serve"]
+    if sock is not None or listen is not None:
+        sock_path, listen_s = sock, listen
+    else:
+        sock_path, listen_s = s["socket"], s["listen"]
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())
+    if activated:
+        sock_path = listen_s = None
+    elif sock_path is None and listen_s is None:
+        raise ServerError("nothing to listen on: give --socket PATH and/or --listen HOST:PORT")
+    nets = allow if allow is not None else s["allowed"]
+    if not isinstance(nets, (list, tuple)):
+        raise ServerError(f"serve.allowed must be a list of networks, not {nets!r}")
+    try:
+        allowed = [ipaddress.ip_network(a, strict=False) for a in nets]
+    except (TypeError, ValueError) as exc:
+        raise ServerError(f"serve.allowed: {exc}") from None
+    if sock_path is not None and not isinstance(sock_path, str):
+        raise ServerError(f"serve.socket must be a path, not {sock_path!r}")
+    addr = (parse_listen(listen_s, "serve.listen" if listen is None else "--listen")
+            if listen_s is not None else None)
+    if addr is not None:
+        ip = ipaddress.ip_address(addr[0])
+        if not ip.is_loopback and not any(not n.network_address.is_loopback for n in allowed):
+            raise ServerError(f"listening on {ip} (not loopback) needs an explicit allow list of "
+                              "client networks (serve.allowed or --allow)")
+    try:
+        f = filter_settings(cfg, model)
+        from nnspam.model.correct import rule_from_config
+
+        rule = rule_from_config(cfg)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
+    n = s.get("workers") if workers is None else workers
+    if n is not None and (not isinstance(n, int) or n < 0):
+        raise ServerError(f"serve.workers must be a number >= 0 or null, not {n!r}")
+    maxc = s.get("max_connections", 32)
+    if not isinstance(maxc, int) or maxc < 1:
+        raise ServerError(f"serve.max_connections must be a number >= 1, not {maxc!r}")
+    user_model = s.get("user_model")
+    if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
+        raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
+    return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
+                         _number(s, "max_size", int, 0),
+                         _number(s, "timeout", float, 0, above=True),
+                         _number(s, "score_scale", float, 0, above=True), n, maxc, user_model,
+                         _number(s, "user_cache", int, 0, 16),
+                         bool(s.get("spamassassin_headers", False)), rule)

@@ -1,0 +1,596 @@
+"""The one classify-and-file routine, and learning from corrections.
+
+The maildir daemon (and the SMS adapter, the scoring server's TELL and
+``nnspam learn``) all go through :class:`Sorter`, so a message is scored,
+filed, recorded and learned from the same way whatever noticed it:
+
+* :meth:`Sorter.handle_new` - a message in the inbox's ``new/``: score it;
+  spam is moved into the Junk folder (Maildir++ ``.Junk``) keeping its name,
+  ham stays. The decision is recorded first (``moving``), then the file is
+  moved, then the record says ``junk``: a crash at any point is finished on
+  restart and never scores or moves a message twice.
+* :meth:`Sorter.handle_junk` - a message that appears in Junk. Put there by
+  the daemon: nothing to do. Otherwise the user (or a filter) put it there:
+  learned as spam.
+* :meth:`Sorter.handle_inbox_cur` - a message in the inbox's ``cur/``. If the
+  daemon had moved it to Junk, the user moved it back: learned as ham.
+* :meth:`Sorter.handle_junk_gone` / :meth:`Sorter.sweep_junk` - a message that
+  left Junk (deleted or moved away): when it left is recorded, so that its
+  bytes arriving in the inbox soon after are taken as the user's "Not junk"
+  move and, later, as a new delivery (the rule: :meth:`Sorter._moved_back`).
+* :meth:`Sorter.learn` - the one correction routine (:func:`nnspam.model.correct.correct`)
+  plus the checkpoint policy, through the one model writer
+  (:class:`nnspam.model.writer.ModelWriter`): each correction is learned under the
+  model directory's lock on top of its latest save, and a checkpoint never
+  overwrites what another process (``nnspam serve``, ``nnspam learn``) saved
+  meanwhile.
+* :meth:`Sorter.from_config` - the one way the daemon and the SMS store build a
+  Sorter from their config, so that the two cannot drift apart.
+
+Scores and verdicts come from :func:`nnspam.services.verdict.score_tokens`, as on every other
+front.
+
+Delivered messages are never modified: they are only read and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnspam.mail import maildir as md
+from nnspam.services.state import Record, State
+from nnspam.services.verdict import HAM, SPAM, score_tokens
+
+__all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
+
+log = logging.getLogger("nnspam.services.daemon")
+
+# Seconds between a message leaving Junk and its bytes appearing in the inbox
+# within which that is one "Not junk" move (see Sorter._moved_back). IMAP MOVE
+# takes milliseconds, a client's COPY + EXPUNGE or a sync tool's run seconds;
+# a message deleted from Junk and delivered again (an MTA retry, a re-fetch)
+# is minutes or hours apart.
+MOVE_WINDOW = 120.0
+
+_MSGID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def message_id_of(data: bytes) -> str:
+    """The Message-ID header of raw message bytes ('' if none), for the log."""
+    end = _HEADER_END.search(data, 0, 262144)
+    head = data[: end.start()] if end else data[:262144]
+    m = _MSGID.search(head)
+    if not m:
+        return ""
+    return " ".join(m.group(1).decode("ascii", "replace").split())
+
+
+@dataclass
+class Read:
+    """A message file's bytes (None when over the size cap), identity and times:
+    ``mtime`` (a copy made by an IMAP server or mbsync keeps the message's date)
+    and ``arrived``, the ctime (when the file was linked or renamed in)."""
+
+    path: Path
+    data: bytes | None
+    size: int
+    sha256: str
+    message_id: str
+    mtime: float = 0.0
+    arrived: float = 0.0
+
+
+def read_message(path: Path, max_bytes: int) -> Read:
+    """Read a message file once: bytes, size, SHA-256 and Message-ID.
+
+    Files over ``max_bytes`` are hashed in chunks but not kept in memory (they
+    are not scored). Raises FileNotFoundError when the file has gone.
+    """
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        size = st.st_size
+        if size <= max_bytes:
+            data = fh.read()
+            return Read(path, data, len(data), hashlib.sha256(data).hexdigest(),
+                        message_id_of(data), st.st_mtime, st.st_ctime)
+        h = hashlib.sha256()
+        first = fh.read(262144)
+        h.update(first)
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+        return Read(path, None, size, h.hexdigest(), message_id_of(first), st.st_mtime,
+                    st.st_ctime)
+
+
+def _same_file_content(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (compared by size, then SHA-256)."""
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        return read_message(a, 1 << 62).sha256 == read_message(b, 1 << 62).sha256
+    except FileNotFoundError:
+        return False
+
+
+class Sorter:
+    """Scores and files messages of one or more inbox maildirs, and learns
+    from corrections. Not thread-safe: one worker thread owns it."""
+
+    clock = staticmethod(time.time)  # the time the "Not junk" rule compares with (tests)
+
+    def __init__(
+        self,
+        model: Any,
+        state: State,
+        *,
+        model_path: str | None = None,
+        junk: str = ".Junk",
+        ham_factor: float = 0.9,
+        spam_factor: float = 0.1,
+        threshold: float = 0.5,
+        max_message_bytes: int = 10485760,
+        learn_from_corrections: bool = True,
+        checkpoint_every: int = 10,
+        adaptive: bool = True,
+        learn_on_confident: bool = False,
+        confident_margin: float = 0.45,
+        rule: Any = None,
+        stamp: Any = None,
+        prepare: Callable[[Any], Any] | None = None,
+    ) -> None:
+        from nnspam.model.writer import ModelWriter
+
+        self.state = state
+        self.model_path = model_path
+        # The one writer of model_path (None: a read-only model, only scored). ``stamp``:
+        # the model_stamp taken when ``model`` was read (nnspam.model.writer.load_with_stamp;
+        # None: now); ``prepare``: what a model re-read from disk needs (the config's
+        # adaptive: section).
+        kw = {} if stamp is None else {"stamp": stamp}
+        self.writer = (ModelWriter(model_path, model, prepare=prepare, **kw)
+                       if model_path else None)
+        self._model = model
+        self.junk = junk
+        self.h, self.s, self.t = ham_factor, spam_factor, threshold
+        self.max_message_bytes = max_message_bytes
+        self.learn_from_corrections = learn_from_corrections
+        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.adaptive = adaptive
+        self.learn_on_confident = learn_on_confident
+        self.confident_margin = confident_margin
+        # how a correction is learned (config learn:, nnspam.model.correct.rule_from_config)
+        self.rule = rule
+        self.pending_updates = 0
+        self.dirty = False
+        self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
+
+    @property
+    def model(self) -> Any:
+        """The model in memory: the writer's, which it replaces by the directory's
+        latest save when another process saved there (see :mod:`nnspam.model.writer`)."""
+        return self.writer.model if self.writer is not None else self._model
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
+                    *, model_name: str | os.PathLike | None, rule: Any = None,
+                    stamp: Any = None) -> Sorter:
+        """The Sorter for a loaded config: the one wiring of the maildir daemon and the
+        SMS store, so that both file and learn alike.
+
+        From the config: the verdict (``threshold``) and the ham bias (``ham_factor``,
+        ``spam_factor``: settings of the config, as for ``nnspam filter``, ``nnspam
+        serve`` and ``nnspam classify``, not the values stored in the model), ``daemon:``
+        (Junk folder, size cap, learning from corrections, checkpoints), ``adaptive:``
+        (applied to ``model`` here) and ``learn:`` (the correction rule; ``rule`` when the
+        caller made it already). ``model_name`` is where ``model`` was loaded from:
+        checkpoints are saved there, unless it is a shipped model
+        (:func:`nnspam.model.core.is_shipped`) or None, which are only read. ``state`` may be
+        a function that opens the state file: it is called only after every setting has
+        been read and converted, so that a bad one creates nothing (the SMS store).
+        ``stamp`` is the model directory's stamp when ``model`` was read
+        (:func:`nnspam.model.writer.load_with_stamp`), so that a save by another process
+        after that read is re-read, not overwritten, by the first correction."""
+        from nnspam.model import adaptive as adaptive_mod
+        from nnspam.model.core import is_shipped
+        from nnspam.model.correct import rule_from_config
+
+        d = cfg["daemon"]
+        ad = dict(cfg.get("adaptive") or {})
+        writable = model_name is not None and not is_shipped(model_name)
+        settings: dict[str, Any] = dict(
+            model_path=str(model_name) if writable else None,
+            junk=str(d["junk"]),
+            ham_factor=float(cfg["ham_factor"]),
+            spam_factor=float(cfg["spam_factor"]),
+            threshold=float(cfg["threshold"]),
+            max_message_bytes=int(d["max_message_bytes"]),
+            learn_from_corrections=bool(d["learn_from_corrections"]),
+            checkpoint_every=int(d["checkpoint_every"]),
+            adaptive=bool(ad.get("enabled", True)),
+            learn_on_confident=bool(ad.get("learn_on_confident", False)),
+            confident_margin=float(ad.get("confident_margin", 0.45)),
+            rule=rule if rule is not None else rule_from_config(cfg),
+        )
+        adaptive_mod.configure(model, ad)
+        return cls(model, state() if callable(state) else state, stamp=stamp,
+                   prepare=lambda m: adaptive_mod.configure(m, ad), **settings)
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def key(maildir: Path) -> str:
+        """The maildir's key in the state: its absolute, resolved path."""
+        return str(Path(maildir).resolve())
+
+    def junk_dir(self, maildir: Path) -> Path:
+        return md.folder_path(maildir, self.junk)
+
+    def _observe(self, tokens: list[str], label: str | None = None) -> None:
+        """Feed the adaptive input words, when ``nnspam.model.adaptive`` is installed."""
+        from nnspam.model.correct import observe
+
+        try:
+            replaced = observe(self.model, [tokens], None if label is None else [label],
+                               adaptive_inputs=self.adaptive)
+        except Exception as exc:  # the adaptive inputs must never stop filing mail
+            log.error("adaptive: observe failed: %s: %s", exc.__class__.__name__, exc)
+            return
+        for r in replaced or ():
+            log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
+        if replaced:
+            # Saved with the next checkpoint (learned updates, reload, shutdown):
+            # a replacement step is cheap to redo, a 4 MB save per step is not.
+            self.dirty = True
+
+    def _updated(self, n: int = 1) -> None:
+        self.pending_updates += n
+        if self.pending_updates >= self.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Save the model atomically if it changed and can be written, through the
+        writer: under the directory's lock, on top of what another process saved
+        there since (its model is re-read and our unsaved corrections learned again
+        on it). False when nothing was saved."""
+        if not (self.pending_updates or self.dirty) or self.writer is None:
+            return False
+        saved = self.writer.save()
+        if saved:
+            log.info("checkpoint: saved model %s after %d learned update(s)", self.model_path,
+                     self.pending_updates)
+        else:
+            log.info("checkpoint: model %s was saved by another process with nothing of ours "
+                     "left to add; re-read it", self.model_path)
+        self.pending_updates = 0
+        self.dirty = False
+        return saved
+
+    def learn(self, payloads: Sequence[bytes | str], label: str) -> bool:
+        """Train the model on messages of one class (the correction path).
+
+        Returns False when learning is off or the model cannot be saved (the
+        shipped default models are read-only).
+        """
+        if not self.learn_from_corrections:
+            return False
+        if self.writer is None:
+            log.warning("not learned: the model is read-only (give a model directory with -m)")
+            return False
+        # correct() counts the labelled tokens for the adaptive inputs and the wide path
+        # itself: observing them here too would count every correction twice. The writer
+        # learns under the model directory's lock, on top of its latest save; the lesson
+        # is kept (to learn again on a newer save) until the checkpoint saves it.
+        toks = [self.model.tokens(p) for p in payloads]
+        replaced = self.writer.learn(toks, label, self.rule, adaptive_inputs=self.adaptive,
+                                     save=False)
+        for r in replaced or ():
+            log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
+        if replaced:
+            self.dirty = True
+        self.stats["learned"] += len(payloads)
+        self._updated(len(payloads))
+        return True
+
+    def learn_files(self, paths: Sequence[Path], label: str) -> int:
+        """Learn messages from files (``nnspam learn``); returns how many were read."""
+        payloads = []
+        for p in paths:
+            try:
+                payloads.append(read_message(Path(p), self.max_message_bytes).data or b"")
+            except FileNotFoundError:
+                log.warning("skipped %s: gone before it was read", p)
+        if payloads:
+            self.learn(payloads, label)
+        return len(payloads)
+
+    def _decision(self, path: Path, msg: Read | None, sp: float | None, action: str) -> None:
+        mid = msg.message_id if msg else ""
+        sps = f"{sp:.6f}" if sp is not None else "-"
+        log.info("decision file=%s message-id=%s spamicity=%s action=%s", path, mid or "-", sps,
+                 action)
+
+    def _lookup(self, maildir: Path, path: Path) -> tuple[Path, str, str, Record | None]:
+        """The maildir, its state key, the message's unique name and its record (if any)."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        return maildir, key, uniq, self.state.get(key, uniq)
+
+    # -- a message in inbox new/ --------------------------------------------
+    def handle_new(self, maildir: Path, path: Path) -> str:
+        """Classify and file one message of the inbox. Returns what was done:
+        ``known`` (already decided), ``ham``, ``spam``, ``skipped``,
+        ``vanished``, ``resumed`` (a move interrupted by a crash finished) or
+        ``corrected`` (a Junk message the user moved back: learned as ham)."""
+        maildir, key, uniq, rec = self._lookup(maildir, path)
+        if rec is not None:
+            return self._known_in_inbox(maildir, path, rec)
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            moved = md.find_message(maildir, uniq)
+            if moved is None:
+                log.info("skipped file=%s: removed before it was read", path)
+                return "vanished"
+            path = moved
+            try:
+                msg = read_message(path, self.max_message_bytes)
+            except FileNotFoundError:
+                log.info("skipped file=%s: removed before it was read", path)
+                return "vanished"
+        now = time.time()
+        back = self._moved_back(maildir, key, msg)
+        if back is not None:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
+                                  back.verdict, "inbox", "user", None, now, now))
+            return self._correct_ham(maildir, key, uniq, path, msg)
+        if msg.data is None:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, None,
+                                  "skipped", "inbox", "daemon", None, now, now))
+            self.stats["skipped"] += 1
+            self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
+            return "skipped"
+        tokens = self.model.tokens(msg.data)
+        (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s)
+        self.stats["scored"] += 1
+        self._observe(tokens)
+        if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
+            self.learn([msg.data], verdict)
+        if verdict == HAM:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, HAM,
+                                  "inbox", "daemon", None, now, now))
+            self.stats["ham"] += 1
+            self._decision(path, msg, sp, "kept")
+            return "ham"
+        rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, SPAM, "moving",
+                     "daemon", None, now, now)
+        self.state.put(rec)
+        dest = self._to_junk(maildir, key, uniq, path)
+        self.stats["spam"] += 1
+        self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
+        return "spam"
+
+    def _to_junk(self, maildir: Path, key: str, uniq: str, path: Path) -> Path | None:
+        """Move a message recorded as ``moving`` into Junk and record ``junk``."""
+        junk = md.ensure_folder(maildir, self.junk)
+        sub = path.parent.name if path.parent.name in ("new", "cur") else "new"
+        for _ in range(3):
+            try:
+                dest = md.move(path, junk / sub)
+            except FileNotFoundError:
+                found = md.find_message(maildir, uniq)
+                if found is None:
+                    if md.find_message(junk, uniq) is not None:
+                        self.state.set_place(key, uniq, "junk")
+                        return junk
+                    log.info("skipped file=%s: removed before it was moved", path)
+                    self.state.set_place(key, uniq, "inbox")
+                    return None
+                path = found
+                sub = path.parent.name
+                continue
+            except md.MaildirError:
+                # The name is taken in Junk: a cross-filesystem move that was cut
+                # short after the link and before the unlink. Same bytes: finish it.
+                there = junk / sub / path.name
+                if _same_file_content(path, there):
+                    os.unlink(path)
+                    log.info("resumed file=%s: already in %s, removed the inbox copy", path,
+                             there)
+                    self.state.set_place(key, uniq, "junk")
+                    return there
+                log.error("error file=%s: another message named %s is in %s; left in the "
+                          "inbox", path, path.name, junk / sub)
+                self.state.set_place(key, uniq, "inbox")
+                return None
+            self.state.set_place(key, uniq, "junk")
+            return dest
+        self.state.set_place(key, uniq, "inbox")
+        return None
+
+    def _known_in_inbox(self, maildir: Path, path: Path, rec: Record) -> str:
+        key, uniq = rec.maildir, rec.uniq
+        if rec.place == "inbox":
+            return "known"
+        if rec.place == "moving":
+            dest = self._to_junk(maildir, key, uniq, path)
+            log.info("resumed file=%s: finished the interrupted move to %s", path, dest)
+            return "resumed"
+        # place == junk (or gone: it left Junk), yet the message is in the inbox under
+        # its own unique name: the user moved it back, however long it took (a new
+        # delivery always gets a new name).
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        return self._correct_ham(maildir, key, uniq, path, msg)
+
+    def _moved_back(self, maildir: Path, key: str, msg: Read) -> Record | None:
+        """The Junk record of which this inbox arrival (under a name the daemon
+        does not know) is the user's "Not junk" move, or None: a new message.
+
+        The one place this is decided. The arrival is that message moved back
+        only if
+
+        1. it has the bytes (SHA-256) of a message recorded in Junk,
+        2. that message is no longer in Junk, and
+        3. it left Junk at nearly the same time as the arrival appeared: within
+           :data:`MOVE_WINDOW`, either way round.
+
+        Why: a mail client's "Not junk" is an IMAP MOVE (or COPY + EXPUNGE).
+        The server links or writes the message into the inbox under a new
+        unique name and removes it from Junk in the same command or the next
+        few. A read message lands in ``cur/`` with flags, an unread one in
+        ``new/`` (Dovecot saves a copy without flags there), so where it lands
+        tells nothing. A message the user deleted from Junk is gone: the same
+        bytes delivered later (an MTA retry, a re-fetch) are a new message and
+        are scored like any other. So when a message leaves Junk is recorded
+        (``gone``: :meth:`handle_junk_gone` from the watcher's event,
+        :meth:`sweep_junk` at a rescan), and once the window has passed the
+        record no longer matches. The arrival's time is its file's ctime (when
+        it was linked or renamed in), not when the worker got to it, so a busy
+        worker does not stretch the window.
+
+        A Junk message missing from Junk whose going is not recorded yet is
+        taken to be leaving now: IMAP MOVE copies first and expunges after, so
+        the arrival's event comes before the deletion's. An arrival older than
+        the window (found by the rescan at start, after the daemon was down)
+        matches such a message only if it kept its date - mtime no later than
+        when the daemon decided it - as IMAP copies (Dovecot) and mbsync do and
+        a new delivery, written after that, cannot.
+        """
+        junk = self.junk_dir(maildir)
+        now = self.clock()
+        for rec in self.state.by_sha(key, msg.sha256):
+            if rec.place == "gone":
+                left, unseen = rec.updated_at, False
+            elif rec.place == "junk" and md.find_message(junk, rec.uniq) is None:
+                left, unseen = now, True
+            else:  # still in Junk (a second delivery), or not a Junk message
+                continue
+            if abs(msg.arrived - left) <= MOVE_WINDOW or (unseen and msg.mtime <= rec.decided_at):
+                self.state.set_place(key, rec.uniq, "inbox", learned="ham")
+                return rec
+        return None
+
+    # -- a message that left Junk ---------------------------------------------
+    def handle_junk_gone(self, maildir: Path, path: Path, at: float | None = None) -> str:
+        """A file that left the Junk folder at ``at`` (deleted, expunged or moved
+        away; default: now). Returns ``gone`` when it was a message recorded in
+        Junk and no longer there (when it left is recorded for
+        :meth:`_moved_back`), else ``ignored`` (new/ -> cur/ inside Junk, or a
+        message that is already back in the inbox)."""
+        maildir, key, uniq, rec = self._lookup(maildir, path)
+        if rec is None or rec.place != "junk":
+            return "ignored"
+        if md.find_message(self.junk_dir(maildir), uniq) is not None:
+            return "ignored"
+        self.state.set_place(key, uniq, "gone", at=self.clock() if at is None else at)
+        log.info("left Junk file=%s message-id=%s: deleted or moved away", path,
+                 rec.message_id or "-")
+        return "gone"
+
+    def sweep_junk(self, maildir: Path) -> int:
+        """Record as ``gone`` (now) every message recorded in Junk whose file is
+        not there any more: goings the watcher did not report (the daemon was
+        down, events were lost). Run by the rescan after the inbox passes, so a
+        move made while the daemon was down is matched first. Returns how many."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        junk = self.junk_dir(maildir)
+        there = {md.base_name(p.name) for p in md.list_messages(junk)}
+        n = 0
+        for rec in list(self.state.records(key, "junk")):
+            if rec.uniq not in there and md.find_message(junk, rec.uniq) is None:
+                self.state.set_place(key, rec.uniq, "gone", at=self.clock())
+                n += 1
+        return n
+
+    def _correct_ham(self, maildir: Path, key: str, uniq: str, path: Path, msg: Read) -> str:
+        learned = msg.data is not None and self.learn([msg.data], "ham")
+        self.state.set_place(key, uniq, "inbox", learned="ham")
+        self.state.add_correction(key, uniq, "ham", str(path))
+        log.info("correction file=%s message-id=%s: moved out of Junk by the user, %s as ham",
+                 path, msg.message_id or "-", "learned" if learned else "recorded")
+        return "corrected"
+
+    # -- a message in inbox cur/ ---------------------------------------------
+    def handle_inbox_cur(self, maildir: Path, path: Path) -> str:
+        """A message in the inbox's ``cur/``: a Junk message moved back is
+        learned as ham; anything else is left alone (``cur/`` is read mail)."""
+        maildir, key, uniq, rec = self._lookup(maildir, path)
+        if rec is not None:
+            return self._known_in_inbox(maildir, path, rec)
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        back = self._moved_back(maildir, key, msg)
+        if back is None:
+            return "ignored"
+        now = time.time()
+        self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
+                              back.verdict, "inbox", "user", None, now, now))
+        return self._correct_ham(maildir, key, uniq, path, msg)
+
+    # -- a message in Junk ---------------------------------------------------
+    def handle_junk(self, maildir: Path, path: Path) -> str:
+        """A message in the Junk folder. Returns ``known`` (the daemon put it
+        there, or it was already learned), ``corrected`` (learned as spam) or
+        ``vanished``."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        uniq = md.base_name(path.name)
+        rec = self.state.get(key, uniq)
+        if rec is not None and rec.place in ("junk", "moving", "gone"):
+            if rec.place != "junk":  # a move finished, or back in Junk under its own name
+                self.state.set_place(key, uniq, "junk")
+            return "known"
+        try:
+            msg = read_message(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return "vanished"
+        now = time.time()
+        if rec is None:
+            # Renamed on the way (a mail store that gives copies new names)?
+            for old in self.state.by_sha(key, msg.sha256, "inbox"):
+                if md.find_message(maildir, old.uniq) is None:
+                    self.state.set_place(key, old.uniq, "junk", learned="spam")
+                    break
+            rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, None, "spam", "junk",
+                         "user", None, now, now)
+            self.state.put(rec)
+        learned = msg.data is not None and self.learn([msg.data], "spam")
+        self.state.set_place(key, uniq, "junk", learned="spam")
+        self.state.add_correction(key, uniq, "spam", str(path))
+        log.info("correction file=%s message-id=%s: put in Junk by the user, %s as spam", path,
+                 msg.message_id or "-", "learned" if learned else "recorded")
+        return "corrected"
+
+    # -- start-up ----------------------------------------------------------
+    def baseline(self, maildir: Path) -> int:
+        """First run on a maildir: record what is already in Junk as
+        ``existing`` without learning it (only later arrivals are corrections).
+        Returns the number of messages recorded."""
+        maildir = Path(maildir)
+        key = self.key(maildir)
+        if self.state.known_maildir(key):
+            return 0
+        n = 0
+        now = time.time()
+        for p in md.list_messages(self.junk_dir(maildir)):
+            uniq = md.base_name(p.name)
+            if self.state.get(key, uniq) is None:
+                self.state.put(Record(key, uniq, None, None, None, None, "spam", "junk",
+                                      "existing", None, now, now))
+                n += 1
+        self.state.add_maildir(key)
+        return n

@@ -1,0 +1,337 @@
+"""The SPAMC/SPAMD protocol of ``nnspam serve``: one request per connection,
+answered as SpamAssassin's spamd answers it.
+
+Protocol (spamd/PROTOCOL of SpamAssassin): a request is ``VERB SPAMC/1.x``,
+header lines ``Name: value``, an empty line and ``Content-length`` bytes of
+body. Verbs: PING, CHECK, SYMBOLS, REPORT, REPORT_IFSPAM, HEADERS, PROCESS,
+TELL and SKIP. Request headers: ``Content-length``, ``User`` (selects a
+per-user model, below), ``Compress: zlib`` (``spamc -z``), ``Message-class``,
+``Set`` and ``Remove`` (TELL).
+
+Score mapping: spamd reports ``score / threshold`` in points. nnspam reports
+``score = 10 * spamicity`` and ``threshold = 10 * threshold`` (both with one
+decimal, as spamd), so the shipped threshold 0.5 is ``5.0`` exactly as in
+SpamAssassin and ``spamc -c`` prints e.g. ``9.7/5.0`` and exits 1 for spam,
+0 for ham. The ``True``/``False`` verdict is taken from the unrounded
+spamicity (``spamicity >= threshold``), as the X-NNSpam headers are.
+
+PROCESS and HEADERS return exactly what ``nnspam filter`` writes: the same
+:func:`nnspam.services.pipefilter.classify` inserts the X-NNSpam headers into the raw
+bytes. Messages over ``serve.max_size`` come back unchanged and unclassified
+(spamd semantics; ``Spam: False ; 0.0 / 5.0``). With
+``serve.spamassassin_headers`` they also carry SpamAssassin's ``X-Spam-Flag``
+and ``X-Spam-Status`` (:func:`spamassassin_fields`), which spamass-milter
+needs: it copies only those fields from spamc's answer.
+
+TELL with ``Message-class: spam|ham`` and ``Set: local`` learns through
+:func:`nnspam.model.correct.correct` (the one correction routine of ``nnspam learn`` and
+the daemon) and saves the model atomically; ``Remove: local`` (``spamc -L
+forget``) is answered EX_UNAVAILABLE: a network cannot unlearn one message.
+Learning goes through the one model writer (:mod:`nnspam.model.writer`, shared with
+the daemon, ``nnspam learn`` and the SMS store): it holds an exclusive
+``flock`` on ``<model dir>.lock`` and starts from the model as last saved, so
+concurrent TELLs in different workers, and the corrections of a daemon or
+``nnspam learn`` on the same model, all count.
+
+Errors are answered ``SPAMD/1.5 CODE MESSAGE`` with sysexits codes:
+64 EX_USAGE (unknown verb), 65 EX_DATAERR (bad body: broken zlib, too big
+after decompression, bad TELL class), 76 EX_PROTOCOL (malformed request
+line or header, missing or wrong Content-length, truncated body), 69
+EX_UNAVAILABLE (Remove), 77 EX_NOPERM (TELL on the read-only shipped model),
+74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
+for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created).
+A client that says nothing for ``serve.timeout`` seconds is disconnected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socketserver
+import zlib
+from pathlib import Path
+from typing import Protocol
+
+from nnspam import __version__
+from nnspam.mail.headers import set_header_fields
+from nnspam.services.pipefilter import Result
+from nnspam.services.serve_settings import ServeSettings
+from nnspam.services.verdict import is_spam
+
+__all__ = ["Handler", "Context", "Models", "RequestError", "score_line", "spamassassin_fields",
+           "PROTO", "CHUNK", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE",
+           "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR", "EX_PROTOCOL", "EX_NOPERM"]
+
+log = logging.getLogger("nnspam.serve")
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_PROTOCOL = 76
+EX_NOPERM = 77
+
+PROTO = b"SPAMD/1.5"
+VERBS = {"PING", "CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "HEADERS", "PROCESS", "TELL",
+         "SKIP"}
+MAX_LINE = 8192  # longest request or header line
+MAX_HEADERS = 64  # most header lines in one request
+CHUNK = 1 << 16
+
+
+class RequestError(Exception):
+    """A bad request: answered ``SPAMD/1.5 code message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Models(Protocol):
+    """What a handler scores and learns with (:class:`nnspam.services.registry.ModelRegistry`)."""
+
+    def classify(self, raw: bytes, user: str | None = None) -> Result: ...
+
+    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path: ...
+
+
+class Context:
+    """What a connection handler needs: the settings, the models, the allow list."""
+
+    def __init__(self, settings: ServeSettings, models: Models) -> None:
+        self.settings = settings
+        self.models = models
+
+    def allowed(self, host: str) -> bool:
+        """Is a TCP client at ``host`` in serve.allowed (loopback always is)?"""
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        return ip.is_loopback or any(ip in n for n in self.settings.allowed)
+
+
+def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
+    """The ``Spam:`` response header: ``True ; 9.7 / 5.0`` (see the module
+    docstring for the mapping); an unclassified message is ``False ; 0.0``."""
+    spam = spamicity is not None and is_spam(spamicity, threshold)
+    pts = 0.0 if spamicity is None else scale * spamicity
+    return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
+
+
+class Handler(socketserver.StreamRequestHandler):
+    """One connection, one request (as spamd)."""
+
+    server: Context  # type: ignore[assignment]
+
+    def handle(self) -> None:
+        st = self.server.settings
+        self.request.settimeout(st.timeout)
+        peer = self.client_address
+        if isinstance(peer, tuple) and not self.server.allowed(peer[0]):
+            log.warning("connection from %s refused: not in serve.allowed", peer[0])
+            return
+        try:
+            self._serve_one()
+        except RequestError as exc:
+            self._send(PROTO + f" {exc.code} {exc.message}\r\n".encode())
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.info("connection dropped: %s", exc)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def _line(self) -> bytes:
+        line = self.rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise RequestError(EX_PROTOCOL, "Bad header line: line too long")
+        if not line.endswith(b"\n"):
+            raise RequestError(EX_PROTOCOL, "Bad header line: request ended early")
+        return line.rstrip(b"\r\n")
+
+    def _serve_one(self) -> None:
+        first = self._line()
+        parts = first.split(b" ")
+        if len(parts) != 2 or not parts[1].startswith(b"SPAMC/"):
+            raise RequestError(EX_PROTOCOL, "Bad header line: (request line)")
+        verb = parts[0].decode("ascii", "replace")
+        if verb not in VERBS:
+            raise RequestError(EX_USAGE, f"Unknown method: {verb[:40]}")
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = self._line()
+            if not line:
+                break
+            name, sep, value = line.partition(b":")
+            if not sep or not name.strip():
+                raise RequestError(EX_PROTOCOL, "Bad header line: (no colon)")
+            headers[name.strip().decode("ascii", "replace").lower()] = (
+                value.strip().decode("utf-8", "replace"))
+        else:
+            raise RequestError(EX_PROTOCOL, "Bad header line: too many headers")
+        if verb == "SKIP":
+            return
+        if verb == "PING":
+            self._send(PROTO + b" 0 PONG\r\n")
+            return
+        self._body_verb(verb, headers)
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) != n:
+            raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than Content-length")
+        return data
+
+    def _body_verb(self, verb: str, headers: dict[str, str]) -> None:
+        st = self.server.settings
+        cl = headers.get("content-length")
+        if cl is None or not (cl.isascii() and cl.isdigit()):
+            raise RequestError(EX_PROTOCOL, "Bad header line: Content-length missing or invalid")
+        length = int(cl)
+        compress = headers.get("compress")
+        if compress is not None and compress.lower() != "zlib":
+            raise RequestError(EX_PROTOCOL, f"Bad header line: Compress: {compress[:20]}")
+        if compress is None and length > st.max_size:
+            self._pass_through(verb, length)
+            return
+        if compress is not None and length > st.max_size:
+            raise RequestError(EX_DATAERR, "compressed message over serve.max_size")
+        body = self._read_exact(length)
+        if compress is not None:
+            d = zlib.decompressobj()
+            try:
+                body = d.decompress(body, st.max_size + 1)
+            except zlib.error as exc:
+                raise RequestError(EX_DATAERR, f"bad zlib data: {exc}") from None
+            if len(body) > st.max_size:
+                raise RequestError(EX_DATAERR, "message over serve.max_size after decompression")
+        if verb == "TELL":
+            self._tell(body, headers)
+            return
+        res = self.server.models.classify(body, headers.get("user"))
+        if res.error is not None:
+            log.error("classification failed, message passed through: %s", res.error)
+        self._answer(verb, body, res.output, res.spamicity)
+
+    def _answer(self, verb: str, original: bytes, marked: bytes, sp: float | None) -> None:
+        st = self.server.settings
+        f = st.filter
+        spam_line = score_line(sp, f.threshold, st.score_scale)
+        spam = sp is not None and is_spam(sp, f.threshold)
+        if verb == "CHECK":
+            self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n")
+            return
+        if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
+            marked = spamassassin_fields(marked, sp, f.threshold, st.score_scale)
+        if verb == "PROCESS":
+            out = marked
+        elif verb == "HEADERS":
+            out = _head_of(marked)
+        elif verb == "SYMBOLS":
+            out = b"NNSPAM_SPAM" if spam else (b"NNSPAM_HAM" if sp is not None else b"")
+        elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
+            out = _report(sp, f.threshold, st.score_scale)
+        else:  # REPORT_IFSPAM on ham
+            out = b""
+        self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
+                   + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    def _pass_through(self, verb: str, length: int) -> None:
+        """A message over the size cap: unchanged, unclassified, never held whole."""
+        st = self.server.settings
+        spam_line = score_line(None, st.filter.threshold, st.score_scale)
+        if verb != "PROCESS":
+            head = self._read_exact(min(length, st.max_size))
+            left = length - len(head)
+            while left:
+                got = self.rfile.read(min(CHUNK, left))
+                if not got:
+                    raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than "
+                                       "Content-length")
+                left -= len(got)
+            if verb == "HEADERS":
+                self._answer_raw(spam_line, _head_of(head))
+            elif verb == "TELL":
+                raise RequestError(EX_DATAERR, "message over serve.max_size, not learned")
+            else:
+                self._answer(verb, b"", b"", None)
+            return
+        self.wfile.write(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
+                         + str(length).encode() + b"\r\n\r\n")
+        left = length
+        while left:
+            got = self.rfile.read(min(CHUNK, left))
+            if not got:
+                raise ConnectionError("body shorter than Content-length")
+            self.wfile.write(got)
+            left -= len(got)
+        self.wfile.flush()
+
+    def _answer_raw(self, spam_line: bytes, out: bytes) -> None:
+        self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
+                   + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    def _tell(self, body: bytes, headers: dict[str, str]) -> None:
+        if "remove" in headers:
+            raise RequestError(EX_UNAVAILABLE, "Remove is not supported: nnspam cannot "
+                               "unlearn a message")
+        label = headers.get("message-class", "").lower()
+        if label not in ("spam", "ham"):
+            raise RequestError(EX_DATAERR, "TELL needs Message-class: spam or ham")
+        where = [w.strip().lower() for w in headers.get("set", "").split(",") if w.strip()]
+        if "local" not in where:
+            raise RequestError(EX_DATAERR, "TELL needs Set: local")
+        where = self.server.models.learn(body, label, headers.get("user"))
+        log.info("learned one message as %s into %s (user %s)", label, where,
+                 headers.get("user", "-"))
+        self._send(PROTO + b" 0 EX_OK\r\nDidSet: local\r\n\r\n")
+
+
+SA_FIELDS = ("X-Spam-Flag", "X-Spam-Status")
+
+
+def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
+                        scale: float) -> bytes:
+    """``marked`` (nnspam filter's output) with SpamAssassin's ``X-Spam-Flag: YES`` (spam
+    only) and ``X-Spam-Status`` fields added, any earlier ones (forged or from another
+    filter) removed: what spamass-milter copies into the message and rejects on
+    (``serve.spamassassin_headers``). Scores use the ``Spam:`` line's mapping."""
+    spam = is_spam(spamicity, threshold)
+    status = (f"{'Yes' if spam else 'No'}, score={scale * spamicity:.1f} "
+              f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
+              f"autolearn=no version=nnspam-{__version__}")
+    fields = ([("X-Spam-Flag", "YES")] if spam else []) + [("X-Spam-Status", status)]
+    return set_header_fields(marked, fields, SA_FIELDS)
+
+
+def _head_of(raw: bytes) -> bytes:
+    """``raw`` up to and including its first empty line, found as spamc finds
+    it (the first ``\\r\\n\\r\\n`` or ``\\n\\n``): spamc appends the original body
+    from the same place, so HEADERS + body is byte for byte the PROCESS output
+    (headers are only ever inserted before that point). All of ``raw`` when
+    it has no empty line."""
+    i, j = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    ends = [k + n for k, n in ((i, 4), (j, 2)) if k >= 0]
+    if not ends:
+        return raw
+    if i >= 0 and j >= 0:
+        return raw[:i + 4] if i < j else raw[:j + 2]
+    return raw[:ends[0]]
+
+
+def _report(sp: float | None, threshold: float, scale: float) -> bytes:
+    if sp is None:
+        return b"nnspam: message not classified\r\n"
+    return (f"nnspam neural network: spamicity {sp:.3f}, threshold {threshold:.3f} "
+            f"(score {scale * sp:.1f} / {scale * threshold:.1f})\r\n").encode()

@@ -1,0 +1,184 @@
+"""The daemon's memory: one SQLite row per message it has seen.
+
+A row is keyed by the inbox maildir and the message's unique name (the file
+name before ``:2,``), and also holds the Message-ID, size and SHA-256 of the
+(immutable) file. It records the verdict and where the message is meant to
+be (``place``):
+
+``inbox``   classified ham (or skipped), left in the inbox;
+``moving``  classified spam, the move to Junk is about to happen (written
+            *before* the rename, so a crash between the two is finished on
+            restart without scoring again);
+``junk``    in the Junk folder: put there by the daemon (``origin`` =
+            ``daemon``), by the user (``user``, a correction), or already there
+            when the daemon first ran (``existing``);
+``gone``    was in Junk and left it (deleted, or moved away): ``updated_at`` is
+            when the daemon saw it go. Its bytes appearing in the inbox soon
+            after are the user's "Not junk" move; later, a new delivery
+            (:meth:`nnspam.services.sorter.Sorter._moved_back`).
+
+With this a restart never scores or moves a message twice, and user
+corrections are recognised: a message in Junk the daemon did not put there
+is spam; a message the daemon put in Junk that is back in the inbox is ham.
+
+WAL journal with ``synchronous=NORMAL``: a commit survives a killed process
+(SIGKILL); after a power cut the last few commits may be lost, which at
+worst makes the daemon score a message again (same verdict) or take a Junk
+message it moved for a correction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["State", "Record", "PLACES"]
+
+PLACES = ("inbox", "moving", "junk", "gone")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    maildir    TEXT NOT NULL,
+    uniq       TEXT NOT NULL,
+    message_id TEXT,
+    size       INTEGER,
+    sha256     TEXT,
+    spamicity  REAL,
+    verdict    TEXT NOT NULL,
+    place      TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    learned    TEXT,
+    decided_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (maildir, uniq)
+);
+CREATE INDEX IF NOT EXISTS messages_sha ON messages (maildir, sha256);
+CREATE TABLE IF NOT EXISTS maildirs (
+    maildir    TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS corrections (
+    id      INTEGER PRIMARY KEY,
+    at      REAL NOT NULL,
+    maildir TEXT NOT NULL,
+    uniq    TEXT NOT NULL,
+    label   TEXT NOT NULL,
+    path    TEXT NOT NULL
+);
+"""
+
+_COLS = ("maildir, uniq, message_id, size, sha256, spamicity, verdict, place, origin, learned, "
+         "decided_at, updated_at")
+
+
+@dataclass
+class Record:
+    """One message's row."""
+
+    maildir: str
+    uniq: str
+    message_id: str | None
+    size: int | None
+    sha256: str | None
+    spamicity: float | None
+    verdict: str
+    place: str
+    origin: str
+    learned: str | None
+    decided_at: float
+    updated_at: float
+
+
+class State:
+    """The SQLite state file; one connection, used from one thread."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(os.path.expanduser(str(path)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- maildirs ---------------------------------------------------------
+    def known_maildir(self, maildir: str) -> bool:
+        """Whether the daemon has run on this maildir before."""
+        return self.db.execute("SELECT 1 FROM maildirs WHERE maildir=?",
+                               (maildir,)).fetchone() is not None
+
+    def add_maildir(self, maildir: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO maildirs VALUES (?, ?)", (maildir, time.time()))
+
+    # -- messages ---------------------------------------------------------
+    def get(self, maildir: str, uniq: str) -> Record | None:
+        row = self.db.execute(f"SELECT {_COLS} FROM messages WHERE maildir=? AND uniq=?",
+                              (maildir, uniq)).fetchone()
+        return Record(*row) if row else None
+
+    def by_sha(self, maildir: str, sha256: str, place: str | None = None) -> list[Record]:
+        """Rows with this content (a message the user moved may get a new name)."""
+        q = f"SELECT {_COLS} FROM messages WHERE maildir=? AND sha256=?"
+        args: tuple = (maildir, sha256)
+        if place:
+            q += " AND place=?"
+            args += (place,)
+        return [Record(*r) for r in self.db.execute(q, args)]
+
+    def put(self, rec: Record) -> None:
+        """Insert or replace a row (one committed transaction)."""
+        rec.updated_at = time.time()
+        self.db.execute(
+            f"INSERT OR REPLACE INTO messages ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.maildir, rec.uniq, rec.message_id, rec.size, rec.sha256, rec.spamicity,
+             rec.verdict, rec.place, rec.origin, rec.learned, rec.decided_at, rec.updated_at),
+        )
+
+    def set_place(self, maildir: str, uniq: str, place: str, learned: str | None = None,
+                  at: float | None = None) -> None:
+        """Record where a message is now; ``at`` is when it got there (default: now)."""
+        if place not in PLACES:
+            raise ValueError(f"unknown place {place!r}")
+        when = time.time() if at is None else at
+        if learned is None:
+            self.db.execute("UPDATE messages SET place=?, updated_at=? WHERE maildir=? AND uniq=?",
+                            (place, when, maildir, uniq))
+        else:
+            self.db.execute(
+                "UPDATE messages SET place=?, learned=?, updated_at=? WHERE maildir=? AND uniq=?",
+                (place, learned, when, maildir, uniq))
+
+    def add_correction(self, maildir: str, uniq: str, label: str, path: str) -> None:
+        self.db.execute("INSERT INTO corrections (at, maildir, uniq, label, path) "
+                        "VALUES (?,?,?,?,?)", (time.time(), maildir, uniq, label, path))
+
+    def corrections(self, maildir: str | None = None) -> list[tuple[str, str, str]]:
+        """(uniq, label, path) of every recorded correction, oldest first."""
+        q = "SELECT uniq, label, path FROM corrections"
+        args: tuple = ()
+        if maildir:
+            q += " WHERE maildir=?"
+            args = (maildir,)
+        return [tuple(r) for r in self.db.execute(q + " ORDER BY id", args)]
+
+    def records(self, maildir: str | None = None, place: str | None = None) -> Iterator[Record]:
+        q = f"SELECT {_COLS} FROM messages WHERE 1=1"
+        args: tuple = ()
+        if maildir:
+            q += " AND maildir=?"
+            args += (maildir,)
+        if place:
+            q += " AND place=?"
+            args += (place,)
+        for row in self.db.execute(q, args).fetchall():
+            yield Record(*row)
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])

@@ -1,0 +1,59 @@
+"""The one verdict rule: spamicity and threshold -> ``spam`` or ``ham``.
+
+Every front decides the same way through this module: the pipe filter and the scoring
+server (the X-NNSpam and spamd answers), the maildir daemon and the SMS store (through
+:class:`nnspam.services.sorter.Sorter`), ``nnspam classify``/``test``, ``nnspam stream``, the
+online learner and the evaluation tables. A message is spam when its spamicity is at or
+above the threshold (``spamicity >= threshold``: exactly at the threshold is spam, as
+the ``X-NNSpam-Status`` header always said); a NaN spamicity is never spam.
+
+Why one module: the comparison was written inline at seven sites in four files, and a
+change of rule (an ``unsure`` band, a different side for the tie) has to reach all of
+them at once. :func:`verdict` already takes the pipe filter's optional unsure band
+``(low, high)``: a spamicity in ``low <= s < high`` is ``unsure``; nothing else passes
+one yet.
+
+Standard library only, and nothing imported at module level beyond it: the pipe
+filter imports this before it knows whether it will classify at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens"]
+
+SPAM, HAM, UNSURE = "spam", "ham", "unsure"
+VERDICTS = (SPAM, HAM, UNSURE)
+
+
+def is_spam(spamicity: Any, threshold: float) -> Any:
+    """Whether ``spamicity`` is on the spam side of ``threshold`` (at it counts as spam).
+
+    Works element-wise on a NumPy array (``nnspam test``'s tables) as well as on one
+    float; the Yes/No of the headers and of spamd's ``Spam:`` line, which ignore the
+    unsure band."""
+    return spamicity >= threshold
+
+
+def verdict(spamicity: float, threshold: float,
+            unsure: tuple[float, float] | None = None) -> str:
+    """``spam`` or ``ham`` for one spamicity; ``unsure`` when an unsure band
+    ``(low, high)`` is given and ``low <= spamicity < high``."""
+    if unsure is not None and unsure[0] <= spamicity < unsure[1]:
+        return UNSURE
+    return SPAM if is_spam(spamicity, threshold) else HAM
+
+
+def score_tokens(model: Any, token_lists: Sequence[Sequence[str]], threshold: float,
+                 ham_factor: float | None = None, spam_factor: float | None = None,
+                 unsure: tuple[float, float] | None = None) -> list[tuple[float, str]]:
+    """(spamicity, verdict) of each tokenized message: the model's
+    :meth:`~nnspam.model.core.Model.spamicity_of_tokens` at the ham bias given (the
+    model's own where None), then :func:`verdict` at ``threshold``.
+
+    The one scoring routine of every front, so that a message gets the same number
+    and the same verdict whichever of them sees it."""
+    sps = model.spamicity_of_tokens(token_lists, ham_factor, spam_factor)
+    return [(float(sp), verdict(float(sp), threshold, unsure)) for sp in sps]
