@@ -1,0 +1,582 @@
+"""The commands of ``nnspam``: one ``cmd_NAME(args) -> exit status`` per subcommand.
+
+Each command reads its arguments (parsed by :mod:`nnspam.front.cli`), calls the
+layers below (corpus, training, model, services) and formats the result. Exit
+codes: 0 success, 1 a run that went wrong in an ordinary way (e.g. nothing to
+classify), 2 bad usage or an unusable model, config or input (:class:`UsageError`
+and the errors :func:`nnspam.front.cli.main` maps: a one-line message, never a
+traceback). Whatever costs (NumPy, the model, Flask) is imported inside the command
+that needs it, so ``nnspam --help`` and the pipe filter load none of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+class UsageError(Exception):
+    """Bad combination of arguments; reported in one line, exit 2."""
+
+
+def die(msg: str, code: int = 2) -> int:
+    print(f"nnspam: {msg}", file=sys.stderr)
+    return code
+
+
+# -- helpers -------------------------------------------------------------------
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    from nnspam.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def _load_model(args: argparse.Namespace, cfg: dict[str, Any], sms_default: bool = False):
+    from nnspam.model.core import Model
+
+    name = args.model
+    if name is None:
+        name = cfg["sms"]["model"] if sms_default else cfg["model"]
+    return Model.load(name)
+
+
+def _bias(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[float, float, float]:
+    h = args.ham_factor if args.ham_factor is not None else cfg["ham_factor"]
+    s = args.spam_factor if args.spam_factor is not None else cfg["spam_factor"]
+    t = args.threshold if args.threshold is not None else cfg["threshold"]
+    if h < 0 or s < 0 or h + s <= 0:
+        raise UsageError("ham and spam factors must be >= 0 and not both 0")
+    return h, s, t
+
+
+def _labelled_samples(args: argparse.Namespace, part: str | None):
+    """Samples from --split/--corpus or --sms [--split], or None if neither given."""
+    from nnspam.mail.corpus import load_split_samples, read_sms
+
+    if args.sms:
+        if args.split:
+            return load_split_samples(args.split, part=part, sms_file=args.sms)
+        return read_sms(args.sms)
+    if args.split:
+        if not args.corpus:
+            raise UsageError("--split needs --corpus ROOT (or --sms FILE)")
+        return load_split_samples(args.split, args.corpus, part=part)
+    if args.corpus:
+        raise UsageError("--corpus needs --split FILE")
+    return None
+
+
+def _find_shared_corpora() -> tuple[str, str] | None:
+    """The SpamAssassin split of the shared development corpora, if present:
+    $NNSPAM_CORPORA, else ../shared/corpora from here or from the source tree."""
+    import os
+    from pathlib import Path
+
+    candidates = []
+    if os.environ.get("NNSPAM_CORPORA"):
+        candidates.append(Path(os.environ["NNSPAM_CORPORA"]))
+    candidates.append(Path.cwd().parent / "shared" / "corpora")
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "corpora")
+    for c in candidates:
+        split, tar = c / "splits" / "spamassassin.tsv", c / "spamassassin.tar.xz"
+        if split.is_file() and tar.is_file():
+            return str(split), str(tar)
+    return None
+
+
+def _progress_printer(enabled: bool):
+    if not enabled:
+        return None
+    start = time.perf_counter()
+
+    def show(epoch: int, loss: float, val_loss: float, val_err: float) -> None:
+        print(f"epoch {epoch:3d}  loss {loss:.4f}  val loss {val_loss:.4f}  "
+              f"val error {val_err * 100:5.2f}%  {time.perf_counter() - start:6.1f}s",
+              file=sys.stderr, flush=True)
+    return show
+
+
+# -- commands ------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nnspam import config as C
+    from nnspam.learning.wordlist import read_wordlist
+    from nnspam.mail.corpus import iter_messages
+    from nnspam.services.training import train_model
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "train")
+    if samples is None:
+        if not args.ham or not args.spam:
+            raise UsageError("give --ham PATH... and --spam PATH..., or --split/--corpus, "
+                             "or --sms FILE")
+        samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
+    elif args.ham or args.spam:
+        raise UsageError("--ham/--spam cannot be combined with --split or --sms")
+    kind = args.kind or ("sms" if args.sms else "email")
+    if args.sms and kind != "sms":
+        raise UsageError("--sms trains an SMS model; --kind email does not apply")
+    settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
+    if args.faithful:
+        settings = C.merge(settings, C.FAITHFUL)
+    if args.size is not None:
+        settings["wordlist"]["size"] = args.size
+    if args.method is not None:
+        settings["wordlist"]["method"] = args.method
+    if args.scaling is not None:
+        settings["features"]["scaling"] = args.scaling
+    if args.hidden is not None:
+        settings["network"]["hidden"] = args.hidden
+    if args.epochs is not None:
+        settings["network"]["max_epochs"] = args.epochs
+    if args.seed is not None:
+        settings["network"]["seed"] = args.seed
+    if args.members is not None:
+        if args.members < 1:
+            raise UsageError(f"--members must be at least 1, not {args.members}")
+        settings["network"]["members"] = args.members
+    if args.backend == "keras":
+        from nnspam.learning.keras_backend import available
+
+        if not available():
+            raise UsageError("--backend keras needs TensorFlow and Keras 3: "
+                             "pip install 'nnspam[keras]'")
+    if args.arch == "sms-embedding" and args.balance != "none":
+        raise UsageError("--balance dbb needs feature vectors: not with --arch sms-embedding")
+    wordlist = read_wordlist(args.wordlist) if args.wordlist else None
+    n_spam = sum(1 for x in samples if x.label == "spam")
+    print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam",
+          file=sys.stderr)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    t0 = time.perf_counter()
+    provenance = {"command": "nnspam " + " ".join(sys.argv[1:]) if sys.argv else ""}
+    model = train_model(
+        samples, kind, settings, wordlist=wordlist, ham_factor=h, spam_factor=s,
+        threshold=t, max_part_bytes=int(cfg["max_part_bytes"]),
+        progress=_progress_printer(show), provenance=provenance,
+        arch=args.arch, backend=args.backend, balance=args.balance, arch_settings=cfg["arch"],
+    )
+    from nnspam.model.writer import replace_model
+
+    replace_model(model, args.model)  # under the model writers' lock (nnspam.model.writer)
+    print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, "
+          f"{model.summary['epochs']} epochs, {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    return 0
+
+
+def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 4000):
+    """Yield (sample, spamicity, verdict) over an iterable of samples, scored and judged
+    by the one routine of every front (:func:`nnspam.services.verdict.score_tokens`), chunked so
+    that memory stays bounded on big maildirs."""
+    from nnspam.services.training import tokenize_samples
+    from nnspam.services.verdict import score_tokens
+
+    buf = []
+
+    def flush():
+        toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes)
+        judged = score_tokens(model, toks, t, h, s)
+        return [(x, sp, v) for x, (sp, v) in zip(buf, judged, strict=True)]
+
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) >= chunk:
+            yield from flush()
+            buf = []
+    if buf:
+        yield from flush()
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from nnspam.mail.corpus import iter_messages
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "test")
+    if samples is None:
+        if not args.paths:
+            raise UsageError("give PATH... to classify, or --split/--corpus, or --sms FILE")
+        samples = iter_messages(args.paths)
+    elif args.paths:
+        raise UsageError("PATH arguments cannot be combined with --split or --sms")
+    model = _load_model(args, cfg, sms_default=bool(args.sms))
+    out = sys.stdout
+    n = 0
+    for sample, sp, verdict in _classify_stream(model, samples, h, s, t):
+        if args.format == "tsv":
+            out.write(f"{sample.name}\t{sp:.6f}\t{verdict}\n")
+        else:
+            out.write(f"{verdict.upper():4s}  {sp:.6f}  {sample.name}\n")
+        n += 1
+    out.flush()
+    if n == 0:
+        return die("no messages found", 1)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from nnspam.mail.corpus import iter_messages
+    from nnspam.services.evaluate import evaluate, format_table, plot
+    from nnspam.services.training import labels_of
+
+    cfg = _config(args)
+    h, s, t = _bias(args, cfg)
+    samples = _labelled_samples(args, "test")
+    if samples is None and not args.ham and not args.spam:
+        found = _find_shared_corpora()
+        if found is None:
+            raise UsageError("give --ham PATH and --spam PATH (e.g. --ham ~/Maildir --spam "
+                             "~/Maildir/.Junk), or --split/--corpus, or --sms FILE --split FILE")
+        args.split, args.corpus = found
+        print(f"nnspam: testing on the test part of {args.split}", file=sys.stderr)
+        samples = _labelled_samples(args, "test")
+    if samples is None:
+        if not args.ham or not args.spam:
+            raise UsageError("give both --ham PATH and --spam PATH")
+        samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
+    model = _load_model(args, cfg, sms_default=bool(args.sms))
+    t0 = time.perf_counter()
+    scored = list(_classify_stream(model, samples, h, s, t))
+    elapsed = time.perf_counter() - t0
+    y = labels_of([x for x, _, _ in scored])
+    sp = np.array([v for _, v, _ in scored])
+    ev = evaluate(y, sp, t, h, s)
+    print(f"Model: {args.model or cfg['model']}  ({model.kind}, {len(model.words)} inputs)")
+    print(f"Messages: {len(y)}  ({elapsed:.2f}s, {len(y) / max(elapsed, 1e-9):.0f} messages/s)")
+    print()
+    print(format_table(ev))
+    if args.errors:
+        print()
+        for (x, v, verdict), lab in zip(scored, y, strict=True):
+            if (verdict == "spam") != (lab == 1):
+                kind = "FP (ham lost)" if lab == 0 else "FN (spam missed)"
+                print(f"{kind:17s} {v:.6f}  {x.name}")
+    if args.json:
+        from pathlib import Path
+
+        from nnspam.mail.atomic import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(ev.to_dict(), indent=1) + "\n")
+    if args.plot:
+        plot(args.plot, y, sp, t, title=f"nnspam {args.model or cfg['model']}")
+        print(f"\nnnspam: wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    model = _load_model(args, cfg)
+    net = model.network
+    ncfg = net.get_config()
+    print(f"Model:       {args.model or cfg['model']}")
+    print(f"Kind:        {model.kind}")
+    print(f"Arch:        {getattr(model, 'arch', 'nnspam')}, trained with "
+          f"{getattr(model, 'backend', 'numpy')} "
+          f"{' '.join(f'{k} {v}' for k, v in (getattr(model, 'libraries', {}) or {}).items())}")
+    if hasattr(net, "layers"):
+        print(f"Layers:      {ncfg.get('layers')}, dropout {ncfg.get('dropout')}, "
+              f"embedding {ncfg.get('embedding')}, length {ncfg.get('length')}")
+    members = (model.summary or {}).get("members") or []
+    merged = (f", {len(members)} merged members of {net.hidden_size // len(members)}"
+              if len(members) > 1 else "")
+    print(f"Network:     {len(model.words)} inputs -> {net.hidden_size} hidden "
+          f"({ncfg.get('hidden_activation', 'relu')}{merged}) -> 2 outputs "
+          f"({ncfg.get('output')})")
+    print(f"Features:    {model.scaling} scaling of word counts")
+    print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "
+          f"threshold={model.threshold:g}")
+    print("Training:")
+    for line in json.dumps(model.summary, indent=2).splitlines()[1:-1]:
+        print("  " + line)
+    shown = model.words if args.all else model.words[:args.words]
+    print(f"Input words ({len(model.words)}; first {len(shown)}):")
+    counts = model.wordlist_counts or [0] * len(model.words)
+    for c, w in zip(counts, shown, strict=False):
+        print(f"  {c}\t{w}")
+    wide = model.wide
+    if wide is not None:
+        learned = model.summary.get("learned") or {}
+        print(f"Wide path: {wide.updates} corrections taught it "
+              f"({int(learned.get('spam', 0))} spam, {int(learned.get('ham', 0))} ham learned), "
+              f"{wide.docs} messages counted, 2^{wide.bits} slots")
+    st = model.adaptive
+    if st is not None:
+        recent = st.log[-10:]
+        print(f"Adaptive inputs: policy {st.settings['policy']}, "
+              f"{'enabled' if st.settings['enabled'] else 'disabled'}, "
+              f"{st.step} messages seen, {st.replacements} replacements, "
+              f"{len(st.candidates)} candidates; latest {len(recent)}:")
+        for r in reversed(recent):
+            print(f"  {r.get('time', '?')}  input {r.get('index')}: {r.get('old')} -> "
+                  f"{r.get('new')} (activity {r.get('old_activity')}, "
+                  f"score {r.get('new_score')})")
+    return 0
+
+
+def _rule(cfg: dict[str, Any], untrained: bool = False):
+    """The correction rule of the config's ``learn:`` section (a bad value: UsageError)."""
+    from nnspam.model.correct import CorrectionError, rule_from_config
+
+    try:
+        return rule_from_config(cfg, untrained=untrained)
+    except CorrectionError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Learn messages of one class into a model directory, through the one model
+    writer (:mod:`nnspam.model.writer`): under the directory's lock, on top of its
+    latest save, so a daemon or server learning into the same model at the same
+    time keeps its corrections and ours."""
+    from nnspam.mail.corpus import iter_messages
+    from nnspam.model.adaptive import configure
+    from nnspam.model.core import is_shipped
+    from nnspam.model.writer import ModelWriter
+
+    cfg = _config(args)
+    rule = _rule(cfg)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
+    target = args.model or cfg["model"]
+    if is_shipped(target):
+        raise UsageError("the shipped default model is read-only: train your own with "
+                         "'nnspam train ... -m DIR' or give -m DIR")
+    label = "spam" if args.spam else "ham"
+    payloads = [x.payload for x in iter_messages(args.paths)]
+    if not payloads:
+        return die("no messages found", 1)
+    # the config's adaptive settings, as the daemon uses, also on a model re-read from disk
+    writer = ModelWriter.open(target, prepare=lambda m: configure(m, cfg["adaptive"]))
+    with writer.locked():  # one lock for the batch: re-read if another writer saved
+        for p in payloads:  # one correction each, as the daemon learns one move at a time
+            writer.learn_payloads([p], label, rule, save=False)
+        writer.save()
+    print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from nnspam.services.stream import (
+        StreamError,
+        load_messages,
+        read_index,
+        replay,
+        start_model,
+        summarize,
+    )
+
+    cfg = _config(args)
+    # an untrained network learns by the online learner's steps (correct.rule_from_config)
+    rule = _rule(cfg, untrained=args.untrained)
+    if args.untrained and args.model:
+        raise UsageError("give -m MODEL or --untrained, not both")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        items = read_index(args.index)
+        if args.limit:
+            items = items[: args.limit]
+        corpus = args.corpus or str(Path(args.index).resolve().parent)
+        read = load_messages([p for _, p in items], corpus)
+    except StreamError as exc:
+        return die(str(exc))
+    model = start_model(None if args.untrained else (args.model or cfg["model"]), cfg,
+                        args.kind)
+    out = open(args.out, "w", encoding="utf-8") if args.out and args.out != "-" else sys.stdout
+    steps = []
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    t0 = time.perf_counter()
+    try:
+        for i, st in enumerate(replay(model, items, read, args.feedback, rule), 1):
+            steps.append(st)
+            out.write(f"{st.path}\t{st.judge}\t{st.spamicity:.6f}\t{st.verdict}\n")
+            if show and i % 500 == 0:
+                r = summarize(steps)
+                print(f"nnspam stream: {i}/{len(items)}  ham lost {r['ham_lost']}  "
+                      f"spam missed {r['spam_missed']}  learned {r['learned']}",
+                      file=sys.stderr)
+    except StreamError as exc:
+        return die(str(exc))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    secs = time.perf_counter() - t0
+    r = summarize(steps)
+    print(f"# {r['messages']} messages ({r['ham']} ham, {r['spam']} spam), feedback "
+          f"{args.feedback}: ham lost {r['ham_lost']} ({r['ham_lost_percent']:.2f}%), spam "
+          f"missed {r['spam_missed']} ({r['spam_missed_percent']:.2f}%), 1-ROCA "
+          f"{r['one_minus_roca_percent']:.3f}%, learned {r['learned']}, "
+          f"{len(steps) / max(secs, 1e-9):.0f} msg/s", file=sys.stderr)
+    if args.save:
+        if os.path.abspath(args.save) == os.path.abspath(str(args.model or "")):
+            raise UsageError("--save must name a new directory, not the start model")
+        from nnspam.model.writer import replace_model
+
+        replace_model(model, args.save)  # under the model writers' lock (nnspam.model.writer)
+        print(f"nnspam: saved the learned model to {args.save}", file=sys.stderr)
+    return 0
+
+
+def cmd_build_wordlist(args: argparse.Namespace) -> int:
+    from nnspam.config import load_config
+    from nnspam.learning.wordlist import build, write_wordlist
+    from nnspam.mail.corpus import iter_messages
+    from nnspam.services.training import tokenize_samples
+
+    cfg = load_config(args.config)
+    method = args.method or ("freq" if not args.ham else cfg["wordlist"]["method"])
+    if method != "freq" and not args.ham:
+        raise UsageError(f"method {method!r} needs --ham PATH...")
+    n = args.size or cfg["wordlist"]["size"]
+    mpb = int(cfg["max_part_bytes"])
+    spam = tokenize_samples([x.payload for x in iter_messages(args.spam_paths)], "email", mpb)
+    ham = (tokenize_samples([x.payload for x in iter_messages(args.ham)], "email", mpb)
+           if args.ham else None)
+    if not spam:
+        return die("no spam messages found", 1)
+    entries = build(spam, ham, n, method, int(cfg["wordlist"]["min_df"]))
+    comment = (f"nnspam word list: method={method} n={len(entries)} from {len(spam)} spam"
+               + (f" and {len(ham)} ham" if ham else "") + " messages\ncount<TAB>word")
+    write_wordlist(args.output, entries, comment)
+    if args.output != "-":
+        print(f"nnspam: wrote {len(entries)} words to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nnspam.mail.corpus import convert_mbox
+
+    n = convert_mbox(args.mbox, args.maildir)
+    print(f"nnspam: wrote {n} messages to {args.maildir}", file=sys.stderr)
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    """Normally reached through the fast path in :func:`main`."""
+    from nnspam.services.spamc import run
+
+    return run(args)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """Run the maildir daemon until SIGTERM (see nnspam/services/daemon.py)."""
+    from nnspam.services.daemon import Daemon, DaemonError, settings_from_config, setup_logging
+
+    setup_logging()
+    cfg = _config(args)
+    try:
+        settings = settings_from_config(cfg, args.maildir, args.model)
+        return Daemon(settings, args.config, args.maildir, args.model).run()
+    except DaemonError as exc:
+        return die(str(exc))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the SPAMC/SPAMD scoring server until SIGTERM (see nnspam/services/server.py)."""
+    import logging
+
+    from nnspam.services.serve_settings import ServerError, serve_settings
+    from nnspam.services.server import run_server
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # pid: which worker
+                        format="%(asctime)s nnspam-serve[%(process)d] %(levelname)s %(message)s")
+    cfg = _config(args)
+    try:
+        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow, args.workers)
+        return run_server(st)
+    except ServerError as exc:
+        return die(str(exc))
+
+
+def _sms_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nnspam-sms %(levelname)s %(message)s")
+
+
+def cmd_sms_serve(args: argparse.Namespace) -> int:
+    """Serve the Twilio webhook (POST /sms) and the dashboard (nnspam.front.sms.webhook.serve:
+    settings and address checked before anything is created)."""
+    try:
+        from nnspam.front.sms.webhook import StartupError, serve
+    except ImportError as exc:
+        return die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    _sms_logging()
+    cfg = _config(args)
+    try:
+        return serve(cfg, args.host, args.port, threads=args.threads, model=args.model)
+    except StartupError as exc:
+        return die(str(exc))
+
+
+def cmd_sms_hash_password(args: argparse.Namespace) -> int:
+    """Print a salted hash of a dashboard password for sms.dashboard.password_hash."""
+    try:
+        from werkzeug.security import generate_password_hash
+    except ImportError as exc:
+        return die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("Dashboard password: ")
+        if getpass.getpass("Again: ") != password:
+            return die("the passwords differ")
+    if len(password) < 8:
+        return die("the password is too short (8 characters at least)")
+    print(generate_password_hash(password, method="scrypt"))
+    return 0
+
+
+def _sms_store(args: argparse.Namespace, cfg: dict[str, Any]):
+    from nnspam.front.sms.store import open_store
+
+    return open_store(cfg, model=args.model)
+
+
+def cmd_sms_poll(args: argparse.Namespace) -> int:
+    """Poll Twilio for inbound SMS (until SIGTERM, or --once)."""
+    try:
+        from nnspam.front.sms.env import twilio_secret
+        from nnspam.front.sms.poller import Poller, make_client, parse_since
+    except ImportError as exc:
+        return die(f"the sms extra is not installed ({exc.name}): pip install 'nnspam[sms]'")
+    import signal
+
+    _sms_logging()
+    cfg = _config(args)
+    s = cfg["sms"]
+    to = args.to or s["to"]
+    if not to:
+        raise UsageError("no Twilio number to poll: give --to +NUMBER or set sms.to")
+    sid = twilio_secret("TWILIO_ACCOUNT_SID", s["env_file"])
+    token = twilio_secret("TWILIO_AUTH_TOKEN", s["env_file"])
+    if not (sid and token):
+        return die("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set in the environment "
+                    f"or in {s['env_file']}")
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = _sms_store(args, cfg)
+    poller = Poller(store, make_client(sid, token), to, s["cursor"], since=since,
+                    interval=float(s["poll_interval"]))
+    signal.signal(signal.SIGTERM, lambda *_: poller.stop())
+    try:
+        return poller.run(once=args.once)
+    finally:
+        store.close()
