@@ -102,6 +102,12 @@ def _progress_printer(enabled: bool):
 
 # -- commands ------------------------------------------------------------------
 
+#: ``nnspam train`` options that replace one training setting: option -> (section, key).
+TRAIN_OVERRIDES = {"size": ("wordlist", "size"), "method": ("wordlist", "method"),
+                   "scaling": ("features", "scaling"), "hidden": ("network", "hidden"),
+                   "epochs": ("network", "max_epochs"), "seed": ("network", "seed")}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nnspam import config as C
     from nnspam.learning.wordlist import read_wordlist
@@ -124,18 +130,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
     if args.faithful:
         settings = C.merge(settings, C.FAITHFUL)
-    if args.size is not None:
-        settings["wordlist"]["size"] = args.size
-    if args.method is not None:
-        settings["wordlist"]["method"] = args.method
-    if args.scaling is not None:
-        settings["features"]["scaling"] = args.scaling
-    if args.hidden is not None:
-        settings["network"]["hidden"] = args.hidden
-    if args.epochs is not None:
-        settings["network"]["max_epochs"] = args.epochs
-    if args.seed is not None:
-        settings["network"]["seed"] = args.seed
+    for option, (section, key) in TRAIN_OVERRIDES.items():
+        if getattr(args, option) is not None:
+            settings[section][key] = getattr(args, option)
     if args.members is not None:
         if args.members < 1:
             raise UsageError(f"--members must be at least 1, not {args.members}")

@@ -6,11 +6,26 @@ file or the new one, never half of one, even if the writer dies midway.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "removed_on_error"]
+
+
+@contextlib.contextmanager
+def removed_on_error(tmp: str | os.PathLike) -> Iterator[None]:
+    """Remove the temporary file ``tmp`` when the block fails (any exception, a
+    KeyboardInterrupt too), then let the exception go on: a failed write leaves no
+    half-written file behind, only the old one (or none)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -31,19 +46,13 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
+    with removed_on_error(tmp):
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     fsync_dir(path.parent)
 
 

@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from nnspam.mail.atomic import fsync_dir
+from nnspam.mail.atomic import fsync_dir, removed_on_error
 
 __all__ = [
     "MaildirError",
@@ -115,7 +115,7 @@ def deliver(maildir: str | os.PathLike, data: bytes, how: str = "rename",
     tmp = md / "tmp" / name
     dest = md / "new" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
+    with removed_on_error(tmp):
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -128,12 +128,6 @@ def deliver(maildir: str | os.PathLike, data: bytes, how: str = "rename",
         else:
             os.link(tmp, dest)
             os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return dest
 
 
