@@ -22,3 +22,10 @@ if header :is "X-NNSpam-Flag" "YES" {
     fileinto :create "Junk";
     stop;
 }
+# With an unsure band in the config (filter.unsure: [low, high]), mail nnspam is
+# not sure of says "X-NNSpam-Status: Unsure" (and has no flag): file it apart.
+# Without a band this never matches.
+if header :matches "X-NNSpam-Status" "Unsure,*" {
+    fileinto :create "Unsure";
+    stop;
+}

@@ -142,6 +142,11 @@ DEFAULTS: dict[str, Any] = {
         # null, a Unix socket path, or HOST:PORT; comma-separated to fail over.
         "server": None,
         "server_timeout": 5,  # seconds for the whole exchange; then classify in-process
+        # SpamAssassin's X-Spam-Flag/-Status/-Level too, for rules written for it
+        "spamassassin_headers": False,
+        # X-NNSpam-Words with the N words that moved the spamicity most (nnspam explain);
+        # 0: off. Also the length of nnspam serve's SYMBOLS/REPORT word list (10 when 0).
+        "words": 0,
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
@@ -156,6 +161,7 @@ DEFAULTS: dict[str, Any] = {
         "confirm_margin": 1.0,  # a message learned on its right side: pushed this far
         "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/model/wide.py)
         "wide_max": 20.0,  # the most one correction moves the wide path's content part
+        "journal": 500,  # corrections kept to be forgotten (nnspam learn --forget); 0: none
     },
     "daemon": {
         "maildirs": [],  # inbox maildirs to watch (--maildir DIR replaces the list)
@@ -165,6 +171,10 @@ DEFAULTS: dict[str, Any] = {
         "learn_from_corrections": True,  # learn moves into / out of Junk
         "max_message_bytes": 10485760,  # bigger messages are left unclassified
         "rescan_interval": 3600,  # seconds between safety rescans; 0 = only at start
+        # with filter.unsure set: the Maildir++ folder unsure mail is filed into (e.g.
+        # .Unsure; moved from there to Junk it is learned as spam, to the inbox as ham);
+        # null: unsure mail stays in the inbox
+        "unsure_folder": None,
     },
     # The SPAMC/SPAMD scoring server (nnspam serve; README "Scoring server").
     "serve": {
@@ -180,6 +190,9 @@ DEFAULTS: dict[str, Any] = {
         "user_cache": 16,  # per-user models kept loaded per worker (least recently used go)
         "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
     },
+    # Prometheus metrics of nnspam serve and nnspam daemon at http://HOST:PORT/metrics
+    # (nnspam/services/metrics.py; --metrics HOST:PORT replaces it); null = off.
+    "metrics": None,
     # Online learning, the TREC protocol (nnspam/services/online.py, scripts/trec/):
     # every message is classified, then learned with its true label.
     "online": {
@@ -466,6 +479,8 @@ SCHEMA: dict[str, Any] = {
         "server": Spec("null, a socket path or HOST:PORT (comma-separated for several), "
                        "or a list of them", _is_server),
         "server_timeout": _POSITIVE,
+        "spamassassin_headers": _bool(),
+        "words": _num(0, 50, integer=True),  # the header stays one line (explanation.py)
     },
     "learn": {  # correct.rule_from_config applies them (and checks them the same way)
         "optimizer": _choice("sgd", "adam"),
@@ -477,6 +492,7 @@ SCHEMA: dict[str, Any] = {
         "confirm_margin": _NONNEG,
         "wide": _bool(),
         "wide_max": _NONNEG,
+        "journal": _num(0, integer=True),
     },
     "daemon": {
         "maildirs": _paths("a list of maildir paths, e.g. [~/Maildir]"),
@@ -486,6 +502,7 @@ SCHEMA: dict[str, Any] = {
         "learn_from_corrections": _bool(),
         "max_message_bytes": _COUNT,
         "rescan_interval": _NONNEG,  # 0: no periodic rescans
+        "unsure_folder": _text("a maildir folder name, e.g. .Unsure", null=True),
     },
     "serve": {
         "socket": _text("a socket path", null=True),
@@ -504,6 +521,9 @@ SCHEMA: dict[str, Any] = {
                                p in v for p in ("%u", "%l", "%d")))),
         "spamassassin_headers": _bool(),
     },
+    # As serve.listen, and a host is required (nnspam.services.metrics.address).
+    "metrics": Spec("null or IP:PORT with a port 0..65535, e.g. 127.0.0.1:9183",
+                    lambda v: v is None or (_is_listen(v) and not v.startswith(":"))),
     "online": {
         "inputs": _num(1, integer=True, null=True),  # null: wordlist.size
         "epochs": _COUNT,

@@ -171,7 +171,7 @@ def test_session_cookie_is_httponly_and_samesite_strict(dash):
 
 
 def test_secret_key_comes_from_the_env_file(tmp_path, monkeypatch):
-    from nnspam.front.sms.dashboard import secret_key
+    from nnspam.front.dashboard.web import secret_key
 
     monkeypatch.delenv("NNSPAM_SECRET_KEY", raising=False)
     env = tmp_path / "x.env"
@@ -379,7 +379,7 @@ def test_hash_password_prints_a_salted_hash_that_checks():
 @pytest.mark.parametrize("param", ["inbox", "spam"])
 def test_out_of_range_or_non_numeric_page_numbers_are_clamped_never_500(dash, param, value,
                                                                          want):
-    from nnspam.front.sms.dashboard import MAX_PAGE
+    from nnspam.front.dashboard.web import MAX_PAGE
 
     app, store = dash
     fill(store)
@@ -403,7 +403,7 @@ def test_out_of_range_or_non_numeric_page_numbers_are_clamped_never_500(dash, pa
 
 
 def test_an_out_of_range_page_size_in_the_config_is_clamped(tmp_path):
-    from nnspam.front.sms.dashboard import MAX_PAGE, MAX_PAGE_SIZE
+    from nnspam.front.dashboard.web import MAX_PAGE, MAX_PAGE_SIZE
 
     for size, want in ((10**20, MAX_PAGE_SIZE), (-5, 1)):
         app, store = make(tmp_path / str(size), page_size=size)

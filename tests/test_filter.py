@@ -148,8 +148,11 @@ def test_verdicts_and_unsure_band():
     assert classify(raw, lambda r: 0.9, 0.5).verdict == "spam"
     assert classify(raw, lambda r: 0.1, 0.5).verdict == "ham"
     res = classify(raw, lambda r: 0.55, 0.5, (0.3, 0.7))
-    assert res.verdict == "unsure" and b"X-NNSpam-Status: Yes" in res.output
-    assert classify(raw, lambda r: 0.7, 0.5, (0.3, 0.7)).verdict == "spam"
+    assert res.verdict == "unsure" and b"X-NNSpam-Status: Unsure, spamicity=0.550" in res.output
+    assert b"X-NNSpam-Flag" not in res.output  # a recipe that files on the flag keeps it
+    assert classify(raw, lambda r: 0.3, 0.5, (0.3, 0.7)).verdict == "unsure"
+    res = classify(raw, lambda r: 0.7, 0.5, (0.3, 0.7))
+    assert res.verdict == "spam" and b"X-NNSpam-Status: Yes" in res.output
 
 
 @pytest.mark.parametrize("exc", [MemoryError(), ValueError("x"), RecursionError(),

@@ -256,9 +256,11 @@ def test_unsure_band_edge_is_decided_in_process():
     for sp, want in (("0.300", None), ("0.700", None), ("0.301", "unsure"), ("0.299", "ham"),
                      ("0.800", "spam")):
         yes = float(sp) >= 0.5
-        value = (f"{'Yes' if yes else 'No'}, spamicity={sp}, threshold=0.500, "
+        word = "Unsure" if 0.3 <= float(sp) < 0.7 else "Yes" if yes else "No"  # the server's
+        value = (f"{word}, spamicity={sp}, threshold=0.500, "
                  f"version={spamc.__version__}")
-        fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")] if yes else [])
+        fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")]
+                                                 if word == "Yes" else [])
         body = pipefilter.mark(raw, fields)
         rep = spamc._parse(ok_answer(body, f"{yes} ; 1.0 / 5.0"))
         got = spamc._check(raw, rep, s)

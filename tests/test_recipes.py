@@ -402,3 +402,45 @@ def test_learner_wrapper_per_user_model_and_usage(tmp_path, spam_ham, model_copy
     r = subprocess.run([str(FILTERS / "nnspam-learn"), "--spam"], input=spam,
                        capture_output=True, env=env, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and b"read-only" in r.stderr
+
+
+# -- the unsure band in the recipes ------------------------------------------------------
+
+def test_recipes_file_unsure_mail_into_unsure(tmp_path, spam_ham, model_copy):
+    """With filter.unsure set (here [0, 1]: every message unsure), procmail, maildrop
+    and Sieve file the filter's "X-NNSpam-Status: Unsure" into the Unsure folder, as
+    bogofilter's recipes file its Unsure; nothing goes to Junk or the inbox."""
+    need("maildirmake")
+    need("sieve-test")
+    spam, ham = spam_ham
+    cfg = tmp_path / "unsure.yaml"
+    cfg.write_text("filter:\n  unsure: [0.0, 1.0]\n")
+    flags = f"-c {cfg} -m {model_copy}"
+    for name, run in (("procmail", procmail), ("maildrop", maildrop)):
+        home = tmp_path / name
+        home.mkdir()
+        for msg in (spam, ham):
+            r = run(home, msg, str(NNSPAM), flags)
+            assert r.returncode == 0, (name, r.stderr)
+        unsure = files_in(home / "Maildir/.Unsure/new")
+        assert len(unsure) == 2, name
+        assert not files_in(home / "Maildir/.Junk/new") and not files_in(home / "Maildir/new")
+        assert all(b"X-NNSpam-Status: Unsure, spamicity=" in p.read_bytes() for p in unsure)
+    env = SieveEnv()
+    try:
+        model = env.dir / "model"
+        shutil.copytree(model_copy, model)
+        conf = env.dir / "unsure.yaml"
+        conf.write_text("filter:\n  unsure: [0.0, 1.0]\n")
+        env.install("nnspam-filter", f'NNSPAM={env.nnspam}\nNNSPAM_FLAGS="-c {conf} -m {model}"\n')
+        script = env.dir / "nnspam.sieve"
+        shutil.copy(FILTERS / "nnspam.sieve", script)
+        for name, msg in (("spam.eml", spam), ("ham.eml", ham)):
+            (env.dir / name).write_bytes(msg)
+            r = env.sieve_test(script, env.dir / name, "-e")
+            assert r.returncode == 0, r.stderr.decode()
+        maildir = env.dir / "Maildir"
+        assert len(files_in(maildir / ".Unsure/new")) == 2
+        assert not files_in(maildir / ".Junk/new") and not files_in(maildir / "new")
+    finally:
+        env.close()

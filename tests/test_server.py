@@ -159,8 +159,10 @@ def test_spamc_check_prints_score_and_exit_code_is_the_verdict(server, sa_corpus
 
 def test_spamc_symbols_and_report(server, sa_corpus):
     spam, ham = _messages(sa_corpus, 2)
-    assert server.spamc(["-y"], spam).stdout.strip() == b"NNSPAM_SPAM"
-    assert server.spamc(["-y"], ham).stdout.strip() == b"NNSPAM_HAM"
+    # the verdict first, then the words that moved it most (tests/test_explain.py)
+    spam_symbols = server.spamc(["-y"], spam).stdout.strip().split(b",")
+    assert spam_symbols[0] == b"NNSPAM_SPAM" and len(spam_symbols) == 11
+    assert server.spamc(["-y"], ham).stdout.strip().split(b",")[0] == b"NNSPAM_HAM"
     rep = server.spamc(["-R"], spam)
     assert rep.stdout.startswith(b"10.0/5.0\n") and b"spamicity 1.000" in rep.stdout
     assert b"spamicity" not in server.spamc(["-r"], ham).stdout  # REPORT_IFSPAM on ham
@@ -276,8 +278,12 @@ def test_compress_zlib_request(server, sa_corpus):
     (b"CHECK SPAMC/1.5\r\nContent-length: 4\r\nCompress: zlib\r\n\r\nnope", 65),
     (b"CHECK SPAMC/1.5\r\nContent-length: 4\r\nCompress: gzip\r\n\r\nnope", 76),
     (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: eggs\r\nSet: local\r\n\r\nhi", 65),
+    # forget on the shipped model: read-only, as learning
     (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: spam\r\nRemove: local\r\n\r\nhi",
-     69),
+     77),
+    (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: spam\r\nSet: remote\r\n\r\nhi",
+     65),
+    (b"TELL SPAMC/1.5\r\nContent-length: 2\r\nMessage-class: spam\r\n\r\nhi", 65),
 ])
 def test_malformed_requests_get_spamd_error_codes(server, req, code):
     resp = server.request(req)

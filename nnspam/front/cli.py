@@ -48,6 +48,12 @@ def _add_bias(p: argparse.ArgumentParser) -> None:
                    help="spamicity at or above which a message is spam (config: threshold, 0.5)")
 
 
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (replaces the "
+                   "config's metrics setting; needs the metrics extra)")
+
+
 def _add_split_source(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("labelled corpora")
     g.add_argument("--split", metavar="FILE",
@@ -131,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bias(sp)
     sp.set_defaults(func=commands.cmd_classify)
 
+    sp = add("explain", "show which words made a message's verdict",
+             "For each message: its spamicity and verdict (the config's ham bias and "
+             "threshold, as nnspam filter), the input words with the biggest effect, each "
+             "as the spamicity minus the spamicity of the message without that word (and "
+             "the same in log-odds), the message's tokens without an input word (with their "
+             "wide-path weight once corrections taught it) and the adaptive input "
+             "replacements that involved its words. --json prints one JSON object per "
+             "message and line.")
+    _add_model(sp)
+    sp.add_argument("messages", nargs="+", metavar="MESSAGE",
+                    help="message file, maildir, directory of messages, mbox, or - (stdin)")
+    sp.add_argument("--words", type=int, default=10, metavar="N",
+                    help="words to show (10)")
+    sp.add_argument("--json", action="store_true", help="machine output: JSON lines")
+    sp.set_defaults(func=commands.cmd_explain)
+
     sp = add("test", "evaluate a model on labelled mail: the NNSpam results table",
              "Classify labelled messages (the test part of a split, or --ham/--spam paths) "
              "and print the original NNSpam results table with accuracy, spam caught, ham "
@@ -153,16 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sp)
     sp.add_argument("--words", type=int, default=50, metavar="K", help="words to list (50)")
     sp.add_argument("--all", action="store_true", help="list every input word")
+    sp.add_argument("--journal", type=int, nargs="?", const=20, metavar="N",
+                    help="list the N latest corrections of the correction journal (20), "
+                    "newest first, instead of the model")
     sp.set_defaults(func=commands.cmd_inspect)
 
-    sp = add("learn", "train an existing model further on messages of one class",
-             "Incremental training (a few backpropagation steps) of an existing model on "
-             "messages you know are spam or ham, e.g. after correcting a mistake. The model "
-             "is saved in place, atomically.")
+    sp = add("learn", "teach a model that messages are spam or ham, or forget such a lesson",
+             "Teach an existing model that messages are spam or ham, e.g. after a mistake, "
+             "through the one correction routine the daemon and spamc -L use (config "
+             "learn:); with --forget, undo an earlier lesson of the messages (the model's "
+             "correction journal). The model is saved in place, atomically, under its "
+             "writer lock.")
     _add_model(sp)
     cls = sp.add_mutually_exclusive_group(required=True)
     cls.add_argument("--spam", action="store_true", help="the messages are spam")
     cls.add_argument("--ham", action="store_true", help="the messages are ham")
+    cls.add_argument("--forget", action="store_true",
+                     help="undo an earlier correction of the messages (the correction "
+                     "journal keeps the last learn.journal ones); exit 1 if one was not "
+                     "found")
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--epochs", type=int, default=None,
                     help="network passes per message (config learn.passes, 3)")
@@ -227,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sp)
     sp.add_argument("--maildir", action="append", metavar="DIR",
                     help="inbox maildir to watch (repeatable; replaces daemon.maildirs)")
+    _add_metrics(sp)
     sp.set_defaults(func=commands.cmd_daemon)
 
     sp = add("serve", "SPAMC/SPAMD scoring server for spamc, Exim and milters",
@@ -247,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TCP client network allowed (repeatable; replaces serve.allowed)")
     sp.add_argument("--workers", type=int, metavar="N",
                     help="worker processes (replaces serve.workers; 0 = one per core)")
+    _add_metrics(sp)
     sp.set_defaults(func=commands.cmd_serve)
 
     sp = sub.add_parser(

@@ -216,6 +216,39 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain the verdict of each message (:func:`nnspam.model.explain.explain`) at the
+    filter's settings (ham bias, threshold, unsure band), so it explains what nnspam
+    filter decided; the output is :mod:`nnspam.services.explanation`'s."""
+    from nnspam.mail.corpus import iter_messages
+    from nnspam.model.core import Model
+    from nnspam.model.explain import explain
+    from nnspam.services.explanation import explain_json, explain_text
+    from nnspam.services.pipefilter import settings
+    from nnspam.services.verdict import verdict
+
+    if args.words < 1:
+        raise UsageError(f"--words must be at least 1, not {args.words}")
+    try:
+        s = settings(_config(args), args.model)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    model = Model.load(s.model)
+    n = 0
+    for sample in iter_messages(args.messages):
+        got = explain(model, model.tokens(sample.payload), s.ham_factor, s.spam_factor)
+        v = verdict(got.spamicity, s.threshold, s.unsure)
+        if args.json:
+            print(json.dumps(explain_json(sample.name, got, s.threshold, v, args.words),
+                             ensure_ascii=False), flush=True)
+        else:
+            print(explain_text(sample.name, got, s.threshold, v, args.words), flush=True)
+        n += 1
+    if n == 0:
+        return die("no messages found", 1)
+    return 0
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -267,9 +300,25 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_journal(model: Any, n: int) -> None:
+    """The latest ``n`` corrections of the model's journal, newest first."""
+    journal = model.journal
+    print(f"Correction journal: {len(journal)} of at most {journal.limit} kept; latest "
+          f"{min(n, len(journal))}, newest first (time, source, class, key, subject):")
+    for e in journal.recent(n):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        extra = (f" ({e.replacements} input replacement{'s' * (e.replacements != 1)})"
+                 if e.replacements else "")
+        print(f"  {when}  {e.source or '-':9s} {e.label:4s}  {e.key[:12]}  "
+              f"{e.subject or '(no subject)'}{extra}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     cfg = _config(args)
     model = _load_model(args, cfg)
+    if args.journal is not None:
+        _print_journal(model, args.journal)
+        return 0
     net = model.network
     ncfg = net.get_config()
     print(f"Model:       {args.model or cfg['model']}")
@@ -347,15 +396,26 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if is_shipped(target):
         raise UsageError("the shipped default model is read-only: train your own with "
                          "'nnspam train ... -m DIR' or give -m DIR")
-    label = "spam" if args.spam else "ham"
-    payloads = [x.payload for x in iter_messages(args.paths)]
-    if not payloads:
+    samples = list(iter_messages(args.paths))
+    if not samples:
         return die("no messages found", 1)
+    payloads = [x.payload for x in samples]
     # the config's adaptive settings, as the daemon uses, also on a model re-read from disk
     writer = ModelWriter.open(target, prepare=lambda m: configure(m, cfg["adaptive"]))
+    if args.forget:
+        # one forget for the batch: the later lessons are learned again once, not per message
+        found = writer.forget([writer.model.tokens(p) for p in payloads], rule)
+        missing = [x.name for x, e in zip(samples, found, strict=True) if e is None]
+        done = len(found) - len(missing)
+        for name in missing:
+            print(f"nnspam: {name}: not in the correction journal (never learned, or "
+                  f"before the last {writer.model.journal.limit} corrections)", file=sys.stderr)
+        print(f"nnspam: forgot {done} of {len(found)} message(s) in {target}", file=sys.stderr)
+        return 0 if not missing else 1
+    label = "spam" if args.spam else "ham"
     with writer.locked():  # one lock for the batch: re-read if another writer saved
         for p in payloads:  # one correction each, as the daemon learns one move at a time
-            writer.learn_payloads([p], label, rule, save=False)
+            writer.learn_payloads([p], label, rule, save=False, source="learn")
         writer.save()
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
     return 0
@@ -469,14 +529,16 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     """Run the maildir daemon until SIGTERM (see nnspam/services/daemon.py)."""
+    from nnspam.services import metrics
     from nnspam.services.daemon import Daemon, DaemonError, settings_from_config, setup_logging
 
     setup_logging()
     cfg = _config(args)
     try:
+        metrics_at = metrics.address(cfg, args.metrics)  # checked before anything starts
         settings = settings_from_config(cfg, args.maildir, args.model)
-        return Daemon(settings, args.config, args.maildir, args.model).run()
-    except DaemonError as exc:
+        return Daemon(settings, args.config, args.maildir, args.model, metrics_at).run()
+    except (DaemonError, metrics.MetricsError) as exc:
         return die(str(exc))
 
 
@@ -484,6 +546,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the SPAMC/SPAMD scoring server until SIGTERM (see nnspam/services/server.py)."""
     import logging
 
+    from nnspam.services import metrics
     from nnspam.services.serve_settings import ServerError, serve_settings
     from nnspam.services.server import run_server
 
@@ -491,9 +554,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s nnspam-serve[%(process)d] %(levelname)s %(message)s")
     cfg = _config(args)
     try:
+        metrics_at = metrics.address(cfg, args.metrics)  # checked before anything starts
         st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow, args.workers)
-        return run_server(st)
-    except ServerError as exc:
+        return run_server(st, metrics_at)
+    except (ServerError, metrics.MetricsError) as exc:
         return die(str(exc))
 
 

@@ -402,6 +402,12 @@ class Network(Learner):
             )[3]
         return out
 
+    def predict_proba_from_hidden(self, z1: np.ndarray) -> np.ndarray:
+        """The (m, 2) outputs of :meth:`predict_proba` from the hidden pre-activations
+        ``z1 = X @ W1 + b1``, computed by the caller: ``nnspam explain`` scores a message
+        once per word left out, over only the rows of W1 of the words it has."""
+        return self._from_hidden(self.require_params(), np.asarray(z1, dtype=self._dt))[3]
+
     def predict(self, X: Any) -> np.ndarray:
         """Class labels (1 = spam, 0 = ham): spam where o_spam > o_ham."""
         proba = self.predict_proba(X)

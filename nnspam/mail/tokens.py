@@ -48,8 +48,8 @@ ARTIFACT_HEADERS = frozenset(
         "x-uid", "lines", "content-length", "x-mozilla-status", "x-mozilla-status2",
         "x-evolution", "x-original-date", "x-spam-status", "x-spam-level", "x-spam-flag",
         "x-spam-checker-version", "x-spam-report", "x-spam-score", "x-virus-scanned",
-        "x-nnspam-status", "x-nnspam-flag", "return-path", "x-original-to", "envelope-to",
-        "x-envelope-from", "x-envelope-to", "x-real-to", "x-filter", "x-scanned-by",
+        "x-nnspam-status", "x-nnspam-flag", "x-nnspam-words", "return-path", "x-original-to",
+        "envelope-to", "x-envelope-from", "x-envelope-to", "x-real-to", "x-filter", "x-scanned-by",
     }
 )
 

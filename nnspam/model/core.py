@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -55,6 +56,7 @@ from nnspam.learning.arch import ARCHS, MLP, SequenceEncoder
 from nnspam.learning.features import SCALINGS, Vectorizer
 from nnspam.learning.network import Network
 from nnspam.mail.atomic import fsync_dir
+from nnspam.model import journal as journal_mod
 from nnspam.model.wide import Wide
 
 if TYPE_CHECKING:
@@ -181,6 +183,25 @@ class Model:
                 self.words, self.network.length)
         else:
             self.vectorizer = Vectorizer(self.words, self.scaling, self.ngram, self.idf)
+        # the correction journal (nnspam.model.journal): read on first use, from here
+        self._journal: journal_mod.Journal | None = None
+        self._journal_file: Path | None = None
+
+    @property
+    def journal(self) -> journal_mod.Journal:
+        """The correction journal, read from the model directory on first use: what
+        each recent correction changed, for :func:`nnspam.model.correct.forget`. A
+        model without one (new, or saved before journals) starts an empty one; an
+        unreadable file is logged and replaced by an empty one at the next save."""
+        if self._journal is None:
+            found = None
+            if self._journal_file is not None and self._journal_file.is_file():
+                try:
+                    found = journal_mod.Journal.read(self._journal_file)
+                except journal_mod.JournalError as exc:
+                    logging.getLogger("nnspam.model").warning("%s; starting a new journal", exc)
+            self._journal = found or journal_mod.Journal()
+        return self._journal
 
     # -- the data path ---------------------------------------------------
     def tokens(self, payload: bytes | str) -> list[str]:
@@ -219,9 +240,19 @@ class Model:
         h = self.ham_factor if ham_factor is None else ham_factor
         s = self.spam_factor if spam_factor is None else spam_factor
         out = self.outputs(token_lists)
-        if self.wide is None or not self.wide.active:
-            return spamicity(out, h, s), network_logit(out, h, s)
-        z = self._network_share(network_logit(out, h, s)) + self.wide.logit(token_lists)
+        wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
+                else None)
+        return self.judge_outputs(out, wide, h, s)
+
+    def judge_outputs(self, out: np.ndarray, wide: np.ndarray | None, ham_factor: float,
+                      spam_factor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(spamicity, its logit) from the network's (m, 2) outputs and the wide logits
+        (None while the wide path is untaught): the rule of :meth:`judge_tokens`, apart so
+        that :mod:`nnspam.model.explain` scores a message with words left out by it too."""
+        if wide is None:
+            return (spamicity(out, ham_factor, spam_factor),
+                    network_logit(out, ham_factor, spam_factor))
+        z = self._network_share(network_logit(out, ham_factor, spam_factor)) + wide
         return 1.0 / (1.0 + np.exp(-z)), z
 
     def class_counts(self) -> tuple[int, int]:
@@ -331,10 +362,15 @@ class Model:
             wbytes = buf.getvalue()
             meta = self.to_json()
             meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()
-            for name, data in (
-                ("weights.npz", wbytes),
-                ("model.json", (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode()),
-            ):
+            files = [("weights.npz", wbytes),
+                     ("model.json",
+                      (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())]
+            if self._journal is not None:
+                if len(self._journal):
+                    files.append((journal_mod.FILE, self._journal.to_bytes()))
+            elif self._journal_file is not None and self._journal_file.is_file():
+                files.append((journal_mod.FILE, self._journal_file.read_bytes()))  # as read
+            for name, data in files:
                 with open(tmp / name, "wb") as fh:
                     fh.write(data)
                     fh.flush()
@@ -349,6 +385,7 @@ class Model:
             else:
                 os.rename(tmp, target)
             fsync_dir(target.parent)
+            self._journal_file = target / journal_mod.FILE
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -486,7 +523,7 @@ class Model:
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{wpath}: bad wide path ({exc})") from None
         try:
-            return cls(
+            model = cls(
                 words=words,
                 network=net,
                 kind=kind,
@@ -507,3 +544,5 @@ class Model:
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{jpath}: bad value ({exc})") from None
+        model._journal_file = base / journal_mod.FILE
+        return model

@@ -102,6 +102,13 @@ class Wide:
         """The distinct hashed slots of a message's tokens (every part)."""
         return np.unique(np.concatenate(self._slots(tokens)))
 
+    def counted(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, increments): what :meth:`observe` adds to the document counts for
+        this message (a slot in two of its parts counts twice), for the correction
+        journal (:mod:`nnspam.model.journal`)."""
+        idx, counts = np.unique(np.concatenate(self._slots(tokens)), return_counts=True)
+        return idx, counts.astype(np.float32)
+
     def _hash(self, tokens: Iterable[str]) -> np.ndarray:
         m = self.mask
         return np.unique(np.fromiter(

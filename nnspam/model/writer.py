@@ -238,9 +238,10 @@ class _Lesson:
     model another writer saved meanwhile."""
 
     token_lists: list[list[str]]
-    label: str
+    label: str  # "spam", "ham", or "forget" (an undone lesson: nnspam.model.correct.forget)
     rule: Any
     adaptive_inputs: bool
+    source: str = ""
 
 
 _NOW: Any = object()  # ModelWriter(stamp=...) default: the directory's stamp now
@@ -260,6 +261,11 @@ class ModelWriter:
     Not thread-safe about the model in memory: the caller serialises its own
     threads (the server's slot lock, the daemon's one worker, the SMS store's
     lock); the writer serialises the saves of everyone."""
+
+    #: Told ``"reload"`` when :meth:`sync` loads another writer's save and ``"save"``
+    #: after every save of any writer in this process; None: nobody. Set by the layer
+    #: above that counts them (:mod:`nnspam.services.metrics`) while metrics are on.
+    observer: Callable[[str], None] | None = None
 
     def __init__(self, path: str | os.PathLike, model: Model, *, stamp: Any = _NOW,
                  prepare: Callable[[Model], Any] | None = None) -> None:
@@ -316,6 +322,8 @@ class ModelWriter:
         log.info("model %s reloaded (changed on disk)%s", self.path,
                  f"; {sum(len(x.token_lists) for x in self.pending)} unsaved correction(s) "
                  "learned again on top" if self.pending else "")
+        if ModelWriter.observer is not None:
+            ModelWriter.observer("reload")
         return True
 
     refresh = sync  # the server's name: load what another worker saved, before scoring
@@ -329,21 +337,23 @@ class ModelWriter:
 
     # -- learning and saving ----------------------------------------------------
     @staticmethod
-    def _correct(model: Model, lesson: _Lesson) -> list[dict]:
-        from nnspam.model.correct import correct
+    def _correct(model: Model, lesson: _Lesson) -> Any:
+        from nnspam.model.correct import correct, forget
 
+        if lesson.label == "forget":
+            return forget(model, lesson.token_lists, lesson.rule)
         return correct(model, lesson.token_lists, lesson.label, lesson.rule,
-                       adaptive_inputs=lesson.adaptive_inputs)
+                       adaptive_inputs=lesson.adaptive_inputs, source=lesson.source)
 
     def learn(self, token_lists: Sequence[Sequence[str]], label: str, rule: Any = None, *,
-              adaptive_inputs: bool = True, save: bool = True) -> list[dict]:
+              adaptive_inputs: bool = True, save: bool = True, source: str = "") -> list[dict]:
         """Teach the model that the tokenized messages are ``label``
-        (:func:`nnspam.model.correct.correct` by ``rule``) on top of the directory's
-        latest save, under the lock; with ``save`` save it before releasing,
-        else keep the lesson to replay until :meth:`save`. Returns the adaptive
-        input replacements made."""
+        (:func:`nnspam.model.correct.correct` by ``rule``, journalled as coming by
+        ``source``) on top of the directory's latest save, under the lock; with
+        ``save`` save it before releasing, else keep the lesson to replay until
+        :meth:`save`. Returns the adaptive input replacements made."""
         self._writable()
-        lesson = _Lesson([list(t) for t in token_lists], label, rule, adaptive_inputs)
+        lesson = _Lesson([list(t) for t in token_lists], label, rule, adaptive_inputs, source)
         with self.locked():
             done = self._correct(self.model, lesson)
             self.pending.append(lesson)
@@ -352,9 +362,31 @@ class ModelWriter:
         return done
 
     def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
-                       *, save: bool = True) -> list[dict]:
+                       *, save: bool = True, source: str = "") -> list[dict]:
         """:meth:`learn` on raw messages (email bytes or SMS text)."""
-        return self.learn([self.model.tokens(p) for p in payloads], label, rule, save=save)
+        return self.learn([self.model.tokens(p) for p in payloads], label, rule, save=save,
+                          source=source)
+
+    def forget(self, token_lists: Sequence[Sequence[str]], rule: Any = None, *,
+               save: bool = True) -> list[Any]:
+        """Undo the journalled corrections of the tokenized messages
+        (:func:`nnspam.model.correct.forget`) on top of the directory's latest save,
+        under the lock, as :meth:`learn`. Returns each message's journal entry, None
+        where the journal has none (then nothing changed for it)."""
+        self._writable()
+        lesson = _Lesson([list(t) for t in token_lists], "forget", rule, False)
+        with self.locked():
+            found = self._correct(self.model, lesson)
+            if any(e is not None for e in found):
+                self.pending.append(lesson)
+                if save:
+                    self._save()
+        return found
+
+    def forget_payloads(self, payloads: Sequence[bytes | str], rule: Any = None, *,
+                        save: bool = True) -> list[Any]:
+        """:meth:`forget` on raw messages (email bytes or SMS text)."""
+        return self.forget([self.model.tokens(p) for p in payloads], rule, save=save)
 
     def save(self) -> bool:
         """Save the model under the lock, on top of the directory's latest save.
@@ -374,6 +406,8 @@ class ModelWriter:
         self.model.save(self.path)
         self.stamp, self.failed = _stamp(self.path), None
         self.pending.clear()
+        if ModelWriter.observer is not None:
+            ModelWriter.observer("save")
 
     def _writable(self) -> None:
         if self.readonly:

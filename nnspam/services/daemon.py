@@ -32,6 +32,9 @@ delivered again after the user deleted it is scored like any new message.
   worker is alive.
 * One log line per decision on stderr (journald): file, Message-ID,
   spamicity, action.
+* Prometheus metrics with ``--metrics HOST:PORT`` or ``metrics:`` (off by default;
+  :mod:`nnspam.services.metrics`): messages scored, latency, corrections, reloads,
+  saves, errors and the event queue's depth at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any
 
 from nnspam.config import DEFAULTS
 from nnspam.mail import maildir as md
+from nnspam.services import metrics
 from nnspam.services.blas import one_blas_thread
 from nnspam.services.systemd import Watchdog, sd_notify
 
@@ -145,11 +149,16 @@ class Daemon:
     """The watcher, the queue, the worker and the signal loop."""
 
     def __init__(self, settings: Settings, config_file: str | None = None,
-                 cli_maildirs: list[str] | None = None, cli_model: str | None = None) -> None:
+                 cli_maildirs: list[str] | None = None, cli_model: str | None = None,
+                 metrics_at: tuple[str, int] | None = None) -> None:
         self.settings = settings
         self.config_file = config_file
         self.cli_maildirs = cli_maildirs
         self.cli_model = cli_model
+        # Prometheus /metrics address (--metrics or metrics:), fixed at start: a SIGHUP
+        # reload keeps it (nnspam.services.metrics).
+        self.metrics_at = metrics_at
+        self.exporter: Any = None
         # (kind, maildir, path), and for "gone" the time the watcher saw it go
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.stopping = threading.Event()
@@ -322,6 +331,7 @@ class Daemon:
             what = fn(maildir, path)
         except Exception as exc:
             self.errors += 1
+            metrics.error("message")
             log.error("error file=%s: %s: %s; the message is left where it is", path,
                       exc.__class__.__name__, exc)
             log.debug("traceback", exc_info=True)
@@ -354,6 +364,7 @@ class Daemon:
                     self._safely(getattr(self.sorter, handlers[kind]), maildir, path)
             except Exception:  # keep the worker alive whatever happens
                 self.errors += 1
+                metrics.error("worker")
                 log.exception("error handling %s %s", kind, path or maildir)
 
     def _reload(self) -> None:
@@ -367,6 +378,7 @@ class Daemon:
             self.sorter.checkpoint()
         except Exception as exc:
             log.error("checkpoint before reload failed: %s", exc)
+            metrics.error("checkpoint")
         old = self.settings
         try:
             cfg = load_config(self.config_file)
@@ -374,8 +386,10 @@ class Daemon:
             self._load()
         except Exception as exc:
             log.error("reload failed, keeping the old config and model: %s", exc)
+            metrics.error("reload")
             self.settings = old
         else:
+            metrics.reloaded("signal")
             if [str(m) for m in old.maildirs] != [str(m) for m in self.settings.maildirs] \
                     or old.junk != self.settings.junk:
                 self._watch()
@@ -395,9 +409,14 @@ class Daemon:
         """Start everything, then wait for signals until SIGTERM/SIGINT."""
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # before any thread starts
         one_blas_thread()
+        self._start_metrics()
         logging.getLogger("watchdog").addHandler(self._overflow)
-        self._load()
-        self._watch()
+        try:
+            self._load()
+            self._watch()
+        except BaseException:
+            self._stop_metrics()
+            raise
         for m in self.settings.maildirs:
             self.queue.put(("rescan", m, None))
         self.worker = threading.Thread(target=self._work, name="nnspam-worker", daemon=True)
@@ -442,11 +461,31 @@ class Daemon:
                 self.sorter.checkpoint()
             except Exception as exc:
                 log.error("checkpoint at shutdown failed: %s", exc)
+                metrics.error("checkpoint")
                 code = 1
             log.info("stopped: %s", self._status()[len("STATUS="):])
             if self.state is not None:
                 self.state.close()
+            self._stop_metrics()
         return code
+
+    def _start_metrics(self) -> None:
+        """Serve Prometheus metrics on ``metrics_at`` (:mod:`nnspam.services.metrics`)
+        before anything else starts, so that a port in use is one line (DaemonError).
+        Called with the signals blocked: the HTTP server's thread inherits the mask and
+        leaves them to the main thread's ``sigtimedwait``."""
+        if self.metrics_at is None:
+            return
+        try:
+            self.exporter = metrics.start(self.metrics_at, "daemon")
+        except metrics.MetricsError as exc:
+            raise DaemonError(str(exc)) from None
+        metrics.watch_queue(self.queue.qsize)
+
+    def _stop_metrics(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter = None
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -339,7 +339,7 @@ class OnlineFilter:
         if label not in LABELS:
             raise ValueError(f"label must be 'spam' or 'ham', not {label!r}")
         self._load_optimizer()
-        correct(self.model, [toks], label, self.rule)
+        correct(self.model, [toks], label, self.rule, source="online")
         self.meta["trained"] = int(self.meta.get("trained", 0)) + 1
 
     @property

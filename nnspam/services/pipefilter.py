@@ -21,6 +21,9 @@ Mail filters are trusted with mail, so the rules here come before accuracy:
 * Start-up is cheap: this module imports only the standard library; NumPy
   and the model code are imported when a message is classified, YAML only
   when a config file is read.
+* ``filter.words: N`` (opt-in) adds ``X-NNSpam-Words`` with the N words that moved the
+  spamicity most (:mod:`nnspam.services.explanation`); a failure to explain drops only
+  that field.
 
 Exit codes with ``--verdict-exit`` (as bogofilter): 0 spam, 1 ham, 2 unsure
 (in the configured band, or not classified because of the size cap), 3 error
@@ -38,7 +41,7 @@ from typing import Any, BinaryIO
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields
-from nnspam.services.verdict import is_spam, score_tokens
+from nnspam.services.verdict import HAM, SPAM, UNSURE, is_spam, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = [
@@ -49,7 +52,8 @@ __all__ = [
 
 STATUS = "X-NNSpam-Status"
 FLAG = "X-NNSpam-Flag"
-OUR_FIELDS = (STATUS, FLAG)
+WORDS = "X-NNSpam-Words"  # filter.words > 0: the top words (nnspam.services.explanation)
+OUR_FIELDS = (STATUS, FLAG, WORDS)
 EX_TEMPFAIL = 75  # sysexits.h: temporary failure, the caller should retry
 VERDICT_SPAM, VERDICT_HAM, VERDICT_UNSURE, VERDICT_ERROR = 0, 1, 2, 3
 CHUNK = 1 << 16
@@ -68,17 +72,48 @@ class Result:
     verdict: str
     spamicity: float | None = None
     error: str | None = None
+    #: the top words (word, change of spamicity, of log-odds) when asked for (``explain``)
+    words: list[tuple[str, float, float]] | None = None
 
 
-def status_fields(spamicity: float, threshold: float) -> list[tuple[str, str]]:
-    """The header fields for a classified message (Yes/No by the threshold alone,
-    :func:`nnspam.services.verdict.is_spam`, also inside an unsure band)."""
-    spam = is_spam(spamicity, threshold)
-    fields = [(STATUS, f"{'Yes' if spam else 'No'}, spamicity={spamicity:.3f}, "
+def status_fields(spamicity: float, threshold: float,
+                  unsure: tuple[float, float] | None = None) -> list[tuple[str, str]]:
+    """The header fields for a classified message: ``X-NNSpam-Status: Yes`` (and
+    ``X-NNSpam-Flag: YES``) for spam, ``No`` for ham, ``Unsure`` inside the unsure band
+    (as bogofilter's ``X-Bogosity: Unsure``; no flag, so recipes that file on the flag
+    or on ``Yes`` leave it in the inbox or file it apart). The word is the verdict of
+    :func:`nnspam.services.verdict.verdict`."""
+    word = {SPAM: "Yes", HAM: "No", UNSURE: "Unsure"}[verdict_of(spamicity, threshold, unsure)]
+    fields = [(STATUS, f"{word}, spamicity={spamicity:.3f}, "
                        f"threshold={threshold:.3f}, version={__version__}")]
-    if spam:
+    if word == "Yes":
         fields.append((FLAG, "YES"))
     return fields
+
+
+#: SpamAssassin's fields, written by ``filter.spamassassin_headers`` and
+#: ``serve.spamassassin_headers`` (any earlier ones, forged or another filter's, replaced).
+SA_FIELDS = ("X-Spam-Flag", "X-Spam-Status", "X-Spam-Level")
+
+
+def spamassassin_fields(spamicity: float, threshold: float,
+                        scale: float) -> list[tuple[str, str]]:
+    """SpamAssassin's header fields for a classified message, so rules written for
+    SpamAssassin (Sieve ``header :contains "X-Spam-Flag" "YES"``, procmail
+    ``^X-Spam-Status: Yes``, ``X-Spam-Level: *****``) work unchanged:
+    ``X-Spam-Flag: YES`` (spam only), ``X-Spam-Status: Yes|No, score=S required=R
+    tests=NNSPAM_SPAM|NNSPAM_HAM autolearn=no version=nnspam-V`` and ``X-Spam-Level``, one
+    ``*`` per whole point of the score. Points are ``scale`` times the spamicity and the
+    threshold (``serve.score_scale``, 10: the threshold 0.5 is SpamAssassin's 5.0). Yes/No
+    is by the threshold (SpamAssassin has no unsure)."""
+    spam = is_spam(spamicity, threshold)
+    score = scale * spamicity
+    status = (f"{'Yes' if spam else 'No'}, score={score:.1f} "
+              f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
+              f"autolearn=no version=nnspam-{__version__}")
+    stars = "*" * min(max(int(score), 0), 50)
+    return ([("X-Spam-Flag", "YES")] if spam else []) + [("X-Spam-Status", status),
+                                                          ("X-Spam-Level", stars)]
 
 
 def skipped_fields(reason: str) -> list[tuple[str, str]]:
@@ -92,18 +127,55 @@ def mark(raw: bytes, fields: Sequence[tuple[str, str]], at_eof: bool = True) -> 
 
 
 def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
-             unsure: tuple[float, float] | None = None) -> Result:
+             unsure: tuple[float, float] | None = None, words: int = 0,
+             explain: int = 0, spamassassin: float | None = None) -> Result:
     """Score one whole message and mark it; never raises for a bad message or
     scorer: any exception (``MemoryError`` included) gives the input back
-    unchanged with verdict ``error``."""
+    unchanged with verdict ``error``.
+
+    ``words`` > 0 adds the X-NNSpam-Words field with that many words, ``explain`` > 0
+    only fills ``Result.words`` (the server's SYMBOLS and REPORT), when the scorer can
+    explain (:func:`model_scorer`'s can). A failure to explain costs only the words."""
     try:
         sp = float(score(raw))
         if sp != sp:  # NaN from a broken model: do not file mail on it
             raise ValueError("the model returned NaN")
-        out = mark(raw, status_fields(sp, threshold))
-        return Result(out, verdict_of(sp, threshold, unsure), sp)
+        fields = status_fields(sp, threshold, unsure)
+        top = None
+        if words > 0 or explain > 0:
+            top, more = _explained(score, raw, words, explain)
+            fields += more
+        out = mark(raw, fields)
+        if spamassassin is not None:  # SpamAssassin's fields too, at this score scale
+            out = set_header_fields(out, spamassassin_fields(sp, threshold, spamassassin),
+                                    SA_FIELDS)
+        return Result(out, verdict_of(sp, threshold, unsure), sp, words=top)
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever failed
         return Result(raw, "error", None, f"{exc.__class__.__name__}: {exc}")
+
+
+def _explained(score: Callable[[bytes], float], raw: bytes, words: int, explain: int
+               ) -> tuple[list[tuple[str, float, float]] | None, list[tuple[str, str]]]:
+    """(top words, [the X-NNSpam-Words field] when ``words`` > 0) of ``raw`` from the
+    scorer's ``explain``; (None, []) when it has none or explaining fails (logged on
+    ``nnspam.filter``, which is stderr): never raises, the verdict is written anyway."""
+    fn = getattr(score, "explain", None)
+    if fn is None:
+        return None, []
+    try:
+        top = fn(raw, max(words, explain))
+        if words <= 0:
+            return top, []
+        from nnspam.services.explanation import header_value
+
+        return top, [(WORDS, header_value(top[:words]))]
+    except Exception as exc:  # noqa: BLE001 - the verdict headers are written anyway
+        import logging
+
+        logging.getLogger("nnspam.filter").warning(
+            "nnspam filter: cannot explain the verdict (%s: %s); no %s field",
+            exc.__class__.__name__, exc, WORDS)
+        return None, []
 
 
 # -- settings ----------------------------------------------------------------
@@ -119,6 +191,10 @@ class Settings:
     spam_factor: float
     max_size: int
     unsure: tuple[float, float] | None
+    words: int = 0  # filter.words: the X-NNSpam-Words field with the top N words; 0: none
+    #: filter.spamassassin_headers: SpamAssassin's fields at this score scale
+    #: (serve.score_scale), None: not written
+    spamassassin: float | None = None
 
 
 def settings(cfg: dict[str, Any], model: str | None) -> Settings:
@@ -141,18 +217,39 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
     max_size = int(f["max_size"])
     if max_size < 0:
         raise ValueError("filter.max_size must be >= 0")
+    words = f.get("words", 0)
+    if not isinstance(words, int) or isinstance(words, bool) or words < 0:
+        raise ValueError(f"filter.words must be a whole number >= 0, not {words!r}")
     return Settings(model or cfg["model"], t, float(cfg["ham_factor"]),
-                    float(cfg["spam_factor"]), max_size, band)
+                    float(cfg["spam_factor"]), max_size, band, words,
+                    float(cfg["serve"]["score_scale"]) if f.get("spamassassin_headers")
+                    else None)
 
 
 def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
     """A function raw bytes -> spamicity with ``model`` at the settings' ham bias,
     through the one scoring routine (:func:`nnspam.services.verdict.score_tokens`); the
     verdict is :func:`classify`'s, which knows the unsure band. The scoring server
-    scores with the same function."""
+    scores with the same function.
+
+    Its ``explain(raw, n)`` gives the top ``n`` words of the message with their
+    contributions (:func:`nnspam.services.explanation.top_words`), from the tokens of the
+    message it scored last when that is ``raw``: a message is tokenized once."""
+    last: list[tuple[bytes, list[str]]] = []
+
     def score(raw: bytes) -> float:
-        return score_tokens(model, [model.tokens(raw)], s.threshold, s.ham_factor,
-                            s.spam_factor)[0][0]
+        toks = model.tokens(raw)
+        last[:] = [(raw, toks)]
+        return score_tokens(model, [toks], s.threshold, s.ham_factor, s.spam_factor)[0][0]
+
+    def explain(raw: bytes, n: int) -> list[tuple[str, float, float]]:
+        from nnspam.services.explanation import top_words
+
+        seen = last[0] if last else None
+        toks = seen[1] if seen is not None and seen[0] is raw else model.tokens(raw)
+        return top_words(model, toks, n, s.ham_factor, s.spam_factor)
+
+    score.explain = explain  # type: ignore[attr-defined]
     return score
 
 
@@ -235,7 +332,8 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
         if score is None:
             res = Result(raw, "error", None, err)
         else:
-            res = classify(raw, score, settings.threshold, settings.unsure)
+            res = classify(raw, score, settings.threshold, settings.unsure, settings.words,
+                           spamassassin=settings.spamassassin)
         del raw
         _write(out, res.output)
         verdict, sp, err = res.verdict, res.spamicity, res.error

@@ -155,13 +155,16 @@ class ModelRegistry:
                 self.users.popitem(last=False)
         return slot
 
-    def classify(self, raw: bytes, user: str | None = None) -> Result:
-        """Exactly the classification ``nnspam filter`` makes, with ``user``'s model."""
+    def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result:
+        """Exactly the classification ``nnspam filter`` makes, with ``user``'s model;
+        ``words`` > 0 also explains the verdict by that many words (``Result.words``,
+        for SYMBOLS and REPORT) with the same model."""
         f = self.settings.filter
         slot = self.slot_for(user)
         with slot.lock:
             slot.refresh()
-            return classify(raw, model_scorer(slot.model, f), f.threshold, f.unsure)
+            return classify(raw, model_scorer(slot.model, f), f.threshold, f.unsure,
+                            f.words, explain=words, spamassassin=f.spamassassin)
 
     def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
         """Learn one message into ``user``'s model (the site model without
@@ -191,7 +194,7 @@ class ModelRegistry:
                             with self.site.lock:
                                 self.site.refresh()
                             new = ModelWriter(path, Model.load(self.site.path), stamp=None)
-                            new.learn_payloads([raw], label, self.settings.rule)
+                            new.learn_payloads([raw], label, self.settings.rule, source="tell")
                             return path
                 except OSError as exc:
                     raise RequestError(EX_CANTCREAT, f"cannot create the user model: "
@@ -200,8 +203,30 @@ class ModelRegistry:
         with slot.lock:
             try:
                 # under the writer lock, on top of what other workers and writers saved
-                slot.learn_payloads([raw], label, self.settings.rule)
+                slot.learn_payloads([raw], label, self.settings.rule, source="tell")
             except OSError as exc:
                 raise RequestError(EX_IOERR, f"cannot save the model: "
                                    f"{exc.strerror or exc}") from None
         return slot.path
+
+    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]:
+        """Undo an earlier lesson of one message in ``user``'s model (the site model
+        without ``serve.user_model``) through the correction journal and save it;
+        returns (whether the journal held it, the model directory). A user without a
+        model of their own has nothing to forget: the site model is left alone."""
+        path = self._user_path(user)
+        if self.settings.user_model and user and path is None:
+            raise RequestError(EX_NOUSER, "no such user for serve.user_model")
+        if path is None and self.site_readonly:
+            raise RequestError(EX_NOPERM, "the shipped model is read-only; serve a model "
+                               "directory (-m DIR) or set serve.user_model to learn")
+        slot = self.site if path is None else self.slot_for(user)
+        if path is not None and slot is self.site:
+            return False, path
+        with slot.lock:
+            try:
+                found = slot.forget_payloads([raw], self.settings.rule)
+            except OSError as exc:
+                raise RequestError(EX_IOERR, f"cannot save the model: "
+                                   f"{exc.strerror or exc}") from None
+        return found[0] is not None, slot.path

@@ -22,6 +22,10 @@ that dies is replaced. Every request costs one ``stat`` of the model's
 worker, or by ``nnspam learn``, is loaded on the next request, no signal
 needed. With ``workers: 1`` the supervisor serves by itself.
 
+Metrics (``--metrics HOST:PORT``, off by default): the supervisor serves Prometheus'
+``/metrics`` with the sums of every worker, live or dead (:mod:`nnspam.services.metrics`,
+set up before the fork; reaped workers are marked dead there).
+
 Signals (to the supervisor): SIGTERM and SIGINT stop accepting; every worker
 finishes the requests it has accepted, then the supervisor exits 0. SIGHUP
 reloads the site model in every worker and drops the cached user models.
@@ -47,6 +51,7 @@ import threading
 import time
 from typing import Any
 
+from nnspam.services import metrics
 from nnspam.services.blas import one_blas_thread
 from nnspam.services.listeners import Listener, bind_listeners, close_listeners
 from nnspam.services.registry import ModelRegistry
@@ -122,13 +127,16 @@ class Worker:
             try:
                 self.ctx.models.reload()
                 log.info("model reloaded")
+                metrics.reloaded("signal")
             except Exception as exc:  # noqa: BLE001 - keep serving the old model
                 log.error("reload failed, keeping the old model: %s", exc)
+                metrics.error("reload")
         threading.Thread(target=go, daemon=True).start()
 
     def run(self) -> None:
         """Serve until :meth:`stop`, then drain."""
         n = max(1, self.ctx.settings.max_connections)
+        metrics.handler_threads(n)
         free = threading.Semaphore(n)
         jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
         handlers = [threading.Thread(target=self._handle_loop, args=(jobs, free),
@@ -169,9 +177,11 @@ class Worker:
         while (job := jobs.get()) is not None:
             conn, addr = job
             try:
-                Handler(conn, addr, self.ctx)  # type: ignore[arg-type]
+                with metrics.in_progress():
+                    Handler(conn, addr, self.ctx)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - one connection's bug never ends the worker
                 log.exception("request failed")
+                metrics.error("handler")
             finally:
                 _close_conn(conn)
                 free.release()
@@ -202,14 +212,17 @@ def resolve_workers(n: int | None) -> int:
     return max(1, int(n))
 
 
-def run_server(st: ServeSettings) -> int:
+def run_server(st: ServeSettings, metrics_at: tuple[str, int] | None = None) -> int:
     """Load the model, bind (or take systemd's sockets), then serve until
     SIGTERM/SIGINT (drain, exit 0); SIGHUP reloads the model everywhere.
 
     With ``workers`` > 1 this process is the supervisor of a pre-fork pool:
     it forks the workers (which share the listening sockets and, copy-on-write,
     the loaded model), restarts any that dies, forwards SIGHUP and, on
-    SIGTERM, asks every worker to drain and waits for them."""
+    SIGTERM, asks every worker to drain and waits for them.
+
+    ``metrics_at`` (``--metrics``): serve Prometheus metrics of every worker there
+    (:mod:`nnspam.services.metrics`, multiprocess mode, set up before the fork)."""
     workers = resolve_workers(st.workers)
     _limit_malloc_arenas()
     # One BLAS thread per process (nnspam.services.blas, as the daemon): scoring one message
@@ -227,11 +240,20 @@ def run_server(st: ServeSettings) -> int:
         raise ServerError(f"cannot listen: {exc}") from None
     if not listeners:
         raise ServerError("nothing to listen on")
-    ctx = Context(st, models)
+    exporter = None
+    if metrics_at is not None:
+        try:
+            exporter = metrics.start(metrics_at, "serve", multiprocess=True)
+        except metrics.MetricsError as exc:
+            close_listeners(listeners)
+            raise ServerError(str(exc)) from None
+    ctx = Context(st, metrics.instrument(models))
     where = ", ".join(lst.where for lst in listeners)
     log.info("nnspam serve: listening on %s, model %s, %d worker%s", where, st.filter.model,
              workers, "s" if workers > 1 else "")
     print(f"nnspam serve: listening on {where}", file=sys.stderr, flush=True)
+    if exporter is not None:
+        print(f"nnspam serve: metrics on {exporter.where}", file=sys.stderr, flush=True)
     try:
         if workers == 1:
             worker = Worker(listeners, ctx, Watchdog())
@@ -250,6 +272,8 @@ def run_server(st: ServeSettings) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         sd_notify("STOPPING=1")
         close_listeners(listeners)
+        if exporter is not None:
+            exporter.close()
     log.info("nnspam serve: stopped")
     return 0
 
@@ -318,6 +342,7 @@ class _Supervisor:
                 if started is None:
                     continue
                 log.error("worker %d ended (%s); starting another", pid, _status(status))
+                metrics.worker_ended(pid, expected=False)
                 now = time.monotonic()
                 fast_deaths = [t for t in fast_deaths if now - t < 10] + [now]
                 if len(fast_deaths) > 3 * self.n:  # crashing at once: do not spin
@@ -336,6 +361,7 @@ class _Supervisor:
                     break
                 except InterruptedError:
                     continue
+            metrics.worker_ended(pid, expected=True)
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:

@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from nnspam.mail import maildir as md
+from nnspam.services import metrics
 from nnspam.services.state import Record, State
-from nnspam.services.verdict import HAM, SPAM, score_tokens
+from nnspam.services.verdict import HAM, SPAM, UNSURE, score_tokens
+from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
@@ -146,6 +148,9 @@ class Sorter:
         rule: Any = None,
         stamp: Any = None,
         prepare: Callable[[Any], Any] | None = None,
+        source: str = "daemon",
+        unsure: tuple[float, float] | None = None,
+        unsure_folder: str | None = None,
     ) -> None:
         from nnspam.model.writer import ModelWriter
 
@@ -169,6 +174,11 @@ class Sorter:
         self.confident_margin = confident_margin
         # how a correction is learned (config learn:, nnspam.model.correct.rule_from_config)
         self.rule = rule
+        self.source = source  # how the correction journal names this front's lessons
+        # the unsure band (filter.unsure) and the folder unsure mail is filed into (None:
+        # it stays in the inbox, marked unsure in the state)
+        self.unsure = unsure
+        self.unsure_folder = unsure_folder
         self.pending_updates = 0
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
@@ -182,7 +192,7 @@ class Sorter:
     @classmethod
     def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
                     *, model_name: str | os.PathLike | None, rule: Any = None,
-                    stamp: Any = None) -> Sorter:
+                    stamp: Any = None, source: str = "daemon") -> Sorter:
         """The Sorter for a loaded config: the one wiring of the maildir daemon and the
         SMS store, so that both file and learn alike.
 
@@ -219,10 +229,12 @@ class Sorter:
             learn_on_confident=bool(ad.get("learn_on_confident", False)),
             confident_margin=float(ad.get("confident_margin", 0.45)),
             rule=rule if rule is not None else rule_from_config(cfg),
+            unsure=tuple(cfg["filter"]["unsure"]) if cfg["filter"].get("unsure") else None,
+            unsure_folder=d.get("unsure_folder"),
         )
         adaptive_mod.configure(model, ad)
         return cls(model, state() if callable(state) else state, stamp=stamp,
-                   prepare=lambda m: adaptive_mod.configure(m, ad), **settings)
+                   prepare=lambda m: adaptive_mod.configure(m, ad), source=source, **settings)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -290,7 +302,7 @@ class Sorter:
         # is kept (to learn again on a newer save) until the checkpoint saves it.
         toks = [self.model.tokens(p) for p in payloads]
         replaced = self.writer.learn(toks, label, self.rule, adaptive_inputs=self.adaptive,
-                                     save=False)
+                                     save=False, source=self.source)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
         if replaced:
@@ -298,6 +310,20 @@ class Sorter:
         self.stats["learned"] += len(payloads)
         self._updated(len(payloads))
         return True
+
+    def forget(self, payloads: Sequence[bytes | str]) -> int:
+        """Undo earlier corrections of these messages (the correction journal,
+        :func:`nnspam.model.correct.forget`); saved with the next checkpoint. Returns how
+        many the journal held (0 as well for a read-only model)."""
+        if self.writer is None:
+            log.warning("not forgotten: the model is read-only (give a model directory with -m)")
+            return 0
+        found = self.writer.forget([self.model.tokens(p) for p in payloads], self.rule,
+                                   save=False)
+        n = sum(e is not None for e in found)
+        if n:
+            self._updated(n)
+        return n
 
     def learn_files(self, paths: Sequence[Path], label: str) -> int:
         """Learn messages from files (``nnspam learn``); returns how many were read."""
@@ -356,20 +382,37 @@ class Sorter:
             self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, None,
                                   "skipped", "inbox", "daemon", None, now, now))
             self.stats["skipped"] += 1
+            metrics.scored("skipped")
             self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
             return "skipped"
-        tokens = self.model.tokens(msg.data)
-        (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s)
+        t0 = time.perf_counter()
+        try:
+            tokens = self.model.tokens(msg.data)
+            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s)
+        except Exception:
+            metrics.scored("error")  # the daemon logs it and leaves the message
+            raise
+        if self.unsure is not None:
+            verdict = verdict_of(sp, self.t, self.unsure)
+        metrics.scored(verdict, time.perf_counter() - t0)
         self.stats["scored"] += 1
         self._observe(tokens)
         if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
-            self.learn([msg.data], verdict)
-        if verdict == HAM:
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, HAM,
+            if self.learn([msg.data], verdict):
+                metrics.learned("confident", verdict)
+        if verdict == HAM or (verdict == UNSURE and not self.unsure_folder):
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, verdict,
                                   "inbox", "daemon", None, now, now))
-            self.stats["ham"] += 1
-            self._decision(path, msg, sp, "kept")
-            return "ham"
+            self.stats[verdict] = self.stats.get(verdict, 0) + 1
+            self._decision(path, msg, sp, "kept" if verdict == HAM else "kept (unsure)")
+            return verdict
+        if verdict == UNSURE:
+            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, UNSURE,
+                                  "moving", "daemon", None, now, now))
+            dest = self._to_junk(maildir, key, uniq, path, unsure=True)
+            self.stats["unsure"] = self.stats.get("unsure", 0) + 1
+            self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
+            return UNSURE
         rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, SPAM, "moving",
                      "daemon", None, now, now)
         self.state.put(rec)
@@ -378,9 +421,12 @@ class Sorter:
         self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
         return "spam"
 
-    def _to_junk(self, maildir: Path, key: str, uniq: str, path: Path) -> Path | None:
-        """Move a message recorded as ``moving`` into Junk and record ``junk``."""
-        junk = md.ensure_folder(maildir, self.junk)
+    def _to_junk(self, maildir: Path, key: str, uniq: str, path: Path,
+                 unsure: bool = False) -> Path | None:
+        """Move a message recorded as ``moving`` into Junk and record ``junk`` (with
+        ``unsure``: into ``daemon.unsure_folder`` and record ``unsure``)."""
+        place = "unsure" if unsure else "junk"
+        junk = md.ensure_folder(maildir, self.unsure_folder if unsure else self.junk)
         sub = path.parent.name if path.parent.name in ("new", "cur") else "new"
         for _ in range(3):
             try:
@@ -389,7 +435,7 @@ class Sorter:
                 found = md.find_message(maildir, uniq)
                 if found is None:
                     if md.find_message(junk, uniq) is not None:
-                        self.state.set_place(key, uniq, "junk")
+                        self.state.set_place(key, uniq, place)
                         return junk
                     log.info("skipped file=%s: removed before it was moved", path)
                     self.state.set_place(key, uniq, "inbox")
@@ -405,13 +451,13 @@ class Sorter:
                     os.unlink(path)
                     log.info("resumed file=%s: already in %s, removed the inbox copy", path,
                              there)
-                    self.state.set_place(key, uniq, "junk")
+                    self.state.set_place(key, uniq, place)
                     return there
                 log.error("error file=%s: another message named %s is in %s; left in the "
                           "inbox", path, path.name, junk / sub)
                 self.state.set_place(key, uniq, "inbox")
                 return None
-            self.state.set_place(key, uniq, "junk")
+            self.state.set_place(key, uniq, place)
             return dest
         self.state.set_place(key, uniq, "inbox")
         return None
@@ -421,17 +467,19 @@ class Sorter:
         if rec.place == "inbox":
             return "known"
         if rec.place == "moving":
-            dest = self._to_junk(maildir, key, uniq, path)
+            dest = self._to_junk(maildir, key, uniq, path, unsure=rec.verdict == UNSURE)
             log.info("resumed file=%s: finished the interrupted move to %s", path, dest)
             return "resumed"
-        # place == junk (or gone: it left Junk), yet the message is in the inbox under
-        # its own unique name: the user moved it back, however long it took (a new
-        # delivery always gets a new name).
+        # place == junk (or gone: it left Junk) or unsure (filed into daemon.unsure_folder),
+        # yet the message is in the inbox under its own unique name: the user moved it
+        # back, however long it took (a new delivery always gets a new name): ham.
         try:
             msg = read_message(path, self.max_message_bytes)
         except FileNotFoundError:
             return "vanished"
-        return self._correct_ham(maildir, key, uniq, path, msg)
+        return self._correct_ham(maildir, key, uniq, path, msg,
+                                 came_from=self.unsure_folder if rec.place == "unsure"
+                                 else "Junk")
 
     def _moved_back(self, maildir: Path, key: str, msg: Read) -> Record | None:
         """The Junk record of which this inbox arrival (under a name the daemon
@@ -514,12 +562,15 @@ class Sorter:
                 n += 1
         return n
 
-    def _correct_ham(self, maildir: Path, key: str, uniq: str, path: Path, msg: Read) -> str:
+    def _correct_ham(self, maildir: Path, key: str, uniq: str, path: Path, msg: Read,
+                     came_from: str = "Junk") -> str:
         learned = msg.data is not None and self.learn([msg.data], "ham")
+        if learned:
+            metrics.learned("daemon", "ham")
         self.state.set_place(key, uniq, "inbox", learned="ham")
         self.state.add_correction(key, uniq, "ham", str(path))
-        log.info("correction file=%s message-id=%s: moved out of Junk by the user, %s as ham",
-                 path, msg.message_id or "-", "learned" if learned else "recorded")
+        log.info("correction file=%s message-id=%s: moved out of %s by the user, %s as ham",
+                 path, msg.message_id or "-", came_from, "learned" if learned else "recorded")
         return "corrected"
 
     # -- a message in inbox cur/ ---------------------------------------------
@@ -569,6 +620,8 @@ class Sorter:
                          "user", None, now, now)
             self.state.put(rec)
         learned = msg.data is not None and self.learn([msg.data], "spam")
+        if learned:
+            metrics.learned("daemon", "spam")
         self.state.set_place(key, uniq, "junk", learned="spam")
         self.state.add_correction(key, uniq, "spam", str(path))
         log.info("correction file=%s message-id=%s: put in Junk by the user, %s as spam", path,

@@ -14,7 +14,9 @@ The output is the same either way. The server runs the same
 if it is exactly the input with one ``X-NNSpam-Status`` (and, for spam,
 ``X-NNSpam-Flag: YES``) field inserted by the filter's own header code, with
 the filter's threshold and nnspam version, and with ``Spam: True|False``
-agreeing with it. Anything else - no server configured, connection refused,
+agreeing with it; with ``filter.words`` > 0 also an ``X-NNSpam-Words`` field
+of at most that many words (the server's, which must be configured alike),
+and without it none. Anything else - no server configured, connection refused,
 timeout (``filter.server_timeout`` for the whole exchange), an error code, a
 malformed or inconsistent answer, a message the server passed through
 unclassified - and the message is classified in-process as if no server
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nnspam import __version__
+from nnspam.mail.headers import set_header_fields
 from nnspam.services import pipefilter
 from nnspam.services.verdict import HAM, SPAM, UNSURE
 from nnspam.services.verdict import verdict as verdict_of
@@ -219,8 +222,13 @@ def ping(addr: tuple[int, Any], timeout: float = 5.0) -> bool:
 
 # -- nnspam filter through the server ------------------------------------------------
 
-_STATUS = re.compile(rb"(?:^|\n)X-NNSpam-Status: ((Yes|No), spamicity=([01]\.[0-9]{3}), "
+_STATUS = re.compile(rb"(?:^|\n)X-NNSpam-Status: ((Yes|No|Unsure), spamicity=([01]\.[0-9]{3}), "
                      rb"threshold=([01]\.[0-9]{3}), version=([!-~]+))\r?\n")
+_SA_STATUS = re.compile(rb"(?:^|\n)X-Spam-Status: ((Yes|No), score=([0-9]+\.[0-9]) "
+                        rb"required=([0-9]+\.[0-9]) tests=NNSPAM_(?:SPAM|HAM) autolearn=no "
+                        rb"version=nnspam-([!-~]+))\r?\n")
+_SA_LEVEL = re.compile(rb"(?:^|\n)X-Spam-Level: (\**)\r?\n")
+_WORDS = re.compile(rb"(?:^|\n)X-NNSpam-Words: ([ -~]+)\r?\n")
 
 
 def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: pipefilter.Settings,
@@ -251,19 +259,44 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
     m = _STATUS.search(rep.body)
     if m is None:
         return None
-    value, yes, sp_s, thr_s, ver = (g.decode("ascii") for g in m.groups())
-    if thr_s != f"{s.threshold:.3f}" or ver != __version__ or rep.spam != (yes == "Yes"):
+    value, word, sp_s, thr_s, ver = (g.decode("ascii") for g in m.groups())
+    if thr_s != f"{s.threshold:.3f}" or ver != __version__:
         return None
-    fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")] if yes == "Yes" else [])
-    if pipefilter.mark(raw, fields) != rep.body:
-        return None
-    verdict = SPAM if yes == "Yes" else HAM  # the server's verdict, from the unrounded score
+    sp = float(sp_s)
     if s.unsure is not None:
-        sp, (lo, hi) = float(sp_s), s.unsure
+        lo, hi = s.unsure
         if min(abs(sp - lo), abs(sp - hi)) <= 0.0005 + 1e-9:
             return None  # rounded to 3 decimals: cannot tell the side of the edge
-        if verdict_of(sp, s.threshold, s.unsure) == UNSURE:
-            verdict = UNSURE
+    # The word the in-process filter would write: Yes/No by the server's unrounded score
+    # (its Spam: line), Unsure inside our band. A server with another band disagrees.
+    inside = s.unsure is not None and verdict_of(sp, s.threshold, s.unsure) == UNSURE
+    if word != ("Unsure" if inside else "Yes" if rep.spam else "No"):
+        return None
+    fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")] if word == "Yes" else [])
+    if s.words > 0:  # the server's X-NNSpam-Words, of at most filter.words words
+        w = _WORDS.search(rep.body)
+        if w is None or w.group(1).count(b"), ") >= s.words:
+            return None
+        fields.append((pipefilter.WORDS, w.group(1).decode("ascii")))
+    want = pipefilter.mark(raw, fields)
+    if s.spamassassin is not None:  # SpamAssassin's fields, from the unrounded score:
+        sa, level = _SA_STATUS.search(rep.body), _SA_LEVEL.search(rep.body)
+        if sa is None or level is None:  # checked against ours, then taken as they are
+            return None
+        sa_value, yes, score, need, ver = (g.decode("ascii") for g in sa.groups())
+        stars = len(level.group(1))
+        scale = s.spamassassin
+        if ((yes == "Yes") != rep.spam or ver != __version__
+                or need != f"{scale * s.threshold:.1f}"
+                or abs(float(score) - scale * sp) > 0.0006 * scale + 0.051
+                or stars not in (min(int(float(score)), 50), min(int(float(score) - 0.05), 50))):
+            return None
+        sa_fields = ([("X-Spam-Flag", "YES")] if yes == "Yes" else []) + [
+            ("X-Spam-Status", sa_value), ("X-Spam-Level", "*" * stars)]
+        want = set_header_fields(want, sa_fields, pipefilter.SA_FIELDS)
+    if want != rep.body:
+        return None
+    verdict = UNSURE if word == "Unsure" else SPAM if word == "Yes" else HAM
     return rep.body, verdict
 
 

@@ -23,10 +23,17 @@ bytes. Messages over ``serve.max_size`` come back unchanged and unclassified
 and ``X-Spam-Status`` (:func:`spamassassin_fields`), which spamass-milter
 needs: it copies only those fields from spamc's answer.
 
+SYMBOLS answers ``NNSPAM_SPAM`` or ``NNSPAM_HAM`` and one symbol per word that moved the
+spamicity most (``NNSPAM_SPAMMY_CLICK``, ``NNSPAM_HAMMY_WROTE``); REPORT a summary
+line and SpamAssassin's report table of the same words (``spamc -R``): ``filter.words``
+of them, 10 when that is 0 (:mod:`nnspam.services.explanation`).
+
 TELL with ``Message-class: spam|ham`` and ``Set: local`` learns through
 :func:`nnspam.model.correct.correct` (the one correction routine of ``nnspam learn`` and
 the daemon) and saves the model atomically; ``Remove: local`` (``spamc -L
-forget``) is answered EX_UNAVAILABLE: a network cannot unlearn one message.
+forget``) undoes an earlier lesson of the message through the model's correction
+journal (:func:`nnspam.model.correct.forget`) and answers ``DidRemove: local`` when
+the journal held it.
 Learning goes through the one model writer (:mod:`nnspam.model.writer`, shared with
 the daemon, ``nnspam learn`` and the SMS store): it holds an exclusive
 ``flock`` on ``<model dir>.lock`` and starts from the model as last saved, so
@@ -35,9 +42,9 @@ concurrent TELLs in different workers, and the corrections of a daemon or
 
 Errors are answered ``SPAMD/1.5 CODE MESSAGE`` with sysexits codes:
 64 EX_USAGE (unknown verb), 65 EX_DATAERR (bad body: broken zlib, too big
-after decompression, bad TELL class), 76 EX_PROTOCOL (malformed request
-line or header, missing or wrong Content-length, truncated body), 69
-EX_UNAVAILABLE (Remove), 77 EX_NOPERM (TELL on the read-only shipped model),
+after decompression, bad TELL class, ``Set: remote``), 76 EX_PROTOCOL (malformed
+request line or header, missing or wrong Content-length, truncated body), 77
+EX_NOPERM (TELL on the read-only shipped model),
 74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
 for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created).
 A client that says nothing for ``serve.timeout`` seconds is disconnected.
@@ -52,11 +59,14 @@ import zlib
 from pathlib import Path
 from typing import Protocol
 
-from nnspam import __version__
 from nnspam.mail.headers import set_header_fields
-from nnspam.services.pipefilter import Result
+from nnspam.services import metrics
+from nnspam.services.explanation import REPORT_WORDS, TopWords, report_table, symbols
+from nnspam.services.pipefilter import SA_FIELDS, Result
+from nnspam.services.pipefilter import spamassassin_fields as sa_fields
 from nnspam.services.serve_settings import ServeSettings
 from nnspam.services.verdict import is_spam
+from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Handler", "Context", "Models", "RequestError", "score_line", "spamassassin_fields",
            "PROTO", "CHUNK", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE",
@@ -95,9 +105,11 @@ class RequestError(Exception):
 class Models(Protocol):
     """What a handler scores and learns with (:class:`nnspam.services.registry.ModelRegistry`)."""
 
-    def classify(self, raw: bytes, user: str | None = None) -> Result: ...
+    def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result: ...
 
     def learn(self, raw: bytes, label: str, user: str | None = None) -> Path: ...
+
+    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]: ...
 
 
 class Context:
@@ -126,6 +138,13 @@ def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes
     return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
 
 
+def verdict_symbol(spamicity: float, threshold: float,
+                   unsure: tuple[float, float] | None) -> str:
+    """SYMBOLS' first symbol: NNSPAM_SPAM, NNSPAM_HAM or, inside the unsure band
+    (``filter.unsure``), NNSPAM_UNSURE: the verdict the X-NNSpam-Status field states."""
+    return "NNSPAM_" + verdict_of(spamicity, threshold, unsure).upper()
+
+
 class Handler(socketserver.StreamRequestHandler):
     """One connection, one request (as spamd)."""
 
@@ -137,13 +156,16 @@ class Handler(socketserver.StreamRequestHandler):
         peer = self.client_address
         if isinstance(peer, tuple) and not self.server.allowed(peer[0]):
             log.warning("connection from %s refused: not in serve.allowed", peer[0])
+            metrics.error("refused")
             return
         try:
             self._serve_one()
         except RequestError as exc:
+            metrics.request_error(exc.code)
             self._send(PROTO + f" {exc.code} {exc.message}\r\n".encode())
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.info("connection dropped: %s", exc)
+            metrics.error("connection")
 
     def _send(self, data: bytes) -> None:
         try:
@@ -203,6 +225,8 @@ class Handler(socketserver.StreamRequestHandler):
         if compress is not None and compress.lower() != "zlib":
             raise RequestError(EX_PROTOCOL, f"Bad header line: Compress: {compress[:20]}")
         if compress is None and length > st.max_size:
+            if verb != "TELL":  # a TELL that big is refused (EX_DATAERR), not skipped
+                metrics.scored("skipped")
             self._pass_through(verb, length)
             return
         if compress is not None and length > st.max_size:
@@ -219,12 +243,16 @@ class Handler(socketserver.StreamRequestHandler):
         if verb == "TELL":
             self._tell(body, headers)
             return
-        res = self.server.models.classify(body, headers.get("user"))
+        # SYMBOLS and REPORT name the words that moved the spamicity most (explanation.py)
+        words = ((st.filter.words or REPORT_WORDS)
+                 if verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") else 0)
+        res = self.server.models.classify(body, headers.get("user"), words)
         if res.error is not None:
             log.error("classification failed, message passed through: %s", res.error)
-        self._answer(verb, body, res.output, res.spamicity)
+        self._answer(verb, body, res.output, res.spamicity, res.words)
 
-    def _answer(self, verb: str, original: bytes, marked: bytes, sp: float | None) -> None:
+    def _answer(self, verb: str, original: bytes, marked: bytes, sp: float | None,
+                words: TopWords | None = None) -> None:
         st = self.server.settings
         f = st.filter
         spam_line = score_line(sp, f.threshold, st.score_scale)
@@ -239,9 +267,10 @@ class Handler(socketserver.StreamRequestHandler):
         elif verb == "HEADERS":
             out = _head_of(marked)
         elif verb == "SYMBOLS":
-            out = b"NNSPAM_SPAM" if spam else (b"NNSPAM_HAM" if sp is not None else b"")
+            out = (",".join([verdict_symbol(sp, f.threshold, f.unsure)] + symbols(words or []))
+                   .encode() if sp is not None else b"")
         elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
-            out = _report(sp, f.threshold, st.score_scale)
+            out = _report(sp, f.threshold, st.score_scale, words, f.unsure)
         else:  # REPORT_IFSPAM on ham
             out = b""
         self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
@@ -283,36 +312,48 @@ class Handler(socketserver.StreamRequestHandler):
                    + str(len(out)).encode() + b"\r\n\r\n" + out)
 
     def _tell(self, body: bytes, headers: dict[str, str]) -> None:
-        if "remove" in headers:
-            raise RequestError(EX_UNAVAILABLE, "Remove is not supported: nnspam cannot "
-                               "unlearn a message")
+        """TELL: ``Set: local`` with ``Message-class: spam|ham`` learns the message
+        (``spamc -L spam|ham``), ``Remove: local`` forgets an earlier lesson of it
+        (``spamc -L forget``: the correction journal, :func:`nnspam.model.correct.forget`);
+        both may come in one request (remove first, as spamd). ``DidRemove: local`` is
+        answered only when the journal held the message, so spamc says "already
+        un/learned" otherwise. Remote reporting (``Set: remote``, ``spamc -C``) is not
+        offered."""
+        def places(name: str) -> list[str]:
+            return [w.strip().lower() for w in headers.get(name, "").split(",") if w.strip()]
+
+        remove, put = places("remove"), places("set")
+        if not remove and not put:
+            raise RequestError(EX_DATAERR, "TELL needs Set: local or Remove: local")
+        if any(w != "local" for w in remove + put):
+            raise RequestError(EX_DATAERR, "TELL: only local learning (Set: local, Remove: "
+                               "local); nnspam reports to no remote service")
         label = headers.get("message-class", "").lower()
-        if label not in ("spam", "ham"):
+        if put and label not in ("spam", "ham"):
             raise RequestError(EX_DATAERR, "TELL needs Message-class: spam or ham")
-        where = [w.strip().lower() for w in headers.get("set", "").split(",") if w.strip()]
-        if "local" not in where:
-            raise RequestError(EX_DATAERR, "TELL needs Set: local")
-        where = self.server.models.learn(body, label, headers.get("user"))
-        log.info("learned one message as %s into %s (user %s)", label, where,
-                 headers.get("user", "-"))
-        self._send(PROTO + b" 0 EX_OK\r\nDidSet: local\r\n\r\n")
-
-
-SA_FIELDS = ("X-Spam-Flag", "X-Spam-Status")
+        user = headers.get("user")
+        answer = b""
+        if remove:
+            forgot, where = self.server.models.forget(body, user)
+            log.info("%s one message in %s (user %s)", "forgot" if forgot else
+                     "nothing to forget for", where, user or "-")
+            answer += b"DidRemove: local\r\n" if forgot else b""
+        if put:
+            where = self.server.models.learn(body, label, user)
+            log.info("learned one message as %s into %s (user %s)", label, where, user or "-")
+            answer += b"DidSet: local\r\n"
+        self._send(PROTO + b" 0 EX_OK\r\n" + answer + b"\r\n")
 
 
 def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
                         scale: float) -> bytes:
     """``marked`` (nnspam filter's output) with SpamAssassin's ``X-Spam-Flag: YES`` (spam
-    only) and ``X-Spam-Status`` fields added, any earlier ones (forged or from another
-    filter) removed: what spamass-milter copies into the message and rejects on
-    (``serve.spamassassin_headers``). Scores use the ``Spam:`` line's mapping."""
-    spam = is_spam(spamicity, threshold)
-    status = (f"{'Yes' if spam else 'No'}, score={scale * spamicity:.1f} "
-              f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
-              f"autolearn=no version=nnspam-{__version__}")
-    fields = ([("X-Spam-Flag", "YES")] if spam else []) + [("X-Spam-Status", status)]
-    return set_header_fields(marked, fields, SA_FIELDS)
+    only), ``X-Spam-Status`` and ``X-Spam-Level`` fields
+    (:func:`nnspam.services.pipefilter.spamassassin_fields`, the one definition) added,
+    any earlier ones (forged or from another filter) removed: what spamass-milter copies
+    into the message and rejects on (``serve.spamassassin_headers``). Scores use the
+    ``Spam:`` line's mapping."""
+    return set_header_fields(marked, sa_fields(spamicity, threshold, scale), SA_FIELDS)
 
 
 def _head_of(raw: bytes) -> bytes:
@@ -330,8 +371,14 @@ def _head_of(raw: bytes) -> bytes:
     return raw[:ends[0]]
 
 
-def _report(sp: float | None, threshold: float, scale: float) -> bytes:
+def _report(sp: float | None, threshold: float, scale: float,
+            words: TopWords | None = None, unsure: tuple[float, float] | None = None) -> bytes:
+    """REPORT's text: one summary line, then SpamAssassin's table of the verdict (as
+    SYMBOLS names it) and the words that moved it
+    (:func:`nnspam.services.explanation.report_table`)."""
     if sp is None:
         return b"nnspam: message not classified\r\n"
+    rule = verdict_symbol(sp, threshold, unsure)
     return (f"nnspam neural network: spamicity {sp:.3f}, threshold {threshold:.3f} "
-            f"(score {scale * sp:.1f} / {scale * threshold:.1f})\r\n").encode()
+            f"(score {scale * sp:.1f} / {scale * threshold:.1f})\r\n\r\n"
+            + report_table(sp, threshold, scale, rule, words)).encode("ascii", "replace")

@@ -5,10 +5,14 @@ name before ``:2,``), and also holds the Message-ID, size and SHA-256 of the
 (immutable) file. It records the verdict and where the message is meant to
 be (``place``):
 
-``inbox``   classified ham (or skipped), left in the inbox;
-``moving``  classified spam, the move to Junk is about to happen (written
-            *before* the rename, so a crash between the two is finished on
-            restart without scoring again);
+``inbox``   classified ham (or skipped, or unsure without an unsure folder), left
+            in the inbox;
+``moving``  classified spam (or unsure), the move to Junk (or to
+            ``daemon.unsure_folder``) is about to happen (written *before* the
+            rename, so a crash between the two is finished on restart without
+            scoring again);
+``unsure``  in the unsure folder, put there by the daemon: moved on by the user
+            into Junk it is spam, into the inbox ham;
 ``junk``    in the Junk folder: put there by the daemon (``origin`` =
             ``daemon``), by the user (``user``, a correction), or already there
             when the daemon first ran (``existing``);
@@ -38,7 +42,7 @@ from pathlib import Path
 
 __all__ = ["State", "Record", "PLACES"]
 
-PLACES = ("inbox", "moving", "junk", "gone")
+PLACES = ("inbox", "moving", "junk", "gone", "unsure")  # unsure: in daemon.unsure_folder
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (

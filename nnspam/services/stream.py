@@ -127,7 +127,7 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
         verdict = verdict_of(sp, t)  # the one rule (judge_tokens also gives the logit)
         learn = feedback == "all" or (feedback == "errors" and verdict != judge)
         if learn:
-            correct(model, [toks], judge, rule, adaptive_inputs=adaptive)
+            correct(model, [toks], judge, rule, adaptive_inputs=adaptive, source="stream")
         else:
             observe(model, [toks], adaptive_inputs=adaptive)
         yield Step(path, judge, sp, score, verdict, learn)

@@ -218,4 +218,5 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     # Nothing was created above this line; from_config opens (creates) the state file
     # only after it has read and converted every setting.
     return SmsStore(maildir, Sorter.from_config(cfg, m, lambda: State(state_path),
-                                                model_name=name, stamp=stamp))
+                                                model_name=name, stamp=stamp,
+                                                source="dashboard"))

@@ -14,11 +14,12 @@ The auth token comes from ``TWILIO_AUTH_TOKEN`` in the environment or the
 ``.env`` file named by ``sms.env_file`` (:mod:`nnspam.front.sms.env`), never from the
 config file.
 
-Flask and twilio are imported only here (the ``sms`` extra), never on the
-filter or daemon path. Run with ``nnspam sms serve`` (waitress) or any WSGI
-server: ``gunicorn 'nnspam.front.sms.webhook:app_from_environment()'``.
-:func:`serve` is ``nnspam sms serve``: it checks every setting and binds the
-address before it creates anything (:class:`StartupError` otherwise).
+Flask and twilio are imported only here and in the dashboard
+(:mod:`nnspam.front.dashboard`; the ``sms`` extra), never on the filter or daemon
+path. Run with ``nnspam sms serve`` (waitress) or any WSGI server: ``gunicorn
+'nnspam.front.sms.webhook:app_from_environment()'``. :func:`serve` is ``nnspam sms
+serve``, and without the webhook ``nnspam dashboard``: it checks every setting and
+binds the address before it creates anything (:class:`StartupError` otherwise).
 """
 
 from __future__ import annotations
@@ -56,16 +57,21 @@ def required_auth_token(config: dict[str, Any]) -> str:
     return token
 
 
-def create_app(config: dict[str, Any], store: Any = None, auth_token: str | None = None):
-    """The Flask app for a loaded nnspam config.
+def create_app(config: dict[str, Any], store: Any = None, auth_token: str | None = None,
+               email: Any = None):
+    """The Flask app for a loaded nnspam config: the dashboard
+    (:func:`nnspam.front.dashboard.app.create_app`: SMS and email pages) and ``POST /sms``.
 
-    ``store`` (an :class:`~nnspam.front.sms.store.SmsStore`) and ``auth_token`` are
-    normally built from the config and environment; tests may pass them.
-    Raises :class:`StartupError` (a RuntimeError) when there is no auth
-    token (:func:`required_auth_token`), before the store is opened.
+    ``store`` (an :class:`~nnspam.front.sms.store.SmsStore`), ``auth_token`` and
+    ``email`` (the dashboard's email side) are normally built from the config and
+    environment; tests may pass them. Raises :class:`StartupError` (a RuntimeError)
+    when there is no auth token (:func:`required_auth_token`), before the store is
+    opened.
     """
-    from flask import Flask, Response, request
+    from flask import Response, request
     from twilio.request_validator import RequestValidator
+
+    from nnspam.front.dashboard.app import create_app as dashboard_app
 
     s = config["sms"]
     token = auth_token or required_auth_token(config)
@@ -76,13 +82,9 @@ def create_app(config: dict[str, Any], store: Any = None, auth_token: str | None
     validator = RequestValidator(token)
     public_url = s.get("public_url") or None
 
-    app = Flask("nnspam.front.sms")
-    app.config["NNSPAM_SMS_STORE"] = store
-    # The dashboard (GET /, login, moves): its own login and CSRF checks,
-    # which POST /sms below does not go through (it has the signature check).
-    from nnspam.front.sms import dashboard
-
-    dashboard.configure(app, config)
+    # The dashboard (GET /, login, moves, the email pages): its own login and CSRF
+    # checks, which POST /sms below does not go through (it has the signature check).
+    app = dashboard_app(config, sms_store=store, email=email, name="nnspam.front.sms")
 
     @app.post("/sms")
     def sms_webhook() -> Any:
@@ -157,40 +159,61 @@ def listen_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.soc
 
 
 def serve(config: dict[str, Any], host: str, port: int, threads: int = 4,
-          model: str | None = None) -> int:
-    """``nnspam sms serve``: serve the webhook and dashboard until stopped.
+          model: str | None = None, *, sms: bool = True, email_model: str | None = None) -> int:
+    """``nnspam sms serve``: serve the webhook and the dashboard until stopped; with
+    ``sms=False`` ``nnspam dashboard``: the dashboard alone, without Twilio.
 
     The order is the point: refuse first, then create. Every setting the
     server needs is checked before anything exists on disk: the auth token
-    (:func:`required_auth_token`), the address, bound now
-    (:func:`listen_sockets`), the model and the other store settings
-    (:func:`~nnspam.front.sms.store.open_store` checks them before it creates
-    ``sms.state`` and ``sms.maildir``). A server that cannot start raises
-    :class:`StartupError` (or the model's or config's own error) and leaves
-    nothing behind. Serves with waitress, else Flask's development server.
+    (:func:`required_auth_token`; without ``sms``: the dashboard's password hash,
+    since a dashboard without one only answers 403), the address, bound now
+    (:func:`listen_sockets`), the email side (the daemon's maildirs and state, and
+    the email model ``email_model`` or ``model:``, loaded:
+    :func:`~nnspam.front.dashboard.email_side.open_email_side`, which creates nothing),
+    the SMS model and the other store settings (:func:`~nnspam.front.sms.store.open_store`
+    checks them before it creates ``sms.state`` and ``sms.maildir``). A server that
+    cannot start raises :class:`StartupError` (or the model's or config's own error) and
+    leaves nothing behind. Without the daemon's maildirs or state it serves, and the
+    email page says what is missing. Serves with waitress, else Flask's development
+    server.
     """
-    from nnspam.front.sms.store import open_store
     from nnspam.model.correct import CorrectionError
 
     try:
         import flask  # noqa: F401
-        import twilio  # noqa: F401
+        if sms:
+            import twilio  # noqa: F401
     except ImportError as exc:
         raise StartupError(f"the sms extra is not installed ({exc.name}): "
                            "pip install 'nnspam[sms]'") from None
-    token = required_auth_token(config)
+    token = required_auth_token(config) if sms else None
+    if not sms and not (config["sms"].get("dashboard") or {}).get("password_hash"):
+        raise StartupError("the dashboard has no password: make a hash with nnspam sms "
+                           "hash-password and set sms.dashboard.password_hash in the config")
     try:
         from waitress import serve as waitress_serve
     except ImportError:
         waitress_serve = None
     socks = listen_sockets(host, port)
-    store = None
+    store = email = None
     try:
+        from nnspam.front.dashboard.app import create_app as dashboard_app
+        from nnspam.front.dashboard.email_side import EmailSide, open_email_side
+
         try:
-            store = open_store(config, model=model)
+            email = open_email_side(config, email_model)
+            if not isinstance(email, EmailSide):
+                log.warning("dashboard: no email pages: %s", email.reason)
+            if sms:
+                from nnspam.front.sms.store import open_store
+
+                store = open_store(config, model=model)
         except CorrectionError as exc:
             raise StartupError(str(exc)) from None
-        app = create_app(config, store=store, auth_token=token)
+        if sms:
+            app = create_app(config, store=store, auth_token=token, email=email)
+        else:
+            app = dashboard_app(config, email=email)
         if waitress_serve is not None:
             waitress_serve(app, sockets=socks, threads=threads)
         else:
@@ -204,4 +227,6 @@ def serve(config: dict[str, Any], host: str, port: int, threads: int = 4,
             sock.close()
         if store is not None:
             store.close()
+        if isinstance(email, EmailSide):
+            email.close()
     return 0
