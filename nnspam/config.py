@@ -131,7 +131,8 @@ DEFAULTS: dict[str, Any] = {
         "to": None,  # the Twilio number whose inbound SMS the poller lists (+E.164)
         "poll_interval": 60,  # seconds between polls; doubled on errors, up to 3600
         "cursor": "~/.local/state/nnspam/sms-poll.cursor",  # poller: date_sent_after
-        # The dashboard (GET / of nnspam sms serve): closed (403) without a password hash.
+        # The dashboard, email and SMS (nnspam sms serve, nnspam dashboard): closed (403)
+        # without a password hash.
         "dashboard": {"password_hash": None, "page_size": 25},
     },
     # The pipe filter (nnspam filter).
@@ -150,7 +151,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
-    # TELL, the SMS dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
+    # TELL, the dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
     "learn": {
         "optimizer": "sgd",  # network steps: sgd (plain, no state) | adam (the network's own)
         "learning_rate": 0.003,  # network step size; null = the network's learning_rate

@@ -1,7 +1,11 @@
 """The SMS dashboard in a real browser: headless Chromium driven by Selenium.
 
 The app is served by werkzeug on 127.0.0.1 (a free port) in a thread, over a
-test SMS maildir filed by a writable copy of the shipped SMS model.
+test SMS maildir filed by a writable copy of the shipped SMS model; for the email
+pages, over a maildir of SpamAssassin messages filed by the daemon's Sorter with a
+writable copy of the shipped email model. The email test saves the README's
+screenshot, ``docs/dashboard-email.png`` (fixed window size, decision times and plot
+date, so it changes only when the page does).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium``
 package (the dev extra). Without them the tests skip, unless CI is set: then
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from test_dashboard import HAM, HAM2, HOSTILE, HOSTILE_FROM, PASSWORD, SPAM, SPAM2, fill, make
+
+from conftest import needs_corpora
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -208,4 +214,112 @@ def test_hostile_content_is_shown_as_text_and_never_runs(served, browser):
     assert HOSTILE_FROM in froms
     assert browser.find_elements(By.TAG_NAME, "script") == []
     assert browser.find_elements(By.TAG_NAME, "img") == []
+    assert no_alert(browser)
+
+
+# -- the email pages -------------------------------------------------------------------------
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard-email.png"
+
+
+@pytest.fixture
+def served_email(tmp_path, sa_corpus):
+    """(base URL, Mail) for the dashboard without SMS (``nnspam dashboard``) over a maildir
+    of SpamAssassin messages filed by the daemon's Sorter, decided over two weeks before
+    the plot's fixed "now", and three of them moved by the user as in a mail client."""
+    from test_dashboard_email import NOW, build, make_app
+    from werkzeug.serving import make_server
+
+    from nnspam.model.core import Model
+    from nnspam.services.sorter import Sorter
+    from nnspam.services.state import State
+
+    mail = build(tmp_path, sa_corpus, n_ham=20, n_spam=12, spread=36000.0)
+    daemon = Sorter.from_config(mail.cfg, Model.load(mail.model), State(mail.state),
+                                model_name=mail.model)
+    from nnspam.mail import maildir as md
+
+    for i, (uniq, to) in enumerate(((mail.ham[3], "junk"), (mail.ham[9], "junk"),
+                                    (mail.spam[4], "inbox"))):
+        where, src = mail.where(uniq)
+        if to == "junk":
+            daemon.handle_junk(mail.maildir, md.move(src, mail.maildir / ".Junk" / "cur"))
+        else:
+            daemon.handle_inbox_cur(mail.maildir, md.move(src, mail.maildir / "cur",
+                                                          name=src.name + ":2,"))
+        daemon.state.db.execute("UPDATE corrections SET at=? WHERE uniq=?",
+                                (NOW - 86400 * (2 + 4 * i), uniq))
+    daemon.checkpoint()
+    daemon.state.close()
+    app, side = make_app(mail)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", mail
+    finally:
+        server.shutdown()
+        thread.join(10)
+        side.close()
+
+
+def email_row(driver, uniq: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'#decisions tr.email[data-uniq="{uniq}"]')
+
+
+@needs_corpora
+def test_spam_on_a_ham_email_moves_it_to_junk_and_records_the_correction(
+        served_email, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    base, mail = served_email
+    log_in(browser, base)
+    assert browser.current_url.endswith("/email/")
+    assert browser.find_element(By.CSS_SELECTOR, "#plot svg.plot").is_displayed()
+    uniq = mail.ham[-1]  # the newest ham: in the inbox, never corrected
+    row = email_row(browser, uniq)
+    assert row.get_attribute("data-where") == "inbox"
+    assert row.find_element(By.CSS_SELECTOR, "td.where").text == "Inbox"
+    button = row.find_element(By.CSS_SELECTOR, "button.spam")
+    assert button.text == "Spam"
+    click_and_wait(browser, button)
+    assert "learned it as spam" in browser.find_element(By.CSS_SELECTOR, ".flash").text
+    row = email_row(browser, uniq)
+    assert row.get_attribute("data-where") == "junk"
+    assert "corrected: spam" in row.find_element(By.CSS_SELECTOR, "td.verdict").text
+    where, path = mail.where(uniq)
+    assert where == "junk" and path.parent.parent == mail.maildir / ".Junk"
+    rec = mail.record(uniq)
+    assert (rec.place, rec.learned) == ("junk", "spam")
+    assert mail.corrections()[-1] == (uniq, "spam", str(path))
+    assert no_alert(browser)
+    # The screenshot for the README: a fixed window, fixed decision times and plot "now".
+    browser.set_window_size(1280, 1500)
+    browser.get(base + "/email/")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10000
+    out = Path(os.environ.get("NNSPAM_TEST_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SCREENSHOT, out / "dashboard-email.png")
+
+
+@needs_corpora
+def test_the_message_view_shows_the_words_and_the_text_as_text(served_email, browser):
+    from selenium.webdriver.common.by import By
+
+    base, mail = served_email
+    log_in(browser, base)
+    uniq = mail.spam[-1]  # the newest spam: on the first page
+    link = email_row(browser, uniq).find_element(By.CSS_SELECTOR, "td.subject a")
+    click_and_wait(browser, link)
+    assert browser.find_element(By.ID, "message").get_attribute("data-uniq") == uniq
+    words = browser.find_elements(By.CSS_SELECTOR, "#explanation tr.word")
+    assert 0 < len(words) <= 15
+    deltas = [w.find_element(By.CSS_SELECTOR, "td.delta").text for w in words]
+    assert all(d[0] in "+-" for d in deltas)
+    assert browser.find_element(By.CSS_SELECTOR, "pre.body").text.strip()
+    assert browser.find_elements(By.TAG_NAME, "script") == []
     assert no_alert(browser)

@@ -182,7 +182,7 @@ def test_no_import_cycle():
 @pytest.mark.parametrize("entry", [
     "nnspam.model.correct", "nnspam.services.daemon", "nnspam.services.server",
     "nnspam.services.sorter", "nnspam.services.pipefilter", "nnspam.front.sms.store",
-    "nnspam.front.sms.webhook", "nnspam.front.sms.dashboard", "nnspam.front.sms.poller"])
+    "nnspam.front.sms.webhook", "nnspam.front.dashboard.app", "nnspam.front.sms.poller"])
 def test_serving_paths_never_reach_the_batch_trainer(entry):
     """The correction routine, the daemon, the server and SMS learn through
     ``nnspam.model.correct``; none of them needs the batch trainer or the corpus readers."""

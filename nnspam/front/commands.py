@@ -583,6 +583,23 @@ def cmd_sms_serve(args: argparse.Namespace) -> int:
         return die(str(exc))
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard alone, without the Twilio webhook (nnspam.front.sms.webhook.serve
+    with sms=False: password, address and email model checked before anything starts)."""
+    import logging
+
+    from nnspam.front.sms.webhook import StartupError, serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nnspam-dashboard %(levelname)s %(message)s")
+    cfg = _config(args)
+    try:
+        return serve(cfg, args.host, args.port, threads=args.threads, sms=False,
+                     email_model=args.model)
+    except StartupError as exc:
+        return die(str(exc))
+
+
 def cmd_sms_hash_password(args: argparse.Namespace) -> int:
     """Print a salted hash of a dashboard password for sms.dashboard.password_hash."""
     try:

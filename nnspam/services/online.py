@@ -156,7 +156,10 @@ def online_settings(config: dict[str, Any] | None = None, kind: str = "email") -
     from nnspam.model.correct import CorrectionError, rule_from_config
 
     try:
-        rules = {start: asdict(rule_from_config(cfg, untrained=start == "untrained"))
+        # journal 0: the TREC protocol never takes a lesson back, and its state is saved
+        # after every message (a journal would add its writing to each save)
+        rules = {start: asdict(rule_from_config(cfg, untrained=start == "untrained")
+                               .with_(journal=0))
                  for start in ("trained", "untrained")}
     except CorrectionError as exc:
         raise ValueError(str(exc)) from None

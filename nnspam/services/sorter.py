@@ -35,6 +35,7 @@ Delivered messages are never modified: they are only read and renamed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -64,6 +65,18 @@ MOVE_WINDOW = 120.0
 
 _MSGID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _state_locked(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a Sorter handler under its state file's lock (:meth:`State.locked`): two
+    processes acting on one maildir (the daemon, and the dashboard's buttons, which move
+    a file and run the handler the daemon runs for that move) read and write a record one
+    at a time, so one move is recorded and learned once, not by both."""
+    @functools.wraps(handler)
+    def run(self: Sorter, *args: Any, **kw: Any) -> Any:
+        with self.state.locked():
+            return handler(self, *args, **kw)
+    return run
 
 
 def message_id_of(data: bytes) -> str:
@@ -351,9 +364,11 @@ class Sorter:
         return maildir, key, uniq, self.state.get(key, uniq)
 
     # -- a message in inbox new/ --------------------------------------------
+    @_state_locked
     def handle_new(self, maildir: Path, path: Path) -> str:
         """Classify and file one message of the inbox. Returns what was done:
-        ``known`` (already decided), ``ham``, ``spam``, ``skipped``,
+        ``known`` (already decided), ``ham``, ``spam``, ``unsure`` (in the unsure band;
+        filed into ``daemon.unsure_folder`` when set), ``skipped``,
         ``vanished``, ``resumed`` (a move interrupted by a crash finished) or
         ``corrected`` (a Junk message the user moved back: learned as ham)."""
         maildir, key, uniq, rec = self._lookup(maildir, path)
@@ -530,6 +545,7 @@ class Sorter:
         return None
 
     # -- a message that left Junk ---------------------------------------------
+    @_state_locked
     def handle_junk_gone(self, maildir: Path, path: Path, at: float | None = None) -> str:
         """A file that left the Junk folder at ``at`` (deleted, expunged or moved
         away; default: now). Returns ``gone`` when it was a message recorded in
@@ -546,6 +562,7 @@ class Sorter:
                  rec.message_id or "-")
         return "gone"
 
+    @_state_locked
     def sweep_junk(self, maildir: Path) -> int:
         """Record as ``gone`` (now) every message recorded in Junk whose file is
         not there any more: goings the watcher did not report (the daemon was
@@ -574,6 +591,7 @@ class Sorter:
         return "corrected"
 
     # -- a message in inbox cur/ ---------------------------------------------
+    @_state_locked
     def handle_inbox_cur(self, maildir: Path, path: Path) -> str:
         """A message in the inbox's ``cur/``: a Junk message moved back is
         learned as ham; anything else is left alone (``cur/`` is read mail)."""
@@ -593,6 +611,7 @@ class Sorter:
         return self._correct_ham(maildir, key, uniq, path, msg)
 
     # -- a message in Junk ---------------------------------------------------
+    @_state_locked
     def handle_junk(self, maildir: Path, path: Path) -> str:
         """A message in the Junk folder. Returns ``known`` (the daemon put it
         there, or it was already learned), ``corrected`` (learned as spam) or

@@ -33,8 +33,11 @@ message it moved for a correction.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,9 +111,44 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._lock = threading.RLock()  # see locked()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the state file's lock: an exclusive ``flock`` on ``<state file>.lock``,
+        re-entrant within this State (a thread lock and a depth; the ``flock`` is taken
+        on the way in and dropped on the way out of the outermost level).
+
+        Why: another process may act on the same maildirs and state beside the daemon
+        (the dashboard's "Spam" and "Not spam" move a file and then run the Sorter's
+        handler, as the daemon does when it sees the move). Reading the record and
+        writing it back are apart by the time a correction takes to learn, so both
+        processes read "not corrected yet" and both learned the one move. The Sorter's
+        handlers run under this lock (:mod:`nnspam.services.sorter`), and the dashboard
+        holds it from before its rename until its handler has recorded the move: the
+        daemon's handler, woken by the rename, then finds the move recorded."""
+        with self._lock:
+            if self._lock_depth == 0:
+                fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    fd, self._lock_fd = self._lock_fd, None
+                    os.close(fd)  # releases the flock
 
     # -- maildirs ---------------------------------------------------------
     def known_maildir(self, maildir: str) -> bool:

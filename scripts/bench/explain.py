@@ -27,7 +27,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -40,28 +39,8 @@ from nnspam.model.core import Model  # noqa: E402
 from nnspam.model.explain import explain  # noqa: E402
 from nnspam.services import pipefilter  # noqa: E402
 
-
-def find_corpus(given: str | None, tmp: str) -> Path:
-    if given:
-        return Path(given)
-    unpacked = Path("/tmp/corpus/spamassassin")
-    if unpacked.is_dir():
-        return unpacked
-    tar = ROOT.parent / "shared" / "corpora" / "spamassassin.tar.xz"
-    if not tar.is_file():
-        sys.exit("no corpus: give --corpus DIR")
-    with tarfile.open(tar) as t:
-        t.extractall(tmp, filter="data")
-    return Path(tmp) / "spamassassin"
-
-
-def pick(corpus: Path, n: int) -> list[Path]:
-    out: list[Path] = []
-    for part, k in (("easy_ham", n - n // 2), ("spam", n // 2)):
-        files = sorted(p for p in (corpus / part).iterdir() if p.is_file())
-        step = max(1, len(files) // k)
-        out += files[::step][:k]
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from filter_startup import find_corpus, pick  # noqa: E402  (the same corpus and sample)
 
 
 def ms(xs: list[float]) -> str:

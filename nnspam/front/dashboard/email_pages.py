@@ -43,7 +43,7 @@ from markupsafe import Markup
 from nnspam.front.dashboard.plot import COLOURS, daily_svg
 from nnspam.front.dashboard.web import page_number, protect
 
-__all__ = ["bp", "PLOT_DAYS"]
+__all__ = ["bp", "PLOT_DAYS", "folder_label", "signed"]
 
 #: Days shown in the plot (today and the days before it, UTC).
 PLOT_DAYS = 14
@@ -80,6 +80,13 @@ def folder_label(side: Any, where: str) -> str:
     return {"inbox": "Inbox", "gone": "gone"}.get(where, where)
 
 
+def signed(x: float) -> str:
+    """A word's change of the spamicity as the message view shows it: four decimals, or
+    two significant digits when that would read +0.0000 (most mail scores so near 0 or
+    1 that no one word moves it by 0.00005; the log-odds column says how much it moves)."""
+    return f"{x:+.4f}" if x == 0 or abs(x) >= 0.00005 else f"{x:+.1e}"
+
+
 def _not_learned_why(side: Any) -> str:
     if side.readonly:
         return (f"not learned: the model {side.model_name} is the shipped, read-only model. "
@@ -100,7 +107,7 @@ def index() -> Any:
     rows = side.listing(limit=size + 1, offset=(page - 1) * size)
     days = side.days(PLOT_DAYS)
     return render_template("dashboard/email.html", side=side, rows=rows[:size],
-                           more=len(rows) > size, page=page, days=days,
+                           more=len(rows) > size, page=page, days=days, total=side.count(),
                            plot=Markup(daily_svg(days)), colours=COLOURS,
                            folder_label=folder_label, not_learned=_not_learned_why(side))
 
@@ -114,7 +121,8 @@ def message() -> Any:
         abort(404)
     return render_template("dashboard/email_message.html", side=side, view=view,
                            row=view.row, page=page_number(request.args.get("page")),
-                           folder_label=folder_label, not_learned=_not_learned_why(side))
+                           folder_label=folder_label, not_learned=_not_learned_why(side),
+                           signed=signed)
 
 
 def _back(box: int, uniq: str) -> Any:

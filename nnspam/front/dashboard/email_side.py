@@ -139,6 +139,8 @@ def _summary(path: Path | None) -> tuple[str, str]:
 class EmailSide:
     """The daemon's maildirs and state, and a Sorter like the daemon's on them."""
 
+    clock = staticmethod(time.time)  # "today" of the plot (tests fix it)
+
     def __init__(self, maildirs: list[Path], sorter: Any, model_name: str) -> None:
         self.maildirs = [Path(m) for m in maildirs]
         self.sorter = sorter
@@ -166,14 +168,14 @@ class EmailSide:
             self.state.close()
 
     # -- the list -------------------------------------------------------------------
-    def _where(self) -> tuple[str, tuple[Any, ...]]:
+    def _filter(self) -> tuple[str, tuple[Any, ...]]:
         marks = ",".join("?" * len(self.keys))
         # "existing": what was in Junk before the daemon first ran; not its decisions.
         return f"maildir IN ({marks}) AND origin != 'existing'", tuple(self.keys)
 
     def count(self) -> int:
         """How many decisions there are to list."""
-        where, args = self._where()
+        where, args = self._filter()
         with self.lock:
             return int(self.db.execute(f"SELECT COUNT(*) FROM messages WHERE {where}",
                                        args).fetchone()[0])
@@ -187,7 +189,7 @@ class EmailSide:
     def listing(self, limit: int = 25, offset: int = 0) -> list[EmailRow]:
         """Decisions newest first (by when the daemon decided), ``limit`` from
         ``offset``."""
-        where, args = self._where()
+        where, args = self._filter()
         with self.lock:
             rows = self.db.execute(
                 f"SELECT {_COLS} FROM messages WHERE {where} "
@@ -302,7 +304,7 @@ class EmailSide:
         """The last ``n`` UTC days up to today (``now``), oldest first: the daemon's
         verdicts (spam, ham, unsure; by when it decided) and the corrections recorded
         (a user's move, the dashboard's buttons)."""
-        today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+        today = datetime.fromtimestamp(self.clock() if now is None else now, UTC).date()
         first = today - timedelta(days=max(int(n), 1) - 1)
         out = {(first + timedelta(days=i)).isoformat(): Day((first + timedelta(days=i))
                                                              .isoformat())

@@ -9,14 +9,15 @@ inbox's ``cur/``). So the correction is recorded in the state and learned by the
 correction routine exactly as a move in a mail client would be, and the model is saved
 at once (through the one model writer, :mod:`nnspam.model.writer`).
 
-Flask-free, and it takes no lock itself: the caller holds the lock that serialises its
-Sorter (the SMS store's, the email side's).
+Flask-free. The caller holds the thread lock that serialises its Sorter (the SMS
+store's, the email side's); the state file's lock below is the one between processes.
 
-A daemon watching the same maildir sees the rename too. Whichever of the two records
-the move first makes the other answer ``known``. If both read the record before either
-wrote it (while the first one learns: milliseconds), both learn it; the second lesson
-finds the message past its margin already, which with the default rule (``learn.passes:
-0``) changes nothing, and the state holds two correction rows for the one move.
+A daemon watching the same maildir sees the rename too, and runs the same handler for
+it. The move is made under the state file's lock (:meth:`nnspam.services.state.State.locked`),
+held from before the rename until the handler has recorded it; the Sorter's handlers
+take that lock too, so the daemon's handler waits and then finds the move recorded
+(``known``): one move is one correction, learned once. (Without the lock both read the
+record before either wrote it, and both learned the move.)
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ def move_message(sorter: Any, maildir: Path, uniq: str, to: str) -> Moved:
     """
     if to not in TARGETS:
         raise ValueError(f"unknown folder {to!r}")
-    maildir = Path(maildir)
+    with sorter.state.locked():  # see the module docstring
+        return _move(sorter, Path(maildir), uniq, to)
+
+
+def _move(sorter: Any, maildir: Path, uniq: str, to: str) -> Moved:
     junk = md.ensure_folder(maildir, sorter.junk)
     found = locate(sorter, maildir, uniq)
     if found is None:
