@@ -194,6 +194,10 @@ DEFAULTS: dict[str, Any] = {
     # Prometheus metrics of nnspam serve and nnspam daemon at http://HOST:PORT/metrics
     # (nnspam/services/metrics.py; --metrics HOST:PORT replaces it); null = off.
     "metrics": None,
+    # A fleet's model store: redis://HOST:PORT/DB. nnspam serve keeps the site and
+    # per-user models there and learns TELLs through one learner; nnspam learn sends
+    # its corrections there (nnspam/services/fleet.py). null = models on disk.
+    "store": None,
     # Online learning, the TREC protocol (nnspam/services/online.py, scripts/trec/):
     # every message is classified, then learned with its true label.
     "online": {
@@ -525,6 +529,10 @@ SCHEMA: dict[str, Any] = {
     # As serve.listen, and a host is required (nnspam.services.metrics.address).
     "metrics": Spec("null or IP:PORT with a port 0..65535, e.g. 127.0.0.1:9183",
                     lambda v: v is None or (_is_listen(v) and not v.startswith(":"))),
+    # As nnspam.services.store.check_url (which the server applies too).
+    "store": Spec("null or a URL redis://HOST:PORT/DB",
+                  lambda v: v is None or (isinstance(v, str) and v.startswith(
+                      ("redis://", "rediss://", "unix://")))),
     "online": {
         "inputs": _num(1, integer=True, null=True),  # null: wordlist.size
         "epochs": _COUNT,

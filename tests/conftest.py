@@ -30,7 +30,8 @@ needs_corpora = pytest.mark.skipif(
 PACKAGES = {"procmail": "procmail", "maildrop": "maildrop", "maildirmake": "maildrop",
             "sieve-test": "dovecot-sieve", "sievec": "dovecot-sieve", "setpriv": "util-linux",
             "flock": "util-linux", "spamc": "spamc", "exim": "exim4-daemon-heavy",
-            "systemd-analyze": "systemd", "prometheus": "prometheus"}
+            "systemd-analyze": "systemd", "prometheus": "prometheus",
+            "redis-server": "redis-server"}
 
 
 def need(program: str) -> str:

@@ -128,11 +128,12 @@ def test_tfidf_rows_have_unit_length_and_use_ngrams():
     assert f"cash{NGRAM_JOIN}now" in ng[0] and len(ng[0]) == 5
     idf = idf_weights(words, ng)
     assert idf[3] > idf[0]  # "you" is rarer than "free"
-    X = Vectorizer(words, "tfidf", ngram=2, idf=idf).transform(docs)
+    X = Vectorizer(words, "tfidf", ngram=2, idf=idf).transform(docs).toarray()  # CSR
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-6)
     assert X[0, 2] > 0 and X[1, 0] == 0 and X[1, 3] == pytest.approx(1.0)
     # a word seen twice weighs (1 + log 2) times as much before the row is normalised
-    raw = Vectorizer(words, "tfidf", ngram=2, idf=np.ones(4, np.float32)).transform([docs[2]])
+    raw = Vectorizer(words, "tfidf", ngram=2,
+                     idf=np.ones(4, np.float32)).transform([docs[2]]).toarray()
     assert raw[0, 0] / raw[0, 1] == pytest.approx(1 + np.log(2), rel=1e-5)
 
 

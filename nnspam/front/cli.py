@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--balance", choices=("none", "dbb"), default="none",
                     help="dbb: oversample the minority class of the training part with "
                     "distribution-based synthetic examples before training")
+    sp.add_argument("--dask", metavar="ADDRESS", default=None,
+                    help="run tokenizing, word counts, feature blocks and the members on a "
+                    "Dask cluster: local (a local cluster, one worker per core), local:N, "
+                    "or a scheduler address such as tcp://host:8786 (the dask extra)")
     _add_bias(sp)
     sp.set_defaults(func=commands.cmd_train)
 
@@ -197,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--epochs", type=int, default=None,
                     help="network passes per message (config learn.passes, 3)")
+    sp.add_argument("--user", metavar="NAME",
+                    help="with a model store (config store:): learn into NAME's per-user "
+                    "model (serve.user_model) instead of the fleet's site model; with a "
+                    "store, corrections go to the fleet's learner and -m is not used")
     sp.set_defaults(func=commands.cmd_learn)
 
     sp = add("stream", "replay a mail history in order, learning as a user would",

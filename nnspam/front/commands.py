@@ -114,6 +114,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nnspam.mail.corpus import iter_messages
     from nnspam.services.training import train_model
 
+    if args.dask:  # a bad --dask value is told before the corpus is read
+        from nnspam.services.distributed import DistributedError, parse_address
+
+        try:
+            parse_address(args.dask)
+        except DistributedError as exc:
+            raise UsageError(str(exc)) from None
     cfg = _config(args)
     h, s, t = _bias(args, cfg)
     samples = _labelled_samples(args, "train")
@@ -152,12 +159,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     t0 = time.perf_counter()
     provenance = {"command": "nnspam " + " ".join(sys.argv[1:]) if sys.argv else ""}
-    model = train_model(
-        samples, kind, settings, wordlist=wordlist, ham_factor=h, spam_factor=s,
-        threshold=t, max_part_bytes=int(cfg["max_part_bytes"]),
-        progress=_progress_printer(show), provenance=provenance,
-        arch=args.arch, backend=args.backend, balance=args.balance, arch_settings=cfg["arch"],
-    )
+    kw = dict(wordlist=wordlist, ham_factor=h, spam_factor=s, threshold=t,
+              max_part_bytes=int(cfg["max_part_bytes"]), progress=_progress_printer(show),
+              provenance=provenance, arch=args.arch, backend=args.backend,
+              balance=args.balance, arch_settings=cfg["arch"])
+    if args.dask:
+        # the expensive parts on a Dask cluster (nnspam.services.distributed); same model
+        from nnspam.services.distributed import cluster, train_on_cluster
+
+        try:
+            with cluster(args.dask) as client:
+                model = train_on_cluster(client, samples, kind, settings, **kw)
+        except DistributedError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        model = train_model(samples, kind, settings, **kw)
     from nnspam.model.writer import replace_model
 
     replace_model(model, args.model)  # under the model writers' lock (nnspam.model.writer)
@@ -392,6 +408,17 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if args.epochs < 1:
             raise UsageError("--epochs must be at least 1")
         rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
+    if cfg.get("store"):  # a fleet's models (config store:): through its stream, one learner
+        from nnspam.services.fleet import learn_command
+
+        samples = list(iter_messages(args.paths))
+        if not samples:
+            return die("no messages found", 1)
+        return learn_command(cfg, [x.name for x in samples], [x.payload for x in samples],
+                             "forget" if args.forget else "spam" if args.spam else "ham",
+                             rule, args.user)
+    if args.user:
+        raise UsageError("--user needs a model store (config store:)")
     target = args.model or cfg["model"]
     if is_shipped(target):
         raise UsageError("the shipped default model is read-only: train your own with "

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from nnspam.learning.features import is_sparse, row_norms, stack_rows
 from nnspam.learning.network import (
     Learner,
     adam_block,
@@ -309,7 +310,9 @@ class MLP(Learner):
 
     # ------------------------------------------------------------------ internals
 
-    def _as_input(self, X: Any) -> np.ndarray:
+    def _as_input(self, X: Any) -> Any:
+        """Index rows (embedding) as intp; feature rows as float32, a SciPy sparse matrix
+        kept sparse (CSR: the first layer multiplies it in sparse form, batch by batch)."""
         if self.embedding is not None:
             X = np.asarray(X)
             if X.ndim != 2 or X.shape[1] != self.length:
@@ -317,7 +320,13 @@ class MLP(Learner):
             if X.size and (X.min() < 0 or X.max() > self.n_inputs):
                 raise ValueError(f"word indices must lie in [0, {self.n_inputs}]")
             return X.astype(np.intp, copy=False)
-        X = X.toarray() if hasattr(X, "toarray") else X
+        if is_sparse(X):
+            X = X.tocsr()
+            if X.dtype != np.float32:
+                X = X.astype(np.float32)
+            if len(X.shape) != 2 or X.shape[1] != self.n_inputs:
+                raise ValueError(f"X must have shape (m, {self.n_inputs}), got {X.shape}")
+            return X
         X = np.asarray(X, dtype=np.float32)
         if X.ndim == 1:
             X = X.reshape(1, -1)
@@ -325,8 +334,8 @@ class MLP(Learner):
             raise ValueError(f"X must have shape (m, {self.n_inputs}), got {X.shape}")
         return X
 
-    def _forward(self, params: dict[str, np.ndarray], X: np.ndarray,
-                 rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    def _forward(self, params: dict[str, np.ndarray], X: Any,
+                 rng: np.random.Generator | None = None) -> list[Any]:
         """Activations of every layer: [input, h1, ..., hk, output]; dropout masks (when
         training) are applied to the hidden activations in place and kept in ``_masks``."""
         a = params["W1"][X].reshape(X.shape[0], -1) if self.embedding is not None else X
@@ -371,7 +380,7 @@ class MLP(Learner):
             return None
         return np.asarray(self.class_weight, dtype=np.float32)[y]
 
-    def _run_epoch(self, X: np.ndarray, y: np.ndarray) -> float:
+    def _run_epoch(self, X: Any, y: np.ndarray) -> float:
         assert self._rng_shuffle is not None
         order = self._rng_shuffle.permutation(X.shape[0])
         total = 0.0
@@ -380,7 +389,7 @@ class MLP(Learner):
             total += self._step_batch(X[idx], y[idx]) * idx.size
         return total / max(1, X.shape[0])
 
-    def _step_batch(self, X: np.ndarray, y: np.ndarray) -> float:
+    def _step_batch(self, X: Any, y: np.ndarray) -> float:
         """Forward with dropout, backpropagation, one Adam step; returns the batch loss."""
         params = self.require_params()
         acts = self._forward(params, X, self._rng_dropout)
@@ -402,6 +411,8 @@ class MLP(Learner):
                 gW += self.l2 * params[w]
             grads[w] = gW
             grads[b] = dz.sum(axis=0)
+            if i == 1 and self.embedding is None:
+                break  # the inputs themselves: no gradient to pass on
             da = dz @ params[w].T
             if i > 1:
                 mask = masks[i - 2]
@@ -441,7 +452,7 @@ class MLP(Learner):
                 adam_block(p[sl], g[sl], m[k][sl], v[k][sl], tmp[: p[sl].shape[0]], lr_t,
                             eps_t)
 
-    def _evaluate(self, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    def _evaluate(self, X: Any, y: np.ndarray) -> tuple[float, float]:
         params = self.require_params()
         total, wrong = 0.0, 0
         for lo in range(0, X.shape[0], _PREDICT_BLOCK_ROWS):
@@ -474,6 +485,9 @@ def dbb_oversample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
 
     Only the training part may be balanced: the validation part and the test data keep
     their real class mix.  Returns the enlarged (X, y), synthetic rows appended.
+
+    A sparse X (CSR) gives a CSR result with the values of the dense computation, to the
+    bit, from the same random draws, without a dense copy of the minority rows.
     """
     y = np.asarray(y).astype(np.int64)
     n_spam = int(y.sum())
@@ -482,6 +496,9 @@ def dbb_oversample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
     need = abs(n_ham - n_spam)
     if need == 0 or min(n_ham, n_spam) == 0:
         return X, y
+    if is_sparse(X):
+        X_out = _dbb_sparse(X, y == minority, need, rng, renormalise)
+        return X_out, np.concatenate([y, np.full(need, minority, dtype=np.int64)])
     Xm = np.asarray(X[y == minority], dtype=np.float32)
     nz = Xm != 0
     cnt = nz.sum(axis=0)
@@ -502,3 +519,58 @@ def dbb_oversample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
     X_out = np.concatenate([np.asarray(X, dtype=np.float32), new])
     y_out = np.concatenate([y, np.full(need, minority, dtype=np.int64)])
     return X_out, y_out
+
+
+def _dbb_sparse(X: Any, is_minority: np.ndarray, need: int, rng: np.random.Generator,
+                renormalise: bool) -> Any:
+    """:func:`dbb_oversample` on a CSR matrix: ``need`` synthetic minority rows appended.
+
+    Every statistic is taken over the stored (non-zero) values in the order of the dense
+    code (column sums accumulate row after row, as NumPy sums a dense array down its
+    columns), and the normal draws are taken for the full (need, n) shape, a block of rows at
+    a time, so that the random stream and thus every synthetic value are those of the dense
+    version; only the draws at the chosen rows' non-zero columns are kept.
+    """
+    Xm = X.tocsr()[np.flatnonzero(is_minority)]
+    Xm = Xm.astype(np.float32) if Xm.dtype != np.float32 else Xm
+    Xm.sum_duplicates()
+    keep = Xm.data != 0
+    cols, vals = Xm.indices[keep], Xm.data[keep]
+    n = Xm.shape[1]
+    safe = np.maximum(np.bincount(cols, minlength=n), 1)
+    total = np.zeros(n, dtype=np.float32)
+    np.add.at(total, cols, vals)
+    mean = total / safe
+    sq = np.zeros(n, dtype=np.float64)
+    np.add.at(sq, cols, (vals - mean[cols]) ** 2)
+    std = np.sqrt(np.maximum(sq / safe, 0.0)).astype(np.float32)
+    big = np.finfo(np.float32).max
+    lo = np.full(n, big, dtype=np.float32)
+    np.minimum.at(lo, cols, vals)
+    hi = np.full(n, -big, dtype=np.float32)
+    np.maximum.at(hi, cols, vals)
+    base = Xm[rng.integers(0, Xm.shape[0], size=need)]
+    base.sum_duplicates()
+    row_of = np.repeat(np.arange(need), np.diff(base.indptr))
+    at = np.flatnonzero(base.data != 0)
+    row_at = row_of[at]  # ascending: CSR order
+    new_vals = np.empty(len(at), dtype=np.float32)
+    rows = max(1, (1 << 20) // max(1, n))  # draws of about 4 MB at a time
+    for a in range(0, need, rows):
+        b = min(need, a + rows)
+        z = rng.standard_normal((b - a, n), dtype=np.float32)
+        s0, s1 = np.searchsorted(row_at, [a, b])
+        c = base.indices[at[s0:s1]]
+        draw = mean[c] + std[c] * z[row_at[s0:s1] - a, c]
+        new_vals[s0:s1] = np.clip(draw, lo[c], hi[c])
+    indptr = np.zeros(need + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_at, minlength=need), out=indptr[1:])
+    indices = base.indices[at]
+    if renormalise:
+        norms = row_norms(indptr, indices, new_vals, n)
+        per_value = np.repeat(norms, np.diff(indptr))
+        np.divide(new_vals, per_value, out=new_vals, where=per_value > 0)
+    import scipy.sparse as sps
+
+    new = sps.csr_array((new_vals, indices, indptr), shape=(need, n))
+    return stack_rows([X.astype(np.float32) if X.dtype != np.float32 else X, new])

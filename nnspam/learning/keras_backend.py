@@ -141,8 +141,13 @@ def get_weights(model: Any, net: Network | MLP) -> dict[str, np.ndarray]:
     return out
 
 
-def predict(model: Any, X: np.ndarray) -> np.ndarray:
-    """Keras' own ``predict`` (the reference the NumPy forward pass is tested against)."""
+def predict(model: Any, X: Any) -> np.ndarray:
+    """Keras' own ``predict`` (the reference the NumPy forward pass is tested against).
+    A SciPy sparse X (the CSR features) is given to Keras as dense blocks of rows."""
+    if hasattr(X, "toarray"):
+        X = X.tocsr()
+        return np.concatenate([predict(model, X[lo:lo + 4096].toarray())
+                               for lo in range(0, max(X.shape[0], 1), 4096)])
     return np.asarray(model.predict(X, batch_size=1024, verbose=0))
 
 
@@ -202,7 +207,12 @@ def fit(
     keras = _keras()
     keras.utils.set_random_seed(net.seed)
     y = np.asarray(y).astype(np.int64).ravel()
+    # Keras gets dense arrays: the training features are CSR (Vectorizer.transform), and
+    # Keras' Dense and Dropout layers are not relied on to take SciPy input; this backend
+    # therefore still holds the dense (m, n) matrix, as before (the NumPy backend does not).
     X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    if X_val is not None and hasattr(X_val, "toarray"):
+        X_val = X_val.toarray()
     if X_val is None and split and net.validation_fraction > 0:
         rng_split = np.random.default_rng(np.random.SeedSequence(net.seed).spawn(4)[1])
         tr, va = stratified_split(y, net.validation_fraction, rng_split)

@@ -25,6 +25,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,11 @@ __all__ = [
     "select_frequent",
     "select_informative",
     "build",
+    "DocCounts",
+    "count_docs",
+    "from_counts",
+    "frequent_from_counts",
+    "informative_from_counts",
     "read_wordlist",
     "write_wordlist",
 ]
@@ -76,17 +82,66 @@ def is_noise(token: str) -> bool:
     return bool(_DOMAIN_RE.match(token))
 
 
+@dataclass
+class DocCounts:
+    """What choosing a word list needs of a corpus, and nothing more: per token, the
+    spam and ham messages that hold it and its total count in each class, and the
+    number of messages of each class. Counts of parts of a corpus add up (``a + b``) to
+    the counts of the whole, so shards counted apart (on a Dask cluster,
+    :mod:`nnspam.services.distributed`) give exactly the word list of one pass."""
+
+    df_spam: dict[str, int] = field(default_factory=dict)
+    df_ham: dict[str, int] = field(default_factory=dict)
+    total: dict[str, int] = field(default_factory=dict)  # every occurrence, both classes
+    total_spam: dict[str, int] = field(default_factory=dict)  # occurrences in spam (freq)
+    n_spam: int = 0
+    n_ham: int = 0
+
+    def __add__(self, other: DocCounts) -> DocCounts:
+        out = DocCounts(n_spam=self.n_spam + other.n_spam, n_ham=self.n_ham + other.n_ham)
+        for name in ("df_spam", "df_ham", "total", "total_spam"):
+            merged = dict(getattr(self, name))
+            for t, c in getattr(other, name).items():
+                merged[t] = merged.get(t, 0) + c
+            setattr(out, name, merged)
+        return out
+
+
+def count_docs(spam_docs: Iterable[Sequence[str]],
+               ham_docs: Iterable[Sequence[str]] = ()) -> DocCounts:
+    """The :class:`DocCounts` of tokenized spam and ham messages."""
+    out = DocCounts()
+    for docs, df, spam in ((spam_docs, out.df_spam, True), (ham_docs, out.df_ham, False)):
+        total, in_spam = out.total, out.total_spam
+        n = 0
+        for doc in docs:
+            n += 1
+            for t in set(doc):
+                df[t] = df.get(t, 0) + 1
+            for t in doc:
+                total[t] = total.get(t, 0) + 1
+                if spam:
+                    in_spam[t] = in_spam.get(t, 0) + 1
+        if spam:
+            out.n_spam = n
+        else:
+            out.n_ham = n
+    return out
+
+
 def select_frequent(
     spam_docs: Iterable[Sequence[str]], n: int
 ) -> list[tuple[int, str]]:
     """The original NNSpam list: the n most frequent words of the spam messages."""
+    return frequent_from_counts(count_docs(spam_docs), n)
+
+
+def frequent_from_counts(counts: DocCounts, n: int) -> list[tuple[int, str]]:
+    """:func:`select_frequent` from counts: the n most frequent spam words, without
+    stop words and noise, ties broken alphabetically."""
     stops = stop_words()
-    counts: dict[str, int] = {}
-    for doc in spam_docs:
-        for t in doc:
-            counts[t] = counts.get(t, 0) + 1
     ranked = sorted(
-        ((c, w) for w, c in counts.items() if w not in stops and not is_noise(w)),
+        ((c, w) for w, c in counts.total_spam.items() if w not in stops and not is_noise(w)),
         key=lambda cw: (-cw[0], cw[1]),
     )
     return ranked[:n]
@@ -112,16 +167,14 @@ def select_informative(
     Ties are broken by total count, then alphabetically, so a list is
     reproducible.
     """
-    df_spam: dict[str, int] = {}
-    df_ham: dict[str, int] = {}
-    total: dict[str, int] = {}
-    for docs, df in ((spam_docs, df_spam), (ham_docs, df_ham)):
-        for doc in docs:
-            for t in set(doc):
-                df[t] = df.get(t, 0) + 1
-            for t in doc:
-                total[t] = total.get(t, 0) + 1
-    n_s, n_h = len(spam_docs), len(ham_docs)
+    return informative_from_counts(count_docs(spam_docs, ham_docs), n, method, min_df)
+
+
+def informative_from_counts(counts: DocCounts, n: int, method: str = "ig",
+                            min_df: int = 3) -> list[tuple[int, str]]:
+    """:func:`select_informative` from counts (see there)."""
+    df_spam, df_ham, total = counts.df_spam, counts.df_ham, counts.total
+    n_s, n_h = counts.n_spam, counts.n_ham
     n_all = n_s + n_h
     if n_s == 0 or n_h == 0:
         raise WordListError("choosing words by information needs both spam and ham messages")
@@ -159,13 +212,24 @@ def build(
     min_df: int = 3,
 ) -> list[tuple[int, str]]:
     """Build a word list with the given method (``freq`` ignores ham)."""
+    if method != "freq" and not ham_docs:
+        if n < 1:
+            raise WordListError(f"word list size must be at least 1, not {n}")
+        raise WordListError(f"method {method!r} needs ham messages (--ham PATH)")
+    counts = count_docs(spam_docs, ham_docs if method != "freq" else ())
+    return from_counts(counts, n, method, min_df)
+
+
+def from_counts(counts: DocCounts, n: int, method: str, min_df: int = 3
+                ) -> list[tuple[int, str]]:
+    """:func:`build` from :class:`DocCounts` (of one pass, or summed over shards)."""
     if n < 1:
         raise WordListError(f"word list size must be at least 1, not {n}")
     if method == "freq":
-        return select_frequent(spam_docs, n)
-    if not ham_docs:
+        return frequent_from_counts(counts, n)
+    if not counts.n_ham:
         raise WordListError(f"method {method!r} needs ham messages (--ham PATH)")
-    return select_informative(spam_docs, ham_docs, n, method, min_df)
+    return informative_from_counts(counts, n, method, min_df)
 
 
 def _clean(word: str) -> str:

@@ -111,6 +111,14 @@ class ModelRegistry:
         self.users: OrderedDict[Path, ModelSlot] = OrderedDict()
         self.users_lock = threading.Lock()
 
+    def start_background(self) -> None:
+        """Hook run by each worker process when it starts serving: nothing for models on
+        disk (a ``stat`` per request finds new saves); a fleet's registry starts its
+        watcher and learner threads here (:mod:`nnspam.services.fleet`)."""
+
+    def stop_background(self) -> None:
+        """Hook run by each worker process when it stops serving (see start_background)."""
+
     def reload(self) -> None:
         """Load the site model again and forget the cached user models (SIGHUP)."""
         from nnspam.model.core import Model

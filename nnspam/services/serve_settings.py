@@ -38,6 +38,7 @@ class ServeSettings:
     user_cache: int = 16  # per-user models kept loaded per worker (LRU)
     spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
     rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), for TELL
+    store: str | None = None  # config store: the fleet's Redis (nnspam.services.fleet)
 
 
 def parse_listen(value: Any, what: str) -> tuple[str, int]:
@@ -149,9 +150,15 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
     user_model = s.get("user_model")
     if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
         raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
+    store = cfg.get("store")
+    if store is not None:
+        from nnspam.services.store import check_url
+
+        if (problem := check_url(store)) is not None:
+            raise ServerError(f"store {problem}")
     return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
                          _number(s, "max_size", int, 0),
                          _number(s, "timeout", float, 0, above=True),
                          _number(s, "score_scale", float, 0, above=True), n, maxc, user_model,
                          _number(s, "user_cache", int, 0, 16),
-                         bool(s.get("spamassassin_headers", False)), rule)
+                         bool(s.get("spamassassin_headers", False)), rule, store)

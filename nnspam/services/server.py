@@ -22,6 +22,10 @@ that dies is replaced. Every request costs one ``stat`` of the model's
 worker, or by ``nnspam learn``, is loaded on the next request, no signal
 needed. With ``workers: 1`` the supervisor serves by itself.
 
+A fleet (config ``store: redis://...``): the models live in Redis instead, and each
+worker runs a watcher and a learner thread (:mod:`nnspam.services.fleet`, started
+and stopped by the registry's ``start_background``/``stop_background`` hooks).
+
 Metrics (``--metrics HOST:PORT``, off by default): the supervisor serves Prometheus'
 ``/metrics`` with the sums of every worker, live or dead (:mod:`nnspam.services.metrics`,
 set up before the fork; reaped workers are marked dead there).
@@ -144,6 +148,10 @@ class Worker:
         for t in handlers:
             t.start()
         sel = _AcceptSelector([lst.sock for lst in self.listeners])
+        # the registry's threads of this process (a fleet's watcher and learner)
+        background = getattr(self.ctx.models, "start_background", None)
+        if background is not None:
+            background()
         try:
             while not self.stopping:
                 if self.watchdog is not None:
@@ -172,6 +180,8 @@ class Worker:
                 jobs.put(None)
             for t in handlers:
                 t.join()
+            if background is not None:
+                self.ctx.models.stop_background()
 
     def _handle_loop(self, jobs: queue.SimpleQueue, free: threading.Semaphore) -> None:
         while (job := jobs.get()) is not None:
@@ -231,7 +241,14 @@ def run_server(st: ServeSettings, metrics_at: tuple[str, int] | None = None) -> 
     # thread, 20 ms with two, load average 10). The forked workers inherit it.
     one_blas_thread()
     try:
-        models = ModelRegistry(st)
+        if st.store:  # a fleet: the models live in Redis (nnspam.services.fleet)
+            from nnspam.services.fleet import FleetRegistry
+
+            models: ModelRegistry = FleetRegistry(st)
+        else:
+            models = ModelRegistry(st)
+    except ServerError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
         raise ServerError(f"cannot load the model {st.filter.model}: {exc}") from None
     try:

@@ -46,7 +46,9 @@ after decompression, bad TELL class, ``Set: remote``), 76 EX_PROTOCOL (malformed
 request line or header, missing or wrong Content-length, truncated body), 77
 EX_NOPERM (TELL on the read-only shipped model),
 74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
-for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created).
+for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created), 75
+EX_TEMPFAIL (a TELL while the model store of a fleet is unreachable: ``store:``,
+:mod:`nnspam.services.fleet`).
 A client that says nothing for ``serve.timeout`` seconds is disconnected.
 """
 
@@ -70,7 +72,8 @@ from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Handler", "Context", "Models", "RequestError", "score_line", "spamassassin_fields",
            "PROTO", "CHUNK", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE",
-           "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR", "EX_PROTOCOL", "EX_NOPERM"]
+           "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR", "EX_TEMPFAIL", "EX_PROTOCOL",
+           "EX_NOPERM"]
 
 log = logging.getLogger("nnspam.serve")
 
@@ -82,6 +85,7 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_IOERR = 74
+EX_TEMPFAIL = 75  # a fleet's TELL while its model store (Redis) is away: try again later
 EX_PROTOCOL = 76
 EX_NOPERM = 77
 

@@ -92,7 +92,14 @@ FitOne = Callable[[dict[str, Any]], tuple[Network, list[dict[str, float]], "int 
                                           "dict[str, Any] | None"]]
 
 
-def fit_members(net_settings: dict[str, Any], fit_one: FitOne) -> tuple[Network, list[dict]]:
+#: How the members are trained: ``member_map(fit_one, member_settings)`` returns
+#: ``[fit_one(s) for s in member_settings]`` (the default, one after the other); a Dask
+#: cluster trains them at once (:mod:`nnspam.services.distributed`).
+MemberMap = Callable[[FitOne, list[dict[str, Any]]], list[Any]]
+
+
+def fit_members(net_settings: dict[str, Any], fit_one: FitOne,
+                member_map: MemberMap | None = None) -> tuple[Network, list[dict]]:
     """Train ``network.members`` networks with seeds seed, seed+1, ... and merge them.
 
     ``fit_one(settings)`` trains one network (early stopping, refit) and returns it with
@@ -106,10 +113,11 @@ def fit_members(net_settings: dict[str, Any], fit_one: FitOne) -> tuple[Network,
     from nnspam.learning.network import merge_networks
 
     k = member_count(net_settings)
+    cfgs = [{**net_settings, "seed": int(net_settings.get("seed", 1)) + i} for i in range(k)]
+    fitted = (member_map(fit_one, cfgs) if member_map is not None and k > 1
+              else [fit_one(cfg) for cfg in cfgs])
     nets, runs = [], []
-    for i in range(k):
-        cfg = {**net_settings, "seed": int(net_settings.get("seed", 1)) + i}
-        net, history, best, refit_info = fit_one(cfg)
+    for cfg, (net, history, best, refit_info) in zip(cfgs, fitted, strict=True):
         nets.append(net)
         runs.append({
             "seed": cfg["seed"], "epochs": len(history), "best_epoch": best,
@@ -134,7 +142,7 @@ REFITS = ("none", "swa")
 BACKENDS = ("numpy", "keras")
 
 
-def refit_swa(net: Network, X: np.ndarray, y: np.ndarray, net_settings: dict[str, Any],
+def refit_swa(net: Network, X: Any, y: np.ndarray, net_settings: dict[str, Any],
               progress: Progress | None = None) -> tuple[Network, dict[str, Any]]:
     """Retrain on all the training data, held-back part included, and average
     the weights along the way (stochastic weight averaging).
@@ -202,6 +210,10 @@ def train_model(
     backend: str = "numpy",
     balance: str = "none",
     arch_settings: dict[str, Any] | None = None,
+    sparse: bool = True,
+    member_map: MemberMap | None = None,
+    features: Any = None,
+    counts: wl.DocCounts | None = None,
 ) -> Model:
     """Train a model from labelled samples.
 
@@ -214,6 +226,11 @@ def train_model(
     optional TensorFlow backend, imported only then), ``balance`` whether
     the training part is balanced first (``dbb``, see
     :func:`nnspam.learning.arch.dbb_oversample`).
+
+    The features are a SciPy CSR matrix (:meth:`nnspam.learning.features.Vectorizer.transform`)
+    and the networks train on it batch by batch, never on a dense (m, n) copy. ``sparse=False``
+    forces the dense matrix of earlier versions (same values, same word list), kept for
+    ``scripts/bench/sparse.py``'s comparison.
     """
     from nnspam.learning.arch import ARCHS, BALANCES
 
@@ -252,7 +269,7 @@ def train_model(
             toks, y, kind, settings, arch_settings or DEFAULTS["arch"], arch, backend,
             balance, wordlist, progress,
             dict(ham_factor=ham_factor, spam_factor=spam_factor, threshold=threshold,
-                 max_part_bytes=max_part_bytes),
+                 max_part_bytes=max_part_bytes), sparse=sparse,
         )
         model.summary["seconds"]["tokenize"] = round(t_tok, 3)
         if provenance:
@@ -260,7 +277,11 @@ def train_model(
         model.ensure_wide().observe(counted)
         return model
     wcfg = settings["wordlist"]
-    if wordlist is None:
+    if counts is not None:  # counted apart (shards on a cluster): chosen as here
+        wordlist = wordlist or wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
+                                              int(wcfg.get("min_df", 3)))
+        wl_method = wcfg["method"]
+    elif wordlist is None:
         spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
         ham_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 0]
         wordlist = wl.build(spam_docs, ham_docs, int(wcfg["size"]), wcfg["method"],
@@ -280,7 +301,9 @@ def train_model(
         max_part_bytes=max_part_bytes, wordlist_counts=[c for c, _ in wordlist],
     )
     t1 = time.perf_counter()
-    X = model.features(toks)
+    # the feature matrix of these words (``features``: built already, in blocks on a
+    # Dask cluster, nnspam.services.distributed; the same values)
+    X = model.features(toks, sparse=sparse) if features is None else features
 
     def fit_one(cfg: dict[str, Any]) -> tuple[Network, list[dict[str, float]], int | None,
                                               dict[str, Any] | None]:
@@ -292,7 +315,7 @@ def train_model(
             net, refit_info = refit_swa(net, X, y, cfg, progress)
         return net, history, best, refit_info
 
-    model.network, runs = fit_members(settings["network"], fit_one)
+    model.network, runs = fit_members(settings["network"], fit_one, member_map)
     t_fit = time.perf_counter() - t1
     model.summary = {
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -313,8 +336,8 @@ def train_model(
     return model
 
 
-def _split_and_balance(net: Any, X: np.ndarray, y: np.ndarray, balance: str,
-                       renormalise: bool) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+def _split_and_balance(net: Any, X: Any, y: np.ndarray, balance: str,
+                       renormalise: bool) -> tuple[Any, np.ndarray, Any, Any]:
     """The stratified validation split of ``Network.fit`` (same seed stream), then the
     balancing of the training part only."""
     from nnspam.learning.arch import dbb_oversample
@@ -344,11 +367,11 @@ def _train_arch(
     toks: list[list[str]], y: np.ndarray, kind: str, settings: dict[str, Any],
     arch_settings: dict[str, Any], arch: str, backend: str, balance: str,
     wordlist: list[tuple[int, str]] | None, progress: Progress | None,
-    bias: dict[str, Any],
+    bias: dict[str, Any], sparse: bool = True,
 ) -> Model:
     """train_model for the other architectures, the Keras backend and balancing."""
     from nnspam.learning.arch import MLP
-    from nnspam.learning.features import Vectorizer, idf_weights, with_ngrams
+    from nnspam.learning.features import Vectorizer, idf_weights, stack_rows, with_ngrams
 
     ncfg = settings["network"]
     common = {k: ncfg[k] for k in ("learning_rate", "batch_size", "max_epochs", "patience",
@@ -363,7 +386,7 @@ def _train_arch(
                                 int(wcfg.get("min_df", 3)))
         net: Any = network_from_settings(len(wordlist), ncfg)
         words = [w for _, w in wordlist]
-        X = Vectorizer(words, scaling).transform(toks)
+        X = Vectorizer(words, scaling).transform(toks, sparse=sparse)
     elif arch == "deep":
         d = arch_settings["deep"]
         ngram, scaling = int(d["ngram"]), "tfidf"
@@ -374,7 +397,7 @@ def _train_arch(
                                 int(d["size"]), "ig", int(wcfg.get("min_df", 3)))
         words = [w for _, w in wordlist]
         idf = idf_weights(words, docs)
-        X = Vectorizer(words, "tfidf", 1, idf).transform(docs)
+        X = Vectorizer(words, "tfidf", 1, idf).transform(docs, sparse=sparse)
         net = MLP(len(words), layers=d["layers"], output="softmax", dropout=d["dropout"],
                   l2=d["l2"], **common)
     else:
@@ -422,7 +445,7 @@ def _train_arch(
             **cfg, "validation_fraction": 0.0, "max_epochs": 2 * best, "patience": 0})
         Xa, ya = X, y
         if balance == "dbb":
-            Xa, ya = np.concatenate([Xt, Xv]), np.concatenate([yt, yv])
+            Xa, ya = stack_rows([Xt, Xv]), np.concatenate([yt, yv])
         keras_backend.fit(final, Xa, ya, progress=progress, average_from=best, split=False)
         return final, history, best_epoch, refit_info
 

@@ -1,0 +1,651 @@
+"""A fleet of ``nnspam serve`` instances sharing their models through Redis (config
+``store: redis://HOST:PORT/DB``; the keys: :mod:`nnspam.services.store`).
+
+Scoring (:class:`FleetRegistry`, the server's model registry when a store is
+configured): every worker process holds the site model and up to
+``serve.user_cache`` per-user models in memory, as with models on disk, and scores
+with them without asking Redis anything. A watcher thread per worker reads one
+counter (``nnspam:epoch``) every 0.2 s; when it moved, the table of versions, and it
+loads the new version of every model it holds (in the background: the request path
+keeps scoring with the model it has until the new one is ready). A per-user model
+is the site model overlaid with the user's delta (:mod:`nnspam.model.delta`): it
+shares the site model's network in memory, and is rebuilt on the new site model
+when that changes. A user whose model is not held is looked up in the watcher's
+table (no Redis call) and loaded on first use.
+
+Learning: a TELL (``spamc -L``) or ``nnspam learn`` appends the message to the
+stream ``nnspam:corrections`` and answers once Redis has it (``Set``: at once;
+``Remove`` waits for the learner's answer, which says whether the journal held the
+message). Exactly one learner in the fleet consumes the stream: every worker
+process runs a :class:`Learner` thread that tries to take the lease
+``nnspam:learner`` (10 s, renewed while it works); its holder learns each
+correction through the one correction routine (:func:`nnspam.model.correct.correct`
+and :func:`~nnspam.model.correct.forget`) into its own copy of the model, publishes
+the new version (fenced by the lease: a learner that lost it cannot publish), then
+acknowledges and deletes the entries. A learner that dies leaves its entries pending;
+the next lease holder claims them. Each version records the id of the last
+correction it holds, so an entry learned but not yet acknowledged when its learner
+died is not learned twice.
+
+Redis away: the servers score with the models they hold; a TELL answers
+EX_TEMPFAIL (75: the MTA or the user tries again); the outage is logged once per
+process and its end once; the watcher retries with a backoff (0.25 s doubling to
+5 s) and, once Redis answers, loads whatever changed. A server started while Redis
+is away scores with ``-m MODEL`` (or the config's ``model``) from disk. A Redis
+that comes back empty (no persistence) is seeded again with the site model the
+servers hold; per-user models and unlearned corrections are lost with its data:
+run Redis with ``appendonly yes`` to keep them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from nnspam.services.registry import ModelRegistry, user_model_path
+from nnspam.services.serve_settings import ServerError, ServeSettings
+from nnspam.services.spamd import EX_IOERR, EX_NOUSER, EX_TEMPFAIL, RequestError
+from nnspam.services.store import (
+    SITE,
+    LeaseLost,
+    Outage,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    VersionMoved,
+)
+
+__all__ = ["FleetRegistry", "FleetSlot", "Learner", "learn_command", "model_name",
+           "redacted"]
+
+log = logging.getLogger("nnspam.serve")
+
+WATCH = 0.2  # seconds between reads of the store's epoch
+FULL_SYNC = 5.0  # seconds between reads of the version table even if the epoch stayed
+LEASE_MS = 10_000  # the learner's lease
+LEARNER_USERS = 2  # per-user models the learner keeps in memory (21 MB each)
+LEARNER_IDLE = 30.0  # seconds without corrections after which the learner drops its models
+BATCH = 64  # corrections the learner takes at once
+FORGET_WAIT = 10.0  # seconds a TELL Remove waits for the learner's answer
+MODEL_FILES = ("model.json", "weights.npz", "journal.npz")
+
+
+def redacted(url: str) -> str:
+    """The store URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def model_name(pattern: str | None, user: str | None) -> str:
+    """The store's name of the model that learns ``user``'s corrections: ``site``, or
+    ``user:`` and ``serve.user_model`` expanded for the user (two users whose pattern
+    expands alike share a model, e.g. ``%d``: one per domain). RequestError
+    (EX_NOUSER) for a user name the pattern refuses."""
+    if not pattern or not user:
+        return SITE
+    path = user_model_path(pattern, user)
+    if path is None:
+        raise RequestError(EX_NOUSER, "no such user for serve.user_model")
+    return "user:" + str(path)
+
+
+def rule_json(rule: Any) -> dict[str, Any]:
+    """A correction rule (:class:`nnspam.model.correct.Rule`) as plain data for the stream."""
+    return dataclasses.asdict(rule) if dataclasses.is_dataclass(rule) else {}
+
+
+def rule_of(data: bytes | None, default: Any) -> Any:
+    """The rule a correction was told with (its teller's ``learn:``), else ``default``."""
+    from nnspam.model.correct import Rule
+
+    try:
+        d = json.loads(data) if data else {}
+    except ValueError:
+        d = {}
+    if not isinstance(d, dict) or not d:
+        return default
+    names = {f.name for f in dataclasses.fields(Rule)}
+    return Rule(**{k: v for k, v in d.items() if k in names})
+
+
+def _id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _files_of(path: Path) -> tuple[Any, dict[str, bytes]]:
+    """A model directory loaded (so its files are known to be a model) and its files' bytes."""
+    from nnspam.model.core import Model
+
+    model = Model.load(path)
+    return model, {f: (path / f).read_bytes() for f in MODEL_FILES if (path / f).is_file()}
+
+
+class FleetSlot:
+    """One model a worker scores with (the site model or a user's), as the store
+    published it: ``version`` (None: loaded from disk while Redis was away), for a
+    per-user model also its delta and the site version it was built on."""
+
+    def __init__(self, name: str, model: Any, version: str | None,
+                 delta: Mapping[str, bytes] | None = None, base: str | None = None) -> None:
+        self.name = name
+        self.path = Path(name)  # what the TELL log line names
+        self.model = model
+        self.version = version
+        self.delta = delta
+        self.base = base
+        self.lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Nothing to do before scoring: the watcher swaps new versions in."""
+        return False
+
+
+class FleetRegistry(ModelRegistry):
+    """The server's models when they live in the store (see the module docstring):
+    classify as :class:`~nnspam.services.registry.ModelRegistry` does, with models
+    the watcher keeps current; learn and forget through the stream."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from nnspam.model.core import resolve_model_path
+
+        if not settings.store:
+            raise ServerError("FleetRegistry needs a store")
+        try:
+            self.store = Store(settings.store, timeout=FORGET_WAIT + 20)
+        except ImportError:
+            raise ServerError("store: needs the redis client: pip install 'nnspam[redis]'"
+                              ) from None
+        self.settings = settings
+        self.site_readonly = False  # the site model in the store is the fleet's own copy
+        self.users: OrderedDict[str, FleetSlot] = OrderedDict()  # type: ignore[assignment]
+        self.users_lock = threading.Lock()
+        self.outage = Outage(redacted(settings.store))
+        self.versions: dict[str, str] | None = None  # the table, as the watcher last read it
+        self.seed_path = resolve_model_path(settings.filter.model)
+        self.site: FleetSlot = self._load_site()  # type: ignore[assignment]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._resync = False
+        self.learner: Learner | None = None
+
+    # -- loading -------------------------------------------------------------
+    def _load_site(self) -> FleetSlot:
+        """The site model from the store; seeded there from ``-m``/``model`` when the
+        store has none; from disk when Redis cannot be reached."""
+        from nnspam.model.delta import model_from_files
+
+        try:
+            got = self.store.fetch(SITE)
+            if got is None:
+                _, files = _files_of(self.seed_path)
+                if self.store.seed(SITE, files, {"kind": "full"}):
+                    log.info("model store: seeded the site model from %s", self.seed_path)
+                got = self.store.fetch(SITE)
+            if got is not None:
+                version, fields = got
+                log.info("site model version %s from the store", version)
+                return FleetSlot(SITE, model_from_files(fields), version)
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+        model, _ = _files_of(self.seed_path)
+        log.warning("site model from %s (not from the store)", self.seed_path)
+        return FleetSlot(SITE, model, None)
+
+    def reload(self) -> None:
+        """SIGHUP: the site model again from the store; the cached user models dropped."""
+        from nnspam.model.delta import model_from_files
+
+        got = self.store.fetch(SITE)
+        if got is None:
+            raise StoreError("the store has no site model")
+        model = model_from_files(got[1])
+        with self.site.lock:
+            self.site.model, self.site.version = model, got[0]
+        with self.users_lock:
+            self.users.clear()
+
+    def _build_user(self, name: str, version: str, fields: Mapping[str, bytes]) -> FleetSlot:
+        from nnspam.model.delta import apply_delta
+
+        with self.site.lock:
+            site, base = self.site.model, self.site.version
+        return FleetSlot(name, apply_delta(site, fields), version, fields, base)
+
+    def slot_for(self, user: str | None) -> FleetSlot:  # type: ignore[override]
+        """The model that scores ``user``'s mail: theirs when the store has one, else
+        the site model (also while Redis is away and theirs is not loaded)."""
+        from nnspam.model.delta import DeltaError
+
+        path = self._user_path(user)
+        if path is None:
+            return self.site
+        name = "user:" + str(path)
+        with self.users_lock:
+            slot = self.users.get(name)
+            if slot is not None:
+                self.users.move_to_end(name)
+                return slot
+        if self.outage.down:
+            return self.site
+        try:
+            table = self.versions
+            version = table.get(name) if table is not None else self.store.version(name)
+            if version is None:
+                return self.site
+            got = self.store.fetch(name, version) or self.store.fetch(name)
+            if got is None:
+                return self.site
+            slot = self._build_user(name, *got)
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+            return self.site
+        except (StoreError, DeltaError, ValueError, KeyError) as exc:
+            log.error("user model %s cannot be loaded, using the site model: %s", name, exc)
+            return self.site
+        with self.users_lock:
+            slot = self.users.setdefault(name, slot)
+            self.users.move_to_end(name)
+            while len(self.users) > max(self.settings.user_cache, 0):
+                self.users.popitem(last=False)
+        return slot
+
+    # -- TELL -------------------------------------------------------------------
+    def _send(self, name: str, op: str, raw: bytes, reply: bool) -> str:
+        try:
+            eid = self.store.add_correction(name, op, raw, rule_json(self.settings.rule),
+                                            "tell", reply)
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+            raise RequestError(EX_TEMPFAIL, "the model store is unreachable, try again "
+                               "later") from None
+        except StoreError as exc:
+            raise RequestError(EX_IOERR, f"the model store refused the correction: {exc}"
+                               ) from None
+        self.outage.ok()
+        return eid
+
+    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
+        """Queue the lesson for the fleet's learner (durable in the stream when this
+        returns; learned and seen by every server within about a second)."""
+        name = model_name(self.settings.user_model, user)
+        self._send(name, label, raw, reply=False)
+        return Path(name)
+
+    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]:
+        """Queue the undo of a lesson and wait for the learner's answer (whether the
+        journal held the message); EX_TEMPFAIL when it does not come in time (the
+        request stays queued)."""
+        name = model_name(self.settings.user_model, user)
+        eid = self._send(name, "forget", raw, reply=True)
+        try:
+            answer = self.store.wait_reply(eid, FORGET_WAIT)
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+            answer = None
+        if answer is None:
+            raise RequestError(EX_TEMPFAIL, "forget queued; the learner did not confirm it "
+                               "in time")
+        return answer == "1", Path(name)
+
+    # -- background: watcher and learner ------------------------------------------
+    def start_background(self) -> None:
+        """Start this process's watcher and learner threads (each worker after the fork)."""
+        _fixed_mmap_threshold()
+        self._stop.clear()
+        self.learner = Learner(self)
+        self._threads = [threading.Thread(target=self._watch, name="nnspam-fleet-watch",
+                                          daemon=True),
+                         threading.Thread(target=self.learner.run, args=(self._stop,),
+                                          name="nnspam-fleet-learn", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop_background(self) -> None:
+        """Stop the threads; the learner gives its lease up, so another takes over at once."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+
+    def _watch(self) -> None:
+        delay, last, synced = WATCH, None, 0.0
+        while not self._stop.wait(delay):
+            try:
+                epoch = self.store.epoch()
+                now = time.monotonic()
+                if epoch != last or self._resync or now - synced > FULL_SYNC:
+                    self._resync = False
+                    self.sync(self.store.versions())
+                    last, synced = epoch, now
+                self.outage.ok()
+                delay = WATCH
+            except StoreUnavailable as exc:
+                self.outage.failed(exc)
+                last, delay = None, min(max(delay * 2, 0.25), 5.0)
+            except Exception:  # noqa: BLE001 - the watcher never dies
+                log.exception("model store watch failed")
+                last, delay = None, 1.0
+
+    def sync(self, table: dict[str, str]) -> None:
+        """Bring the models this process holds to the versions of ``table``."""
+        from nnspam.model.delta import model_from_files
+
+        version = table.get(SITE)
+        if version is None:  # a new store, or one that lost its data: seed it with ours
+            from nnspam.model.delta import model_files
+
+            with self.site.lock:
+                model = self.site.model
+            if self.store.seed(SITE, model_files(model), {"kind": "full"}):
+                log.warning("model store had no site model: seeded it with this server's")
+            self._resync = True
+            return
+        if version != self.site.version:
+            got = self.store.fetch(SITE, version)
+            if got is None:
+                self._resync = True
+                return
+            model = model_from_files(got[1])
+            with self.site.lock:
+                self.site.model, self.site.version = model, version
+            log.info("site model version %s loaded", version)
+        self.versions = table
+        with self.users_lock:
+            slots = list(self.users.values())
+        for slot in slots:
+            now = table.get(slot.name)
+            if now is None:
+                with self.users_lock:
+                    self.users.pop(slot.name, None)
+                continue
+            if now == slot.version and slot.base == self.site.version:
+                continue
+            fields = slot.delta if now == slot.version else None
+            if fields is None:
+                got = self.store.fetch(slot.name, now)
+                if got is None:
+                    self._resync = True
+                    continue
+                fields = got[1]
+            new = self._build_user(slot.name, now, fields)
+            with slot.lock:
+                slot.model, slot.version, slot.delta, slot.base = (
+                    new.model, new.version, new.delta, new.base)
+
+
+def _fixed_mmap_threshold(size: int = 1 << 20) -> None:
+    """Allocations of ``size`` bytes and more always come from ``mmap`` and go back to
+    the system when freed. glibc raises its threshold to the size of every mmapped
+    block freed (up to 32 MB), so after the first 12.5 MB network copy was freed the
+    next ones came from the heap and stayed there: a fleet worker that had learned or
+    rebuilt a few hundred models held 300 MB more than one that had not (measured
+    with scripts/bench/fleet.py). A no-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, size)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclasses.dataclass
+class _Held:
+    """A model the learner holds: its version, the site version it was built on, the
+    model and the last correction in it."""
+
+    version: str | None
+    base: str | None
+    model: Any
+    applied: str
+
+
+class Learner:
+    """The fleet's one learner, when this process holds the lease (see the module
+    docstring). Runs in a thread of every worker; only the lease holder learns."""
+
+    def __init__(self, registry: FleetRegistry) -> None:
+        self.reg = registry
+        self.store = registry.store
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.leader = False
+        self.pending = False
+        self.site: _Held | None = None
+        self.users: OrderedDict[str, _Held] = OrderedDict()
+
+    def run(self, stop: threading.Event) -> None:
+        """Take the lease when it is free, learn while holding it, until ``stop``."""
+        delay, idle_since = 0.25, time.monotonic()
+        while not stop.is_set():
+            try:
+                if not self.leader:
+                    if not self.store.acquire(self.token, LEASE_MS):
+                        stop.wait(1.0)
+                        continue
+                    self.leader = True
+                    self.store.ensure_group()
+                    claimed = self.store.claim_all(self.token)
+                    log.info("this process is the fleet's learner%s",
+                             f" ({claimed} correction(s) taken over)" if claimed else "")
+                    self.pending = True
+                elif not self.store.renew(self.token, LEASE_MS):
+                    raise LeaseLost("lease expired")
+                batch = self.store.read(self.token, BATCH, 500, self.pending)
+                if self.pending and not batch:
+                    self.pending = False
+                if batch:
+                    self.learn(batch)
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > LEARNER_IDLE and (
+                        self.site is not None or self.users):
+                    self.site = None  # reloaded from the store when the next one comes
+                    self.users.clear()
+                delay = 0.25
+            except LeaseLost as exc:
+                log.warning("no longer the fleet's learner: %s", exc)
+                self._resign()
+            except StoreUnavailable as exc:
+                self.reg.outage.failed(exc)
+                self._resign()
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # noqa: BLE001 - the learner thread never dies
+                log.exception("learner failed")
+                self._resign()
+                stop.wait(1.0)
+        if self.leader:
+            try:
+                self.store.release(self.token)
+            except StoreError:
+                pass
+            self.leader = False
+
+    def _resign(self) -> None:
+        """Forget the lease and every model held (they may hold unpublished lessons)."""
+        self.leader = False
+        self.site = None
+        self.users.clear()
+
+    def learn(self, batch: Sequence[tuple[str, dict[str, bytes]]]) -> None:
+        """Learn a batch of corrections: model by model, each published once."""
+        groups: OrderedDict[str, list[tuple[str, dict[str, bytes]]]] = OrderedDict()
+        for eid, fields in batch:
+            groups.setdefault(fields.get("model", b"").decode(), []).append((eid, fields))
+        for name, entries in groups.items():
+            if not self.store.renew(self.token, LEASE_MS):
+                raise LeaseLost("lease expired")
+            try:
+                self._learn_model(name, entries)
+            except VersionMoved as exc:  # seeded again meanwhile: learn again from it
+                log.warning("%s; its corrections are learned again", exc)
+                self.site = None
+                self.users.clear()
+                self.pending = True
+
+    def _site(self) -> _Held:
+        from nnspam.model.delta import model_files, model_from_files
+
+        version = self.store.version(SITE)
+        if version is None:
+            with self.reg.site.lock:
+                model = self.reg.site.model
+            self.store.seed(SITE, model_files(model), {"kind": "full"})
+            version = self.store.version(SITE)
+        if self.site is None or self.site.version != version:
+            got = self.store.fetch(SITE, version)
+            if got is None:
+                raise VersionMoved("site: the version changed meanwhile")
+            fields = got[1]
+            self.site = _Held(got[0], None, model_from_files(fields, journal=True),
+                              fields.get("applied", b"").decode())
+            self.users.clear()
+        return self.site
+
+    def _user(self, name: str, site: _Held) -> _Held:
+        from nnspam.model.delta import apply_delta, private_copy
+
+        version = self.store.version(name)
+        held = self.users.get(name)
+        if held is not None and held.version == version and held.base == site.version:
+            self.users.move_to_end(name)
+            return held
+        if version is None:
+            held = _Held(None, site.version, private_copy(site.model), "")
+        else:
+            got = self.store.fetch(name, version)
+            if got is None:
+                raise VersionMoved(f"{name}: the version changed meanwhile")
+            fields = got[1]
+            held = _Held(version, site.version, apply_delta(site.model, fields, private=True),
+                         fields.get("applied", b"").decode())
+        self.users[name] = held
+        while len(self.users) > LEARNER_USERS:
+            self.users.popitem(last=False)
+        return held
+
+    def _learn_model(self, name: str, entries: list[tuple[str, dict[str, bytes]]]) -> None:
+        from nnspam.model.correct import correct, forget
+        from nnspam.model.delta import make_delta, model_files
+
+        site = self._site()
+        if name == SITE:
+            held = site
+        elif name.startswith("user:"):
+            held = self._user(name, site)
+        else:
+            log.error("correction for unknown model %r dropped", name)
+            self.store.done([eid for eid, _ in entries])
+            return
+        model, applied, changed = held.model, held.applied, False
+        answers: list[tuple[str, str, bool]] = []
+        for eid, f in entries:
+            wants = f.get("reply") == b"1"
+            if applied and _id_key(eid) <= _id_key(applied):
+                answers.append((eid, "1", wants))  # learned before its learner died
+                continue
+            op = f.get("op", b"").decode()
+            rule = rule_of(f.get("rule"), self.reg.settings.rule)
+            try:
+                toks = model.tokens(f.get("msg", b""))
+                if op == "forget":
+                    found = forget(model, [toks], rule)[0] is not None
+                    answers.append((eid, "1" if found else "0", wants))
+                    changed |= found
+                elif op in ("spam", "ham"):
+                    correct(model, [toks], op, rule,
+                            source=f.get("source", b"tell").decode() or "tell")
+                    answers.append((eid, "1", wants))
+                    changed = True
+                else:
+                    log.error("correction %s: unknown operation %r, dropped", eid, op)
+                    answers.append((eid, "error", wants))
+            except Exception:  # noqa: BLE001 - one bad message never stops the learner
+                log.exception("correction %s for %s failed, dropped", eid, name)
+                answers.append((eid, "error", wants))
+            applied = eid
+        if changed:
+            meta = {"applied": applied}
+            try:
+                if name == SITE:
+                    files = model_files(model)
+                    meta["kind"] = "full"
+                else:
+                    files = make_delta(site.model, model)
+                    meta.update(kind="delta", base=site.version or "")
+                new = self.store.publish(name, files, token=self.token, expect=held.version,
+                                         meta=meta)
+            except BaseException:
+                # the model in memory holds lessons the store does not: never reuse it
+                if name == SITE:
+                    self.site = None
+                self.users.pop(name, None)
+                raise
+            held.version, held.applied = new, applied
+            if name == SITE:
+                self.users.clear()  # built on the old site model
+            log.info("learned %d correction(s) into %s: version %s", len(entries), name, new)
+        self.store.done([eid for eid, _, _ in answers])
+        for eid, answer, wants in answers:
+            if wants:
+                self.store.reply(eid, answer)
+
+
+def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[bytes],
+                  op: str, rule: Any, user: str | None, err: TextIO = sys.stderr,
+                  wait: float = 60.0) -> int:
+    """``nnspam learn`` with a store: send the corrections to the fleet's stream (the
+    site model, or ``user``'s per-user model) and wait up to ``wait`` seconds for the
+    learner to learn them. Exit status: 0 learned (or queued: a server's learner
+    learns them when one runs), 1 a forget the journal did not hold, 75 Redis
+    cannot be reached."""
+    import time
+
+    try:
+        name = model_name(cfg["serve"].get("user_model"), user)
+    except RequestError as exc:
+        print(f"nnspam: --user {user}: {exc.message}", file=err)
+        return 2
+    if user and name == SITE:
+        print("nnspam: --user needs serve.user_model in the config", file=err)
+        return 2
+    where = redacted(cfg["store"])
+    try:
+        store = Store(cfg["store"], timeout=wait + 10)
+        ids = [store.add_correction(name, op, p, rule_json(rule), "learn", reply=True)
+               for p in payloads]
+        deadline = time.monotonic() + wait
+        answers = [store.wait_reply(i, max(deadline - time.monotonic(), 0.01)) for i in ids]
+    except StoreUnavailable as exc:
+        print(f"nnspam: model store {where} unreachable: {exc}", file=err)
+        return EX_TEMPFAIL
+    except StoreError as exc:
+        print(f"nnspam: model store {where}: {exc}", file=err)
+        return 1
+    queued = sum(a is None for a in answers)
+    if op == "forget":
+        missing = [n for n, a in zip(names, answers, strict=True) if a == "0"]
+        for n in missing:
+            print(f"nnspam: {n}: not in the correction journal of {name}", file=err)
+        done = sum(a == "1" for a in answers)
+        print(f"nnspam: forgot {done} of {len(answers)} message(s) in {name} ({where})"
+              + (f"; {queued} queued, not yet confirmed" if queued else ""), file=err)
+        return 1 if missing else 0
+    print(f"nnspam: learned {len(answers) - queued} {op} message(s) into {name} ({where})"
+          + (f"; {queued} queued for the fleet's learner" if queued else ""), file=err)
+    return 0
