@@ -176,6 +176,9 @@ DEFAULTS: dict[str, Any] = {
         # .Unsure; moved from there to Junk it is learned as spam, to the inbox as ham);
         # null: unsure mail stays in the inbox
         "unsure_folder": None,
+        # with store: set, the per-user model (serve.user_model) the daemon scores with
+        # and teaches, for this user; null: the site model
+        "user": None,
     },
     # The SPAMC/SPAMD scoring server (nnspam serve; README "Scoring server").
     "serve": {
@@ -508,6 +511,7 @@ SCHEMA: dict[str, Any] = {
         "max_message_bytes": _COUNT,
         "rescan_interval": _NONNEG,  # 0: no periodic rescans
         "unsure_folder": _text("a maildir folder name, e.g. .Unsure", null=True),
+        "user": _text("a user name, e.g. alice", null=True),
     },
     "serve": {
         "socket": _text("a socket path", null=True),

@@ -362,10 +362,11 @@ class ModelWriter:
         return done
 
     def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
-                       *, save: bool = True, source: str = "") -> list[dict]:
+                       *, adaptive_inputs: bool = True, save: bool = True,
+                       source: str = "") -> list[dict]:
         """:meth:`learn` on raw messages (email bytes or SMS text)."""
-        return self.learn([self.model.tokens(p) for p in payloads], label, rule, save=save,
-                          source=source)
+        return self.learn([self.model.tokens(p) for p in payloads], label, rule,
+                          adaptive_inputs=adaptive_inputs, save=save, source=source)
 
     def forget(self, token_lists: Sequence[Sequence[str]], rule: Any = None, *,
                save: bool = True) -> list[Any]:

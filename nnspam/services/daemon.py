@@ -180,10 +180,16 @@ class Daemon:
         from nnspam.services.state import State
 
         s = self.settings
-        # With the stamp of what was read: the Sorter's writer re-reads, rather than
-        # overwrites, a save another process (nnspam serve, nnspam learn) makes later.
-        model, stamp = load_with_stamp(s.model)
-        if is_shipped(s.model) and s.learn_from_corrections:
+        writer = None
+        if s.config.get("store"):
+            # a fleet's models in Redis: score with its model, corrections to its learner
+            writer = self._store_writer(s)
+            model, stamp = writer.model, None
+        else:
+            # With the stamp of what was read: the Sorter's writer re-reads, rather than
+            # overwrites, a save another process (nnspam serve, nnspam learn) makes later.
+            model, stamp = load_with_stamp(s.model)
+        if writer is None and is_shipped(s.model) and s.learn_from_corrections:
             log.warning("model %s is the shipped, read-only model: corrections are recorded "
                         "but not learned (use -m DIR with a model of your own)", s.model)
         state_path = Path(os.path.expanduser(s.state))
@@ -201,14 +207,32 @@ class Daemon:
                 self.state = State(state_path)
             except Exception as exc:
                 raise DaemonError(f"{state_path}: cannot open the state file ({exc})") from None
-        self.sorter = Sorter.from_config(s.config, model, self.state, model_name=s.model,
-                                         rule=s.rule, stamp=stamp)
+        old = self.sorter.writer if self.sorter is not None else None
+        self.sorter = Sorter.from_config(s.config, model, self.state,
+                                         model_name=None if writer else s.model,
+                                         rule=s.rule, stamp=stamp, writer=writer)
+        if old is not None and hasattr(old, "close"):
+            old.close()  # the store writer of before a reload
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)
             n = self.sorter.baseline(m)
             if n:
                 log.info("first run on %s: %d message(s) already in %s recorded, not learned",
                          m, n, s.junk)
+
+    @staticmethod
+    def _store_writer(s: Settings) -> Any:
+        """The fleet store's writer (:class:`nnspam.services.fleet.StoreWriter`) for the
+        config's ``store:``; a bad setting or a missing client is a DaemonError."""
+        from nnspam.services.fleet import store_writer
+        from nnspam.services.serve_settings import ServerError
+
+        try:
+            writer = store_writer(s.config, s.model)
+        except ServerError as exc:
+            raise DaemonError(str(exc)) from None
+        log.info("models from the store %s (%s)", writer.registry.outage.where, writer.name)
+        return writer
 
     def _watch(self) -> None:
         """(Re)start the inotify observer on every maildir tree."""
@@ -463,6 +487,8 @@ class Daemon:
                 log.error("checkpoint at shutdown failed: %s", exc)
                 metrics.error("checkpoint")
                 code = 1
+            if self.sorter is not None and hasattr(self.sorter.writer, "close"):
+                self.sorter.writer.close()  # a fleet store's: send what is left
             log.info("stopped: %s", self._status()[len("STATUS="):])
             if self.state is not None:
                 self.state.close()

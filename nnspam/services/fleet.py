@@ -67,8 +67,8 @@ from nnspam.services.store import (
     VersionMoved,
 )
 
-__all__ = ["FleetRegistry", "FleetSlot", "Learner", "learn_command", "model_name",
-           "redacted"]
+__all__ = ["FleetRegistry", "FleetSlot", "Learner", "StoreWriter", "learn_command",
+           "model_name", "redacted"]
 
 log = logging.getLogger("nnspam.serve")
 
@@ -79,6 +79,7 @@ LEARNER_USERS = 2  # per-user models the learner keeps in memory (21 MB each)
 LEARNER_IDLE = 30.0  # seconds without corrections after which the learner drops its models
 BATCH = 64  # corrections the learner takes at once
 FORGET_WAIT = 10.0  # seconds a TELL Remove waits for the learner's answer
+RETRY = 1.0  # seconds between a daemon's attempts to send corrections Redis refused
 MODEL_FILES = ("model.json", "weights.npz", "journal.npz")
 
 
@@ -267,10 +268,12 @@ class FleetRegistry(ModelRegistry):
         return slot
 
     # -- TELL -------------------------------------------------------------------
-    def _send(self, name: str, op: str, raw: bytes, reply: bool) -> str:
+    def _send(self, name: str, op: str, raw: bytes, reply: bool, source: str = "tell",
+              rule: Any = None) -> str:
         try:
-            eid = self.store.add_correction(name, op, raw, rule_json(self.settings.rule),
-                                            "tell", reply)
+            eid = self.store.add_correction(
+                name, op, raw, rule_json(rule if rule is not None else self.settings.rule),
+                source, reply)
         except StoreUnavailable as exc:
             self.outage.failed(exc)
             raise RequestError(EX_TEMPFAIL, "the model store is unreachable, try again "
@@ -604,6 +607,135 @@ class Learner:
         for eid, answer, wants in answers:
             if wants:
                 self.store.reply(eid, answer)
+
+
+class StoreWriter:
+    """The model writer of the maildir daemon when its models live in the store
+    (``store:`` in the config; :class:`nnspam.services.sorter.Sorter` takes it instead of a
+    model directory's :class:`~nnspam.model.writer.ModelWriter`).
+
+    The daemon then works as one more server of the fleet: it scores with the model of
+    ``daemon.user`` (its per-user model, ``serve.user_model``) or the site model, kept
+    current by the registry's watcher thread, and sends each correction a move in the
+    maildir makes to the corrections stream, as a TELL does; the fleet's one learner
+    learns it (the daemon's own learner thread when no server holds the lease), so a
+    correction made in the mailbox reaches every server within about a second.
+
+    Redis away: scoring goes on with the model held; a correction that cannot be sent
+    is kept in memory, in order, and sent by a retry thread within a second of Redis
+    answering again, before any later one (logged; lost only if the daemon stops while
+    Redis is still away, and then named in the log)."""
+
+    remote = True  # learned by the fleet's learner: the Sorter neither saves nor observes
+
+    def __init__(self, registry: FleetRegistry, user: str | None) -> None:
+        self.registry = registry
+        self.user = user or None
+        self.name = model_name(registry.settings.user_model, self.user)
+        self.path = Path(self.name)
+        self.readonly = False
+        self.unsent: list[tuple[str, bytes, str, Any]] = []  # (op, message, source, rule)
+        self._lock = threading.Lock()  # the worker and the retry thread send
+        self._stop = threading.Event()
+        self._retry = threading.Thread(target=self._retry_loop, name="nnspam-store-retry",
+                                       daemon=True)
+        self._retry.start()
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(RETRY):
+            if self.unsent:
+                self._flush(quiet=True)
+
+    @property
+    def model(self) -> Any:
+        """The model that scores this daemon's mail, current with the store."""
+        return self.registry.slot_for(self.user).model
+
+    def _flush(self, quiet: bool = False) -> bool:
+        """Send what Redis refused before, in order; True when nothing is left."""
+        with self._lock:
+            sent = 0
+            while self.unsent:
+                op, raw, source, rule = self.unsent[0]
+                try:
+                    self.registry._send(self.name, op, raw, False, source, rule)
+                except RequestError as exc:
+                    if not quiet:
+                        log.warning("model store: %d correction(s) kept to send later: %s",
+                                    len(self.unsent), exc.message)
+                    return False
+                self.unsent.pop(0)
+                sent += 1
+            if quiet and sent:
+                log.info("model store: %d kept correction(s) sent", sent)
+            return True
+
+    def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
+                       *, adaptive_inputs: bool = True, save: bool = False,
+                       source: str = "daemon") -> list[dict]:
+        """Queue the corrections for the fleet's learner (in order, after any unsent
+        ones). Returns no replacements: the learner makes them."""
+        with self._lock:
+            for p in payloads:
+                raw = p.encode("utf-8") if isinstance(p, str) else bytes(p)
+                self.unsent.append((label, raw, source or "daemon", rule))
+        self._flush()
+        return []
+
+    def forget_payloads(self, payloads: Sequence[bytes | str], rule: Any = None, *,
+                        save: bool = False) -> list[Any]:
+        """Undo earlier lessons through the learner; each message's answer (True when its
+        journal held it), None where it did not or the learner did not answer in time."""
+        if not self._flush():
+            return [None] * len(payloads)
+        found: list[Any] = []
+        for p in payloads:
+            raw = p.encode("utf-8") if isinstance(p, str) else bytes(p)
+            try:
+                held, _ = self.registry.forget(raw, self.user)
+            except RequestError as exc:
+                log.warning("forget not confirmed: %s", exc.message)
+                held = False
+            found.append(True if held else None)
+        return found
+
+    def save(self) -> bool:
+        """Nothing is saved here: send what is still unsent. True when all was sent."""
+        return self._flush()
+
+    def sync(self) -> bool:
+        """The watcher keeps the model current: nothing to do."""
+        return False
+
+    def close(self) -> None:
+        """Send what is left, stop the threads; log what could not be sent."""
+        self._stop.set()
+        self._retry.join(timeout=5)
+        self._flush()
+        if self.unsent:
+            log.error("model store unreachable at shutdown: %d correction(s) not sent "
+                      "(learn them again with nnspam learn)", len(self.unsent))
+        self.registry.stop_background()
+
+
+def store_writer(cfg: dict[str, Any], model: str | None = None) -> StoreWriter:
+    """The daemon's :class:`StoreWriter` for its config (``store``, ``daemon.user``,
+    ``serve.user_model``, ``learn:``), with the registry's watcher and learner started.
+    ``model``: the model that seeds an empty store (``-m`` or ``model:``)."""
+    from nnspam.services.serve_settings import serve_settings
+
+    settings = serve_settings(cfg, model, sock="")  # no listener: the daemon serves none
+    user = cfg["daemon"].get("user")
+    if user and not settings.user_model:
+        raise ServerError("daemon.user needs serve.user_model (the per-user models' names)")
+    try:
+        model_name(settings.user_model, user)
+    except RequestError as exc:
+        raise ServerError(f"daemon.user {user!r}: {exc.message}") from None
+    registry = FleetRegistry(settings)
+    writer = StoreWriter(registry, user)
+    registry.start_background()
+    return writer
 
 
 def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[bytes],

@@ -164,6 +164,7 @@ class Sorter:
         source: str = "daemon",
         unsure: tuple[float, float] | None = None,
         unsure_folder: str | None = None,
+        writer: Any = None,
     ) -> None:
         from nnspam.model.writer import ModelWriter
 
@@ -173,9 +174,13 @@ class Sorter:
         # the model_stamp taken when ``model`` was read (nnspam.model.writer.load_with_stamp;
         # None: now); ``prepare``: what a model re-read from disk needs (the config's
         # adaptive: section).
+        # ``writer``: another writer of the same interface, used instead (a fleet's model
+        # store, nnspam.services.fleet.StoreWriter: its ``remote`` models are learned by
+        # the fleet's learner, not here).
         kw = {} if stamp is None else {"stamp": stamp}
-        self.writer = (ModelWriter(model_path, model, prepare=prepare, **kw)
-                       if model_path else None)
+        self.writer = writer if writer is not None else (
+            ModelWriter(model_path, model, prepare=prepare, **kw) if model_path else None)
+        self.remote = bool(getattr(writer, "remote", False))
         self._model = model
         self.junk = junk
         self.h, self.s, self.t = ham_factor, spam_factor, threshold
@@ -205,7 +210,7 @@ class Sorter:
     @classmethod
     def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
                     *, model_name: str | os.PathLike | None, rule: Any = None,
-                    stamp: Any = None, source: str = "daemon") -> Sorter:
+                    stamp: Any = None, source: str = "daemon", writer: Any = None) -> Sorter:
         """The Sorter for a loaded config: the one wiring of the maildir daemon and the
         SMS store, so that both file and learn alike.
 
@@ -221,7 +226,9 @@ class Sorter:
         been read and converted, so that a bad one creates nothing (the SMS store).
         ``stamp`` is the model directory's stamp when ``model`` was read
         (:func:`nnspam.model.writer.load_with_stamp`), so that a save by another process
-        after that read is re-read, not overwritten, by the first correction."""
+        after that read is re-read, not overwritten, by the first correction. ``writer``:
+        a writer of a fleet's model store (:class:`nnspam.services.fleet.StoreWriter`)
+        instead of the model directory's."""
         from nnspam.model import adaptive as adaptive_mod
         from nnspam.model.core import is_shipped
         from nnspam.model.correct import rule_from_config
@@ -247,7 +254,8 @@ class Sorter:
         )
         adaptive_mod.configure(model, ad)
         return cls(model, state() if callable(state) else state, stamp=stamp,
-                   prepare=lambda m: adaptive_mod.configure(m, ad), source=source, **settings)
+                   prepare=lambda m: adaptive_mod.configure(m, ad), source=source,
+                   writer=writer, **settings)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -259,9 +267,13 @@ class Sorter:
         return md.folder_path(maildir, self.junk)
 
     def _observe(self, tokens: list[str], label: str | None = None) -> None:
-        """Feed the adaptive input words, when ``nnspam.model.adaptive`` is installed."""
+        """Feed the adaptive input words, when ``nnspam.model.adaptive`` is installed.
+        Not for a fleet's model (``remote``): the fleet's learner is its one writer, and
+        the servers do not observe either, so every front scores alike."""
         from nnspam.model.correct import observe
 
+        if self.remote:
+            return
         try:
             replaced = observe(self.model, [tokens], None if label is None else [label],
                                adaptive_inputs=self.adaptive)
@@ -285,6 +297,10 @@ class Sorter:
         writer: under the directory's lock, on top of what another process saved
         there since (its model is re-read and our unsaved corrections learned again
         on it). False when nothing was saved."""
+        if self.remote:  # a fleet's store: sends what Redis refused before, nothing to save
+            self.writer.save()
+            self.pending_updates, self.dirty = 0, False
+            return False
         if not (self.pending_updates or self.dirty) or self.writer is None:
             return False
         saved = self.writer.save()
@@ -313,9 +329,9 @@ class Sorter:
         # itself: observing them here too would count every correction twice. The writer
         # learns under the model directory's lock, on top of its latest save; the lesson
         # is kept (to learn again on a newer save) until the checkpoint saves it.
-        toks = [self.model.tokens(p) for p in payloads]
-        replaced = self.writer.learn(toks, label, self.rule, adaptive_inputs=self.adaptive,
-                                     save=False, source=self.source)
+        replaced = self.writer.learn_payloads(payloads, label, self.rule,
+                                              adaptive_inputs=self.adaptive, save=False,
+                                              source=self.source)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
         if replaced:
@@ -331,8 +347,7 @@ class Sorter:
         if self.writer is None:
             log.warning("not forgotten: the model is read-only (give a model directory with -m)")
             return 0
-        found = self.writer.forget([self.model.tokens(p) for p in payloads], self.rule,
-                                   save=False)
+        found = self.writer.forget_payloads(payloads, self.rule, save=False)
         n = sum(e is not None for e in found)
         if n:
             self._updated(n)

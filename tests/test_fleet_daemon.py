@@ -1,0 +1,123 @@
+"""The maildir daemon on a fleet's model store (config ``store:``;
+nnspam/services/fleet.py StoreWriter): two daemons on two mailboxes share the site
+model in a real ``redis-server``; a correction made in one mailbox files the next
+copy of that message in the other; a correction made while Redis is away is kept and
+learned when it returns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nnspam.mail import maildir as md
+from nnspam.model.core import Model
+
+from test_daemon import Daemon, _pick, wait_until
+from test_fleet import Redis
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    (tmp_path / "redis").mkdir()
+    r = Redis(tmp_path / "redis")
+    yield r
+    r.stop()
+
+
+def _site_version(redis_server) -> str | None:
+    v = redis_server.client().hget("nnspam:versions", "site")
+    return v.decode() if v else None
+
+
+def _learned_version(redis_server) -> str | None:
+    """The site version once the learner published one (a seed records no correction)."""
+    v = _site_version(redis_server)
+    if v and redis_server.client().hget(f"nnspam:model:site:{v}", "applied"):
+        return v
+    return None
+
+
+def _daemons(tmp_path: Path, redis_server) -> list[Daemon]:
+    out = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        box = md.ensure_maildir(d / "Maildir")
+        # the seed model is the shipped one: read-only on disk, the fleet's own copy in Redis
+        out.append(Daemon(d, box, Path("default"),
+                          extra=f"  checkpoint_every: 1\nstore: {redis_server.url}\n"))
+    return out
+
+
+def _ham_the_model_keeps(sa_corpus: Path) -> list[bytes]:
+    model = Model.load("default")
+    hams = [p.read_bytes() for p in sorted((sa_corpus / "easy_ham").iterdir())[:400]]
+    return _pick(hams, model, spam=False, n=2)
+
+
+def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, redis_server,
+                                                                    sa_corpus):
+    ham1, ham2 = _ham_the_model_keeps(sa_corpus)
+    a, b = _daemons(tmp_path, redis_server)
+    a.start()
+    b.start()
+    try:
+        v0 = _site_version(redis_server)
+        assert v0 is not None, "the first daemon seeds the store with its model"
+        for d in (a, b):
+            assert "models from the store" in d.text()
+        # both daemons keep the ham in the inbox
+        pa, pb = md.deliver(a.box, ham1), md.deliver(b.box, ham1)
+        wait_until(lambda: a.settled(1) and b.settled(1), 30, "the first decisions")
+        assert pa.exists() and pb.exists()
+
+        # the user of mailbox A moves it into Junk: learned as spam, by the fleet's learner
+        os.rename(pa, a.box / ".Junk" / "cur" / (pa.name + ":2,S"))
+        wait_until(lambda: "put in Junk by the user, learned as spam" in a.text(), 30,
+                   "the correction", a)
+        wait_until(lambda: _site_version(redis_server) != v0, 30, "a new site version")
+        v = _site_version(redis_server)
+        wait_until(lambda: f"site model version {v} loaded" in b.text(), 10, "B's reload", b)
+
+        # its next copy in mailbox B goes to B's Junk (B's model came from the store)
+        copy = md.deliver(b.box, ham1)
+        wait_until(lambda: b.settled(2), 30, "B's second decision", b)
+        assert (b.box / ".Junk" / "new" / copy.name).exists(), b.tail()
+
+        # Redis goes away: both keep filing; a correction in A is kept, not lost ...
+        redis_server.stop()
+        pa2 = md.deliver(a.box, ham2)
+        wait_until(lambda: a.settled(2), 30, "A files while Redis is away", a)
+        os.rename(pa2, a.box / ".Junk" / "cur" / (pa2.name + ":2,S"))
+        wait_until(lambda: "kept to send later" in a.text(), 30, "the correction kept", a)
+        # ... and learned once Redis is back (empty: the daemons seed it again)
+        redis_server.start()
+        wait_until(lambda: "kept correction(s) sent" in a.text(), 30, "the kept correction", a)
+        # learned: the current site version holds a correction of the new stream
+        wait_until(lambda: _learned_version(redis_server), 30, "the kept correction learned")
+        v2 = _learned_version(redis_server)
+        wait_until(lambda: f"site model version {v2} loaded" in b.text(), 10, "B's reload", b)
+        copy2 = md.deliver(b.box, ham2)
+        wait_until(lambda: b.settled(3), 30, "B's third decision", b)
+        assert (b.box / ".Junk" / "new" / copy2.name).exists(), b.tail()
+    finally:
+        rcs = [d.stop() for d in (a, b)]
+    assert rcs == [0, 0]
+    # the shipped model on disk was never written
+    assert not (Path(a.tmp) / "default").exists()
+
+
+def test_daemon_user_needs_user_model(tmp_path, redis_server):
+    box = md.ensure_maildir(tmp_path / "Maildir")
+    d = Daemon(tmp_path, box, Path("default"),
+               extra=f"  user: alice\nstore: {redis_server.url}\n")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "nnspam", "daemon", "-c", str(d.config),
+                        "-m", "default"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "daemon.user needs serve.user_model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
