@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
+from test_daemon import Daemon, _pick, wait_until
+from test_fleet import Redis
 
 from nnspam.mail import maildir as md
 from nnspam.model.core import Model
-
-from test_daemon import Daemon, _pick, wait_until
-from test_fleet import Redis
 
 
 @pytest.fixture
@@ -121,3 +120,97 @@ def test_daemon_user_needs_user_model(tmp_path, redis_server):
     assert r.returncode == 2, r.stderr
     assert "daemon.user needs serve.user_model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- nnspam store: list, push (a new site generation; a per-user directory), pull ----------
+
+def _nnspam(*args: str, cfg: Path, ok: int = 0) -> str:
+    import subprocess
+    import sys
+
+    if args[0] == "store":  # nnspam store ACTION -c CONFIG ...
+        args = (*args[:2], "-c", str(cfg), *args[2:])
+    r = subprocess.run([sys.executable, "-m", "nnspam", *args], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == ok, r.stderr
+    return r.stdout + r.stderr
+
+
+def test_store_push_migrates_users_and_rebases_them_on_a_new_site_model(
+        tmp_path, redis_server, sa_corpus):
+    import shutil
+
+    from nnspam.model.core import resolve_model_path
+
+    cfg = tmp_path / "config.yaml"
+    users = tmp_path / "users"
+    cfg.write_text(f"store: {redis_server.url}\nserve:\n  user_model: \"{users}/%u\"\n")
+    plain = tmp_path / "plain.yaml"  # the same site, models on disk
+    plain.write_text("learn:\n  passes: 0\n")
+    ham1, ham2 = _ham_the_model_keeps(sa_corpus)
+    msgs = tmp_path / "msgs"
+    msgs.mkdir()
+    (msgs / "h1").write_bytes(ham1)
+    (msgs / "h2").write_bytes(ham2)
+    site_a = tmp_path / "site-a"
+    shutil.copytree(resolve_model_path("default"), site_a)
+
+    # a new store gets its site model from push (no learner runs: done in-process)
+    out = _nnspam("store", "push", str(site_a), cfg=cfg)
+    assert "installed as the site model" in out and "0 user model(s) rebased" in out
+
+    # alice's per-user model on disk (before the store) moves into it
+    alice = users / "alice"
+    users.mkdir()
+    shutil.copytree(site_a, alice)
+    _nnspam("learn", "-c", str(plain), "-m", str(alice), "--spam", str(msgs / "h1"), cfg=cfg)
+    out = _nnspam("store", "push", "--user", "alice", cfg=cfg)
+    assert "stored as user:" in out
+    listing = _nnspam("store", "list", cfg=cfg)
+    assert "site" in listing and f"user:{alice}" in listing and "delta" in listing
+    _nnspam("store", "pull", "--user", "alice", str(tmp_path / "alice-out"), cfg=cfg)
+    want = Model.load(alice).score([ham1, ham2])
+    got = Model.load(tmp_path / "alice-out").score([ham1, ham2])
+    assert abs(got - want).max() < 1e-6 and got[0] > 0.5
+
+    # a newly trained site model (here: site A taught 20 more messages) replaces it, and
+    # alice's corrections are learned again on it
+    site_b = tmp_path / "site-b"
+    shutil.copytree(site_a, site_b)
+    extra = sorted((sa_corpus / "spam").iterdir())[:20]
+    _nnspam("learn", "-c", str(plain), "-m", str(site_b), "--spam", *map(str, extra), cfg=cfg)
+    gen_a = redis_server.client().hget(
+        f"nnspam:model:site:{_site_version(redis_server)}", "generation")
+    out = _nnspam("store", "push", str(site_b), cfg=cfg)
+    assert "1 user model(s) rebased" in out and "1 correction(s) learned again" in out
+    gen_b = redis_server.client().hget(
+        f"nnspam:model:site:{_site_version(redis_server)}", "generation")
+    assert gen_a and gen_b and gen_a != gen_b
+    expected = tmp_path / "expected"
+    shutil.copytree(site_b, expected)
+    _nnspam("learn", "-c", str(plain), "-m", str(expected), "--spam", str(msgs / "h1"),
+            cfg=cfg)
+    _nnspam("store", "pull", "--user", "alice", str(tmp_path / "alice-b"), cfg=cfg)
+    want = Model.load(expected).score([ham1, ham2])
+    got = Model.load(tmp_path / "alice-b").score([ham1, ham2])
+    assert abs(got - want).max() < 1e-5
+
+    # with a learner running (a daemon of the fleet), push goes through it
+    box = md.ensure_maildir(tmp_path / "Maildir")
+    (tmp_path / "d").mkdir()
+    d = Daemon(tmp_path / "d", box, Path("default"),
+               extra=f"store: {redis_server.url}\nserve:\n  user_model: \"{users}/%u\"\n")
+    d.start()
+    try:
+        wait_until(lambda: redis_server.client().get("nnspam:learner"), 30, "the learner", d)
+        before = _site_version(redis_server)
+        out = _nnspam("store", "push", str(site_a), "--wait", "60", cfg=cfg)
+        assert "sent to the fleet's learner" in out and "installed" in out
+        assert _site_version(redis_server) != before
+        wait_until(lambda: "new site model installed" in d.text(), 10, "the daemon's log", d)
+    finally:
+        assert d.stop() == 0
+    _nnspam("store", "pull", "--user", "alice", str(tmp_path / "alice-c"), cfg=cfg)
+    got = Model.load(tmp_path / "alice-c").score([ham1, ham2])
+    want = Model.load(alice).score([ham1, ham2])
+    assert abs(got - want).max() < 1e-5  # back on site A: as alice's own model

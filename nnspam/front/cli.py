@@ -207,6 +207,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "store, corrections go to the fleet's learner and -m is not used")
     sp.set_defaults(func=commands.cmd_learn)
 
+    sp = add("store", "look after a fleet's model store (config store:)",
+             "List, copy out and install the models of a fleet's Redis store (config store:; "
+             "README \"Running a fleet\"). push DIR installs a newly trained site model in "
+             "the running fleet as a new generation and rebases every per-user model on it "
+             "(their correction journals learned again); push --user NAME [DIR] moves a "
+             "per-user model directory into the store (DIR: the user's serve.user_model "
+             "directory); pull writes a model of the store to a directory. Exit status: 0 "
+             "done, 1 refused, 2 usage, 75 Redis unreachable or the learner did not answer.")
+    ssub = sp.add_subparsers(dest="store_cmd", metavar="ACTION", required=True)
+    ssp = ssub.add_parser("list", help="every model, its version and size; the learner")
+    _add_config(ssp)
+    ssp.set_defaults(func=commands.cmd_store)
+    ssp = ssub.add_parser("push", help="install a model directory in the store")
+    _add_config(ssp)
+    ssp.add_argument("dir", nargs="?", metavar="DIR",
+                     help="model directory (with --user: default the user's directory by "
+                     "serve.user_model)")
+    ssp.add_argument("--user", metavar="NAME",
+                     help="store DIR as NAME's per-user model (a delta over the site model)")
+    ssp.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                     help="how long to wait for the fleet's learner to install a site model "
+                     "(600)")
+    ssp.set_defaults(func=commands.cmd_store)
+    ssp = ssub.add_parser("pull", help="write a model of the store to a directory")
+    _add_config(ssp)
+    ssp.add_argument("dir", metavar="DIR", help="model directory to write")
+    ssp.add_argument("--user", metavar="NAME", help="NAME's per-user model (default: site)")
+    ssp.set_defaults(func=commands.cmd_store)
+
     sp = add("stream", "replay a mail history in order, learning as a user would",
              "Reads a TREC-format index (one 'spam|ham PATH' line per message, in order) and "
              "classifies each message, then learns it through the correction routine: every "

@@ -448,6 +448,25 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """``nnspam store list|push|pull`` (:mod:`nnspam.services.fleet_admin`)."""
+    from nnspam.services import fleet_admin
+
+    cfg = _config(args)
+    if not cfg.get("store"):
+        raise UsageError("nnspam store needs a model store: set store: redis://HOST:PORT/DB "
+                         "in the config")
+    if args.store_cmd == "list":
+        return fleet_admin.list_models(cfg, sys.stdout)
+    if args.store_cmd == "pull":
+        return fleet_admin.pull(cfg, args.user, args.dir)
+    if args.user:
+        return fleet_admin.push_user(cfg, args.user, args.dir)
+    if not args.dir:
+        raise UsageError("nnspam store push needs a model directory (or --user NAME)")
+    return fleet_admin.push_site(cfg, args.dir, args.wait)
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path

@@ -125,12 +125,28 @@ def rule_of(data: bytes | None, default: Any) -> Any:
     return Rule(**{k: v for k, v in d.items() if k in names})
 
 
+def generation_of(fields: Mapping[str, bytes]) -> str:
+    """Which training of the site model a stored version belongs to.
+
+    A seed and every ``nnspam store push`` of a newly trained site model start a new
+    generation (a random tag); corrections keep it. A per-user delta records the
+    generation of the site model it was made on and is laid only over a site model of
+    the same generation: over another training its indices mean other words.
+    '' for versions stored before generations were recorded (taken as matching)."""
+    return fields.get("generation", b"").decode()
+
+
+def new_site_meta() -> dict[str, str]:
+    """The meta fields of a site model stored as a new generation."""
+    return {"kind": "full", "generation": secrets.token_hex(4)}
+
+
 def _id_key(eid: str) -> tuple[int, int]:
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
 
 
-def _files_of(path: Path) -> tuple[Any, dict[str, bytes]]:
+def files_of(path: Path) -> tuple[Any, dict[str, bytes]]:
     """A model directory loaded (so its files are known to be a model) and its files' bytes."""
     from nnspam.model.core import Model
 
@@ -144,8 +160,10 @@ class FleetSlot:
     per-user model also its delta and the site version it was built on."""
 
     def __init__(self, name: str, model: Any, version: str | None,
-                 delta: Mapping[str, bytes] | None = None, base: str | None = None) -> None:
+                 delta: Mapping[str, bytes] | None = None, base: str | None = None,
+                 generation: str = "") -> None:
         self.name = name
+        self.generation = generation  # the site model's training (see generation_of)
         self.path = Path(name)  # what the TELL log line names
         self.model = model
         self.version = version
@@ -195,17 +213,18 @@ class FleetRegistry(ModelRegistry):
         try:
             got = self.store.fetch(SITE)
             if got is None:
-                _, files = _files_of(self.seed_path)
-                if self.store.seed(SITE, files, {"kind": "full"}):
+                _, files = files_of(self.seed_path)
+                if self.store.seed(SITE, files, new_site_meta()):
                     log.info("model store: seeded the site model from %s", self.seed_path)
                 got = self.store.fetch(SITE)
             if got is not None:
                 version, fields = got
                 log.info("site model version %s from the store", version)
-                return FleetSlot(SITE, model_from_files(fields), version)
+                return FleetSlot(SITE, model_from_files(fields), version,
+                                 generation=generation_of(fields))
         except StoreUnavailable as exc:
             self.outage.failed(exc)
-        model, _ = _files_of(self.seed_path)
+        model, _ = files_of(self.seed_path)
         log.warning("site model from %s (not from the store)", self.seed_path)
         return FleetSlot(SITE, model, None)
 
@@ -219,15 +238,21 @@ class FleetRegistry(ModelRegistry):
         model = model_from_files(got[1])
         with self.site.lock:
             self.site.model, self.site.version = model, got[0]
+            self.site.generation = generation_of(got[1])
         with self.users_lock:
             self.users.clear()
 
     def _build_user(self, name: str, version: str, fields: Mapping[str, bytes]) -> FleetSlot:
-        from nnspam.model.delta import apply_delta
+        from nnspam.model.delta import DeltaError, apply_delta
 
         with self.site.lock:
-            site, base = self.site.model, self.site.version
-        return FleetSlot(name, apply_delta(site, fields), version, fields, base)
+            site, base, gen = self.site.model, self.site.version, self.site.generation
+        made_on = generation_of(fields)
+        if made_on and gen and made_on != gen:
+            # a push of a new site model is under way: its rebased deltas and the new site
+            # model arrive one after the other; until both are here, keep what we have
+            raise DeltaError(f"{name} was made on another training of the site model")
+        return FleetSlot(name, apply_delta(site, fields), version, fields, base, made_on)
 
     def slot_for(self, user: str | None) -> FleetSlot:  # type: ignore[override]
         """The model that scores ``user``'s mail: theirs when the store has one, else
@@ -348,7 +373,7 @@ class FleetRegistry(ModelRegistry):
 
     def sync(self, table: dict[str, str]) -> None:
         """Bring the models this process holds to the versions of ``table``."""
-        from nnspam.model.delta import model_from_files
+        from nnspam.model.delta import DeltaError, model_from_files
 
         version = table.get(SITE)
         if version is None:  # a new store, or one that lost its data: seed it with ours
@@ -356,7 +381,7 @@ class FleetRegistry(ModelRegistry):
 
             with self.site.lock:
                 model = self.site.model
-            if self.store.seed(SITE, model_files(model), {"kind": "full"}):
+            if self.store.seed(SITE, model_files(model), new_site_meta()):
                 log.warning("model store had no site model: seeded it with this server's")
             self._resync = True
             return
@@ -368,6 +393,7 @@ class FleetRegistry(ModelRegistry):
             model = model_from_files(got[1])
             with self.site.lock:
                 self.site.model, self.site.version = model, version
+                self.site.generation = generation_of(got[1])
             log.info("site model version %s loaded", version)
         self.versions = table
         with self.users_lock:
@@ -387,7 +413,12 @@ class FleetRegistry(ModelRegistry):
                     self._resync = True
                     continue
                 fields = got[1]
-            new = self._build_user(slot.name, now, fields)
+            try:
+                new = self._build_user(slot.name, now, fields)
+            except DeltaError as exc:  # keep the model it has; try again at the next sync
+                log.debug("%s", exc)
+                self._resync = True
+                continue
             with slot.lock:
                 slot.model, slot.version, slot.delta, slot.base = (
                     new.model, new.version, new.delta, new.base)
@@ -417,6 +448,7 @@ class _Held:
     base: str | None
     model: Any
     applied: str
+    generation: str = ""
 
 
 class Learner:
@@ -486,7 +518,37 @@ class Learner:
         self.users.clear()
 
     def learn(self, batch: Sequence[tuple[str, dict[str, bytes]]]) -> None:
-        """Learn a batch of corrections: model by model, each published once."""
+        """Learn a batch of corrections: model by model, each published once. A new
+        site model (``nnspam store push``: op ``replace``) is installed in its place in
+        the order: the corrections before it are learned into the old one first."""
+        part: list[tuple[str, dict[str, bytes]]] = []
+        for eid, fields in batch:
+            if fields.get("op") == b"replace":
+                self._learn_part(part)
+                part = []
+                self._replace(eid, fields)
+            else:
+                part.append((eid, fields))
+        self._learn_part(part)
+
+    def _replace(self, eid: str, fields: dict[str, bytes]) -> None:
+        answer = "1"
+        try:
+            files = {k[len("file:"):]: v for k, v in fields.items()
+                     if k.startswith("file:")}
+            replace_site(self.store, files, self.reg.settings.rule, token=self.token)
+        except (LeaseLost, StoreUnavailable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad push never stops the learner
+            log.error("new site model %s not installed: %s", eid, exc)
+            answer = f"error: {exc}"
+        self.site = None
+        self.users.clear()
+        self.store.done([eid])
+        if fields.get("reply") == b"1":
+            self.store.reply(eid, answer)
+
+    def _learn_part(self, batch: Sequence[tuple[str, dict[str, bytes]]]) -> None:
         groups: OrderedDict[str, list[tuple[str, dict[str, bytes]]]] = OrderedDict()
         for eid, fields in batch:
             groups.setdefault(fields.get("model", b"").decode(), []).append((eid, fields))
@@ -508,7 +570,7 @@ class Learner:
         if version is None:
             with self.reg.site.lock:
                 model = self.reg.site.model
-            self.store.seed(SITE, model_files(model), {"kind": "full"})
+            self.store.seed(SITE, model_files(model), new_site_meta())
             version = self.store.version(SITE)
         if self.site is None or self.site.version != version:
             got = self.store.fetch(SITE, version)
@@ -516,7 +578,7 @@ class Learner:
                 raise VersionMoved("site: the version changed meanwhile")
             fields = got[1]
             self.site = _Held(got[0], None, model_from_files(fields, journal=True),
-                              fields.get("applied", b"").decode())
+                              fields.get("applied", b"").decode(), generation_of(fields))
             self.users.clear()
         return self.site
 
@@ -587,10 +649,11 @@ class Learner:
             try:
                 if name == SITE:
                     files = model_files(model)
-                    meta["kind"] = "full"
+                    meta.update(kind="full", generation=held.generation)
                 else:
                     files = make_delta(site.model, model)
-                    meta.update(kind="delta", base=site.version or "")
+                    meta.update(kind="delta", base=site.version or "",
+                                generation=site.generation)
                 new = self.store.publish(name, files, token=self.token, expect=held.version,
                                          meta=meta)
             except BaseException:
@@ -736,6 +799,59 @@ def store_writer(cfg: dict[str, Any], model: str | None = None) -> StoreWriter:
     writer = StoreWriter(registry, user)
     registry.start_background()
     return writer
+
+
+def replace_site(store: Store, files: Mapping[str, bytes], rule: Any, *, token: str,
+                 log_to: Any = None) -> tuple[str, int]:
+    """Install a newly trained site model (the bytes of its files) in the store, as a
+    new generation, and rebase every per-user model on it; returns (the new site
+    version, how many user models were rebased). Call holding the learner's lease
+    (``token``): the fleet's learner does (op ``replace`` on the stream), or ``nnspam
+    store push`` when no learner runs.
+
+    A per-user model is its user's corrections over the site model. Over a new training
+    its delta would mean other words, so each user model is rebuilt: its correction
+    journal (the last ``learn.journal`` lessons, with their tokens) is learned again,
+    in order, into a copy of the new site model by the one correction routine, and
+    stored as a delta over it. Lessons older than the journal are not carried over.
+    The rebased deltas are published after the new site model; a server that sees a
+    delta and a site model of different generations keeps the model it has until
+    both have arrived (:meth:`FleetRegistry._build_user`)."""
+    from nnspam.model.correct import correct
+    from nnspam.model.delta import apply_delta, make_delta, model_from_files, private_copy
+
+    new_site = model_from_files(files, journal=True)
+    meta = new_site_meta()
+    got = store.fetch(SITE)
+    old_site = model_from_files(got[1], journal=True) if got is not None else None
+    rebased: list[tuple[str, str, dict[str, bytes], str]] = []
+    for name, version in sorted(store.versions().items()):
+        if not name.startswith("user:") or old_site is None:
+            continue
+        if token and not store.renew(token, LEASE_MS):
+            raise LeaseLost("lease expired while rebasing the user models")
+        fetched = store.fetch(name, version)
+        if fetched is None:
+            continue
+        old_user = apply_delta(old_site, fetched[1], private=True)
+        user = private_copy(new_site)
+        for e in old_user.journal.entries:
+            if e.label in ("spam", "ham") and e.token_list:
+                correct(user, [e.token_list], e.label, rule, source=e.source or "rebase")
+        rebased.append((name, version, make_delta(new_site, user),
+                        fetched[1].get("applied", b"").decode()))
+        if log_to is not None:
+            print(f"nnspam: {name}: {len(old_user.journal.entries)} correction(s) learned "
+                  "again on the new site model", file=log_to)
+    site_version = store.publish(SITE, files, token=token,
+                                 expect=got[0] if got is not None else None, meta=meta)
+    for name, version, delta, applied in rebased:
+        store.publish(name, delta, token=token, expect=version,
+                      meta={"kind": "delta", "base": site_version, "applied": applied,
+                            "generation": meta["generation"]})
+    log.info("new site model installed: version %s, %d user model(s) rebased",
+             site_version, len(rebased))
+    return site_version, len(rebased)
 
 
 def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[bytes],

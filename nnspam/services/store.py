@@ -22,7 +22,8 @@ Keys (all under ``nnspam:``; one fleet per Redis database):
     changed (``nnspam:published`` also gets a pub/sub message ``NAME VERSION``).
 ``nnspam:corrections`` (stream, consumer group ``learners``)
     the corrections told to any server (TELL) or ``nnspam learn``: ``model``, ``op``
-    (``spam``, ``ham`` or ``forget``), ``msg`` (the message's bytes), ``rule`` (the
+    (``spam``, ``ham``, ``forget``, or ``replace``: a new site model from ``nnspam
+    store push``, its files in fields ``file:NAME``), ``msg`` (the message's bytes), ``rule`` (the
     ``learn:`` rule of the teller, JSON), ``source``, ``reply`` (``1``: the teller waits
     for ``nnspam:reply:ID``). Entries are deleted once learned.
 ``nnspam:learner`` (string with expiry)
@@ -254,12 +255,14 @@ class Store:
 
     # -- the corrections stream --------------------------------------------
     def add_correction(self, model: str, op: str, msg: bytes, rule: Mapping[str, Any] | None,
-                       source: str, reply: bool = False) -> str:
+                       source: str, reply: bool = False,
+                       extra: Mapping[str, bytes] | None = None) -> str:
         """Append a correction to the stream (durable as Redis is: with ``appendonly``
-        on, once this returns); returns its id."""
+        on, once this returns); returns its id. ``extra``: more fields (a new site
+        model's files, ``file:NAME``, for op ``replace``)."""
         fields = {"model": model, "op": op, "msg": msg, "source": source,
                   "rule": json.dumps(dict(rule or {})), "reply": "1" if reply else "0",
-                  "time": f"{time.time():.3f}"}
+                  "time": f"{time.time():.3f}", **(extra or {})}
         got = self._call(self.r.xadd, self.k_stream, fields)
         return got.decode() if isinstance(got, bytes) else str(got)
 

@@ -1,7 +1,7 @@
 """Compare nnspam's stream figures of a new run (``stream.py --filters nnspam --out DIR``)
 with the ones the docs hold (``docs/stream/*.json``), stream by stream.
 
-    python scripts/bench/stream_check.py DIR [--tag errors-trained]
+    python scripts/bench/stream_check.py DIR [--suffix -header-break]
 
 Prints, for each stream both hold, the hams lost, spam missed and 1-ROCA of each, and
 whether they are equal; exit status 1 when any differs.
@@ -22,12 +22,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("new", help="the --out directory of the new run")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "stream"))
+    ap.add_argument("--suffix", default="", help="added to each name in the docs (the "
+                    "header-break run's files end in -header-break there)")
     a = ap.parse_args()
     differ = 0
     for new in sorted(Path(a.new).glob("stream-*.json")):
         if new.name.startswith("stream-summary"):
             continue
-        old = Path(a.docs) / new.name
+        old = Path(a.docs) / f"{new.stem}{a.suffix}.json"
         if not old.exists():
             print(f"{new.stem}: not in {a.docs}")
             continue
