@@ -409,7 +409,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise UsageError("--epochs must be at least 1")
         rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
     if cfg.get("store"):  # a fleet's models (config store:): through its stream, one learner
-        from nnspam.services.fleet import learn_command
+        from nnspam.services.fleet_admin import learn_command
 
         samples = list(iter_messages(args.paths))
         if not samples:

@@ -45,13 +45,12 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nnspam.services.registry import ModelRegistry, user_model_path
@@ -67,8 +66,9 @@ from nnspam.services.store import (
     VersionMoved,
 )
 
-__all__ = ["FleetRegistry", "FleetSlot", "Learner", "StoreWriter", "learn_command",
-           "model_name", "redacted"]
+__all__ = ["FleetRegistry", "FleetSlot", "Learner", "StoreWriter", "files_of",
+           "generation_of", "model_name", "new_site_meta", "redacted", "replace_site",
+           "rule_json", "store_writer"]
 
 log = logging.getLogger("nnspam.serve")
 
@@ -852,48 +852,3 @@ def replace_site(store: Store, files: Mapping[str, bytes], rule: Any, *, token: 
     log.info("new site model installed: version %s, %d user model(s) rebased",
              site_version, len(rebased))
     return site_version, len(rebased)
-
-
-def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[bytes],
-                  op: str, rule: Any, user: str | None, err: TextIO = sys.stderr,
-                  wait: float = 60.0) -> int:
-    """``nnspam learn`` with a store: send the corrections to the fleet's stream (the
-    site model, or ``user``'s per-user model) and wait up to ``wait`` seconds for the
-    learner to learn them. Exit status: 0 learned (or queued: a server's learner
-    learns them when one runs), 1 a forget the journal did not hold, 75 Redis
-    cannot be reached."""
-    import time
-
-    try:
-        name = model_name(cfg["serve"].get("user_model"), user)
-    except RequestError as exc:
-        print(f"nnspam: --user {user}: {exc.message}", file=err)
-        return 2
-    if user and name == SITE:
-        print("nnspam: --user needs serve.user_model in the config", file=err)
-        return 2
-    where = redacted(cfg["store"])
-    try:
-        store = Store(cfg["store"], timeout=wait + 10)
-        ids = [store.add_correction(name, op, p, rule_json(rule), "learn", reply=True)
-               for p in payloads]
-        deadline = time.monotonic() + wait
-        answers = [store.wait_reply(i, max(deadline - time.monotonic(), 0.01)) for i in ids]
-    except StoreUnavailable as exc:
-        print(f"nnspam: model store {where} unreachable: {exc}", file=err)
-        return EX_TEMPFAIL
-    except StoreError as exc:
-        print(f"nnspam: model store {where}: {exc}", file=err)
-        return 1
-    queued = sum(a is None for a in answers)
-    if op == "forget":
-        missing = [n for n, a in zip(names, answers, strict=True) if a == "0"]
-        for n in missing:
-            print(f"nnspam: {n}: not in the correction journal of {name}", file=err)
-        done = sum(a == "1" for a in answers)
-        print(f"nnspam: forgot {done} of {len(answers)} message(s) in {name} ({where})"
-              + (f"; {queued} queued, not yet confirmed" if queued else ""), file=err)
-        return 1 if missing else 0
-    print(f"nnspam: learned {len(answers) - queued} {op} message(s) into {name} ({where})"
-          + (f"; {queued} queued for the fleet's learner" if queued else ""), file=err)
-    return 0

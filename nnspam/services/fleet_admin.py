@@ -18,6 +18,9 @@
     site that ran per-user models on disk. DIR defaults to the user's directory by
     ``serve.user_model``.
 
+``nnspam learn`` with a store sends its corrections through the stream
+(:func:`learn_command`).
+
 Exit status: 0 done, 1 a refusal (no such model, a push the learner rejected, a
 version that moved meanwhile: run it again), 2 a usage error, 75 Redis unreachable
 or (push) the learner did not answer in time: the push stays queued.
@@ -29,6 +32,7 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,16 +43,23 @@ from nnspam.services.fleet import (
     model_name,
     redacted,
     replace_site,
+    rule_json,
 )
 from nnspam.services.spamd import EX_TEMPFAIL, RequestError
 from nnspam.services.store import SITE, Store, StoreError, StoreUnavailable, VersionMoved
 
-__all__ = ["list_models", "pull", "push_site", "push_user"]
+__all__ = ["StoreUsageError", "learn_command", "list_models", "pull", "push_site",
+           "push_user"]
 
 
-def _store(cfg: dict[str, Any]) -> Store:
+class StoreUsageError(StoreError):
+    """A command the store cannot mean (no model directory, --user without
+    serve.user_model): exit 2."""
+
+
+def _store(cfg: dict[str, Any], timeout: float = 30.0) -> Store:
     try:
-        return Store(cfg["store"], timeout=30.0)
+        return Store(cfg["store"], timeout=timeout)
     except ImportError:
         raise StoreError("store: needs the redis client: pip install 'nnspam[redis]'") from None
 
@@ -59,11 +70,11 @@ def _name(cfg: dict[str, Any], user: str | None) -> str:
         return SITE
     pattern = cfg["serve"].get("user_model")
     if not pattern:
-        raise StoreError("--user needs serve.user_model in the config (it names the models)")
+        raise StoreUsageError("--user needs serve.user_model in the config")
     try:
         return model_name(pattern, user)
     except RequestError as exc:
-        raise StoreError(f"--user {user}: {exc.message}") from None
+        raise StoreUsageError(f"--user {user}: {exc.message}") from None
 
 
 def _guard(fn: Any) -> Any:
@@ -78,6 +89,9 @@ def _guard(fn: Any) -> Any:
         except VersionMoved as exc:
             print(f"nnspam: model store {where}: {exc}; run it again", file=err)
             return 1
+        except StoreUsageError as exc:
+            print(f"nnspam: {exc}", file=err)
+            return 2
         except StoreError as exc:
             print(f"nnspam: model store {where}: {exc}", file=err)
             return 1
@@ -142,7 +156,7 @@ def push_user(cfg: dict[str, Any], user: str, src: str | None, *,
     name = _name(cfg, user)
     path = Path(src) if src else user_model_path(cfg["serve"]["user_model"], user)
     if path is None or not (path / "model.json").is_file():
-        raise StoreError(f"{path}: not a model directory")
+        raise StoreUsageError(f"{path}: not a model directory")
     user_model, _ = files_of(path)
     site = store.fetch(SITE)
     if site is None:
@@ -165,10 +179,10 @@ def push_site(cfg: dict[str, Any], src: str, wait: float = 600.0, *,
 
     path = Path(src)
     if not (path / "model.json").is_file():
-        raise StoreError(f"{path}: not a model directory")
+        raise StoreUsageError(f"{path}: not a model directory")
     _, files = files_of(path)
     rule = rule_from_config(cfg)
-    store = _store(cfg)
+    store = _store(cfg, wait + 10)
     token = f"push:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     if store.acquire(token, LEASE_MS):  # no learner runs: do it here, holding its lease
         try:
@@ -178,8 +192,6 @@ def push_site(cfg: dict[str, Any], src: str, wait: float = 600.0, *,
         print(f"nnspam: {path} installed as the site model, version {version}; {n} user "
               "model(s) rebased", file=err)
         return 0
-    from nnspam.services.fleet import rule_json
-
     eid = store.add_correction(SITE, "replace", b"", rule_json(rule), "push", reply=True,
                                extra={"file:" + k: v for k, v in files.items()})
     print(f"nnspam: {path} sent to the fleet's learner ({store.holder()}); waiting",
@@ -194,4 +206,36 @@ def push_site(cfg: dict[str, Any], src: str, wait: float = 600.0, *,
         return 1
     print(f"nnspam: {path} installed as the site model, version {store.version(SITE)}",
           file=err)
+    return 0
+
+
+@_guard
+def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[bytes],
+                  op: str, rule: Any, user: str | None, wait: float = 60.0, *,
+                  err: TextIO = sys.stderr) -> int:
+    """``nnspam learn`` with a store: send the corrections to the fleet's stream (the
+    site model, or ``user``'s per-user model) and wait up to ``wait`` seconds for the
+    learner to learn them. Exit status: 0 learned (or queued: a server's learner
+    learns them when one runs), 1 a forget the journal did not hold, 75 Redis
+    cannot be reached."""
+    import time
+
+    name = _name(cfg, user)
+    where = redacted(cfg["store"])
+    store = _store(cfg, wait + 10)
+    ids = [store.add_correction(name, op, p, rule_json(rule), "learn", reply=True)
+           for p in payloads]
+    deadline = time.monotonic() + wait
+    answers = [store.wait_reply(i, max(deadline - time.monotonic(), 0.01)) for i in ids]
+    queued = sum(a is None for a in answers)
+    if op == "forget":
+        missing = [n for n, a in zip(names, answers, strict=True) if a == "0"]
+        for n in missing:
+            print(f"nnspam: {n}: not in the correction journal of {name}", file=err)
+        done = sum(a == "1" for a in answers)
+        print(f"nnspam: forgot {done} of {len(answers)} message(s) in {name} ({where})"
+              + (f"; {queued} queued, not yet confirmed" if queued else ""), file=err)
+        return 1 if missing else 0
+    print(f"nnspam: learned {len(answers) - queued} {op} message(s) into {name} ({where})"
+          + (f"; {queued} queued for the fleet's learner" if queued else ""), file=err)
     return 0
