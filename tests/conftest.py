@@ -1,8 +1,14 @@
-"""Shared test helpers: where the shared corpora are, and small message builders."""
+"""Shared test helpers: where the shared corpora are, small message builders, and a
+``nnspam serve`` process to test against (:class:`Server`)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +52,112 @@ def need(program: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``nnspam serve`` subprocess on a TCP port (``host:port``, a free one of
+    127.0.0.1 by default) and a Unix socket (``unix=False``: none).
+
+    Its config is ``cfg`` when given (the fleet's shared file), else ``extra_cfg``
+    written to ``tmp/config.yaml``; ``args`` go to ``nnspam serve`` (``--workers``...),
+    ``env`` adds to the environment. ``own_group``: in a session and process group of
+    its own, so that :meth:`kill` takes its workers too (as systemd's
+    KillMode=control-group would). The constructor returns once it answers PING."""
+
+    def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "",
+                 host: str = "127.0.0.1", port: int | None = None,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 cfg: Path | None = None, unix: bool = True, own_group: bool = False,
+                 start_timeout: float = 60) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.sock = str(tmp / f"nnspam-{host}.sock")
+        if cfg is None:
+            cfg = tmp / "config.yaml"
+            cfg.write_text(extra_cfg)
+        self.cfg = cfg
+        self.model = model
+        self.own_group = own_group
+        self.logfile = tmp / f"serve-{host}-{self.port}.log"
+        self._log = open(self.logfile, "ab")  # a file: a full pipe would block the server
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
+             "--listen", f"{host}:{self.port}", *(["--socket", self.sock] if unix else []),
+             *args],
+            stderr=self._log, env={**os.environ, **(env or {})}, start_new_session=own_group)
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log())
+            try:
+                if self.request(b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG"):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start:\n" + self.log())
+
+    def request(self, data: bytes, unix: bool = False) -> bytes:
+        if unix:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.sock)
+        else:
+            s = socket.create_connection((self.host, self.port), timeout=30)
+        with s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            parts = []
+            while chunk := s.recv(65536):
+                parts.append(chunk)
+        return b"".join(parts)
+
+    def spamc(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([need("spamc"), "-d", self.host, "-p", str(self.port), *args],
+                              input=data, capture_output=True, timeout=60)
+
+    def check(self, raw: bytes, user: str | None = None) -> float:
+        """The score of CHECK (10 * spamicity) for ``user`` (None: no User header)."""
+        hdr = f"User: {user}\r\n" if user else ""
+        got = self.request(f"CHECK SPAMC/1.5\r\nContent-length: {len(raw)}\r\n{hdr}\r\n"
+                           .encode() + raw)
+        line = [x for x in got.split(b"\r\n") if x.startswith(b"Spam:")][0]
+        return float(line.split(b";")[1].split(b"/")[0])
+
+    def tell(self, raw: bytes, label: str, user: str | None = None) -> bytes:
+        """TELL: learn ``raw`` as ``label`` (Set: local) for ``user`` (None: the site)."""
+        hdr = f"User: {user}\r\n" if user else ""
+        return self.request(
+            f"TELL SPAMC/1.5\r\nContent-length: {len(raw)}\r\nMessage-class: {label}\r\n"
+            f"Set: local\r\n{hdr}\r\n".encode() + raw)
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: its process group with ``own_group`` (the workers too), else it."""
+        try:
+            if self.own_group:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=20)
+
+    def stop(self) -> int:
+        """SIGTERM unless it has exited; its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._log.close()
 
 
 def make_message(subject: str, body: str, sender: str = "alice@example.org",

@@ -7,8 +7,6 @@ package) and SpamAssassin's ``spamc``."""
 from __future__ import annotations
 
 import io
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,20 +19,14 @@ import pytest
 
 from nnspam.services import pipefilter
 
-from conftest import need
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import Server, free_port, need
 
 
 def _port_free_on(hosts: list[str]) -> int:
     """A port free on every one of ``hosts`` (the servers share one port: spamc -d takes
     several hosts but one port)."""
     for _ in range(50):
-        port = _free_port()
+        port = free_port()
         try:
             for h in hosts:
                 with socket.socket() as s:
@@ -51,7 +43,7 @@ class Redis:
     def __init__(self, tmp: Path) -> None:
         self.exe = need("redis-server")
         self.dir = tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -84,69 +76,12 @@ class Redis:
         return redis.Redis.from_url(self.url)
 
 
-class Serve:
-    """One ``nnspam serve`` of the fleet, in its own process group (SIGKILL takes its
-    workers too, as systemd's KillMode=control-group would)."""
-
-    def __init__(self, tmp: Path, cfg: Path, host: str, port: int, workers: int) -> None:
-        self.host, self.port = host, port
-        self.logfile = tmp / f"serve-{host}.log"
-        self._log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nnspam", "serve", "-c", str(cfg), "-m", "default",
-             "--listen", f"{host}:{port}", "--workers", str(workers)],
-            stderr=self._log, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log())
-            try:
-                if self.request(b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG"):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start:\n" + self.log())
-
-    def request(self, data: bytes) -> bytes:
-        with socket.create_connection((self.host, self.port), timeout=30) as s:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            parts = []
-            while chunk := s.recv(65536):
-                parts.append(chunk)
-        return b"".join(parts)
-
-    def check(self, raw: bytes, user: str | None = None) -> float:
-        """The score of CHECK (10 * spamicity) for ``user`` (None: no User header)."""
-        hdr = f"User: {user}\r\n" if user else ""
-        got = self.request(f"CHECK SPAMC/1.5\r\nContent-length: {len(raw)}\r\n{hdr}\r\n"
-                           .encode() + raw)
-        line = [x for x in got.split(b"\r\n") if x.startswith(b"Spam:")][0]
-        return float(line.split(b";")[1].split(b"/")[0])
-
-    def tell(self, raw: bytes, label: str, user: str | None = None) -> bytes:
-        hdr = f"User: {user}\r\n" if user else ""
-        return self.request(
-            f"TELL SPAMC/1.5\r\nContent-length: {len(raw)}\r\nMessage-class: {label}\r\n"
-            f"Set: local\r\n{hdr}\r\n".encode() + raw)
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=20)
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._log.close()
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")
+def _serve(tmp: Path, cfg: Path, host: str, port: int, workers: int) -> Server:
+    """One ``nnspam serve`` of the fleet (the shared config, no Unix socket), in its own
+    process group: :meth:`~conftest.Server.kill` (SIGKILL) takes its workers too, as
+    systemd's KillMode=control-group would."""
+    return Server(tmp, cfg=cfg, host=host, port=port, args=("--workers", str(workers)),
+                  unix=False, own_group=True, start_timeout=90)
 
 
 def _filter_output(raw: bytes, cfg: Path) -> bytes:
@@ -272,7 +207,7 @@ def test_store_versions_lease_and_fencing(redis_server):
     a.release("A")
     assert b.acquire("B", 5000) and b.holder() == "B"
     with pytest.raises(StoreUnavailable):
-        Store(f"redis://127.0.0.1:{_free_port()}/0").epoch()
+        Store(f"redis://127.0.0.1:{free_port()}/0").epoch()
 
 
 # -- a fleet of three servers -------------------------------------------------------------
@@ -288,10 +223,10 @@ def fleet(tmp_path_factory, redis_server):
     cfg = tmp / "config.yaml"
     cfg.write_text(f"store: {redis_server.url}\nserve:\n  user_model: \"users/%u\"\n")
     port = _port_free_on(HOSTS)
-    servers: list[Serve] = []
+    servers: list[Server] = []
     try:
         for host, workers in zip(HOSTS, (2, 1, 1), strict=True):
-            servers.append(Serve(tmp, cfg, host, port, workers))
+            servers.append(_serve(tmp, cfg, host, port, workers))
         yield {"tmp": tmp, "cfg": cfg, "port": port, "servers": servers,
                "redis": redis_server}
     finally:
@@ -408,7 +343,7 @@ def test_1000_messages_while_redis_restarts_and_a_server_is_killed(fleet, sa_cor
         assert text.count("unreachable") <= 3 and "is back" in text
     print(f"1000 messages in {elapsed:.1f} s through the fleet")
     # the killed server comes back and learns the fleet's models
-    fleet["servers"][fleet["servers"].index(victim)] = Serve(
+    fleet["servers"][fleet["servers"].index(victim)] = _serve(
         fleet["tmp"], fleet["cfg"], victim.host, port, 1)
 
 

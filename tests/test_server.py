@@ -19,72 +19,10 @@ import pytest
 
 from nnspam.services import pipefilter
 
-from conftest import need
+from conftest import Server, free_port, need
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``nnspam serve`` subprocess on a TCP port and a Unix socket."""
-
-    def __init__(self, tmp: Path, model: str = "default", extra_cfg: str = "",
-                 host: str = "127.0.0.1", port: int | None = None,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
-        self.host = host
-        self.port = port or _free_port()
-        self.sock = str(tmp / f"nnspam-{host}.sock")
-        self.cfg = tmp / "config.yaml"
-        self.cfg.write_text(extra_cfg)
-        self.model = model
-        self.logfile = tmp / f"serve-{host}-{self.port}.log"
-        self._log = open(self.logfile, "ab")  # a file: a full pipe would block the server
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
-             "--listen", f"{host}:{self.port}", "--socket", self.sock, *args],
-            stderr=self._log, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log())
-            try:
-                if self.request(b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG"):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def request(self, data: bytes, unix: bool = False) -> bytes:
-        if unix:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(self.sock)
-        else:
-            s = socket.create_connection((self.host, self.port), timeout=30)
-        with s:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            parts = []
-            while chunk := s.recv(65536):
-                parts.append(chunk)
-        return b"".join(parts)
-
-    def spamc(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
-        return subprocess.run([need("spamc"), "-d", self.host, "-p", str(self.port), *args],
-                              input=data, capture_output=True, timeout=60)
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._log.close()
+# other test modules import Server and _free_port from here (test_metrics.py, ...)
+_free_port = free_port
 
 
 @pytest.fixture(scope="module")

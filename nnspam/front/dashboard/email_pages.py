@@ -28,40 +28,29 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import (
-    Blueprint,
-    abort,
-    current_app,
-    flash,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
 
+from nnspam.front.dashboard.pages import check_move, one_page, page_blueprint, served, served_or_404
 from nnspam.front.dashboard.plot import COLOURS, daily_svg
-from nnspam.front.dashboard.web import page_number, protect
+from nnspam.front.dashboard.web import page_number
 
 __all__ = ["bp", "PLOT_DAYS", "folder_label", "signed"]
 
 #: Days shown in the plot (today and the days before it, UTC).
 PLOT_DAYS = 14
 
-bp = protect(Blueprint("email", __name__, url_prefix="/email"))
+bp = page_blueprint("email", __name__, url_prefix="/email")
 
 
 def _side() -> Any:
     """The :class:`~nnspam.front.dashboard.email_side.EmailSide`, or None (and the
     reason is in ``NNSPAM_EMAIL_UNAVAILABLE``)."""
-    return current_app.config.get("NNSPAM_EMAIL")
+    return served("NNSPAM_EMAIL")
 
 
 def _side_or_404() -> Any:
-    side = _side()
-    if side is None:
-        abort(404)
-    return side
+    return served_or_404("NNSPAM_EMAIL")
 
 
 def _box(value: str | None) -> int:
@@ -102,12 +91,11 @@ def index() -> Any:
     if side is None:
         return render_template("dashboard/email.html", side=None,
                                reason=current_app.config.get("NNSPAM_EMAIL_UNAVAILABLE"))
-    size = current_app.config["NNSPAM_DASHBOARD_PAGE_SIZE"]
     page = page_number(request.args.get("page"))
-    rows = side.listing(limit=size + 1, offset=(page - 1) * size)
+    rows, more = one_page(side.listing, page)
     days = side.days(PLOT_DAYS)
-    return render_template("dashboard/email.html", side=side, rows=rows[:size],
-                           more=len(rows) > size, page=page, days=days, total=side.count(),
+    return render_template("dashboard/email.html", side=side, rows=rows,
+                           more=more, page=page, days=days, total=side.count(),
                            plot=Markup(daily_svg(days)), colours=COLOURS,
                            folder_label=folder_label, not_learned=_not_learned_why(side))
 
@@ -138,8 +126,7 @@ def move() -> Any:
     side = _side_or_404()
     box, uniq, to = _box(request.form.get("box")), request.form.get("uniq", ""), \
         request.form.get("to", "")
-    if to not in ("junk", "inbox") or not uniq:
-        abort(400)
+    check_move(to, uniq)
     moved = side.move(box, uniq, to)
     where = folder_label(side, to)
     if moved.action == "missing":

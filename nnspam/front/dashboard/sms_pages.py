@@ -14,34 +14,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import (
-    Blueprint,
-    abort,
-    current_app,
-    flash,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import abort, flash, redirect, render_template, request, url_for
 
 from nnspam.front.dashboard.moves import move_message as move_file
-from nnspam.front.dashboard.web import page_number, protect
+from nnspam.front.dashboard.pages import check_move, one_page, page_blueprint, served, served_or_404
+from nnspam.front.dashboard.web import page_number
 
 __all__ = ["bp", "move_message"]
 
 log = logging.getLogger("nnspam.front.dashboard")
 
-bp = protect(Blueprint("sms", __name__))
+bp = page_blueprint("sms", __name__)
 
 
 def _store() -> Any:
-    return current_app.config.get("NNSPAM_SMS_STORE")
+    return served("NNSPAM_SMS_STORE")
 
 
-def _folder(store: Any, place: str, page: int, size: int) -> dict[str, Any]:
-    rows = store.listing(place, limit=size + 1, offset=(page - 1) * size)
-    return {"rows": rows[:size], "page": page, "more": len(rows) > size}
+def _folder(store: Any, place: str, page: int) -> dict[str, Any]:
+    rows, more = one_page(store.listing, page, place)
+    return {"rows": rows, "page": page, "more": more}
 
 
 @bp.get("/")
@@ -50,12 +42,11 @@ def index() -> Any:
     store = _store()
     if store is None:
         return redirect(url_for("email.index"))
-    size = current_app.config["NNSPAM_DASHBOARD_PAGE_SIZE"]
     pages = {"inbox": page_number(request.args.get("inbox")),
              "spam": page_number(request.args.get("spam"))}
     with store.lock:
-        inbox = _folder(store, "inbox", pages["inbox"], size)
-        spam = _folder(store, "junk", pages["spam"], size)
+        inbox = _folder(store, "inbox", pages["inbox"])
+        spam = _folder(store, "junk", pages["spam"])
     return render_template("dashboard/index.html", inbox=inbox, spam=spam, pages=pages)
 
 
@@ -82,13 +73,10 @@ def move_message(store: Any, sid: str, to: str) -> tuple[str, bool]:
 @bp.post("/move")
 def move() -> Any:
     """Move one SMS to the other folder (form fields sid, to)."""
-    store = _store()
-    if store is None:
-        abort(404)
+    store = served_or_404("NNSPAM_SMS_STORE")
     sid = request.form.get("sid", "")
     to = request.form.get("to", "")
-    if to not in ("junk", "inbox") or not sid:
-        abort(400)
+    check_move(to, sid)
     action, learned = move_message(store, sid, to)
     if action in ("missing", "conflict"):
         abort(404 if action == "missing" else 409)
