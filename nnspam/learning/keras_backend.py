@@ -207,12 +207,12 @@ def fit(
     keras = _keras()
     keras.utils.set_random_seed(net.seed)
     y = np.asarray(y).astype(np.int64).ravel()
-    # Keras gets dense arrays: the training features are CSR (Vectorizer.transform), and
-    # Keras' Dense and Dropout layers are not relied on to take SciPy input; this backend
-    # therefore still holds the dense (m, n) matrix, as before (the NumPy backend does not).
-    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-    if X_val is not None and hasattr(X_val, "toarray"):
-        X_val = X_val.toarray()
+    # The training features are CSR (Vectorizer.transform): Keras gets them as dense
+    # mini-batches made one at a time (_sparse_batches), so this backend, like the NumPy
+    # one, never holds the dense (m, n) matrix; the validation part is scored in dense
+    # blocks of rows (predict). Dense X (a caller's array) goes to Keras as it is.
+    if not hasattr(X, "toarray"):
+        X = np.asarray(X)
     if X_val is None and split and net.validation_fraction > 0:
         rng_split = np.random.default_rng(np.random.SeedSequence(net.seed).spawn(4)[1])
         tr, va = stratified_split(y, net.validation_fraction, rng_split)
@@ -231,14 +231,46 @@ def fit(
     cw = net.class_weight
     sw = None if cw is None else np.asarray(cw, dtype=np.float32)[y]
     state = _EpochWatch(net, model, X_val, y_val, progress, average_from)
-    logits_model.fit(X, T, sample_weight=sw, batch_size=net.batch_size, epochs=net.max_epochs,
-              shuffle=True, verbose=0, callbacks=[state.callback()])
+    if hasattr(X, "toarray"):
+        data = _sparse_batches(X, T, sw, net.batch_size, net.seed)
+        logits_model.fit(data, epochs=net.max_epochs, verbose=0, callbacks=[state.callback()])
+    else:
+        logits_model.fit(X, T, sample_weight=sw, batch_size=net.batch_size,
+                         epochs=net.max_epochs, shuffle=True, verbose=0,
+                         callbacks=[state.callback()])
     final = state.result()
     set_weights(model, net, final)
     net.set_weights(final)
     net.history_ = state.history
     net.best_epoch_ = state.best_epoch
     return model
+
+
+def _sparse_batches(X: Any, T: np.ndarray, sw: np.ndarray | None, batch_size: int,
+                   seed: int) -> Any:
+    """A ``keras.utils.PyDataset`` of dense mini-batches cut from the CSR matrix ``X``,
+    in a new seeded random order every epoch (as ``fit(shuffle=True)`` on arrays): the
+    dense copy is one batch (32 x n floats), never the whole set."""
+    keras = _keras()
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[4])
+            self.order = self.rng.permutation(X.shape[0])
+
+        def __len__(self) -> int:
+            return -(-X.shape[0] // batch_size)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
+            rows = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            xb = X[rows].toarray()
+            return (xb, T[rows]) if sw is None else (xb, T[rows], sw[rows])
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(X.shape[0])
+
+    return Batches()
 
 
 class _EpochWatch:
