@@ -86,6 +86,17 @@ def test_a_local_cluster_of_two_trains_the_model_of_one_process(parts):
     # the tolerance allowed; measured: 0.0 (the members' sums do not depend on the worker)
     assert np.abs(a - b).max() <= 1e-4
     assert ((a >= 0.5) == (b >= 0.5)).all()
+    # the wide path's counts, summed over the shards on the cluster, are the same counts
+    assert spread.wide.docs == alone.wide.docs == len(train)
+    assert np.array_equal(spread.wide.df, alone.wide.df)
+    # and a correction (taught through the wide path by default) moves both alike
+    from nnspam.config import DEFAULTS
+    from nnspam.model.correct import correct, rule_from_config
+
+    rule = rule_from_config(DEFAULTS)
+    for m in (alone, spread):
+        correct(m, [toks[0]], "spam" if a[0] < 0.5 else "ham", rule)
+    assert np.abs(alone.spamicity_of_tokens(toks) - spread.spamicity_of_tokens(toks)).max() <= 1e-4
 
 
 @pytest.mark.slow

@@ -134,6 +134,15 @@ class Wide:
                 self.df[idx] += 1.0
             self.docs += 1
 
+    def add_counts(self, df: np.ndarray, docs: int) -> None:
+        """Add document counts made elsewhere by :meth:`observe` on a path of the same
+        size (shards counted on a Dask cluster, summed): the same counts as observing
+        their messages here, since counting is a sum."""
+        if df.shape != self.df.shape:
+            raise ValueError(f"wide counts of shape {df.shape}, want {self.df.shape}")
+        self.df[:] += df.astype(self.df.dtype, copy=False)
+        self.docs += int(docs)
+
     def _values(self, idx: np.ndarray) -> np.ndarray:
         """Feature values of one part: each slot's idf, the vector scaled to length 1."""
         if not idx.size:

@@ -19,8 +19,12 @@ pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
    at once, each with its own seed as in one process, and merged here as always
    (:func:`nnspam.services.training.fit_members`).
 
+5. **The wide path's counts**: each shard's token document counts per hashed slot
+   (:meth:`nnspam.model.wide.Wide.observe` on the worker), summed pairwise like the word
+   counts; the token lists themselves never come back from the workers.
+
 What stays here: reading the archive (a ``.tar.xz`` is one compressed stream, read in
-order), the token lists the wide path counts (gathered from the workers once), the
+order), the feature matrix (gathered once and sent to each member's worker), the
 merge and the save. With ``features.augment: text-only`` (the training doubles the
 messages with text-only copies) steps 2 and 3 run here, after the copies are made.
 
@@ -159,6 +163,19 @@ def _add(a: wl.DocCounts, b: wl.DocCounts) -> wl.DocCounts:
     return a + b
 
 
+def _wide_count(toks: list[list[str]]) -> tuple[np.ndarray, int]:
+    """The wide path's document counts of one shard (a new path's ``df`` and ``docs``)."""
+    from nnspam.model.wide import Wide
+
+    w = Wide()
+    w.observe(toks)
+    return w.df, w.docs
+
+
+def _wide_add(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+    return a[0] + b[0], a[1] + b[1]
+
+
 def _block(toks: list[list[str]], words: list[str], scaling: str) -> Any:
     from nnspam.learning.features import Vectorizer
 
@@ -171,10 +188,10 @@ def _stack(blocks: Sequence[Any]) -> Any:
     return sp.vstack(list(blocks), format="csr")
 
 
-def _tree_sum(client: Any, futures: list[Any]) -> Any:
+def _tree_sum(client: Any, futures: list[Any], add: Callable[[Any, Any], Any] = _add) -> Any:
     """Sum counts pairwise on the cluster: only the total comes back."""
     while len(futures) > 1:
-        nxt = [client.submit(_add, futures[i], futures[i + 1])
+        nxt = [client.submit(add, futures[i], futures[i + 1])
                for i in range(0, len(futures) - 1, 2)]
         if len(futures) % 2:
             nxt.append(futures[-1])
@@ -217,8 +234,8 @@ def train_on_cluster(client: Any, samples: Sequence[Sample], kind: str,
                                  pure=False) for a, b in bounds]
     augment = (settings.get("features") or {}).get("augment", "none") or "none"
     plain = (augment == "none" or kind != "email") and train_kwargs.get(
-        "arch", "nnspam") == "nnspam" and train_kwargs.get("balance", "none") == "none"
-    counts = features = None
+        "arch", "nnspam") == "nnspam" and train_kwargs.get("balance", "none") == "none" \
+        and train_kwargs.get("backend", "numpy") == "numpy"
     if plain and train_kwargs.get("wordlist") is None:
         counts = _tree_sum(client, [client.submit(_count, f, y[a:b])
                                     for f, (a, b) in zip(tok_futures, bounds, strict=True)])
@@ -230,8 +247,12 @@ def train_on_cluster(client: Any, samples: Sequence[Sample], kind: str,
         blocks = client.gather([client.submit(_block, f, words, scaling)
                                 for f in tok_futures])
         features = _stack(blocks)
-    toks = [t for part in client.gather(tok_futures) for t in part]
-    if counts is not None:
+        wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures],
+                         _wide_add)
         train_kwargs["wordlist"] = chosen
-    return train_model(samples, kind, settings, token_lists=toks, counts=counts,
-                       features=features, member_map=_member_map(client), **train_kwargs)
+        # everything counted on the cluster: the token lists never come back here
+        return train_model(samples, kind, settings, counts=counts, features=features,
+                           wide_counts=wide, member_map=_member_map(client), **train_kwargs)
+    toks = [t for part in client.gather(tok_futures) for t in part]
+    return train_model(samples, kind, settings, token_lists=toks,
+                       member_map=_member_map(client), **train_kwargs)

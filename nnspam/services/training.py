@@ -214,6 +214,7 @@ def train_model(
     member_map: MemberMap | None = None,
     features: Any = None,
     counts: wl.DocCounts | None = None,
+    wide_counts: tuple[np.ndarray, int] | None = None,
 ) -> Model:
     """Train a model from labelled samples.
 
@@ -231,6 +232,11 @@ def train_model(
     and the networks train on it batch by batch, never on a dense (m, n) copy. ``sparse=False``
     forces the dense matrix of earlier versions (same values, same word list), kept for
     ``scripts/bench/sparse.py``'s comparison.
+
+    ``counts``, ``features`` and ``wide_counts`` (the word list's document counts, the
+    feature matrix, the wide path's counts: :class:`~nnspam.model.wide.Wide`'s ``df``
+    and ``docs``) made elsewhere, on a Dask cluster (:mod:`nnspam.services.distributed`):
+    given all three, the messages are not tokenized here at all.
     """
     from nnspam.learning.arch import ARCHS, BALANCES
 
@@ -252,13 +258,17 @@ def train_model(
     if y.sum() == 0 or y.sum() == len(y):
         raise ValueError("training needs both spam and ham messages")
     t0 = time.perf_counter()
-    toks = token_lists if token_lists is not None else tokenize_samples(
+    counted_apart = features is not None and counts is not None and wide_counts is not None
+    toks = token_lists if token_lists is not None or counted_apart else tokenize_samples(
         [s.payload for s in samples], kind, max_part_bytes
     )
     counted = toks  # the wide path's token counts: the training messages themselves
     augment = (settings.get("features") or {}).get("augment", "none") or "none"
     if augment not in AUGMENTS:
         raise ValueError(f"unknown features.augment {augment!r} (use one of {AUGMENTS})")
+    if counted_apart and ((augment == "text-only" and kind == "email") or arch != "nnspam"
+                          or backend != "numpy" or balance != "none"):
+        raise ValueError("counts made apart (a cluster) are for the plain nnspam recipe only")
     if augment == "text-only" and kind == "email":
         toks, y = _with_text_only_copies(samples, toks, y, max_part_bytes)
     t_tok = time.perf_counter() - t0
@@ -332,7 +342,10 @@ def train_model(
         model.summary["provenance"] = provenance
     # The wide path starts with the training mail's token counts, so the first corrections
     # of a new user already weight common words by a sensible idf (nnspam/model/wide.py).
-    model.ensure_wide().observe(counted)
+    if wide_counts is not None:
+        model.ensure_wide().add_counts(*wide_counts)
+    else:
+        model.ensure_wide().observe(counted)
     return model
 
 
