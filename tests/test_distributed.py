@@ -78,6 +78,14 @@ def test_a_local_cluster_of_two_trains_the_model_of_one_process(parts):
     with cluster("local:2") as client:
         assert len(client.scheduler_info()["workers"]) == 2
         spread = train_on_cluster(client, train, "email", settings, shard=300)
+        # read as a stream in another order (a tar's), put back in the given order
+        shuffled = [train[i] for i in np.random.default_rng(7).permutation(len(train))]
+        streamed = train_on_cluster(client, iter(shuffled), "email", settings, shard=300,
+                                    order=[x.name for x in train])
+    assert streamed.words == spread.words
+    probe = tokenize_samples([s.payload for s in test])
+    assert np.array_equal(streamed.spamicity_of_tokens(probe), spread.spamicity_of_tokens(probe))
+    assert np.array_equal(streamed.wide.df, spread.wide.df)
     assert spread.words == alone.words
     assert spread.summary["wordlist"] == alone.summary["wordlist"]
     assert [m["seed"] for m in spread.summary["members"]] == [1, 2]
@@ -99,6 +107,19 @@ def test_a_local_cluster_of_two_trains_the_model_of_one_process(parts):
     assert np.abs(alone.spamicity_of_tokens(toks) - spread.spamicity_of_tokens(toks)).max() <= 1e-4
 
 
+def test_the_train_part_streamed_from_the_archive_is_the_split_s_train_part(sa_corpus):
+    from nnspam.mail.corpus import iter_split_samples, load_split_samples
+
+    whole = {s.name: s for s in load_split_samples(SA_SPLIT, SA_TAR, part="train")}
+    seen = 0
+    for s in iter_split_samples(SA_SPLIT, SA_TAR):
+        assert whole[s.name].payload == s.payload and whole[s.name].label == s.label
+        seen += 1
+    assert seen == len(whole)
+    streamed = [s.name for s in iter_split_samples(SA_SPLIT, str(sa_corpus))]  # a directory
+    assert streamed == list(whole)
+
+
 @pytest.mark.slow
 def test_nnspam_train_dask_on_the_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
@@ -110,6 +131,19 @@ def test_nnspam_train_dask_on_the_command_line(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert (out / "weights.npz").is_file() and "wrote" in r.stderr
+    # the archive streamed to the cluster in its own order trains the model of one process
+    alone = tmp_path / "alone"
+    r = subprocess.run([sys.executable, "-m", "nnspam", "train", "-c", str(cfg), "-m",
+                        str(alone), "--split", str(SA_SPLIT), "--corpus", str(SA_TAR)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    from nnspam.mail.corpus import load_split_samples
+    from nnspam.model.core import Model
+
+    probe = [x.payload for x in load_split_samples(SA_SPLIT, SA_TAR, part="test")[::10]]
+    a, b = Model.load(out), Model.load(alone)
+    assert a.words == b.words
+    assert np.abs(a.score(probe) - b.score(probe)).max() <= 1e-4
     r = subprocess.run([sys.executable, "-m", "nnspam", "train", "-m", str(out), "--split",
                         str(SA_SPLIT), "--corpus", str(SA_TAR), "--dask", "nowhere"],
                        capture_output=True, text=True, timeout=120)

@@ -123,7 +123,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     cfg = _config(args)
     h, s, t = _bias(args, cfg)
-    samples = _labelled_samples(args, "train")
+    stream = None
+    if args.dask and args.split and args.corpus and not args.sms:
+        # on a cluster, the archive is read a shard at a time and each shard sent on as it
+        # is read (nnspam.services.distributed); here only the names and labels are held
+        from nnspam.mail.corpus import Sample, iter_split_samples, read_split
+
+        samples = [Sample(p, b"", label) for p, label, _ in read_split(args.split, "train")]
+        stream = iter_split_samples(args.split, args.corpus)
+    else:
+        samples = _labelled_samples(args, "train")
     if samples is None:
         if not args.ham or not args.spam:
             raise UsageError("give --ham PATH... and --spam PATH..., or --split/--corpus, "
@@ -169,7 +178,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             with cluster(args.dask) as client:
-                model = train_on_cluster(client, samples, kind, settings, **kw)
+                if stream is not None:
+                    model = train_on_cluster(client, stream, kind, settings,
+                                             order=[x.name for x in samples], **kw)
+                else:
+                    model = train_on_cluster(client, samples, kind, settings, **kw)
         except DistributedError as exc:
             raise UsageError(str(exc)) from None
     else:

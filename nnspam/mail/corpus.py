@@ -24,8 +24,11 @@ __all__ = [
     "read_sms",
     "read_split",
     "load_split_samples",
+    "load_split_samples_rows",
+    "iter_split_samples",
     "convert_mbox",
     "read_from_tar",
+    "iter_tar",
     "strip_dots",
 ]
 
@@ -197,8 +200,13 @@ def read_from_tar(tar_path: str | Path, wanted: Iterable[str]) -> dict[str, byte
     for every member. The archive may hold the folder itself (``spamassassin/easy_ham/1``)
     or its contents (``easy_ham/1``); a leading ``./`` is ignored. Files not found are
     simply absent from the result."""
+    return dict(iter_tar(tar_path, wanted))
+
+
+def iter_tar(tar_path: str | Path, wanted: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of the files ``wanted`` of a tar archive, one at a time in the
+    archive's order (see :func:`read_from_tar`), so that a caller need not hold them all."""
     want = {strip_dots(w) for w in wanted}
-    found: dict[str, bytes] = {}
     with tarfile.open(tar_path, "r:*") as tar:
         for member in tar:
             if not member.isfile():
@@ -208,8 +216,7 @@ def read_from_tar(tar_path: str | Path, wanted: Iterable[str]) -> dict[str, byte
             if rel in want:
                 fh = tar.extractfile(member)
                 if fh is not None:
-                    found[rel] = fh.read()
-    return found
+                    yield rel, fh.read()
 
 
 def strip_dots(p: str) -> str:
@@ -241,19 +248,52 @@ def load_split_samples(
         raise CorpusError("a split file needs --corpus ROOT (or --sms FILE)")
     root = Path(corpus_root)
     if root.is_dir():
-        # The shared corpus may be unpacked with its top directory: accept both.
-        if rows and not (root / rows[0][0]).exists() and (root / "spamassassin").is_dir():
-            root = root / "spamassassin"
-        out = []
-        for p, label, _ in rows:
-            try:
-                out.append(Sample(p, _read_file(root / p), label))
-            except OSError as exc:
-                raise CorpusError(f"{root / p}: {exc.strerror}") from None
-        return out
+        return load_split_samples_rows(split_file, corpus_root, rows)
     if root.is_file() and tarfile.is_tarfile(root):
         return _load_from_tar(root, rows)
     raise CorpusError(f"{corpus_root}: not a directory or tar archive")
+
+
+def iter_split_samples(split_file: str, corpus_root: str) -> Iterator[Sample]:
+    """The train part of a split (``corpus_root`` a directory or a tar archive) one
+    sample at a time, for a training that sends shards on as it reads them (``nnspam
+    train --dask``) and never holds the whole archive: in the split's order from a
+    directory, in the archive's order from a tar (one sequential pass). CorpusError,
+    after the last one, when split paths were not found."""
+    rows = read_split(split_file, "train")
+    root = Path(corpus_root)
+    if root.is_file() and tarfile.is_tarfile(root):
+        labels = {p: label for p, label, _ in rows}
+        seen: set[str] = set()
+        for rel, data in iter_tar(root, labels):
+            if rel not in seen:
+                seen.add(rel)
+                yield Sample(rel, data, labels[rel])
+        missing = labels.keys() - seen
+        if missing:
+            raise CorpusError(f"{root}: {len(missing)} split paths missing, e.g. "
+                              f"{min(missing)}")
+        return
+    for p, label, _ in rows:  # a directory: as load_split_samples reads it
+        yield from load_split_samples_rows(split_file, corpus_root, [(p, label, "train")])
+
+
+def load_split_samples_rows(split_file: str, corpus_root: str,
+                            rows: list[tuple[str, str, str]]) -> list[Sample]:
+    """:func:`load_split_samples` for the given rows of the split, from a directory."""
+    root = Path(corpus_root)
+    if not root.is_dir():
+        raise CorpusError(f"{corpus_root}: not a directory or tar archive")
+    # The shared corpus may be unpacked with its top directory: accept both.
+    if rows and not (root / rows[0][0]).exists() and (root / "spamassassin").is_dir():
+        root = root / "spamassassin"
+    out = []
+    for p, label, _ in rows:
+        try:
+            out.append(Sample(p, _read_file(root / p), label))
+        except OSError as exc:
+            raise CorpusError(f"{root / p}: {exc.strerror}") from None
+    return out
 
 
 def _load_from_tar(tar_path: Path, rows: list[tuple[str, str, str]]) -> list[Sample]:

@@ -24,8 +24,11 @@ pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
    counts; the token lists themselves never come back from the workers.
 
 What stays here: reading the archive (a ``.tar.xz`` is one compressed stream, read in
-order), the feature matrix (gathered once and sent to each member's worker), the
-merge and the save. With ``features.augment: text-only`` (the training doubles the
+order), a shard at a time, each shard sent on as soon as it is read, so that only the
+names and labels are held here (``nnspam train --dask`` with ``--split``/``--corpus``:
+:func:`nnspam.mail.corpus.iter_split_samples`); the feature matrix (gathered once, its
+rows put back in the split's order, and sent to each member's worker); the merge and
+the save. With ``features.augment: text-only`` (the training doubles the
 messages with text-only copies) steps 2 and 3 run here, after the copies are made.
 
 ``local`` starts a ``LocalCluster`` of one-thread worker processes (``local:N`` for
@@ -41,7 +44,7 @@ The cluster is imported only here, only for ``--dask``: without it nothing chang
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -219,40 +222,80 @@ def _member_map(client: Any) -> Callable[[Callable, list[dict[str, Any]]], list[
     return run
 
 
-def train_on_cluster(client: Any, samples: Sequence[Sample], kind: str,
+def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
                      settings: dict[str, Any], *, shard: int = SHARD,
-                     **train_kwargs: Any) -> Model:
+                     order: Sequence[str] | None = None, **train_kwargs: Any) -> Model:
     """:func:`nnspam.services.training.train_model` with its expensive parts on the
     cluster behind ``client`` (see the module docstring); the same arguments, the same
-    model (up to the members' floating-point sums, which do not depend on the worker)."""
+    model (up to the members' floating-point sums, which do not depend on the worker).
+
+    ``samples`` may be an iterator (:func:`nnspam.mail.corpus.iter_split_samples`): it
+    is read a shard at a time and each shard is sent to the cluster as soon as it is
+    read, so that the archive is never held here whole. ``order``: the samples' names in
+    the order the model is to be trained in (the split file's), when they are read in
+    another (a tar archive's); the feature rows are put back in that order, so the model
+    is the one of the samples in that order.
+
+    With a recipe other than the plain one (text-only copies, another architecture or
+    backend, a balance, a given word list) the samples are held here, only the
+    tokenizing runs on the cluster, and the token lists come back."""
     from nnspam.services.training import labels_of, train_model
 
-    y = labels_of(samples)
-    mpb = int(train_kwargs.get("max_part_bytes", 262144))
-    bounds = [(i, min(i + shard, len(samples))) for i in range(0, len(samples), shard)]
-    tok_futures = [client.submit(_tokenize, [s.payload for s in samples[a:b]], kind, mpb,
-                                 pure=False) for a, b in bounds]
     augment = (settings.get("features") or {}).get("augment", "none") or "none"
     plain = (augment == "none" or kind != "email") and train_kwargs.get(
         "arch", "nnspam") == "nnspam" and train_kwargs.get("balance", "none") == "none" \
-        and train_kwargs.get("backend", "numpy") == "numpy"
-    if plain and train_kwargs.get("wordlist") is None:
-        counts = _tree_sum(client, [client.submit(_count, f, y[a:b])
-                                    for f, (a, b) in zip(tok_futures, bounds, strict=True)])
-        wcfg = settings["wordlist"]
-        chosen = wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
-                                int(wcfg.get("min_df", 3)))
-        words = [w for _, w in chosen]
-        scaling = settings["features"]["scaling"]
-        blocks = client.gather([client.submit(_block, f, words, scaling)
-                                for f in tok_futures])
-        features = _stack(blocks)
-        wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures],
-                         _wide_add)
-        train_kwargs["wordlist"] = chosen
-        # everything counted on the cluster: the token lists never come back here
-        return train_model(samples, kind, settings, counts=counts, features=features,
-                           wide_counts=wide, member_map=_member_map(client), **train_kwargs)
-    toks = [t for part in client.gather(tok_futures) for t in part]
-    return train_model(samples, kind, settings, token_lists=toks,
-                       member_map=_member_map(client), **train_kwargs)
+        and train_kwargs.get("backend", "numpy") == "numpy" \
+        and train_kwargs.get("wordlist") is None
+    mpb = int(train_kwargs.get("max_part_bytes", 262144))
+    if not plain:
+        held = list(samples)
+        if order is not None:
+            where = {s.name: s for s in held}
+            held = [where[n] for n in order]
+        futures = [client.submit(_tokenize, [s.payload for s in held[i:i + shard]], kind,
+                                 mpb, pure=False) for i in range(0, len(held), shard)]
+        toks = [t for part in client.gather(futures) for t in part]
+        return train_model(held, kind, settings, token_lists=toks,
+                           member_map=_member_map(client), **train_kwargs)
+    # read and send a shard at a time; keep only names and labels here
+    stubs: list[Sample] = []
+    tok_futures, count_futures = [], []
+    for chunk in _chunks(samples, shard):
+        stubs += [Sample(s.name, b"", s.label) for s in chunk]
+        f = client.submit(_tokenize, [s.payload for s in chunk], kind, mpb, pure=False)
+        tok_futures.append(f)
+        count_futures.append(client.submit(_count, f, labels_of(chunk)))
+        del chunk
+    if not stubs:
+        raise ValueError("no messages to train on")
+    counts = _tree_sum(client, count_futures)
+    wcfg = settings["wordlist"]
+    chosen = wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
+                            int(wcfg.get("min_df", 3)))
+    words = [w for _, w in chosen]
+    scaling = settings["features"]["scaling"]
+    features = _stack(client.gather([client.submit(_block, f, words, scaling)
+                                     for f in tok_futures]))
+    wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures], _wide_add)
+    if order is not None and [s.name for s in stubs] != list(order):
+        at = {s.name: i for i, s in enumerate(stubs)}
+        if len(at) != len(stubs) or set(order) != at.keys():
+            raise ValueError("order must name each sample once")
+        perm = np.array([at[n] for n in order], dtype=np.int64)
+        features = features[perm]
+        stubs = [stubs[i] for i in perm]
+    train_kwargs["wordlist"] = chosen
+    # everything counted on the cluster: the token lists never come back here
+    return train_model(stubs, kind, settings, counts=counts, features=features,
+                       wide_counts=wide, member_map=_member_map(client), **train_kwargs)
+
+
+def _chunks(samples: Iterable[Sample], n: int) -> Iterator[list[Sample]]:
+    chunk: list[Sample] = []
+    for s in samples:
+        chunk.append(s)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
