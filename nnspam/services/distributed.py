@@ -13,10 +13,12 @@ pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
    Counts add up exactly, so the word list is the one a single process chooses
    (``tests/test_distributed.py`` checks it).
 3. **Feature blocks**: each shard's feature rows are made on its worker with the chosen
-   words (the model's own vectorizer) and the blocks are stacked here in order: the
-   same matrix as :meth:`nnspam.model.core.Model.features` of all messages.
+   words (the model's own vectorizer) and the blocks are stacked in order on a worker:
+   the same matrix as :meth:`nnspam.model.core.Model.features` of all messages. It
+   stays on the cluster (:class:`OnCluster` stands for it here).
 4. **Members**: the ``network.members`` networks (3 for email) are trained on workers
-   at once, each with its own seed as in one process, and merged here as always
+   at once, each with its own seed as in one process, each worker fetching the matrix
+   from the one that holds it, and merged here as always
    (:func:`nnspam.services.training.fit_members`).
 
 5. **The wide path's counts**: each shard's token document counts per hashed slot
@@ -26,8 +28,7 @@ pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
 What stays here: reading the archive (a ``.tar.xz`` is one compressed stream, read in
 order), a shard at a time, each shard sent on as soon as it is read, so that only the
 names and labels are held here (``nnspam train --dask`` with ``--split``/``--corpus``:
-:func:`nnspam.mail.corpus.iter_split_samples`); the feature matrix (gathered once, its
-rows put back in the split's order, and sent to each member's worker); the merge and
+:func:`nnspam.mail.corpus.iter_split_samples`); the sums of the counts; the merge and
 the save. With ``features.augment: text-only`` (the training doubles the
 messages with text-only copies) steps 2 and 3 run here, after the copies are made.
 
@@ -185,10 +186,23 @@ def _block(toks: list[list[str]], words: list[str], scaling: str) -> Any:
     return Vectorizer(words, scaling).transform(toks, sparse=True)
 
 
-def _stack(blocks: Sequence[Any]) -> Any:
+def _stack(blocks: Sequence[Any], perm: np.ndarray | None = None) -> Any:
+    """The feature blocks as one CSR matrix, its rows in the order ``perm`` gives."""
     import scipy.sparse as sp
 
-    return sp.vstack(list(blocks), format="csr")
+    X = sp.vstack(list(blocks), format="csr")
+    return X if perm is None else X[perm]
+
+
+class OnCluster:
+    """What :func:`nnspam.services.training.train_model` holds for a feature matrix that
+    stays on the cluster: its shape only. The members' tasks get the matrix itself."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"OnCluster(shape={self.shape})"
 
 
 def _tree_sum(client: Any, futures: list[Any], add: Callable[[Any, Any], Any] = _add) -> Any:
@@ -202,23 +216,29 @@ def _tree_sum(client: Any, futures: list[Any], add: Callable[[Any, Any], Any] = 
     return futures[0].result()
 
 
-def _fit(fit_one: Callable, cfg: dict[str, Any], blas: int | None) -> Any:
-    """One member on a worker, with ``blas`` BLAS threads (None: as the worker has)."""
+def _fit(fit_one: Callable, cfg: dict[str, Any], blas: int | None, data: Any = None) -> Any:
+    """One member on a worker, with ``blas`` BLAS threads (None: as the worker has) and
+    ``data``: the feature matrix, when it stayed on the cluster."""
     _roomy_malloc()
+    args = (cfg,) if data is None else (cfg, data)
     if blas is None:
-        return fit_one(cfg)
+        return fit_one(*args)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=blas, user_api="blas"):
-        return fit_one(cfg)
+        return fit_one(*args)
 
 
-def _member_map(client: Any) -> Callable[[Callable, list[dict[str, Any]]], list[Any]]:
+def _member_map(client: Any, data: Any = None) -> Callable[[Callable, list[dict[str, Any]]],
+                                                           list[Any]]:
+    """Members trained at once on the cluster; ``data``: the future of the feature
+    matrix on the cluster (each member's worker fetches it from the worker that holds it)."""
     blas = getattr(client, "nnspam_blas_threads", None)
 
     def run(fit_one: Callable, cfgs: list[dict[str, Any]]) -> list[Any]:
         return client.gather(client.map(_fit, [fit_one] * len(cfgs), cfgs,
-                                        [blas] * len(cfgs), pure=False))
+                                        [blas] * len(cfgs), [data] * len(cfgs), pure=False))
+    run.always = data is not None  # type: ignore[attr-defined]
     return run
 
 
@@ -274,20 +294,23 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
                             int(wcfg.get("min_df", 3)))
     words = [w for _, w in chosen]
     scaling = settings["features"]["scaling"]
-    features = _stack(client.gather([client.submit(_block, f, words, scaling)
-                                     for f in tok_futures]))
-    wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures], _wide_add)
+    perm = None
     if order is not None and [s.name for s in stubs] != list(order):
         at = {s.name: i for i, s in enumerate(stubs)}
         if len(at) != len(stubs) or set(order) != at.keys():
             raise ValueError("order must name each sample once")
         perm = np.array([at[n] for n in order], dtype=np.int64)
-        features = features[perm]
         stubs = [stubs[i] for i in perm]
+    # the feature matrix is made and kept on the cluster; the members' workers fetch it
+    X = client.submit(_stack, [client.submit(_block, f, words, scaling) for f in tok_futures],
+                      perm)
+    wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures], _wide_add)
+    del tok_futures  # the token lists are no longer needed on the workers
     train_kwargs["wordlist"] = chosen
-    # everything counted on the cluster: the token lists never come back here
-    return train_model(stubs, kind, settings, counts=counts, features=features,
-                       wide_counts=wide, member_map=_member_map(client), **train_kwargs)
+    # everything counted on the cluster: the token lists and the matrix never come here
+    return train_model(stubs, kind, settings, counts=counts,
+                       features=OnCluster((len(stubs), len(words))), wide_counts=wide,
+                       member_map=_member_map(client, X), **train_kwargs)
 
 
 def _chunks(samples: Iterable[Sample], n: int) -> Iterator[list[Sample]]:

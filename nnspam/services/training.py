@@ -88,13 +88,15 @@ def member_count(net: dict[str, Any]) -> int:
     return k
 
 
-FitOne = Callable[[dict[str, Any]], tuple[Network, list[dict[str, float]], "int | None",
-                                          "dict[str, Any] | None"]]
+FitOne = Callable[..., tuple[Network, list[dict[str, float]], "int | None",
+                             "dict[str, Any] | None"]]
 
 
 #: How the members are trained: ``member_map(fit_one, member_settings)`` returns
 #: ``[fit_one(s) for s in member_settings]`` (the default, one after the other); a Dask
-#: cluster trains them at once (:mod:`nnspam.services.distributed`).
+#: cluster trains them at once (:mod:`nnspam.services.distributed`), and where the
+#: feature matrix stays on the cluster it calls ``fit_one(s, X)`` with the matrix there
+#: (and is used for one member too: its ``always`` attribute is true).
 MemberMap = Callable[[FitOne, list[dict[str, Any]]], list[Any]]
 
 
@@ -114,8 +116,8 @@ def fit_members(net_settings: dict[str, Any], fit_one: FitOne,
 
     k = member_count(net_settings)
     cfgs = [{**net_settings, "seed": int(net_settings.get("seed", 1)) + i} for i in range(k)]
-    fitted = (member_map(fit_one, cfgs) if member_map is not None and k > 1
-              else [fit_one(cfg) for cfg in cfgs])
+    use_map = member_map is not None and (k > 1 or getattr(member_map, "always", False))
+    fitted = member_map(fit_one, cfgs) if use_map else [fit_one(cfg) for cfg in cfgs]
     nets, runs = [], []
     for cfg, (net, history, best, refit_info) in zip(cfgs, fitted, strict=True):
         nets.append(net)
@@ -315,14 +317,17 @@ def train_model(
     # Dask cluster, nnspam.services.distributed; the same values)
     X = model.features(toks, sparse=sparse) if features is None else features
 
-    def fit_one(cfg: dict[str, Any]) -> tuple[Network, list[dict[str, float]], int | None,
-                                              dict[str, Any] | None]:
+    def fit_one(cfg: dict[str, Any], data: Any = None
+                ) -> tuple[Network, list[dict[str, float]], int | None, dict[str, Any] | None]:
+        """One member; ``data``: the feature matrix where it is (a Dask worker), when
+        ``features`` only stands for it here."""
+        Xm = X if data is None else data
         net = network_from_settings(len(words), cfg)
-        net.fit(X, y, progress=progress)
+        net.fit(Xm, y, progress=progress)
         history, best = list(net.history_ or []), net.best_epoch_
         refit_info = None
         if refit == "swa":
-            net, refit_info = refit_swa(net, X, y, cfg, progress)
+            net, refit_info = refit_swa(net, Xm, y, cfg, progress)
         return net, history, best, refit_info
 
     model.network, runs = fit_members(settings["network"], fit_one, member_map)
