@@ -84,7 +84,10 @@ def _present_columns(X: Any) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
     """
     if not _is_sparse(X):
         nz = np.flatnonzero(X.any(axis=0))
-        return nz, lambda: X[:, nz]
+        # C order, as the CSR block below: ``X[:, nz]`` of several rows comes out in
+        # Fortran order, and OpenBLAS's AVX-512 kernels (an Intel Xeon) round a product
+        # of the two layouts differently in the last bit (one row alone is both)
+        return nz, lambda: np.ascontiguousarray(X[:, nz])
     keep = X.data != 0
     cols = X.indices[keep]
     nz = np.unique(cols)
