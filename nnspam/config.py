@@ -186,7 +186,13 @@ DEFAULTS: dict[str, Any] = {
         "listen": "127.0.0.1:783",  # TCP HOST:PORT (spamd's port); null = no TCP
         "allowed": ["127.0.0.1/32", "::1/128"],  # TCP client networks (loopback always)
         "max_size": 524288,  # bytes; bigger messages come back unchanged, unclassified
-        "timeout": 30,  # seconds a client may stay silent before it is disconnected
+        "max_request": 33554432,  # bytes; a bigger message is refused (65) before it is read
+        "timeout": 30,  # seconds for a whole request, from connect to answer
+        "max_per_client": 32,  # connections open at once from one client address, per worker
+        # TELL (spamc -L spam|ham|forget) teaches the models: off unless allowed (spamd's
+        # --allow-tell), and then only from these TCP networks (Unix socket: its file mode)
+        "allow_tell": False,
+        "tell_allowed": ["127.0.0.1/32", "::1/128"],
         "score_scale": 10,  # spamc score = scale * spamicity, threshold = scale * threshold
         "workers": None,  # worker processes; null/0 = one per CPU core
         "max_connections": 32,  # requests served at once per worker; more wait in the backlog
@@ -520,7 +526,12 @@ SCHEMA: dict[str, Any] = {
         "allowed": Spec("a list of IP networks, e.g. [\"127.0.0.1/32\", \"::1/128\"]",
                         lambda v: isinstance(v, list) and all(map(_is_ip_network, v))),
         "max_size": _BYTES,
+        "max_request": _BYTES,
         "timeout": _POSITIVE,
+        "max_per_client": _COUNT,
+        "allow_tell": _bool(),
+        "tell_allowed": Spec("a list of IP networks, e.g. [\"127.0.0.1/32\", \"::1/128\"]",
+                             lambda v: isinstance(v, list) and all(map(_is_ip_network, v))),
         "score_scale": _POSITIVE,
         "workers": _num(0, integer=True, null=True),  # null or 0: one per CPU core
         "max_connections": _COUNT,

@@ -67,7 +67,8 @@ class Server:
 
     Its config is ``cfg`` when given (the fleet's shared file), else ``extra_cfg``
     written to ``tmp/config.yaml``; ``args`` go to ``nnspam serve`` (``--workers``...),
-    ``env`` adds to the environment. ``own_group``: in a session and process group of
+    ``env`` adds to the environment; ``allow_tell`` (default on: most tests teach it)
+    passes ``--allow-tell``. ``own_group``: in a session and process group of
     its own, so that :meth:`kill` takes its workers too (as systemd's
     KillMode=control-group would). The constructor returns once it answers PING."""
 
@@ -75,7 +76,7 @@ class Server:
                  host: str = "127.0.0.1", port: int | None = None,
                  args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  cfg: Path | None = None, unix: bool = True, own_group: bool = False,
-                 start_timeout: float = 60) -> None:
+                 start_timeout: float = 60, allow_tell: bool = True) -> None:
         self.host = host
         self.port = port or free_port()
         self.sock = str(tmp / f"nnspam-{host}.sock")
@@ -90,7 +91,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
              "--listen", f"{host}:{self.port}", *(["--socket", self.sock] if unix else []),
-             *args],
+             *(["--allow-tell"] if allow_tell else []), *args],
             stderr=self._log, env={**os.environ, **(env or {})}, start_new_session=own_group)
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:

@@ -43,7 +43,7 @@ class NNServe:
         self.cfg.write_text(cfg_text)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
-             "--listen", self.tcp, "--socket", self.sock],
+             "--listen", self.tcp, "--socket", self.sock, "--allow-tell"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 90
         addr = spamc.parse_addresses(self.sock)[0]

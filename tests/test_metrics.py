@@ -466,7 +466,7 @@ def test_instrumented_models_time_and_count(tmp_path):
             return Result(raw, "error" if raw == b"bad" else "ham", None)
 
         def learn(self, raw, label, user=None):
-            return tmp_path
+            return (raw != b"again", tmp_path)  # learned, unless already learned
 
         def forget(self, raw, user=None):
             return (raw == b"known", tmp_path)
@@ -479,7 +479,8 @@ def test_instrumented_models_time_and_count(tmp_path):
         m = metrics.instrument(Models())
         assert m.classify(b"x").verdict == "ham"
         assert m.classify(b"bad", "alice").verdict == "error"
-        assert m.learn(b"x", "spam", user="bob") == tmp_path
+        assert m.learn(b"x", "spam", user="bob") == (True, tmp_path)
+        assert m.learn(b"again", "spam", user="bob") == (False, tmp_path)  # not counted
         assert m.forget(b"known") == (True, tmp_path)
         assert m.forget(b"unknown") == (False, tmp_path)
         assert m.reload() == "reloaded"  # everything else passes through

@@ -303,9 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
              "REPORT_IFSPAM, HEADERS, PROCESS, TELL, SKIP) on a Unix socket and/or TCP, so "
              "that spamc gets what nnspam filter writes. Score = 10 * spamicity, threshold = "
              "10 * threshold (spamc -c prints e.g. 9.7/5.0 and exits 1 for spam). spamc -L "
-             "spam|ham learns (model directory given with -m, or per-user models with "
-             "serve.user_model). Pre-forks serve.workers processes; socket activation and "
-             "Type=notify for systemd. SIGTERM drains and exits 0; SIGHUP reloads the model.")
+             "spam|ham learns with --allow-tell (model directory given with -m, or per-user "
+             "models with serve.user_model). Pre-forks serve.workers processes; socket "
+             "activation and Type=notify for systemd. SIGTERM drains and exits 0; SIGHUP "
+             "reloads the model.")
     _add_model(sp)
     sp.add_argument("--socket", metavar="PATH",
                     help="listen on this Unix socket (with --listen: replaces serve.socket "
@@ -316,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TCP client network allowed (repeatable; replaces serve.allowed)")
     sp.add_argument("--workers", type=int, metavar="N",
                     help="worker processes (replaces serve.workers; 0 = one per core)")
+    sp.add_argument("--allow-tell", action="store_true", default=None,
+                    help="accept TELL (spamc -L: learn and forget) from the clients in "
+                    "serve.tell_allowed and on the Unix socket (sets serve.allow_tell; as "
+                    "spamd's --allow-tell); without it TELL is refused with 69")
     _add_metrics(sp)
     sp.set_defaults(func=commands.cmd_serve)
 

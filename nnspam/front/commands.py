@@ -614,7 +614,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
         metrics_at = metrics.address(cfg, args.metrics)  # checked before anything starts
-        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow, args.workers)
+        st = serve_settings(cfg, args.model, args.socket, args.listen, args.allow, args.workers,
+                            args.allow_tell)
         return run_server(st, metrics_at)
     except (ServerError, metrics.MetricsError) as exc:
         return die(str(exc))

@@ -53,6 +53,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nnspam.model.core import Model
 
-__all__ = ["ModelWriter", "ReadOnlyModelError", "Stamp", "lock_path", "load_with_stamp",
-           "model_lock", "model_stamp", "replace_model"]
+__all__ = ["LockTimeout", "ModelWriter", "ReadOnlyModelError", "Stamp", "lock_path",
+           "load_with_stamp", "model_lock", "model_stamp", "replace_model"]
 
 log = logging.getLogger("nnspam.model.writer")
 
@@ -179,16 +180,49 @@ def _forget_locks() -> None:
 os.register_at_fork(after_in_child=_forget_locks)
 
 
+class LockTimeout(TimeoutError):
+    """The writer lock of a model was not had within the time given to :func:`model_lock`."""
+
+
+def _flock_until(fd: int, deadline: float | None) -> None:
+    """``flock(fd, LOCK_EX)``, giving up (:class:`LockTimeout`) at the monotonic
+    ``deadline`` (None: wait as long as it takes). Polled: ``flock`` has no timeout,
+    and a thread blocked in it cannot be woken. From 1 ms to 50 ms between tries."""
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout("the model is being saved by another writer") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+
 @contextlib.contextmanager
-def model_lock(path: str | os.PathLike) -> Iterator[None]:
+def model_lock(path: str | os.PathLike, deadline: float | None = None) -> Iterator[None]:
     """Hold the one writer lock of the model directory ``path`` (see the module
     docstring): exclusive across processes (``flock`` on ``<dir>.lock``) and
     threads, re-entrant within one thread. The parent directory is created if
-    missing, as :meth:`Model.save` would."""
+    missing, as :meth:`Model.save` would.
+
+    ``deadline`` (a :func:`time.monotonic` time; None: none): give up then with
+    :class:`LockTimeout`, having changed nothing. The server's TELL passes its
+    request's deadline, so that a lesson whose client has given up waiting is not
+    learned later behind its back (``nnspam serve``; issue 22)."""
     key = str(lock_path(path))
     with _locks_guard:
         pl = _locks.setdefault(key, _PathLock())
-    with pl.rlock:
+    if deadline is None:
+        pl.rlock.acquire()
+    elif not pl.rlock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+        raise LockTimeout("the model is being saved by another thread")
+    try:
         if pl.depth == 0:
             Path(key).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -198,7 +232,7 @@ def model_lock(path: str | os.PathLike) -> Iterator[None]:
                 except BlockingIOError:  # held: by another process, or by our own caller?
                     held = _inherited_holder(fd)
                     if held is None:
-                        fcntl.flock(fd, fcntl.LOCK_EX)
+                        _flock_until(fd, deadline)
                     else:
                         os.close(fd)
                         fd = -1
@@ -218,6 +252,8 @@ def model_lock(path: str | os.PathLike) -> Iterator[None]:
                 if pl.own:
                     os.close(pl.fd)  # closing our descriptor releases the flock
                 pl.fd = None
+    finally:
+        pl.rlock.release()
 
 
 def replace_model(model: Model, path: str | os.PathLike) -> None:
@@ -229,7 +265,7 @@ def replace_model(model: Model, path: str | os.PathLike) -> None:
     # writes ./default, never the shipped model): made absolute, no name is mapped.
     target = Path(os.path.abspath(os.fspath(path)))
     with model_lock(target):
-        model.save(target)
+        model.save(target, locked=True)  # held: any leftover of a killed save goes
 
 
 @dataclass
@@ -329,9 +365,10 @@ class ModelWriter:
     refresh = sync  # the server's name: load what another worker saved, before scoring
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the writer lock with the model in memory up to date (:meth:`sync`)."""
-        with model_lock(self.path):
+    def locked(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold the writer lock with the model in memory up to date (:meth:`sync`);
+        ``deadline``: as :func:`model_lock`'s."""
+        with model_lock(self.path, deadline):
             self.sync()
             yield
 
@@ -346,15 +383,17 @@ class ModelWriter:
                        adaptive_inputs=lesson.adaptive_inputs, source=lesson.source)
 
     def learn(self, token_lists: Sequence[Sequence[str]], label: str, rule: Any = None, *,
-              adaptive_inputs: bool = True, save: bool = True, source: str = "") -> list[dict]:
+              adaptive_inputs: bool = True, save: bool = True, source: str = "",
+              deadline: float | None = None) -> list[dict]:
         """Teach the model that the tokenized messages are ``label``
         (:func:`nnspam.model.correct.correct` by ``rule``, journalled as coming by
         ``source``) on top of the directory's latest save, under the lock; with
         ``save`` save it before releasing, else keep the lesson to replay until
-        :meth:`save`. Returns the adaptive input replacements made."""
+        :meth:`save`. Returns the adaptive input replacements made. ``deadline``: give
+        up waiting for the lock then (:class:`LockTimeout`), nothing learned."""
         self._writable()
         lesson = _Lesson([list(t) for t in token_lists], label, rule, adaptive_inputs, source)
-        with self.locked():
+        with self.locked(deadline):
             done = self._correct(self.model, lesson)
             self.pending.append(lesson)
             if save:
@@ -363,20 +402,21 @@ class ModelWriter:
 
     def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
                        *, adaptive_inputs: bool = True, save: bool = True,
-                       source: str = "") -> list[dict]:
+                       source: str = "", deadline: float | None = None) -> list[dict]:
         """:meth:`learn` on raw messages (email bytes or SMS text)."""
         return self.learn([self.model.tokens(p) for p in payloads], label, rule,
-                          adaptive_inputs=adaptive_inputs, save=save, source=source)
+                          adaptive_inputs=adaptive_inputs, save=save, source=source,
+                          deadline=deadline)
 
     def forget(self, token_lists: Sequence[Sequence[str]], rule: Any = None, *,
-               save: bool = True) -> list[Any]:
+               save: bool = True, deadline: float | None = None) -> list[Any]:
         """Undo the journalled corrections of the tokenized messages
         (:func:`nnspam.model.correct.forget`) on top of the directory's latest save,
         under the lock, as :meth:`learn`. Returns each message's journal entry, None
         where the journal has none (then nothing changed for it)."""
         self._writable()
         lesson = _Lesson([list(t) for t in token_lists], "forget", rule, False)
-        with self.locked():
+        with self.locked(deadline):
             found = self._correct(self.model, lesson)
             if any(e is not None for e in found):
                 self.pending.append(lesson)
@@ -385,9 +425,10 @@ class ModelWriter:
         return found
 
     def forget_payloads(self, payloads: Sequence[bytes | str], rule: Any = None, *,
-                        save: bool = True) -> list[Any]:
+                        save: bool = True, deadline: float | None = None) -> list[Any]:
         """:meth:`forget` on raw messages (email bytes or SMS text)."""
-        return self.forget([self.model.tokens(p) for p in payloads], rule, save=save)
+        return self.forget([self.model.tokens(p) for p in payloads], rule, save=save,
+                           deadline=deadline)
 
     def save(self) -> bool:
         """Save the model under the lock, on top of the directory's latest save.
@@ -403,8 +444,9 @@ class ModelWriter:
         return True
 
     def _save(self) -> None:
-        """Model.save (atomic) and the new stamp; call with the lock held."""
-        self.model.save(self.path)
+        """Model.save (atomic; under the lock, so it removes every leftover of a save
+        that was killed midway) and the new stamp; call with the lock held."""
+        self.model.save(self.path, locked=True)
         self.stamp, self.failed = _stamp(self.path), None
         self.pending.clear()
         if ModelWriter.observer is not None:

@@ -171,9 +171,9 @@ class FleetSlot:
         self.base = base
         self.lock = threading.Lock()
 
-    def refresh(self) -> bool:
-        """Nothing to do before scoring: the watcher swaps new versions in."""
-        return False
+    def current(self) -> Any:
+        """The model to score with: the watcher swaps new versions in."""
+        return self.model
 
 
 class FleetRegistry(ModelRegistry):
@@ -309,14 +309,17 @@ class FleetRegistry(ModelRegistry):
         self.outage.ok()
         return eid
 
-    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
+    def learn(self, raw: bytes, label: str, user: str | None = None,
+              deadline: float | None = None) -> tuple[bool, Path]:
         """Queue the lesson for the fleet's learner (durable in the stream when this
-        returns; learned and seen by every server within about a second)."""
+        returns; learned and seen by every server within about a second). Queuing
+        takes one Redis round trip and waits for no lock: ``deadline`` is not needed."""
         name = model_name(self.settings.user_model, user)
         self._send(name, label, raw, reply=False)
-        return Path(name)
+        return True, Path(name)
 
-    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]:
+    def forget(self, raw: bytes, user: str | None = None,
+               deadline: float | None = None) -> tuple[bool, Path]:
         """Queue the undo of a lesson and wait for the learner's answer (whether the
         journal held the message); EX_TEMPFAIL when it does not come in time (the
         request stays queued)."""

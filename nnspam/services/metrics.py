@@ -336,10 +336,12 @@ class _InstrumentedModels:
         return res
 
     def learn(self, raw: bytes, label: str, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped ``learn`` (a TELL), counted when it succeeded."""
-        where = self._models.learn(raw, label, *args, **kwargs)
-        self._metrics.count_learned("tell", label)
-        return where
+        """The wrapped ``learn`` (a TELL), counted when it learned the message (not when
+        the model had learned it as that class already)."""
+        res = self._models.learn(raw, label, *args, **kwargs)
+        if isinstance(res, tuple) and res and res[0]:
+            self._metrics.count_learned("tell", label)
+        return res
 
     def forget(self, raw: bytes, *args: Any, **kwargs: Any) -> Any:
         """The wrapped ``forget`` (a TELL with ``Remove: local``), counted as class

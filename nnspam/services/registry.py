@@ -27,63 +27,168 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from nnspam.model.writer import ModelWriter, model_lock, model_stamp
+from nnspam.model.journal import message_key
+from nnspam.model.writer import (
+    LockTimeout,
+    ModelWriter,
+    load_with_stamp,
+    model_lock,
+    model_stamp,
+)
 from nnspam.services.pipefilter import Result, classify, model_scorer
 from nnspam.services.serve_settings import ServeSettings
-from nnspam.services.spamd import EX_CANTCREAT, EX_IOERR, EX_NOPERM, EX_NOUSER, RequestError
+from nnspam.services.spamd import (
+    EX_CANTCREAT,
+    EX_IOERR,
+    EX_NOPERM,
+    EX_NOUSER,
+    EX_TEMPFAIL,
+    RequestError,
+)
 
 __all__ = ["ModelRegistry", "ModelSlot", "user_model_path"]
 
 log = logging.getLogger("nnspam.serve")
 
-# User names accepted in ``User:`` when serve.user_model is set: nothing
-# that could leave the pattern's directory (no "/", NUL, leading dot, "..").
+# User names accepted in ``User:`` when serve.user_model is set (what spamc -u and Exim
+# send): letters, digits and ``._+=@-``, at most 64, starting with a letter, digit or
+# underscore. No "/", NUL, space or control character can reach a path.
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]{0,63}")
 
 
+class ModelSlot:
+    """One model directory in memory, reloaded when its files change on disk, and
+    learned into through the one model writer (:mod:`nnspam.model.writer`).
 
-class ModelSlot(ModelWriter):
-    """One model directory in memory, reloaded when its files change on disk
-    (:meth:`~nnspam.model.writer.ModelWriter.refresh`: a half-replaced or broken
-    directory keeps the old model; the same broken files are not retried on
-    every request) and learned into through the one model writer.
+    Scoring never waits for learning (issue 22: a TELL waiting for another process's
+    ``<dir>.lock`` held this slot's lock, and every CHECK of the worker waited 20 s
+    behind it). So:
 
-    ``lock`` serialises scoring, learning and reloading of this model within
-    one worker process; the writer's exclusive ``flock`` on ``<dir>.lock``
-    beside the directory serialises learning across worker processes and with
-    every other writer (the daemon, ``nnspam learn``), so that no TELL
-    overwrites another's lesson or theirs."""
+    * ``lock`` is held only to score with the model and to swap a new one in, never
+      while loading, waiting for the writer lock or saving;
+    * a change on disk is loaded by one thread while the others go on scoring with
+      the model they have (:meth:`current`); files that cannot be loaded keep the old
+      model and are not retried until they change again;
+    * a lesson is learned into a private copy, loaded under the writer lock from the
+      latest save, saved, and only then swapped in (:meth:`learn`, :meth:`forget`)."""
 
     def __init__(self, path: Path, model: Any, stamp: Any) -> None:
-        super().__init__(path, model, stamp=stamp)
         self.path = path  # as the registry resolved it (a user model's name is never mapped)
-        self.lock = threading.Lock()
+        self.model = model
+        self.stamp = stamp
+        self.failed: Any = None  # a stamp whose files could not be loaded
+        self.lock = threading.Lock()  # scoring with the model, and the swap
+        self._loading = threading.Lock()  # one thread loads a change at a time
+
+    def swap(self, model: Any, stamp: Any) -> None:
+        with self.lock:
+            self.model, self.stamp, self.failed = model, stamp, None
+
+    def current(self) -> Any:
+        """The model to score with: the one held, or the directory's newer save when
+        another worker, ``nnspam learn`` or the daemon saved it (one ``stat``)."""
+        now = model_stamp(self.path)
+        if now is None or now == self.stamp or now == self.failed:
+            return self.model
+        if not self._loading.acquire(blocking=False):
+            return self.model  # another thread is loading it: score with what we have
+        try:
+            now = model_stamp(self.path)
+            if now is not None and now != self.stamp and now != self.failed:
+                try:
+                    model, stamp = load_with_stamp(self.path)
+                except Exception as exc:  # noqa: BLE001 - keep serving the model we have
+                    self.failed = now
+                    log.error("model %s changed on disk but cannot be loaded, keeping the "
+                              "old one: %s", self.path, exc)
+                else:
+                    self.swap(model, stamp)
+                    log.info("model %s reloaded (changed on disk)", self.path)
+                    if ModelWriter.observer is not None:
+                        ModelWriter.observer("reload")
+        finally:
+            self._loading.release()
+        return self.model
+
+    def _writer(self) -> ModelWriter:
+        """A writer on a private copy of the latest save (call under the writer lock)."""
+        model, stamp = load_with_stamp(self.path)
+        return ModelWriter(self.path, model, stamp=stamp)
+
+    def learn(self, raw: bytes, label: str, rule: Any, deadline: float | None) -> bool:
+        """Learn ``raw`` as ``label`` and save; False when the journal's latest lesson of
+        this message is already ``label`` (nothing learned: a TELL sent again, e.g. by a
+        client that retried after a timeout, is applied once). :class:`LockTimeout` when
+        the writer lock is not had by ``deadline``: nothing learned."""
+        with model_lock(self.path, deadline):
+            writer = self._writer()
+            toks = writer.model.tokens(raw)
+            i = writer.model.journal.find(message_key(toks))
+            if i is not None and writer.model.journal.entries[i].label == label:
+                return False
+            writer.learn([toks], label, rule, source="tell")
+            self.swap(writer.model, writer.stamp)
+        return True
+
+    def forget(self, raw: bytes, rule: Any, deadline: float | None) -> bool:
+        """Undo the journal's latest lesson of ``raw`` and save; whether there was one."""
+        with model_lock(self.path, deadline):
+            writer = self._writer()
+            found = writer.forget_payloads([raw], rule)[0] is not None
+            if found:
+                self.swap(writer.model, writer.stamp)
+        return found
 
 
 def user_model_path(pattern: str, user: str) -> Path | None:
-    """The per-user model directory for ``user`` from ``serve.user_model``.
+    """The per-user model directory for ``user`` from ``serve.user_model``: the one
+    place a client's user name becomes a path (the server, the daemon's
+    ``daemon.user`` and the fleet's store keys all come here).
 
-    Substitutions: ``%u`` the user name as spamc sends it, ``%l`` its local
-    part (before ``@``), ``%d`` its domain (after ``@``, empty without one),
-    ``%%`` a percent sign; then a leading ``~`` or ``~name`` is expanded from
-    the password database. None when ``~name`` names no account. Raises
-    :class:`RequestError` (EX_NOUSER) for a user name that could escape the
-    pattern: anything but letters, digits and ``._+=@-``, a leading dot or
-    dash, ``..``, more than 64 characters."""
+    Substitutions: ``%u`` the user name as spamc sends it, ``%l`` its local part
+    (before ``@``), ``%d`` its domain (after ``@``), ``%%`` a percent sign; then a
+    leading ``~`` or ``~name`` is expanded from the password database. None when
+    ``~name`` names no account.
+
+    A user name is data, never a path: :class:`RequestError` (EX_NOUSER) for a name
+    with anything but letters, digits and ``._+=@-``, a leading dot or dash, ``..``,
+    more than 64 characters, and for a name whose substituted part would be empty or
+    start with a dot. Each substitution stays inside one path component, and no
+    component made from the name can be empty, ``.`` or ``..``: so every user's
+    directory has the same depth below the pattern's fixed part, none can be the
+    parent of another or lie outside it. (Before: ``mallory@.`` with
+    ``/srv/nnspam/domains/%d`` named ``/srv/nnspam/domains`` itself, and a TELL
+    saved a model over every domain's.)"""
     if not USER_RE.fullmatch(user) or ".." in user:
         raise RequestError(EX_NOUSER, "invalid user name")
     local, _, domain = user.partition("@")
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "%" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            out.append({"u": user, "l": local, "d": domain, "%": "%"}.get(nxt, "%" + nxt))
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    path = "".join(out)
+    values = {"u": user, "l": local, "d": domain}
+    parts = []
+    for seg in pattern.split("/"):
+        out, used, i = [], False, 0
+        while i < len(seg):
+            c = seg[i]
+            if c == "%" and i + 1 < len(seg):
+                nxt = seg[i + 1]
+                if nxt in values:
+                    v = values[nxt]
+                    if not v or v.startswith("."):
+                        what = {"u": "user name", "l": "local part", "d": "domain"}[nxt]
+                        raise RequestError(EX_NOUSER, f"invalid user name: empty or dotted "
+                                           f"{what} for serve.user_model")
+                    out.append(v)
+                    used = True
+                else:
+                    out.append("%" if nxt == "%" else "%" + nxt)
+                i += 2
+            else:
+                out.append(c)
+                i += 1
+        part = "".join(out)
+        if used and part in ("", ".", ".."):  # unreachable after the checks above
+            raise RequestError(EX_NOUSER, "invalid user name for serve.user_model")
+        parts.append(part)
+    path = "/".join(parts)
     if path.startswith("~"):
         path = os.path.expanduser(path)
         if path.startswith("~"):
@@ -121,12 +226,8 @@ class ModelRegistry:
 
     def reload(self) -> None:
         """Load the site model again and forget the cached user models (SIGHUP)."""
-        from nnspam.model.core import Model
-
-        stamp = model_stamp(self.site.path)
-        model = Model.load(self.site.path)
-        with self.site.lock:
-            self.site.model, self.site.stamp, self.site.failed = model, stamp, None
+        model, stamp = load_with_stamp(self.site.path)
+        self.site.swap(model, stamp)
         with self.users_lock:
             self.users.clear()
 
@@ -138,8 +239,6 @@ class ModelRegistry:
 
     def slot_for(self, user: str | None) -> ModelSlot:
         """The model that scores ``user``'s mail: theirs when it exists, else the site's."""
-        from nnspam.model.core import Model
-
         path = self._user_path(user)
         if path is None:
             return self.site
@@ -148,14 +247,14 @@ class ModelRegistry:
             if slot is not None:
                 self.users.move_to_end(path)
                 return slot
-        stamp = model_stamp(path)
-        if stamp is None:
+        if model_stamp(path) is None:
             return self.site
         try:
-            slot = ModelSlot(path, Model.load(path), stamp)
+            model, stamp = load_with_stamp(path)
         except Exception as exc:  # noqa: BLE001 - a broken user model: the site model scores
             log.error("user model %s cannot be loaded, using the site model: %s", path, exc)
             return self.site
+        slot = ModelSlot(path, model, stamp)
         with self.users_lock:
             slot = self.users.setdefault(path, slot)
             self.users.move_to_end(path)
@@ -166,62 +265,71 @@ class ModelRegistry:
     def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result:
         """Exactly the classification ``nnspam filter`` makes, with ``user``'s model;
         ``words`` > 0 also explains the verdict by that many words (``Result.words``,
-        for SYMBOLS and REPORT) with the same model."""
+        for SYMBOLS and REPORT) with the same model. Never waits for a lesson being
+        learned or saved: the model held scores until the new one is swapped in."""
         f = self.settings.filter
         slot = self.slot_for(user)
+        model = slot.current()
         with slot.lock:
-            slot.refresh()
-            return classify(raw, model_scorer(slot.model, f), f.threshold, f.unsure,
+            return classify(raw, model_scorer(model, f), f.threshold, f.unsure,
                             f.words, explain=words, spamassassin=f.spamassassin)
 
-    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path:
+    def learn(self, raw: bytes, label: str, user: str | None = None,
+              deadline: float | None = None) -> tuple[bool, Path]:
         """Learn one message into ``user``'s model (the site model without
-        ``serve.user_model``) and save it atomically; returns its directory.
+        ``serve.user_model``) and save it atomically; returns (whether it was learned:
+        False when that model's journal already has it as ``label``, the directory).
 
         A user without a model gets one: a copy of the site model as it is on
         disk, trained on this message and saved to the user's path (parent
         directories are created). When that directory cannot be created the
-        TELL is refused with EX_CANTCREAT and nothing changes."""
-        from nnspam.model.core import Model
-
+        TELL is refused with EX_CANTCREAT and nothing changes. The writer lock is
+        waited for until ``deadline`` (monotonic; the request's), then the TELL is
+        answered EX_TEMPFAIL and nothing is learned."""
         path = self._user_path(user)
         if self.settings.user_model and user and path is None:
             raise RequestError(EX_NOUSER, "no such user for serve.user_model")
-        if path is None:
-            if self.site_readonly:
-                raise RequestError(EX_NOPERM, "the shipped model is read-only; serve a model "
-                                   "directory (-m DIR) or set serve.user_model to learn")
-            slot = self.site
-        else:
+        try:
+            if path is None:
+                if self.site_readonly:
+                    raise RequestError(EX_NOPERM, "the shipped model is read-only; serve a "
+                                       "model directory (-m DIR) or set serve.user_model to "
+                                       "learn")
+                return self.site.learn(raw, label, self.settings.rule, deadline), self.site.path
             slot = self.slot_for(user)
             if slot is self.site:  # the user has no model yet: start from the site model
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    with model_lock(path):
+                    with model_lock(path, deadline):
                         if model_stamp(path) is None:
-                            with self.site.lock:
-                                self.site.refresh()
-                            new = ModelWriter(path, Model.load(self.site.path), stamp=None)
-                            new.learn_payloads([raw], label, self.settings.rule, source="tell")
-                            return path
+                            model, _ = load_with_stamp(self.site.path)
+                            new = ModelWriter(path, model, stamp=None)
+                            new.learn_payloads([raw], label, self.settings.rule,
+                                               source="tell")
+                            return True, path
+                except LockTimeout:
+                    raise
                 except OSError as exc:
                     raise RequestError(EX_CANTCREAT, f"cannot create the user model: "
                                        f"{exc.strerror or exc}") from None
                 slot = self.slot_for(user)  # another process created it meanwhile
-        with slot.lock:
-            try:
-                # under the writer lock, on top of what other workers and writers saved
-                slot.learn_payloads([raw], label, self.settings.rule, source="tell")
-            except OSError as exc:
-                raise RequestError(EX_IOERR, f"cannot save the model: "
-                                   f"{exc.strerror or exc}") from None
-        return slot.path
+            return slot.learn(raw, label, self.settings.rule, deadline), slot.path
+        except LockTimeout:
+            raise RequestError(EX_TEMPFAIL, "the model is busy (being saved by another "
+                               "writer); nothing learned, try again") from None
+        except OSError as exc:
+            log.error("cannot save the model %s: %s", path or self.site.path,
+                      exc.strerror or exc)
+            raise RequestError(EX_IOERR, f"cannot save the model: "
+                               f"{exc.strerror or exc}") from None
 
-    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]:
+    def forget(self, raw: bytes, user: str | None = None,
+               deadline: float | None = None) -> tuple[bool, Path]:
         """Undo an earlier lesson of one message in ``user``'s model (the site model
         without ``serve.user_model``) through the correction journal and save it;
         returns (whether the journal held it, the model directory). A user without a
-        model of their own has nothing to forget: the site model is left alone."""
+        model of their own has nothing to forget: the site model is left alone.
+        ``deadline``: as :meth:`learn`'s."""
         path = self._user_path(user)
         if self.settings.user_model and user and path is None:
             raise RequestError(EX_NOUSER, "no such user for serve.user_model")
@@ -231,10 +339,12 @@ class ModelRegistry:
         slot = self.site if path is None else self.slot_for(user)
         if path is not None and slot is self.site:
             return False, path
-        with slot.lock:
-            try:
-                found = slot.forget_payloads([raw], self.settings.rule)
-            except OSError as exc:
-                raise RequestError(EX_IOERR, f"cannot save the model: "
-                                   f"{exc.strerror or exc}") from None
-        return found[0] is not None, slot.path
+        try:
+            return slot.forget(raw, self.settings.rule, deadline), slot.path
+        except LockTimeout:
+            raise RequestError(EX_TEMPFAIL, "the model is busy (being saved by another "
+                               "writer); nothing forgotten, try again") from None
+        except OSError as exc:
+            log.error("cannot save the model %s: %s", slot.path, exc.strerror or exc)
+            raise RequestError(EX_IOERR, f"cannot save the model: "
+                               f"{exc.strerror or exc}") from None

@@ -30,7 +30,7 @@ class ServeSettings:
     listen: tuple[str, int] | None
     allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     max_size: int = 524288
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds for a whole request: reading it and answering it
     score_scale: float = 10.0
     workers: int | None = None  # None/0: one per core
     max_connections: int = 32  # requests served at once per worker
@@ -39,6 +39,13 @@ class ServeSettings:
     spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
     rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), for TELL
     store: str | None = None  # config store: the fleet's Redis (nnspam.services.fleet)
+    allow_tell: bool = False  # TELL (spamc -L) accepted at all (spamd's --allow-tell)
+    # TCP clients whose TELL is accepted (Unix socket clients: the socket's file mode)
+    tell_allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"),
+                                 ipaddress.ip_network("::1/128")])
+    max_request: int = 33554432  # bytes: a longer message is refused before it is read
+    max_per_client: int = 32  # connections open at once from one client, per worker
 
 
 def parse_listen(value: Any, what: str) -> tuple[str, int]:
@@ -101,13 +108,24 @@ def _number(s: dict[str, Any], key: str, kind: type, minimum: float, default: An
     return n
 
 
+def _networks(value: Any, what: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if not isinstance(value, (list, tuple)):
+        raise ServerError(f"{what} must be a list of networks, not {value!r}")
+    try:
+        return [ipaddress.ip_network(a, strict=False) for a in value]
+    except (TypeError, ValueError) as exc:
+        raise ServerError(f"{what}: {exc}") from None
+
+
 def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | None = None,
                    listen: str | None = None, allow: Sequence[str] | None = None,
-                   workers: int | None = None) -> ServeSettings:
+                   workers: int | None = None, allow_tell: bool | None = None
+                   ) -> ServeSettings:
     """Settings from the config; ``--socket``/``--listen`` given on the command
     line replace both configured listeners, ``--allow`` the allow list,
-    ``--workers`` serve.workers. Under systemd socket activation the
-    listeners come from systemd and the configured ones are not used."""
+    ``--workers`` serve.workers, ``--allow-tell`` serve.allow_tell. Under systemd
+    socket activation the listeners come from systemd and the configured ones are
+    not used."""
     s = cfg["serve"]
     if sock is not None or listen is not None:
         sock_path, listen_s = sock, listen
@@ -118,13 +136,11 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         sock_path = listen_s = None
     elif sock_path is None and listen_s is None:
         raise ServerError("nothing to listen on: give --socket PATH and/or --listen HOST:PORT")
-    nets = allow if allow is not None else s["allowed"]
-    if not isinstance(nets, (list, tuple)):
-        raise ServerError(f"serve.allowed must be a list of networks, not {nets!r}")
-    try:
-        allowed = [ipaddress.ip_network(a, strict=False) for a in nets]
-    except (TypeError, ValueError) as exc:
-        raise ServerError(f"serve.allowed: {exc}") from None
+    allowed = _networks(allow if allow is not None else s["allowed"],
+                        "serve.allowed" if allow is None else "--allow")
+    tell_allowed = _networks(s.get("tell_allowed", ["127.0.0.1/32", "::1/128"]),
+                             "serve.tell_allowed")
+    tell = bool(s.get("allow_tell", False)) if allow_tell is None else allow_tell
     if sock_path is not None and not isinstance(sock_path, str):
         raise ServerError(f"serve.socket must be a path, not {sock_path!r}")
     addr = (parse_listen(listen_s, "serve.listen" if listen is None else "--listen")
@@ -156,9 +172,16 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
 
         if (problem := check_url(store)) is not None:
             raise ServerError(f"store {problem}")
+    max_size = _number(s, "max_size", int, 0)
+    max_request = _number(s, "max_request", int, 0, 33554432)
+    if max_request < max_size:
+        raise ServerError(f"serve.max_request ({max_request}) must be at least serve.max_size "
+                          f"({max_size})")
     return ServeSettings(f, os.path.expanduser(sock_path) if sock_path else None, addr, allowed,
-                         _number(s, "max_size", int, 0),
+                         max_size,
                          _number(s, "timeout", float, 0, above=True),
                          _number(s, "score_scale", float, 0, above=True), n, maxc, user_model,
                          _number(s, "user_cache", int, 0, 16),
-                         bool(s.get("spamassassin_headers", False)), rule, store)
+                         bool(s.get("spamassassin_headers", False)), rule, store,
+                         tell, tell_allowed, max_request,
+                         _number(s, "max_per_client", int, 1, 32))

@@ -14,9 +14,10 @@ sockets (or takes them from systemd socket activation: ``LISTEN_FDS`` /
 :mod:`nnspam.services.systemd`, as the daemon; with ``WatchdogSec=`` also ``WATCHDOG=1``
 at half the interval while its loop turns) and forks ``serve.workers``
 processes (default one per core) that share the listening sockets and,
-copy-on-write, the loaded model. Each worker accepts
-only while one of its ``serve.max_connections`` handler threads is free;
-other clients wait in the kernel's listen backlog for any worker. A worker
+copy-on-write, the loaded model. Each worker reads requests and writes answers
+in one asyncio loop and scores in ``serve.max_connections`` handler threads
+(:class:`Worker`: a whole-request deadline, ``serve.max_per_client``, requests read
+whole up to ``serve.max_request``). A worker
 that dies is replaced. Every request costs one ``stat`` of the model's
 ``weights.npz`` (inode, mtime, size): a model saved by a TELL in another
 worker, or by ``nnspam learn``, is loaded on the next request, no signal
@@ -43,16 +44,17 @@ jobs, load average 9-13): see README "Scoring server".
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-import queue
-import select
-import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nnspam.services import metrics
@@ -60,7 +62,21 @@ from nnspam.services.blas import one_blas_thread
 from nnspam.services.listeners import Listener, bind_listeners, close_listeners
 from nnspam.services.registry import ModelRegistry
 from nnspam.services.serve_settings import ServerError, ServeSettings
-from nnspam.services.spamd import CHUNK, EX_SOFTWARE, Context, Handler
+from nnspam.services.spamd import (
+    CHUNK,
+    EX_PROTOCOL,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    MAX_HEADERS,
+    MAX_LINE,
+    Context,
+    Request,
+    RequestError,
+    check_head,
+    error_answer,
+    read_head,
+    respond,
+)
 from nnspam.services.systemd import Watchdog, sd_notify
 
 __all__ = ["Worker", "run_server", "resolve_workers"]
@@ -70,46 +86,45 @@ log = logging.getLogger("nnspam.serve")
 POLL = 0.25  # seconds between checks of the stop flag
 
 
-class _AcceptSelector:
-    """Waits until a listening socket has a connection. On Linux with epoll's
-    EPOLLEXCLUSIVE one waiting worker is woken per connection instead of all
-    of them (the losers would find nothing to accept and poll again)."""
+WRITE_GRACE = 2.0  # seconds to write an answer whose work ran up to the request's deadline
+LINGER = 1.0  # seconds to wait for the client's end after the answer, before closing
+BUFFER_BUDGET = 4  # bodies held at once per worker: up to this many x serve.max_request
+WARN_EVERY = 60.0  # seconds between two log lines about one client's refused connections
 
-    def __init__(self, socks: list[socket.socket]) -> None:
-        self.socks = {s.fileno(): s for s in socks}
-        for s in socks:
-            s.setblocking(False)
-        self.ep: Any = None
-        self.sel: selectors.BaseSelector | None = None
-        if hasattr(select, "epoll") and hasattr(select, "EPOLLEXCLUSIVE"):
-            self.ep = select.epoll()
-            for fd in self.socks:
-                self.ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-        else:
-            self.sel = selectors.DefaultSelector()
-            for s in socks:
-                self.sel.register(s, selectors.EVENT_READ)
 
-    def select(self, timeout: float) -> list[socket.socket]:
-        """The sockets that are ready, after at most ``timeout`` seconds."""
-        if self.ep is not None:
-            return [self.socks[fd] for fd, _ in self.ep.poll(timeout)]
-        assert self.sel is not None
-        return [key.fileobj for key, _ in self.sel.select(timeout)]  # type: ignore[misc]
+class _Conn:
+    """One open connection: its client (an IP address, or ``uid:N`` on a Unix
+    socket), its task, whether it is still sending its request."""
 
-    def close(self) -> None:
-        """Release the epoll/selector (the sockets stay open)."""
-        (self.ep or self.sel).close()
+    __slots__ = ("key", "task", "reading", "evicted")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.task: asyncio.Task | None = None
+        self.reading = True
+        self.evicted = False
 
 
 class Worker:
     """Accepts connections on the shared listening sockets and serves them.
 
-    One acceptor thread takes a connection only when one of the
-    ``max_connections`` handler threads is free (excess clients wait in the
-    kernel's listen backlog, where another worker process may take them);
-    the handler serves its one request. ``stop`` ends accepting; the
-    handlers finish the requests already accepted (the drain) before
+    One asyncio loop reads every request and writes every answer; the scoring and
+    learning run in ``serve.max_connections`` handler threads. Reading takes no
+    thread, so a client that sends slowly (or not at all) holds only its connection,
+    and only until its request's deadline: ``serve.timeout`` seconds from the
+    connection to the answer's last byte, however often it sends a byte (issue 22:
+    70 clients sending a byte every 20 s held every handler of the old thread per
+    connection server, and for 65 s spamc got its mail back unfiltered). A client
+    (an IP address; on the Unix socket, a user id) has at most ``serve.max_per_client``
+    connections open in a worker: at the limit its oldest connection still sending a
+    request is closed with EX_TEMPFAIL to make room, so a new request always gets in.
+    A request is read whole before it is answered, as spamd does (up to
+    ``serve.max_request``; a longer one is refused at once and its body discarded),
+    so a client that writes a big message before it reads never waits on us.
+
+    When its handlers are all busy and as many requests wait for them, a worker stops
+    accepting for a while, so that other workers take the new connections. ``stop``
+    ends accepting; the requests already accepted finish (the drain) before
     :meth:`run` returns."""
 
     def __init__(self, listeners: list[Listener], ctx: Context,
@@ -117,9 +132,15 @@ class Worker:
         self.listeners = listeners
         self.ctx = ctx
         self.stopping = False  # a plain flag: set from a signal handler
-        # systemd's watchdog, pinged from the accept loop: only the worker that is the
+        # systemd's watchdog, pinged from the loop: only the worker that is the
         # service's main process (workers: 1) has one; forked workers do not.
         self.watchdog = watchdog
+        self.conns: dict[_Conn, None] = {}  # open connections, oldest first
+        self.per_client: dict[str, int] = {}
+        self.busy = 0  # requests handed to the handler threads and not yet answered
+        self.buffered = 0  # bytes of request bodies being read or held
+        self.warned: dict[str, float] = {}
+        self.max_open = _max_open()
 
     def stop(self) -> None:
         """Stop accepting; in-flight requests finish (safe in a signal handler)."""
@@ -139,79 +160,304 @@ class Worker:
 
     def run(self) -> None:
         """Serve until :meth:`stop`, then drain."""
-        n = max(1, self.ctx.settings.max_connections)
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        st = self.ctx.settings
+        n = max(1, st.max_connections)
         metrics.handler_threads(n)
-        free = threading.Semaphore(n)
-        jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
-        handlers = [threading.Thread(target=self._handle_loop, args=(jobs, free),
-                                     name=f"nnspam-serve-{i}") for i in range(n)]
-        for t in handlers:
-            t.start()
-        sel = _AcceptSelector([lst.sock for lst in self.listeners])
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="nnspam-serve")
+        self.room = asyncio.Event()
+        self.room.set()
         # the registry's threads of this process (a fleet's watcher and learner)
         background = getattr(self.ctx.models, "start_background", None)
         if background is not None:
             background()
+        acceptors = [asyncio.create_task(self._accept(lst.sock)) for lst in self.listeners]
         try:
             while not self.stopping:
                 if self.watchdog is not None:
-                    self.watchdog.ping()  # the accept loop turns: the server is alive
-                if not free.acquire(timeout=POLL):
-                    continue
-                taken = False
-                for sock in sel.select(POLL):
-                    try:
-                        conn, addr = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue  # another worker took it
-                    except OSError as exc:  # EMFILE and the like: back off
-                        log.error("accept failed: %s", exc)
-                        time.sleep(POLL)
-                        continue
-                    conn.setblocking(True)
-                    jobs.put((conn, addr))
-                    taken = True
-                    break
-                if not taken:
-                    free.release()
+                    self.watchdog.ping()  # the loop turns: the server is alive
+                await asyncio.sleep(POLL)
         finally:
-            sel.close()
-            for _ in handlers:
-                jobs.put(None)
-            for t in handlers:
-                t.join()
+            for a in acceptors:
+                a.cancel()
+            await asyncio.gather(*acceptors, return_exceptions=True)
+            tasks = [c.task for c in self.conns if c.task is not None]
+            if tasks:  # the drain: each ends by its own deadline
+                await asyncio.wait(tasks, timeout=st.timeout + WRITE_GRACE + LINGER + 5)
+            self.pool.shutdown(wait=True)
             if background is not None:
                 self.ctx.models.stop_background()
 
-    def _handle_loop(self, jobs: queue.SimpleQueue, free: threading.Semaphore) -> None:
-        while (job := jobs.get()) is not None:
-            conn, addr = job
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        n = max(1, self.ctx.settings.max_connections)
+        while True:
+            while self.busy >= 2 * n:  # all handlers busy, as many waiting: let others take it
+                self.room.clear()
+                await self.room.wait()
             try:
-                with metrics.in_progress():
-                    Handler(conn, addr, self.ctx)  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001 - one connection's bug never ends the worker
-                log.exception("request failed")
-                metrics.error("handler")
+                conn, addr = await loop.sock_accept(sock)
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
+            except OSError as exc:  # EMFILE and the like: back off
+                log.error("accept failed: %s", exc)
+                await asyncio.sleep(POLL)
+                continue
+            self._start(conn, addr)
+
+    # -- who gets a connection -------------------------------------------------------
+    def _start(self, conn: socket.socket, addr: Any) -> None:
+        key = _client_key(conn, addr)
+        rec = _Conn(key)
+        refused = self._make_room(rec)
+        self.conns[rec] = None
+        self.per_client[key] = self.per_client.get(key, 0) + 1
+        rec.task = asyncio.get_running_loop().create_task(self._serve(conn, addr, rec, refused))
+
+    def _make_room(self, rec: _Conn) -> bool:
+        """Make room for a new connection of ``rec.key`` over the per-client or the
+        worker's limit by closing the oldest connection still sending its request
+        (the client's own, at its limit); True when there is none to close and the
+        new connection must be refused."""
+        st = self.ctx.settings
+        mine = self.per_client.get(rec.key, 0) >= st.max_per_client
+        if not mine and len(self.conns) < self.max_open:
+            return False
+        for old in self.conns:
+            if old.reading and not old.evicted and (not mine or old.key == rec.key):
+                old.evicted = True
+                if old.task is not None:
+                    old.task.cancel()
+                self._warn(rec.key, "too many connections: closed the oldest one still "
+                           "sending its request")
+                return False
+        self._warn(rec.key, "too many connections: refused a new one")
+        return True
+
+    def _warn(self, key: str, what: str) -> None:
+        now = time.monotonic()
+        if now - self.warned.get(key, -WARN_EVERY) >= WARN_EVERY:
+            self.warned[key] = now
+            if len(self.warned) > 4096:
+                self.warned = {k: t for k, t in self.warned.items() if now - t < WARN_EVERY}
+            log.warning("client %s: %s (serve.max_per_client %d; logged once a minute)",
+                        key, what, self.ctx.settings.max_per_client)
+        metrics.error("refused")
+
+    # -- one connection -----------------------------------------------------------------
+    async def _serve(self, conn: socket.socket, addr: Any, rec: _Conn, refused: bool) -> None:
+        loop = asyncio.get_running_loop()
+        st = self.ctx.settings
+        deadline = loop.time() + st.timeout
+        peer = addr[0] if isinstance(addr, tuple) and addr else None
+        writer = None
+        try:
+            if conn.family == socket.AF_UNIX:
+                reader, writer = await asyncio.open_unix_connection(sock=conn, limit=CHUNK)
+            else:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+            if peer is not None and not self.ctx.allowed(peer):
+                log.warning("connection from %s refused: not in serve.allowed", peer)
+                metrics.error("refused")
+                return
+            if refused:
+                await self._send(writer, error_answer(_too_many()), deadline)
+                return
+            await self._exchange(reader, writer, rec, peer, deadline)
+        except asyncio.CancelledError:
+            if not rec.evicted:
+                raise
+            if writer is not None:  # made room for a newer connection of this client
+                metrics.request_error(EX_TEMPFAIL)
+                with contextlib.suppress(Exception):
+                    writer.write(error_answer(_too_many()))
+        except Exception:  # noqa: BLE001 - one connection's bug never ends the worker
+            log.exception("request failed")
+            metrics.error("handler")
+        finally:
+            self.conns.pop(rec, None)
+            left = self.per_client.get(rec.key, 1) - 1
+            if left > 0:
+                self.per_client[rec.key] = left
+            else:
+                self.per_client.pop(rec.key, None)
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        rec: _Conn, peer: str | None, deadline: float) -> None:
+        """Read one request by ``deadline``, answer it, close gracefully."""
+        st = self.ctx.settings
+        reserved = 0
+        left = 0  # bytes of a refused request's body still to come
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    req = read_head(_LineReader(await _head_lines(reader)))
+                    req.peer, req.deadline = peer, deadline
+                    left = check_head(self.ctx, req)
+                    if left:
+                        if self.buffered + left > BUFFER_BUDGET * st.max_request:
+                            raise RequestError(EX_TEMPFAIL, "the server holds too many large "
+                                               "messages now; try again")
+                        reserved, self.buffered = left, self.buffered + left
+                        req.body = await reader.readexactly(left)
+                        left = 0
+            except TimeoutError:
+                log.info("request not complete within serve.timeout (%gs): connection "
+                         "closed", st.timeout)
+                metrics.error("connection")
+                return
+            except asyncio.IncompleteReadError:
+                raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than "
+                                   "Content-length") from None
+            rec.reading = False
+            if rec.evicted:  # cancelled as it finished reading: serve it anyway
+                rec.evicted = False
+            self.busy += 1
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, _respond, self.ctx, req)
             finally:
-                _close_conn(conn)
-                free.release()
+                self.busy -= 1
+                self.room.set()
+                self.buffered -= reserved
+                reserved = 0
+            if out:
+                await self._send(writer, out, max(deadline, asyncio.get_running_loop().time()
+                                                  + WRITE_GRACE))
+        except RequestError as exc:
+            metrics.request_error(exc.code)
+            await self._send(writer, error_answer(exc), deadline)
+            if left:  # the refused body: read and dropped, so the client can read the answer
+                await _discard(reader, left, deadline)
+        except (ConnectionError, OSError) as exc:
+            log.info("connection dropped: %s", exc)
+            metrics.error("connection")
+            return
+        finally:
+            self.buffered -= reserved
+        await _linger(reader, writer)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes, deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                writer.write(data)
+                await writer.drain()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.info("answer not delivered: %s", exc or "client too slow")
+            metrics.error("connection")
 
 
-def _close_conn(conn: socket.socket) -> None:
-    """Send FIN first and discard what the client already sent but we did not
-    read (the rest of a refused request), so the close does not turn into a
-    reset that could destroy our answer before the client has read it."""
+async def _head_lines(reader: asyncio.StreamReader) -> list[bytes]:
+    """The request line and header lines up to the empty one, each with its newline
+    (a line longer than ``MAX_LINE``, more than ``MAX_HEADERS`` lines, or the end of
+    the input stop the reading: :func:`~nnspam.services.spamd.read_head` names the
+    error)."""
+    lines: list[bytes] = []
+    while len(lines) < MAX_HEADERS + 2:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            lines.append(exc.partial[:MAX_LINE])  # no newline: "request ended early"
+            break
+        except asyncio.LimitOverrunError:
+            lines.append(b"x" * (MAX_LINE + 1))  # "line too long"
+            break
+        if len(line) > MAX_LINE:
+            lines.append(line)
+            break
+        lines.append(line)
+        if len(lines) > 1 and line in (b"\r\n", b"\n"):
+            break
+    return lines
+
+
+class _LineReader:
+    """``readline`` over lines already read (for :func:`read_head`)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = iter(lines)
+
+    def __call__(self) -> bytes:
+        return next(self.lines, b"")
+
+
+def _too_many() -> RequestError:
+    return RequestError(EX_TEMPFAIL, "too many connections from this client; try again")
+
+
+def _respond(ctx: Context, req: Request) -> bytes:
+    """:func:`~nnspam.services.spamd.respond` in a handler thread: an error answered as
+    spamd would, a bug logged and the connection closed without an answer."""
+    with metrics.in_progress():
+        try:
+            return respond(ctx, req)
+        except RequestError as exc:
+            metrics.request_error(exc.code)
+            return error_answer(exc)
+        except Exception:  # noqa: BLE001 - one request's bug never ends the worker
+            log.exception("request failed")
+            metrics.error("handler")
+            return b""
+
+
+async def _discard(reader: asyncio.StreamReader, n: int, deadline: float) -> None:
+    """Read and drop ``n`` bytes (a refused request's body) by ``deadline``."""
     try:
-        conn.shutdown(socket.SHUT_WR)
-        for _ in range(16):
-            if not conn.recv(CHUNK, socket.MSG_DONTWAIT):
-                break
-    except OSError:
+        async with asyncio.timeout_at(deadline):
+            while n > 0:
+                got = await reader.read(min(CHUNK, n))
+                if not got:
+                    return
+                n -= len(got)
+    except (TimeoutError, ConnectionError, OSError):
         pass
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send FIN, then wait (up to ``LINGER`` s) for the client's end, dropping what it
+    still sends: closing with unread input would send a reset that could destroy the
+    answer before the client has read it."""
     try:
-        conn.close()
-    except OSError:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER):
+            while await reader.read(CHUNK):
+                pass
+    except (TimeoutError, ConnectionError, OSError):
         pass
+
+
+def _client_key(conn: socket.socket, addr: Any) -> str:
+    """Who a connection is from, for ``serve.max_per_client``: its IP address over
+    TCP; on a Unix socket the client's user id (``SO_PEERCRED``)."""
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0])
+    try:
+        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return f"uid:{struct.unpack('3i', cred)[1]}"
+    except (OSError, AttributeError):
+        return "unix"
+
+
+def _max_open() -> int:
+    """Connections a worker keeps open at once: what its descriptor limit allows,
+    leaving room for model files, logs and the store (at most 4,096)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 65536
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(16, min(4096, soft - 64))
 
 
 def resolve_workers(n: int | None) -> int:

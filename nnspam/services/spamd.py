@@ -46,18 +46,38 @@ after decompression, bad TELL class, ``Set: remote``), 76 EX_PROTOCOL (malformed
 request line or header, missing or wrong Content-length, truncated body), 77
 EX_NOPERM (TELL on the read-only shipped model),
 74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
-for serve.user_model), 73 EX_CANTCREAT (a user model that cannot be created), 75
-EX_TEMPFAIL (a TELL while the model store of a fleet is unreachable: ``store:``,
-:mod:`nnspam.services.fleet`).
-A client that says nothing for ``serve.timeout`` seconds is disconnected.
+for serve.user_model), 69 EX_UNAVAILABLE (TELL without ``serve.allow_tell``), 73
+EX_CANTCREAT (a user model that cannot be created), 75 EX_TEMPFAIL (a TELL while the
+model store of a fleet is unreachable: ``store:``, :mod:`nnspam.services.fleet`; a TELL
+whose model stayed locked until the request's deadline; a client over
+``serve.max_per_client`` connections; a worker holding too many large messages at
+once), 65 EX_DATAERR also for a message over ``serve.max_request``, answered before
+its body is read.
+
+This module is the protocol alone, no sockets: :func:`read_head` and :func:`check_head`
+turn a request's lines into a :class:`Request` (or a :class:`RequestError`), and
+:func:`respond` turns a whole request into the answer's bytes. Reading a request under
+its deadline, the per-client limits and writing the answer are
+:mod:`nnspam.services.server`'s.
+
+Who may teach (issue 22): TELL is refused with 69 EX_UNAVAILABLE unless the server
+runs with ``serve.allow_tell`` (``--allow-tell``, as spamd's), and then with 77
+EX_NOPERM to a TCP client outside ``serve.tell_allowed`` (loopback by default; a Unix
+socket's clients are whoever its file mode admits). Learning the same message as the
+same class again is not done twice (its model's correction journal already has it):
+the answer then lacks ``DidSet``, and spamc says the message was already learned, as
+with SpamAssassin; so a client that retries a TELL teaches it once. A TELL that does
+not get its model's writer lock before the request's deadline learns nothing and is
+answered 75 EX_TEMPFAIL.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import socketserver
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -70,7 +90,8 @@ from nnspam.services.serve_settings import ServeSettings
 from nnspam.services.verdict import is_spam
 from nnspam.services.verdict import verdict as verdict_of
 
-__all__ = ["Handler", "Context", "Models", "RequestError", "score_line", "spamassassin_fields",
+__all__ = ["Context", "Models", "Request", "RequestError", "check_head", "error_answer",
+           "read_head", "respond", "score_line", "spamassassin_fields",
            "PROTO", "CHUNK", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE",
            "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR", "EX_TEMPFAIL", "EX_PROTOCOL",
            "EX_NOPERM"]
@@ -111,9 +132,11 @@ class Models(Protocol):
 
     def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result: ...
 
-    def learn(self, raw: bytes, label: str, user: str | None = None) -> Path: ...
+    def learn(self, raw: bytes, label: str, user: str | None = None,
+              deadline: float | None = None) -> tuple[bool, Path]: ...
 
-    def forget(self, raw: bytes, user: str | None = None) -> tuple[bool, Path]: ...
+    def forget(self, raw: bytes, user: str | None = None,
+               deadline: float | None = None) -> tuple[bool, Path]: ...
 
 
 class Context:
@@ -133,6 +156,27 @@ class Context:
             ip = ip.ipv4_mapped  # type: ignore[union-attr]
         return ip.is_loopback or any(ip in n for n in self.settings.allowed)
 
+    def check_tell(self, peer: str | None) -> None:
+        """Refuse a TELL unless ``serve.allow_tell`` is on and the client (its TCP
+        address; None: a Unix socket's client) is in ``serve.tell_allowed``: who may
+        teach a model is configured, not assumed (spamd's ``--allow-tell``)."""
+        st = self.settings
+        if not st.allow_tell:
+            raise RequestError(EX_UNAVAILABLE, "TELL commands have not been enabled "
+                               "(serve.allow_tell)")
+        if peer is None:
+            return
+        try:
+            ip = ipaddress.ip_address(peer.split("%")[0])
+        except ValueError:
+            ip = None
+        if ip is not None and getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        if ip is None or not any(ip in n for n in st.tell_allowed):
+            log.warning("TELL from %s refused: not in serve.tell_allowed", peer)
+            raise RequestError(EX_NOPERM, "TELL not allowed from this client "
+                               "(serve.tell_allowed)")
+
 
 def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
     """The ``Spam:`` response header: ``True ; 9.7 / 5.0`` (see the module
@@ -149,204 +193,201 @@ def verdict_symbol(spamicity: float, threshold: float,
     return "NNSPAM_" + verdict_of(spamicity, threshold, unsure).upper()
 
 
-class Handler(socketserver.StreamRequestHandler):
-    """One connection, one request (as spamd)."""
+@dataclass
+class Request:
+    """One parsed request: its verb and headers (names lower-cased), the body as sent
+    (``length`` bytes; still compressed with ``Compress: zlib``), the TCP client's
+    address (None on a Unix socket) and the request's deadline (monotonic)."""
 
-    server: Context  # type: ignore[assignment]
+    verb: str
+    headers: dict[str, str]
+    body: bytes = b""
+    peer: str | None = None
+    deadline: float | None = None
 
-    def handle(self) -> None:
-        st = self.server.settings
-        self.request.settimeout(st.timeout)
-        peer = self.client_address
-        if isinstance(peer, tuple) and not self.server.allowed(peer[0]):
-            log.warning("connection from %s refused: not in serve.allowed", peer[0])
-            metrics.error("refused")
-            return
+    @property
+    def length(self) -> int:
+        """``Content-length`` (0 for PING and SKIP, which carry no body)."""
+        cl = self.headers.get("content-length", "0")
+        return int(cl) if cl.isascii() and cl.isdigit() else 0
+
+
+def _line(line: bytes) -> bytes:
+    """One request line as read (up to ``MAX_LINE`` + 1 bytes, its newline included)."""
+    if len(line) > MAX_LINE:
+        raise RequestError(EX_PROTOCOL, "Bad header line: line too long")
+    if not line.endswith(b"\n"):
+        raise RequestError(EX_PROTOCOL, "Bad header line: request ended early")
+    return line.rstrip(b"\r\n")
+
+
+def read_head(readline: Callable[[], bytes]) -> Request:
+    """The request line and headers, read by ``readline`` (which returns one line with
+    its newline, at most ``MAX_LINE`` + 1 bytes, or what came before the end of the
+    input): a :class:`Request` without its body, or :class:`RequestError`."""
+    parts = _line(readline()).split(b" ")
+    if len(parts) != 2 or not parts[1].startswith(b"SPAMC/"):
+        raise RequestError(EX_PROTOCOL, "Bad header line: (request line)")
+    verb = parts[0].decode("ascii", "replace")
+    if verb not in VERBS:
+        raise RequestError(EX_USAGE, f"Unknown method: {verb[:40]}")
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        line = _line(readline())
+        if not line:
+            return Request(verb, headers)
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            raise RequestError(EX_PROTOCOL, "Bad header line: (no colon)")
+        headers[name.strip().decode("ascii", "replace").lower()] = (
+            value.strip().decode("utf-8", "replace"))
+    raise RequestError(EX_PROTOCOL, "Bad header line: too many headers")
+
+
+def check_head(ctx: Context, req: Request) -> int:
+    """What must be refused before the body is read, and the body's length to read:
+    a missing or bad ``Content-length``, an unknown ``Compress``, a message over the
+    hard limit ``serve.max_request`` (or a compressed one over ``serve.max_size``), a
+    TELL the server does not take from this client. Refused at once (and the body
+    discarded by the caller), a client that writes the whole message before it reads
+    gets its answer without sending what would be thrown away into a full buffer."""
+    st = ctx.settings
+    if req.verb in ("PING", "SKIP"):
+        return 0
+    cl = req.headers.get("content-length")
+    if cl is None or not (cl.isascii() and cl.isdigit()):
+        raise RequestError(EX_PROTOCOL, "Bad header line: Content-length missing or invalid")
+    length = int(cl)
+    compress = req.headers.get("compress")
+    if compress is not None and compress.lower() != "zlib":
+        raise RequestError(EX_PROTOCOL, f"Bad header line: Compress: {compress[:20]}")
+    if req.verb == "TELL":
+        ctx.check_tell(req.peer)
+    if compress is not None and length > st.max_size:
+        raise RequestError(EX_DATAERR, "compressed message over serve.max_size")
+    if length > st.max_request:
+        raise RequestError(EX_DATAERR, f"message of {length} bytes over serve.max_request "
+                           f"({st.max_request}); not read")
+    return length
+
+
+def respond(ctx: Context, req: Request) -> bytes:
+    """The answer to a whole request (its body read): b"" for SKIP, which has none.
+    :class:`RequestError` for a request to refuse (the caller answers it with
+    :func:`error_answer`)."""
+    st = ctx.settings
+    if req.verb == "SKIP":
+        return b""
+    if req.verb == "PING":
+        return PROTO + b" 0 PONG\r\n"
+    body = req.body
+    if req.headers.get("compress") is None and len(body) > st.max_size:
+        return _over_size(ctx, req)
+    if req.headers.get("compress") is not None:
+        d = zlib.decompressobj()
         try:
-            self._serve_one()
-        except RequestError as exc:
-            metrics.request_error(exc.code)
-            self._send(PROTO + f" {exc.code} {exc.message}\r\n".encode())
-        except (TimeoutError, ConnectionError, OSError) as exc:
-            log.info("connection dropped: %s", exc)
-            metrics.error("connection")
+            body = d.decompress(body, st.max_size + 1)
+        except zlib.error as exc:
+            raise RequestError(EX_DATAERR, f"bad zlib data: {exc}") from None
+        if len(body) > st.max_size:
+            raise RequestError(EX_DATAERR, "message over serve.max_size after decompression")
+    if req.verb == "TELL":
+        return _tell(ctx, body, req)
+    # SYMBOLS and REPORT name the words that moved the spamicity most (explanation.py)
+    words = ((st.filter.words or REPORT_WORDS)
+             if req.verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") else 0)
+    res = ctx.models.classify(body, req.headers.get("user"), words)
+    if res.error is not None:
+        log.error("classification failed, message passed through: %s", res.error)
+    return _answer(ctx, req.verb, res.output, res.spamicity, res.words)
 
-    def _send(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-        except OSError:
-            pass
 
-    def _line(self) -> bytes:
-        line = self.rfile.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise RequestError(EX_PROTOCOL, "Bad header line: line too long")
-        if not line.endswith(b"\n"):
-            raise RequestError(EX_PROTOCOL, "Bad header line: request ended early")
-        return line.rstrip(b"\r\n")
+def error_answer(exc: RequestError) -> bytes:
+    """``SPAMD/1.5 CODE MESSAGE``: how spamd refuses a request."""
+    return PROTO + f" {exc.code} {exc.message}\r\n".encode()
 
-    def _serve_one(self) -> None:
-        first = self._line()
-        parts = first.split(b" ")
-        if len(parts) != 2 or not parts[1].startswith(b"SPAMC/"):
-            raise RequestError(EX_PROTOCOL, "Bad header line: (request line)")
-        verb = parts[0].decode("ascii", "replace")
-        if verb not in VERBS:
-            raise RequestError(EX_USAGE, f"Unknown method: {verb[:40]}")
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS + 1):
-            line = self._line()
-            if not line:
-                break
-            name, sep, value = line.partition(b":")
-            if not sep or not name.strip():
-                raise RequestError(EX_PROTOCOL, "Bad header line: (no colon)")
-            headers[name.strip().decode("ascii", "replace").lower()] = (
-                value.strip().decode("utf-8", "replace"))
-        else:
-            raise RequestError(EX_PROTOCOL, "Bad header line: too many headers")
-        if verb == "SKIP":
-            return
-        if verb == "PING":
-            self._send(PROTO + b" 0 PONG\r\n")
-            return
-        self._body_verb(verb, headers)
 
-    def _read_exact(self, n: int) -> bytes:
-        data = self.rfile.read(n)
-        if len(data) != n:
-            raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than Content-length")
-        return data
+def _answer(ctx: Context, verb: str, marked: bytes, sp: float | None,
+            words: TopWords | None = None) -> bytes:
+    st = ctx.settings
+    f = st.filter
+    spam_line = score_line(sp, f.threshold, st.score_scale)
+    spam = sp is not None and is_spam(sp, f.threshold)
+    if verb == "CHECK":
+        return PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n"
+    if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
+        marked = spamassassin_fields(marked, sp, f.threshold, st.score_scale)
+    if verb == "PROCESS":
+        out = marked
+    elif verb == "HEADERS":
+        out = _head_of(marked)
+    elif verb == "SYMBOLS":
+        out = (",".join([verdict_symbol(sp, f.threshold, f.unsure)] + symbols(words or []))
+               .encode() if sp is not None else b"")
+    elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
+        out = _report(sp, f.threshold, st.score_scale, words, f.unsure)
+    else:  # REPORT_IFSPAM on ham
+        out = b""
+    return _with_body(spam_line, out)
 
-    def _body_verb(self, verb: str, headers: dict[str, str]) -> None:
-        st = self.server.settings
-        cl = headers.get("content-length")
-        if cl is None or not (cl.isascii() and cl.isdigit()):
-            raise RequestError(EX_PROTOCOL, "Bad header line: Content-length missing or invalid")
-        length = int(cl)
-        compress = headers.get("compress")
-        if compress is not None and compress.lower() != "zlib":
-            raise RequestError(EX_PROTOCOL, f"Bad header line: Compress: {compress[:20]}")
-        if compress is None and length > st.max_size:
-            if verb != "TELL":  # a TELL that big is refused (EX_DATAERR), not skipped
-                metrics.scored("skipped")
-            self._pass_through(verb, length)
-            return
-        if compress is not None and length > st.max_size:
-            raise RequestError(EX_DATAERR, "compressed message over serve.max_size")
-        body = self._read_exact(length)
-        if compress is not None:
-            d = zlib.decompressobj()
-            try:
-                body = d.decompress(body, st.max_size + 1)
-            except zlib.error as exc:
-                raise RequestError(EX_DATAERR, f"bad zlib data: {exc}") from None
-            if len(body) > st.max_size:
-                raise RequestError(EX_DATAERR, "message over serve.max_size after decompression")
-        if verb == "TELL":
-            self._tell(body, headers)
-            return
-        # SYMBOLS and REPORT name the words that moved the spamicity most (explanation.py)
-        words = ((st.filter.words or REPORT_WORDS)
-                 if verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") else 0)
-        res = self.server.models.classify(body, headers.get("user"), words)
-        if res.error is not None:
-            log.error("classification failed, message passed through: %s", res.error)
-        self._answer(verb, body, res.output, res.spamicity, res.words)
 
-    def _answer(self, verb: str, original: bytes, marked: bytes, sp: float | None,
-                words: TopWords | None = None) -> None:
-        st = self.server.settings
-        f = st.filter
-        spam_line = score_line(sp, f.threshold, st.score_scale)
-        spam = sp is not None and is_spam(sp, f.threshold)
-        if verb == "CHECK":
-            self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n")
-            return
-        if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
-            marked = spamassassin_fields(marked, sp, f.threshold, st.score_scale)
-        if verb == "PROCESS":
-            out = marked
-        elif verb == "HEADERS":
-            out = _head_of(marked)
-        elif verb == "SYMBOLS":
-            out = (",".join([verdict_symbol(sp, f.threshold, f.unsure)] + symbols(words or []))
-                   .encode() if sp is not None else b"")
-        elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
-            out = _report(sp, f.threshold, st.score_scale, words, f.unsure)
-        else:  # REPORT_IFSPAM on ham
-            out = b""
-        self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
-                   + str(len(out)).encode() + b"\r\n\r\n" + out)
+def _with_body(spam_line: bytes, out: bytes) -> bytes:
+    return (PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
+            + str(len(out)).encode() + b"\r\n\r\n" + out)
 
-    def _pass_through(self, verb: str, length: int) -> None:
-        """A message over the size cap: unchanged, unclassified, never held whole."""
-        st = self.server.settings
-        spam_line = score_line(None, st.filter.threshold, st.score_scale)
-        if verb != "PROCESS":
-            head = self._read_exact(min(length, st.max_size))
-            left = length - len(head)
-            while left:
-                got = self.rfile.read(min(CHUNK, left))
-                if not got:
-                    raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than "
-                                       "Content-length")
-                left -= len(got)
-            if verb == "HEADERS":
-                self._answer_raw(spam_line, _head_of(head))
-            elif verb == "TELL":
-                raise RequestError(EX_DATAERR, "message over serve.max_size, not learned")
-            else:
-                self._answer(verb, b"", b"", None)
-            return
-        self.wfile.write(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
-                         + str(length).encode() + b"\r\n\r\n")
-        left = length
-        while left:
-            got = self.rfile.read(min(CHUNK, left))
-            if not got:
-                raise ConnectionError("body shorter than Content-length")
-            self.wfile.write(got)
-            left -= len(got)
-        self.wfile.flush()
 
-    def _answer_raw(self, spam_line: bytes, out: bytes) -> None:
-        self._send(PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\nContent-length: "
-                   + str(len(out)).encode() + b"\r\n\r\n" + out)
+def _over_size(ctx: Context, req: Request) -> bytes:
+    """A message over ``serve.max_size`` (spamd semantics): unchanged and unclassified
+    (PROCESS gives it back byte for byte, HEADERS its head), never learned."""
+    st = ctx.settings
+    if req.verb == "TELL":
+        raise RequestError(EX_DATAERR, "message over serve.max_size, not learned")
+    metrics.scored("skipped")
+    spam_line = score_line(None, st.filter.threshold, st.score_scale)
+    if req.verb == "PROCESS":
+        return _with_body(spam_line, req.body)
+    if req.verb == "HEADERS":
+        return _with_body(spam_line, _head_of(req.body[:st.max_size]))
+    return _answer(ctx, req.verb, b"", None)
 
-    def _tell(self, body: bytes, headers: dict[str, str]) -> None:
-        """TELL: ``Set: local`` with ``Message-class: spam|ham`` learns the message
-        (``spamc -L spam|ham``), ``Remove: local`` forgets an earlier lesson of it
-        (``spamc -L forget``: the correction journal, :func:`nnspam.model.correct.forget`);
-        both may come in one request (remove first, as spamd). ``DidRemove: local`` is
-        answered only when the journal held the message, so spamc says "already
-        un/learned" otherwise. Remote reporting (``Set: remote``, ``spamc -C``) is not
-        offered."""
-        def places(name: str) -> list[str]:
-            return [w.strip().lower() for w in headers.get(name, "").split(",") if w.strip()]
 
-        remove, put = places("remove"), places("set")
-        if not remove and not put:
-            raise RequestError(EX_DATAERR, "TELL needs Set: local or Remove: local")
-        if any(w != "local" for w in remove + put):
-            raise RequestError(EX_DATAERR, "TELL: only local learning (Set: local, Remove: "
-                               "local); nnspam reports to no remote service")
-        label = headers.get("message-class", "").lower()
-        if put and label not in ("spam", "ham"):
-            raise RequestError(EX_DATAERR, "TELL needs Message-class: spam or ham")
-        user = headers.get("user")
-        answer = b""
-        if remove:
-            forgot, where = self.server.models.forget(body, user)
-            log.info("%s one message in %s (user %s)", "forgot" if forgot else
-                     "nothing to forget for", where, user or "-")
-            answer += b"DidRemove: local\r\n" if forgot else b""
-        if put:
-            where = self.server.models.learn(body, label, user)
-            log.info("learned one message as %s into %s (user %s)", label, where, user or "-")
-            answer += b"DidSet: local\r\n"
-        self._send(PROTO + b" 0 EX_OK\r\n" + answer + b"\r\n")
+def _tell(ctx: Context, body: bytes, req: Request) -> bytes:
+    """TELL: ``Set: local`` with ``Message-class: spam|ham`` learns the message
+    (``spamc -L spam|ham``), ``Remove: local`` forgets an earlier lesson of it
+    (``spamc -L forget``: the correction journal, :func:`nnspam.model.correct.forget`);
+    both may come in one request (remove first, as spamd). ``DidRemove: local`` is
+    answered only when the journal held the message, ``DidSet: local`` only when the
+    message was learned (not when its model had learned it as that class already), so
+    spamc says "already un/learned" otherwise. Remote reporting (``Set: remote``,
+    ``spamc -C``) is not offered."""
+    headers = req.headers
+
+    def places(name: str) -> list[str]:
+        return [w.strip().lower() for w in headers.get(name, "").split(",") if w.strip()]
+
+    remove, put = places("remove"), places("set")
+    if not remove and not put:
+        raise RequestError(EX_DATAERR, "TELL needs Set: local or Remove: local")
+    if any(w != "local" for w in remove + put):
+        raise RequestError(EX_DATAERR, "TELL: only local learning (Set: local, Remove: "
+                           "local); nnspam reports to no remote service")
+    label = headers.get("message-class", "").lower()
+    if put and label not in ("spam", "ham"):
+        raise RequestError(EX_DATAERR, "TELL needs Message-class: spam or ham")
+    user = headers.get("user")
+    who = f"user {user or '-'}, client {req.peer or 'unix'}"
+    answer = b""
+    if remove:
+        forgot, where = ctx.models.forget(body, user, deadline=req.deadline)
+        log.info("%s one message in %s (%s)", "forgot" if forgot else
+                 "nothing to forget for", where, who)
+        answer += b"DidRemove: local\r\n" if forgot else b""
+    if put:
+        learned, where = ctx.models.learn(body, label, user, deadline=req.deadline)
+        log.info("%s one message as %s into %s (%s)", "learned" if learned else
+                 "already learned", label, where, who)
+        answer += b"DidSet: local\r\n" if learned else b""
+    return PROTO + b" 0 EX_OK\r\n" + answer + b"\r\n"
 
 
 def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,

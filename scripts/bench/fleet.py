@@ -71,7 +71,7 @@ class Serve:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(cfg), "-m", "default",
-             "--listen", f"127.0.0.1:{port}", "--workers", str(workers)],
+             "--listen", f"127.0.0.1:{port}", "--workers", str(workers), "--allow-tell"],
             stderr=self.log, start_new_session=True, cwd=ROOT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
