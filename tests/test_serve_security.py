@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
