@@ -5,8 +5,9 @@ layers below (corpus, training, model, services) and formats the result. Exit
 codes: 0 success, 1 a run that went wrong in an ordinary way (e.g. nothing to
 classify), 2 bad usage or an unusable model, config or input (:class:`UsageError`
 and the errors :func:`nnspam.front.cli.main` maps: a one-line message, never a
-traceback). Whatever costs (NumPy, the model, Flask) is imported inside the command
-that needs it, so ``nnspam --help`` and the pipe filter load none of it.
+traceback), 74 (EX_IOERR) a model ``nnspam learn`` could not save. Whatever costs
+(NumPy, the model, Flask) is imported inside the command that needs it, so ``nnspam
+--help`` and the pipe filter load none of it.
 """
 
 from __future__ import annotations
@@ -405,6 +406,16 @@ def _rule(cfg: dict[str, Any], untrained: bool = False):
         raise UsageError(str(exc)) from None
 
 
+def _cannot_save(path: Any, exc: OSError) -> int:
+    """``nnspam learn``'s one line when the model could not be written (a full disk, no
+    write permission, its lock file not creatable): exit 74 (EX_IOERR, as the server's
+    TELL answers then). The model on disk is the one before (the save is atomic, and a
+    failed save removes its temporary directory)."""
+    import os
+
+    return die(f"cannot save the model {path}: {exc.strerror or exc}", os.EX_IOERR)
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     """Learn messages of one class into a model directory, through the one model
     writer (:mod:`nnspam.model.writer`): under the directory's lock, on top of its
@@ -444,7 +455,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     writer = ModelWriter.open(target, prepare=lambda m: configure(m, cfg["adaptive"]))
     if args.forget:
         # one forget for the batch: the later lessons are learned again once, not per message
-        found = writer.forget([writer.model.tokens(p) for p in payloads], rule)
+        try:
+            found = writer.forget([writer.model.tokens(p) for p in payloads], rule)
+        except OSError as exc:
+            return _cannot_save(writer.path, exc)
         missing = [x.name for x, e in zip(samples, found, strict=True) if e is None]
         done = len(found) - len(missing)
         for name in missing:
@@ -453,10 +467,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"nnspam: forgot {done} of {len(found)} message(s) in {target}", file=sys.stderr)
         return 0 if not missing else 1
     label = "spam" if args.spam else "ham"
-    with writer.locked():  # one lock for the batch: re-read if another writer saved
-        for p in payloads:  # one correction each, as the daemon learns one move at a time
-            writer.learn_payloads([p], label, rule, save=False, source="learn")
-        writer.save()
+    try:
+        with writer.locked():  # one lock for the batch: re-read if another writer saved
+            for p in payloads:  # one correction each, as the daemon learns one move at a time
+                writer.learn_payloads([p], label, rule, save=False, source="learn")
+            writer.save()
+    except OSError as exc:
+        return _cannot_save(writer.path, exc)
     print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
     return 0
 

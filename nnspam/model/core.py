@@ -29,7 +29,9 @@ the embedding ``W1``).
 
 Never pickled: both files are plain data and are loaded without executing
 anything. Saving writes a new directory beside the target and renames it into
-place, so a reader sees the old model or the new one, never a mix.
+place, so a reader sees the old model or the new one, never a mix. A save killed
+midway (SIGKILL, a power cut) leaves its temporary directory beside the model; the
+next save of that model removes it (:func:`_sweep_leftovers`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -82,6 +86,67 @@ DENSE_ROWS = 32
 
 class ModelError(Exception):
     """A model that cannot be loaded or saved; the message names the file."""
+
+
+#: The files a save writes into its temporary directory (model.json, weights.npz and the
+#: correction journal): a directory holding anything else is not a save's leftover.
+_SAVED_FILES = frozenset({"model.json", "weights.npz", journal_mod.FILE})
+#: How old a leftover of a save must be before a save that does not hold the model's
+#: writer lock removes it (seconds; a save under the lock removes any, see
+#: :func:`_sweep_leftovers`). A save writes a few MB and takes well under a second; this
+#: is far beyond any save still running.
+LEFTOVER_AGE = 15 * 60.0
+
+
+def _leftover_names(name: str) -> re.Pattern[str]:
+    """The names :meth:`Model.save` gives its passing directories beside the model
+    ``name``: ``.NAME.XXXXXXXX`` (``tempfile.mkdtemp``: 8 of ``a-z0-9_``), where the new
+    model is written, and ``.NAME.old-PID-NS``, the replaced model until it is removed."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:(?P<tmp>[a-z0-9_]{{8}})|old-\d+-\d+)")
+
+
+def _sweep_leftovers(target: Path, min_age: float) -> list[Path]:
+    """Remove what saves of the model ``target`` that were killed midway left beside it
+    (a SIGKILL between ``mkdtemp`` and the rename: up to a whole model each, which no
+    later save used to remove), older than ``min_age`` seconds; returns what was removed.
+
+    Only directories that are clearly a save's: named as :func:`_leftover_names` says
+    for this very model, not a symlink, holding nothing but the files a save writes. A
+    ``.NAME.old-...`` directory only while ``target`` exists: without it (a save killed
+    between its two renames) that directory is the last saved model, left for a person
+    to move back. Never fails the save: a directory that cannot be removed is skipped."""
+    pattern = _leftover_names(target.name)
+    now = time.time()
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    saved = target.is_dir()
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or (match["tmp"] is None and not saved):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            # (no age test at all under the lock: a clock ahead on a network file system
+            # must not keep a leftover)
+            if not stat.S_ISDIR(st.st_mode) or (min_age > 0 and now - st.st_mtime < min_age):
+                continue
+            inside = list(os.scandir(entry.path))
+            if any(f.name not in _SAVED_FILES or not f.is_file(follow_symlinks=False)
+                   for f in inside):
+                continue
+            shutil.rmtree(entry.path)
+        except OSError as exc:
+            logging.getLogger("nnspam.model").warning(
+                "%s: cannot remove the leftover of an interrupted save: %s", entry.path,
+                exc.strerror or exc)
+            continue
+        logging.getLogger("nnspam.model").info(
+            "%s: removed the leftover of an interrupted save", entry.path)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def spamicity(outputs: np.ndarray, ham_factor: float, spam_factor: float) -> np.ndarray:
@@ -361,11 +426,24 @@ class Model:
             **({"wide": self.wide.meta()} if self.wide is not None and self.wide.used else {}),
         }
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model directory atomically (see the module docstring)."""
+    def save(self, path: str | os.PathLike, *, locked: bool = False) -> None:
+        """Write the model directory atomically (see the module docstring): the files go
+        into a new directory beside ``path``, are fsynced, and the directory is renamed
+        into place (the old one renamed away first, and back if that fails).
+
+        First the leftovers of earlier saves of this model that were killed midway are
+        removed (:func:`_sweep_leftovers`; before writing, so that on a full disk their
+        space is free again). ``locked``: the caller holds the model's writer lock
+        (:func:`nnspam.model.writer.model_lock`, as every writer of a learned model
+        does), so no other save of this directory is running and every leftover goes.
+        Without it another process may be saving the same directory this very moment,
+        its temporary directory looking just like a leftover, so only leftovers older
+        than LEFTOVER_AGE go."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target, 0.0 if locked else LEFTOVER_AGE)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        moved: Path | None = None  # the old model while renamed away
         try:
             buf = io.BytesIO()
             weights = self.network.get_weights()
@@ -399,13 +477,20 @@ class Model:
             if target.exists():
                 old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
                 os.rename(target, old)
+                moved = old
                 os.rename(tmp, target)
+                moved = None
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, target)
             fsync_dir(target.parent)
             self._journal_file = target / journal_mod.FILE
         except BaseException:
+            if moved is not None:  # the new one did not take its place: the old one back
+                try:
+                    os.rename(moved, target)
+                except OSError:
+                    pass
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
