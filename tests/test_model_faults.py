@@ -341,3 +341,21 @@ def test_a_save_killed_by_sigkill_leaves_a_directory_the_next_save_removes(
     assert not left[0].exists()
     assert [p.name for p in sms_model.parent.iterdir() if p.name.startswith(".")] == []
     assert learned(Model.load(sms_model)) == {"spam": 1, "ham": 0}
+
+
+def test_a_damaged_journal_in_a_stores_files_is_started_afresh(caplog):
+    """The fleet reads a model from its files' bytes (nnspam.model.delta.model_from_files):
+    a damaged journal there is logged and started afresh too, not a JournalError that
+    stops the fleet's learner."""
+    import logging
+
+    from nnspam.model.core import resolve_model_path
+    from nnspam.model.delta import model_from_files
+
+    d = resolve_model_path("default")
+    files = {f: (d / f).read_bytes() for f in ("model.json", "weights.npz")}
+    files["journal.npz"] = b"PK\x03\x04" + b"\x00" * 40  # a truncated zip
+    with caplog.at_level(logging.WARNING):
+        model = model_from_files(files, journal=True)
+    assert len(model.journal) == 0
+    assert "journal" in caplog.text

@@ -116,10 +116,11 @@ def model_from_files(files: Mapping[str, bytes], *, journal: bool = False) -> Mo
                 continue
             (d / name).write_bytes(data)
         model = Model.load(d)
-        # the directory goes away: the journal is read now or not at all
+        # the directory goes away: the journal is read now or not at all (read by
+        # Model.journal: an unreadable one is logged and started afresh, as on disk)
+        if journal:
+            model.journal  # noqa: B018 - reads it
         model._journal_file = None
-        model._journal = (journal_mod.Journal.read(d / journal_mod.FILE)
-                          if journal and (d / journal_mod.FILE).is_file() else None)
         return model
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

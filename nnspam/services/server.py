@@ -317,8 +317,11 @@ class Worker:
                 raise RequestError(EX_PROTOCOL, "Bad header line: body shorter than "
                                    "Content-length") from None
             rec.reading = False
-            if rec.evicted:  # cancelled as it finished reading: serve it anyway
+            if rec.evicted:  # chosen to make room as it finished reading: serve it anyway
                 rec.evicted = False
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    task.uncancel()
             self.busy += 1
             try:
                 out = await asyncio.get_running_loop().run_in_executor(
