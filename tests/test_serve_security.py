@@ -461,3 +461,35 @@ def test_hostile_clients_against_a_real_server(tmp_path):
     assert sorted(os.listdir(tmp_path / "users")) == ["example.org"]
     log = srv.log()
     assert "Traceback" not in log and "request failed" not in log, log[-3000:]
+
+
+# -- fault 8: a TELL on a full disk -----------------------------------------------------
+
+def test_a_tell_on_a_full_disk_answers_74_logs_one_line_and_keeps_the_model(
+        tmp_path, monkeypatch, caplog):
+    """Before: 74 and nothing in the log. The model on disk stays the one before."""
+    import errno
+    import logging
+
+    from nnspam.config import DEFAULTS, merge
+    from nnspam.model.core import Model
+    from nnspam.services.registry import ModelRegistry
+    from nnspam.services.serve_settings import serve_settings
+    from nnspam.services.spamd import EX_IOERR
+
+    model = _model_copy(tmp_path / "model")
+    before = _tree_digest(model)
+    reg = ModelRegistry(serve_settings(merge(DEFAULTS, {"serve": {"allow_tell": True}}),
+                                       model=str(model), listen="127.0.0.1:0"))
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Model, "save", full)
+    with caplog.at_level(logging.ERROR, logger="nnspam.serve"):
+        with pytest.raises(RequestError) as err:
+            reg.learn(SPAM, "spam")
+    assert err.value.code == EX_IOERR
+    assert f"cannot save the model {model}: No space left on device" in caplog.text
+    assert _tree_digest(model) == before
+    assert reg.classify(HAM).spamicity is not None  # still scoring with the model it had
