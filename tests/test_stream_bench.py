@@ -74,10 +74,12 @@ def _check(report: dict, names: list[str], feedback: str) -> None:
         else:  # learned exactly the messages it got wrong
             assert r["corrections"] == r["ham_lost"] + r["spam_missed"], name
         assert r["msgs_per_s"] > 0 and r["total_s"] > 0
+        for key in ("spam_missed_at_ham_loss_0.05_pct", "spam_missed_at_ham_loss_0.1_pct"):
+            assert 0 <= r[key] <= 100, (name, key)
 
 
 def _run(tmp_path: Path, *args: str) -> list[str]:
-    names = ["nnspam", *_peers()]
+    names = ["nnspam", *_peers(), "reference"]  # the reference learner runs in-process
     status = bench.main(["--index", str(ENRON1), "--limit", str(LIMIT), "--out", str(tmp_path),
                          "--filters", ",".join(names), *args])
     assert status == 0

@@ -24,7 +24,8 @@ from nnspam.services.evaluate import roc_auc
 from conftest import SA_SPLIT, needs_corpora
 
 TREC = Path(__file__).resolve().parents[1] / "scripts" / "trec"
-LINE = re.compile(r"\Aclass=(spam|ham) score=([01]\.[0-9]{10}) tfile=-\n\Z")
+# the score is the logit in full (repr), spam from 0 (spamicity 0.5) up
+LINE = re.compile(r"\Aclass=(spam|ham) score=(-?(?:[0-9.]+(?:e[-+][0-9]+)?|inf)) tfile=-\n\Z")
 
 
 def _env(tmp_path: Path, model: str | None = None) -> dict[str, str]:
@@ -63,8 +64,8 @@ def drive(msgs: list[tuple[Path, str]], env: dict[str, str], cwd: Path) -> tuple
         m = LINE.match(out)
         assert m, f"bad classify output {out!r}"
         verdict, score = m.group(1), float(m.group(2))
-        assert 0.0 <= score <= 1.0
-        assert verdict == ("spam" if score >= 0.5 else "ham")
+        assert repr(score) == m.group(2)  # full precision: the text reads back as the float
+        assert verdict == ("spam" if score >= 0 else "ham")
         assert (state / "CURRENT").read_text() == before, "classify must not change the state"
         assert _run([str(TREC / "train"), label, str(path), verdict, "-"], env, cwd) == ""
         assert (state / "CURRENT").read_text() != before, "train must save a new state"
@@ -95,7 +96,7 @@ def test_trec_protocol_untrained_learns(sa_corpus, tmp_path):
     y, s = np.array(gold), np.array(scores)
     assert 10 < y[50:].sum() < 40  # both classes in the second half
     assert roc_auc(y[50:], s[50:]) >= 0.9
-    errors = (s >= 0.5) != (y == 1)
+    errors = (s >= 0) != (y == 1)
     assert errors[50:].sum() < y[50:].sum()
     assert errors[50:].sum() < errors[:50].sum()
 
@@ -109,7 +110,7 @@ def test_trec_protocol_from_default_model(sa_corpus, tmp_path):
     scores, gold = drive(_stream(sa_corpus, 20), _env(tmp_path, "default"), cwd)
     y, s = np.array(gold), np.array(scores)
     assert 3 <= y.sum() <= 17
-    assert int(((s >= 0.5) != (y == 1)).sum()) <= 1
+    assert int(((s >= 0) != (y == 1)).sum()) <= 1
     assert roc_auc(y, s) >= 0.98
 
 
@@ -146,6 +147,27 @@ def test_trec_scripts_load_no_heavy_modules(tmp_path):
     out = _run([sys.executable, "-c", code, str(TREC / "classify"), str(msg)], env, tmp_path)
     assert LINE.match(out.splitlines(keepends=True)[0])
     assert out.splitlines()[-1] == "HEAVY []"
+
+
+def test_trec_classify_prints_the_logit_in_full(tmp_path):
+    """score= is the spamicity's logit, printed so that it reads back as the very float the
+    filter computed (the ranking is kept where spamicities round to 0 or 1)."""
+    from nnspam.services.online import OnlineFilter
+
+    env = _env(tmp_path, "default")
+    _run([str(TREC / "initialize")], env, tmp_path)
+    f = OnlineFilter.load(env["NNSPAM_TREC_DIR"])
+    for i, (subject, body) in enumerate([
+            ("cheap pills", "buy cheap viagra pills now, best price, click here"),
+            ("meeting notes", "hi bob, the notes from the project meeting, thanks alice")]):
+        msg = tmp_path / f"m{i}.eml"
+        msg.write_bytes(f"From: a@example.org\nSubject: {subject}\n\n{body}\n".encode())
+        out = _run([str(TREC / "classify"), str(msg)], env, tmp_path)
+        m = LINE.match(out)
+        assert m, out
+        sp, z = f.model.judge_tokens([f.tokens(msg.read_bytes())])
+        assert float(m.group(2)) == float(z[0]) and repr(float(z[0])) == m.group(2)
+        assert m.group(1) == ("spam" if f.is_spam(float(sp[0])) else "ham")
 
 
 @pytest.mark.parametrize("kind", ["sms"])

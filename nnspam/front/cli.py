@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
              "classifies each message, then learns it through the correction routine: every "
              "message (--feedback all, TREC full feedback), only wrong verdicts (errors: a "
              "user's corrections) or never (none). Writes PATH<TAB>JUDGE<TAB>SPAMICITY<TAB>"
-             "VERDICT lines and a summary (ham lost, spam missed, 1-ROCA) on stderr. The "
+             "VERDICT<TAB>SCORE lines (SCORE: the spamicity's logit in full precision, the "
+             "ranking score) and a summary (ham lost, spam missed, 1-ROCA, spam missed at "
+             "0.05% and 0.1% of ham lost) on stderr. The "
              "start model is copied, never written, unless --save DIR is given.")
     _add_model(sp)
     sp.add_argument("--index", required=True, metavar="FILE",

@@ -501,8 +501,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from nnspam.services.evaluate import HAM_LOSS_POINTS
     from nnspam.services.stream import (
         StreamError,
+        ham_loss_key,
         load_messages,
         read_index,
         replay,
@@ -534,7 +536,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         for i, st in enumerate(replay(model, items, read, args.feedback, rule), 1):
             steps.append(st)
-            out.write(f"{st.path}\t{st.judge}\t{st.spamicity:.6f}\t{st.verdict}\n")
+            # SCORE, the logit, in full (repr): no two different scores print alike, so
+            # the lines rank as the replay did (SPAMICITY ties at 0.000000 and 1.000000)
+            out.write(f"{st.path}\t{st.judge}\t{st.spamicity:.6f}\t{st.verdict}\t"
+                      f"{st.score!r}\n")
             if show and i % 500 == 0:
                 r = summarize(steps)
                 print(f"nnspam stream: {i}/{len(items)}  ham lost {r['ham_lost']}  "
@@ -550,8 +555,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     print(f"# {r['messages']} messages ({r['ham']} ham, {r['spam']} spam), feedback "
           f"{args.feedback}: ham lost {r['ham_lost']} ({r['ham_lost_percent']:.2f}%), spam "
           f"missed {r['spam_missed']} ({r['spam_missed_percent']:.2f}%), 1-ROCA "
-          f"{r['one_minus_roca_percent']:.3f}%, learned {r['learned']}, "
+          f"{r['one_minus_roca_percent']:.4f}%, learned {r['learned']}, "
           f"{len(steps) / max(secs, 1e-9):.0f} msg/s", file=sys.stderr)
+    print("# spam missed at the threshold that loses at most "
+          + ", ".join(f"{100 * f:g}% of ham: {r[ham_loss_key(f)]:.2f}%"
+                      for f in HAM_LOSS_POINTS), file=sys.stderr)
     if args.save:
         if os.path.abspath(args.save) == os.path.abspath(str(args.model or "")):
             raise UsageError("--save must name a new directory, not the start model")

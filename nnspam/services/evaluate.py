@@ -16,7 +16,11 @@ import numpy as np
 
 from nnspam.services.verdict import is_spam
 
-__all__ = ["Evaluation", "evaluate", "roc_auc", "roc_curve", "format_table", "plot"]
+__all__ = ["Evaluation", "evaluate", "roc_auc", "roc_curve", "format_table", "plot",
+           "HAM_LOSS_POINTS", "ham_loss_threshold", "spam_missed_at_ham_loss"]
+
+# The ham losses a user chooses a threshold by (fractions of ham): 1 ham in 2,000 and in 1,000.
+HAM_LOSS_POINTS = (0.0005, 0.001)
 
 
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -56,6 +60,43 @@ def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray
     tpr = np.r_[0.0, tps[last] / max(1, (y == 1).sum())]
     fpr = np.r_[0.0, fps[last] / max(1, (y == 0).sum())]
     return fpr, tpr
+
+
+def ham_loss_threshold(y: np.ndarray, scores: np.ndarray, fraction: float) -> float:
+    """The lowest score threshold (spam when ``score >= threshold``) at which at most
+    ``floor(fraction * n_ham)`` hams are lost (scored at or above it).
+
+    The threshold is always one of the scores (or +inf when even the highest score holds
+    too many hams): messages of equal score fall on the same side, so a ham tied with
+    spams counts as lost with them (the conservative reading of a tie)."""
+    y = np.asarray(y)
+    s = np.asarray(scores, dtype=np.float64)
+    n_ham = int((y == 0).sum())
+    allowed = math.floor(fraction * n_ham + 1e-9)  # 0.001 * 3000 is not quite 3.0
+    if not len(s):
+        return math.inf
+    order = np.argsort(-s, kind="mergesort")
+    ss = s[order]
+    hams = np.cumsum(y[order] == 0)
+    last = np.r_[ss[1:] != ss[:-1], True]  # the last message of each run of equal scores
+    ok = np.flatnonzero(last & (hams <= allowed))
+    # ham counts only grow down the list: the lowest admissible run is the last one
+    return float(ss[ok[-1]]) if len(ok) else math.inf
+
+
+def spam_missed_at_ham_loss(y: np.ndarray, scores: np.ndarray, fraction: float) -> float:
+    """Share of spam (0..1) missed at the threshold that loses at most ``fraction`` of
+    the ham (``floor(fraction * n_ham)`` hams; :func:`ham_loss_threshold`): the spams
+    scored below it. The figure a user picks a threshold by: e.g. ``fraction=0.0005``,
+    "if I may lose 1 ham in 2,000, how much spam still gets through?". ``y`` is 1 for
+    spam, 0 for ham; higher scores are spammier. NaN without spam."""
+    y = np.asarray(y)
+    s = np.asarray(scores, dtype=np.float64)
+    n_spam = int((y == 1).sum())
+    if n_spam == 0:
+        return float("nan")
+    t = ham_loss_threshold(y, s, fraction)
+    return float((s[y == 1] < t).sum() / n_spam)
 
 
 @dataclass

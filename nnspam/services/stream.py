@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FEEDBACK", "StreamError", "Step", "read_index", "load_messages", "replay",
-           "summarize"]
+           "summarize", "ham_loss_key"]
 
 FEEDBACK = ("all", "errors", "none")
 
@@ -134,18 +134,21 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
 
 
 def summarize(steps: Sequence[Step]) -> dict[str, Any]:
-    """Ham lost, spam missed, corrections and 1-ROCA (%) of a replay."""
-    from nnspam.services.evaluate import roc_auc
+    """Ham lost, spam missed, corrections and 1-ROCA (%) of a replay, and the spam missed
+    (%) at the thresholds that lose at most 0.05% and 0.1% of ham
+    (``spam_missed_at_ham_loss_0.05_percent``, ``..._0.1_percent``; from the logits,
+    :func:`nnspam.services.evaluate.spam_missed_at_ham_loss`)."""
+    from nnspam.services.evaluate import HAM_LOSS_POINTS, roc_auc, spam_missed_at_ham_loss
 
     y = np.array([1 if s.judge == "spam" else 0 for s in steps])
-    score = np.array([s.score for s in steps])
-    pred = np.array([s.verdict == "spam" for s in steps])
+    score = np.array([s.score for s in steps], dtype=np.float64)
+    pred = np.array([s.verdict == "spam" for s in steps], dtype=bool)
     n_spam = int(y.sum())
     n_ham = len(y) - n_spam
     fp = int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
     auc = roc_auc(y, score) if n_spam and n_ham else float("nan")
-    return {
+    out = {
         "messages": len(y), "ham": n_ham, "spam": n_spam,
         "ham_lost": fp, "spam_missed": fn,
         "ham_lost_percent": 100.0 * fp / n_ham if n_ham else 0.0,
@@ -153,3 +156,12 @@ def summarize(steps: Sequence[Step]) -> dict[str, Any]:
         "learned": int(sum(s.learned for s in steps)),
         "one_minus_roca_percent": (1.0 - auc) * 100.0 if auc == auc else float("nan"),
     }
+    for fraction in HAM_LOSS_POINTS:
+        out[ham_loss_key(fraction)] = 100.0 * spam_missed_at_ham_loss(y, score, fraction)
+    return out
+
+
+def ham_loss_key(fraction: float) -> str:
+    """``summarize``'s key of the spam missed at ``fraction`` of ham lost (0.0005 ->
+    ``spam_missed_at_ham_loss_0.05_percent``)."""
+    return f"spam_missed_at_ham_loss_{100 * fraction:g}_percent"

@@ -1,4 +1,5 @@
-"""nnspam, bogofilter, SpamProbe and CRM114 on the same ordered mail streams, in one run.
+"""nnspam, bogofilter, SpamProbe, CRM114 and the TREC reference learner on the same ordered
+mail streams, in one run.
 
 Every filter sees the same messages in the same order, from the same start, under the same
 feedback, and follows the same protocol for each message: classify it, record its score and
@@ -56,6 +57,13 @@ crm114      ``crm`` with ``classify <osb unique microgroom> ( spam.css | ham.css
             the message on standard input. The empty start learns an empty text into each
             .css file, so both exist and errors-only learning can begin (a missing ham.css
             would keep every verdict at ham, and no ham would ever be an error).
+reference   the TREC spam track's reference learner (Goodman and Yih 2006; Cormack, TREC
+            2007), ``peers/reference_lr.py``, in this process (NumPy): the message's first
+            3,000 bytes (headers included) as binary hashed 4-byte substrings (2^22 slots),
+            logistic regression from zero weights; score: w.x (a log-odds); verdict: score
+            > 0; learning: one gradient step, w += 0.002 (y - sigmoid(w.x)) on the slots
+            present. The trained start is one pass of the same steps over the train part,
+            in its order. It reads the same files as the other peers.
 spamassassin (optional, not in the default --filters) its Bayes classifier alone via
             ``peers/sa_bayes.pl``: ``score FILE`` and ``train spam|ham FILE``; verdict:
             probability > 0.5.
@@ -66,6 +74,8 @@ memory); this script adds classify-one and learn-one steps to them.
 Per stream and filter it writes (``--out DIR``): ``stream-<name>-<feedback>-<start>.json``,
 ``.md`` and ``.png`` (cumulative ham lost and spam missed against messages, one line per
 filter): ham lost, spam missed (counts and %), 1-ROCA % from each filter's per-message scores,
+the spam missed at the thresholds that lose at most 0.05% and 0.1% of the ham (from the same
+scores: :func:`nnspam.services.evaluate.spam_missed_at_ham_loss`; "at 0.05% ham"),
 corrections (messages learned) and messages per second (classify and learn, the whole stream
 over its wall time; with ``--jobs`` > 1 the filters share the cores, so their rates are lower
 than alone). ``stream-summary-<feedback>-<start>.md`` and ``.json`` hold all streams of a run.
@@ -76,7 +86,7 @@ Usage:
     python scripts/bench/stream.py --index ../shared/corpora/streams/spamassassin-by-date.index \\
         --sms ../shared/corpora/sms/SMSSpamCollection --feedback all --start empty \\
         [--corpus DIR|ARCHIVE] [--limit N] [--train-limit N] [--header-break] [--jobs 2] \\
-        [--filters nnspam,bogofilter,spamprobe,crm114] [--out bench-out]
+        [--filters nnspam,bogofilter,spamprobe,crm114,reference] [--out bench-out]
 
 ``--corpus`` is a corpus folder or archive, or a folder holding them (``enron-spam/``,
 ``spamassassin/``, ``*.tar.xz``); by default the corpus is guessed from the index's name and
@@ -99,6 +109,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -115,7 +126,6 @@ from compare import (  # noqa: E402
     CRM_LEARN,
     Bogofilter,
     Item,
-    Peer,
     SpamAssassin,
     SpamProbe,
     figures,
@@ -123,14 +133,19 @@ from compare import (  # noqa: E402
     subsample,
     write_messages,
 )
+from peers.reference_lr import ReferenceLR, features  # noqa: E402
 
 from nnspam.config import load_config  # noqa: E402
 from nnspam.mail.corpus import load_split_samples, read_sms, read_split  # noqa: E402
 from nnspam.model.correct import rule_from_config  # noqa: E402
 from nnspam.services import stream as nn_stream  # noqa: E402
+from nnspam.services.evaluate import (  # noqa: E402
+    HAM_LOSS_POINTS,
+    spam_missed_at_ham_loss,
+)
 
-FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114", "spamassassin")
-DEFAULT_FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114")
+FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114", "reference", "spamassassin")
+DEFAULT_FILTERS = ("nnspam", "bogofilter", "spamprobe", "crm114", "reference")
 CORPUS_NAMES = {"enron": "enron-spam", "spamassassin": "spamassassin", "sa": "spamassassin"}
 ARCHIVE_EXTS = (".tar.xz", ".tar.gz", ".tgz", ".tar")
 PROGRESS_EVERY = 1000
@@ -236,10 +251,66 @@ class StreamSpamAssassin(SpamAssassin):
         self._d.close()
 
 
-PEERS: dict[str, Callable[..., Peer]] = {
+class StreamReference:
+    """The reference learner (``peers/reference_lr.py``) as a peer, in this process: its
+    database is one ``weights.npy`` (2^22 float64, 32 MB)."""
+
+    in_process = True  # no peak memory of its own to measure
+
+    def __init__(self, name: str, kind: str, db: Path) -> None:
+        self.name, self.kind, self.db = name, kind, db
+        self.meter = SimpleNamespace(peak_kb=0)
+        self.lr: ReferenceLR | None = None
+        self._last: tuple[str, np.ndarray, float] | None = None
+
+    def available(self) -> str | None:
+        return None
+
+    def version(self) -> str:
+        return f"reference LR, 4-byte grams 2^22, rate 0.002 (NumPy {np.__version__})"
+
+    def train(self, items: Sequence[Item]) -> None:
+        """One pass of the online steps over ``items`` in order; saved to the database."""
+        lr = ReferenceLR()
+        for path, label in items:
+            lr.learn(features(Path(path).read_bytes()), label == "spam")
+        self.db.mkdir(parents=True, exist_ok=True)
+        lr.save(self.db / "weights.npy")
+
+    def start(self) -> None:
+        self.db.mkdir(parents=True, exist_ok=True)
+        weights = self.db / "weights.npy"
+        self.lr = ReferenceLR.load(weights) if weights.exists() else ReferenceLR()
+
+    def classify(self, path: str) -> tuple[float, bool]:
+        assert self.lr is not None
+        slots = features(Path(path).read_bytes())
+        score = self.lr.score(slots)
+        self._last = (path, slots, score)
+        return score, score > 0
+
+    def learn(self, path: str, label: str) -> None:
+        assert self.lr is not None
+        if self._last is not None and self._last[0] == path:  # scored just before
+            _, slots, score = self._last
+            self.lr.learn(slots, label == "spam", score)
+        else:
+            self.lr.learn(features(Path(path).read_bytes()), label == "spam")
+        self._last = None
+
+    def finish(self) -> None:
+        self.lr = None
+
+
+PEERS: dict[str, Callable[..., Any]] = {
     "bogofilter": StreamBogofilter, "spamprobe": StreamSpamProbe, "crm114": StreamCRM114,
-    "spamassassin": StreamSpamAssassin,
+    "reference": StreamReference, "spamassassin": StreamSpamAssassin,
 }
+
+
+def peak_mb(peer: Any) -> float | None:
+    """A peer's peak memory (GNU time's, of its processes); None in this process."""
+    return None if getattr(peer, "in_process", False) else peer.meter.peak_kb / 1024.0
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -427,7 +498,7 @@ def train_peer(name: str, kind: str, train: TrainSet, work: Path) -> dict[str, A
     t0 = time.perf_counter()
     peer.train(train.items)
     return {"db": peer.db, "train_s": time.perf_counter() - t0,
-            "train_peak_mb": peer.meter.peak_kb / 1024.0}
+            "train_peak_mb": peak_mb(peer)}
 
 
 # -- running one filter on one stream -------------------------------------------------------
@@ -477,7 +548,7 @@ def run_peer(peer: Any, stream: Stream, feedback: str, start_db: Path | None) ->
             say(f"   {stream.name}/{peer.name}: {i}/{n}", err=True)
     peer.finish()
     run.total_s = time.perf_counter() - t0
-    run.peak_mb = peer.meter.peak_kb / 1024.0
+    run.peak_mb = peak_mb(peer)
     return run
 
 
@@ -509,11 +580,19 @@ def _clean(x: Any) -> Any:
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
+def ham_loss_key(fraction: float) -> str:
+    """The result's key of the spam missed (%) at ``fraction`` of ham lost (0.0005 ->
+    ``spam_missed_at_ham_loss_0.05_pct``)."""
+    return f"spam_missed_at_ham_loss_{100 * fraction:g}_pct"
+
+
 def result(labels: Sequence[str], run: Run) -> dict[str, Any]:
-    """The figures of one filter's pass (counts, %, 1-ROCA, corrections, speed)."""
+    """The figures of one filter's pass (counts, %, 1-ROCA, spam missed at 0.05% and 0.1%
+    of ham lost, corrections, speed)."""
     fig = figures(labels, list(zip(run.scores, run.spam, strict=True)))
     y = np.array([lab == "spam" for lab in labels])
     pred = np.array(run.spam, dtype=bool)
+    scores = np.array(run.scores, dtype=np.float64)
     n = len(labels)
     out = {
         "version": run.version,
@@ -523,6 +602,8 @@ def result(labels: Sequence[str], run: Run) -> dict[str, Any]:
         "accuracy_pct": fig["accuracy_pct"],
         "one_minus_roca_pct": _clean(fig["one_minus_roca_pct"]),
         "spam_missed_at_zero_fp_pct": fig["spam_missed_at_zero_fp_pct"],
+        **{ham_loss_key(f): _clean(100.0 * spam_missed_at_ham_loss(y.astype(int), scores, f))
+           for f in HAM_LOSS_POINTS},
         "corrections": int(sum(run.learned)),
         "setup_s": run.setup_s, "total_s": run.total_s,
         "msgs_per_s": n / run.total_s if run.total_s > 0 else None,
@@ -543,7 +624,21 @@ def _pct(r: dict[str, Any], what: str, of: str) -> str:
 
 def _roca(r: dict[str, Any]) -> str:
     v = r["one_minus_roca_pct"]
-    return "n/a" if v is None else f"{v:.3f}%"
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}%" if v >= 0.1 else f"{v:.4f}%"  # 0.0084%, not 0.008%
+
+
+def _at_ham_loss(r: dict[str, Any]) -> str:
+    """The spam missed at 0.05% and at 0.1% of ham lost, as two table cells."""
+    cells = []
+    for f in HAM_LOSS_POINTS:
+        v = r.get(ham_loss_key(f))
+        cells.append("n/a" if v is None else f"{v:.2f}%")
+    return " | ".join(cells)
+
+
+_AT_HAM_LOSS_HEAD = " | ".join(f"spam missed at {100 * f:g}% ham" for f in HAM_LOSS_POINTS)
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -560,8 +655,8 @@ def describe(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The per-stream table."""
     lines = [f"### {describe(report)}", "",
-             "| filter | ham lost | spam missed | 1-ROCA | corrections | msg/s | "
-             "peak memory |", "|---|---:|---:|---:|---:|---:|---:|"]
+             f"| filter | ham lost | spam missed | 1-ROCA | {_AT_HAM_LOSS_HEAD} | corrections "
+             "| msg/s | peak memory |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = report["filters"]
     for name, r in rows.items():
         if "skipped" in r:
@@ -569,7 +664,8 @@ def markdown(report: dict[str, Any]) -> str:
         mem = "in-process" if r["peak_mb"] is None else f"{r['peak_mb']:.0f} MB"
         lines.append(f"| {'**nnspam**' if name == 'nnspam' else name} | "
                      f"{_pct(r, 'ham_lost', 'ham')} | {_pct(r, 'spam_missed', 'spam')} | "
-                     f"{_roca(r)} | {r['corrections']:,} | {_rate(r)} | {mem} |")
+                     f"{_roca(r)} | {_at_ham_loss(r)} | {r['corrections']:,} | {_rate(r)} | "
+                     f"{mem} |")
     notes = []
     start = report.get("start_detail") or {}
     if start.get("peers_trained_on"):
@@ -596,8 +692,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def summary_markdown(reports: Sequence[dict[str, Any]]) -> str:
     """One table over every stream of the run."""
-    lines = ["| stream | filter | ham lost | spam missed | 1-ROCA | corrections | msg/s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| stream | filter | ham lost | spam missed | 1-ROCA | {_AT_HAM_LOSS_HEAD} | "
+             "corrections | msg/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     skipped: list[str] = []
     for rep in reports:
         for name, r in rep["filters"].items():
@@ -606,7 +702,8 @@ def summary_markdown(reports: Sequence[dict[str, Any]]) -> str:
                 continue
             lines.append(f"| {rep['stream']} | {'**nnspam**' if name == 'nnspam' else name} | "
                          f"{_pct(r, 'ham_lost', 'ham')} | {_pct(r, 'spam_missed', 'spam')} | "
-                         f"{_roca(r)} | {r['corrections']:,} | {_rate(r)} |")
+                         f"{_roca(r)} | {_at_ham_loss(r)} | {r['corrections']:,} | "
+                         f"{_rate(r)} |")
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"
@@ -805,7 +902,8 @@ class Bench:
             report["filters"][name] = r
             say(f"   {name:12s} ham lost {r['ham_lost']:5d} ({r['ham_lost_pct']:6.2f}%)  "
                 f"spam missed {r['spam_missed']:5d} ({r['spam_missed_pct']:6.2f}%)  "
-                f"1-ROCA {_roca(r):>8s}  corrections {r['corrections']:5d}  "
+                f"1-ROCA {_roca(r):>8s}  at 0.05%/0.1% ham {_at_ham_loss(r).replace(' | ', '/')}"
+                f"  corrections {r['corrections']:5d}  "
                 f"{_rate(r)} msg/s  ({r['version']})")
         return report, runs, ok
 

@@ -10,9 +10,12 @@ interface"):
                                     ignored: nnspam trains on every message)
 ``finalize``                        tidy the state directory
 
-X is the spamicity in [0, 1] (10 decimals, so the ranking that 1-ROCA is
-computed from is kept); the class is spam when X reaches the model's
-threshold (0.5 by default).
+X is the spamicity's log-odds (the logit, any real number; 0 is a spamicity
+of 0.5) printed in full (Python's repr: the shortest text that reads back as
+the same float), so no two different scores print alike and the ranking that
+1-ROCA is computed from is kept; a spamicity rounds to 0 or 1 for thousands
+of messages of a real stream, its logit does not. The class is spam when the
+spamicity reaches the model's threshold (0.5 by default: a logit of 0).
 
 Environment:
 
@@ -125,9 +128,10 @@ def main(command: str, argv: list[str]) -> int:
             return _fail(f"{path}: {exc.strerror}")
         f = OnlineFilter.load(directory)
         if command == "classify":
-            score = f.classify(raw)
-            verdict = "spam" if f.is_spam(score) else "ham"
-            sys.stdout.write(f"class={verdict} score={score:.10f} tfile=-\n")
+            # the spamicity of f.classify and its logit, in one pass
+            sps, zs = f.model.judge_tokens([f.tokens(raw)])
+            verdict = "spam" if f.is_spam(float(sps[0])) else "ham"
+            sys.stdout.write(f"class={verdict} score={float(zs[0])!r} tfile=-\n")
             return 0
         judge = args[0].lower()
         if judge not in ("spam", "ham"):
