@@ -10,6 +10,17 @@ The dashboard shows private messages, so it is closed unless configured:
   the session cookie (HttpOnly, SameSite=Strict) is signed with ``NNSPAM_SECRET_KEY``
   from the environment or ``sms.env_file``, else with a random key made per process
   (sessions then end when the server restarts).
+* Wrong passwords are rate-limited per client address (:class:`LoginThrottle`): after
+  :data:`LOGIN_FREE` (5) failures, each further attempt from that address is answered
+  429 with ``Retry-After``, without the password being checked, for
+  :data:`LOGIN_DELAY` seconds (30), doubled by every failure after (up to
+  :data:`LOGIN_MAX_DELAY`, an hour); a right password clears the address's count, and
+  failures are forgotten :data:`LOGIN_WINDOW` seconds (an hour) after the last one.
+  IPv6 clients count by their /64 network (one host holds a whole /64). The counts are
+  in memory, per process, for at most :data:`LOGIN_ADDRESSES` addresses (the ones
+  whose last failure is oldest are dropped first): an attacker cycling addresses cannot
+  grow it. Behind a reverse proxy every client has the proxy's address, so a guesser
+  delays the real user's login too: rate-limit at the proxy there.
 * A login starts a server-side session (:func:`start_session`): logging out ends it,
   and a copy of the cookie saved before is refused from then on.
 * Every POST (login, logout, the buttons) carries the session's random CSRF token,
@@ -31,12 +42,16 @@ needs neither login nor CSRF token.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
 import re
 import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,15 +69,21 @@ from werkzeug.security import check_password_hash
 
 from nnspam.front.sms.env import twilio_secret
 
-__all__ = ["bp", "PAGE_SIZE", "MAX_PAGE", "MAX_PAGE_SIZE", "SessionTable", "secret_key",
-           "configure", "protect", "page_number", "page_size", "fmt_date", "start_session",
-           "session_live", "end_session", "csrf_token"]
+__all__ = ["bp", "PAGE_SIZE", "MAX_PAGE", "MAX_PAGE_SIZE", "SessionTable", "LoginThrottle",
+           "secret_key", "configure", "protect", "page_number", "page_size", "fmt_date",
+           "start_session", "session_live", "end_session", "csrf_token"]
 
 log = logging.getLogger("nnspam.front.dashboard")
 
 PAGE_SIZE = 25
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 1_000_000
+
+LOGIN_FREE = 5  # wrong passwords from one address before it must wait
+LOGIN_DELAY = 30.0  # seconds of the first wait; doubled by each failure after it
+LOGIN_MAX_DELAY = 3600.0  # the longest wait
+LOGIN_WINDOW = 3600.0  # seconds after an address's last failure that its count is forgotten
+LOGIN_ADDRESSES = 10_000  # addresses whose failures are remembered at most (~2 MB)
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static/dashboard")
@@ -151,6 +172,91 @@ class SessionTable:
             self.db.execute("DELETE FROM dashboard_sessions WHERE id=?", (sid,))
 
 
+# -- failed logins -------------------------------------------------------------------
+
+class LoginThrottle:
+    """Wrong passwords counted per client address, and the wait they impose.
+
+    Why: the password is the dashboard's only lock, and without a limit a script tried
+    8 passwords a second (each costing a scrypt hash of server CPU). After ``free``
+    failures from an address it must wait ``delay`` seconds, then twice as long after
+    each further failure, up to ``max_delay``; :meth:`wait` says how long is left and the
+    login view answers 429 until then without checking the password. A success clears
+    the address (:meth:`succeeded`); an address without a failure for ``window`` seconds
+    is forgotten.
+
+    In memory, thread-safe (one lock), and bounded: at most ``size`` addresses, kept in
+    the order of their last failure, so the stale ones are dropped from the front and,
+    when the table is full, the one whose last failure is oldest makes room. Counts are
+    per process (a restart forgets them); ``clock`` is for tests."""
+
+    def __init__(self, free: int = LOGIN_FREE, delay: float = LOGIN_DELAY,
+                 max_delay: float = LOGIN_MAX_DELAY, window: float = LOGIN_WINDOW,
+                 size: int = LOGIN_ADDRESSES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free, self.delay, self.max_delay = free, delay, max_delay
+        self.window = max(window, max_delay)  # a wait ends before its address is forgotten
+        self.size = size
+        self.clock = clock
+        self._lock = threading.Lock()
+        # key -> [failures, time of the last, end of the wait], oldest last failure first
+        self._table: OrderedDict[str, list[float]] = OrderedDict()
+
+    @staticmethod
+    def key(addr: str | None) -> str:
+        """Whom a request's address stands for: an IPv4 address, or an IPv6 /64."""
+        try:
+            ip = ipaddress.ip_address(addr or "")
+        except ValueError:
+            return addr or "?"
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+                return str(ip.ipv4_mapped)
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)
+
+    def _expire(self, now: float) -> None:
+        while self._table:
+            first = next(iter(self._table.values()))
+            if now - first[1] <= self.window:
+                break
+            self._table.popitem(last=False)
+
+    def wait(self, addr: str | None) -> float:
+        """Seconds ``addr`` must still wait before its next try (0: it may try now)."""
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            rec = self._table.get(self.key(addr))
+            return max(rec[2] - now, 0.0) if rec else 0.0
+
+    def failed(self, addr: str | None) -> float:
+        """Count a wrong password from ``addr``; returns the wait it now has (0: none)."""
+        now = self.clock()
+        k = self.key(addr)
+        with self._lock:
+            self._expire(now)
+            rec = self._table.pop(k, None) or [0, now, now]
+            rec[0] += 1
+            rec[1] = now
+            if rec[0] >= self.free:
+                rec[2] = now + min(self.delay * 2 ** min(rec[0] - self.free, 32),
+                                   self.max_delay)
+            self._table[k] = rec  # to the end: the newest failure
+            while len(self._table) > self.size:
+                self._table.popitem(last=False)
+            return max(rec[2] - now, 0.0)
+
+    def succeeded(self, addr: str | None) -> None:
+        """A right password from ``addr``: its count starts again."""
+        with self._lock:
+            self._table.pop(self.key(addr), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table)
+
+
 def configure(app: Any, config: dict[str, Any], sessions: SessionTable) -> None:
     """Set up access control on a Flask app built from a loaded config and register
     the ``dashboard`` blueprint (login, logout, stylesheet); the page blueprints are
@@ -167,6 +273,7 @@ def configure(app: Any, config: dict[str, Any], sessions: SessionTable) -> None:
     app.config["NNSPAM_DASHBOARD_PASSWORD_HASH"] = dash.get("password_hash") or None
     app.config["NNSPAM_DASHBOARD_PAGE_SIZE"] = page_size(dash.get("page_size"))
     app.config["NNSPAM_DASHBOARD_SESSIONS"] = sessions
+    app.config["NNSPAM_DASHBOARD_LOGIN_THROTTLE"] = LoginThrottle()
     app.register_blueprint(bp)
 
 
@@ -270,19 +377,36 @@ def _template_globals() -> dict[str, Any]:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    """The login form; a right password starts a new session."""
+    """The login form; a right password starts a new session. An address with too many
+    wrong passwords gets 429 and ``Retry-After`` (:class:`LoginThrottle`) and its
+    password is not checked."""
     error = None
     status = 200
     if request.method == "POST":
+        throttle: LoginThrottle = current_app.config["NNSPAM_DASHBOARD_LOGIN_THROTTLE"]
+        who = request.remote_addr
+        wait = throttle.wait(who)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            page = render_template("dashboard/login.html",
+                                   error=f"Too many wrong passwords: try again in {seconds} s.")
+            return page, 429, {"Retry-After": str(seconds)}
         pw = request.form.get("password", "")
         if check_password_hash(current_app.config["NNSPAM_DASHBOARD_PASSWORD_HASH"], pw):
+            throttle.succeeded(who)
             start_session()
             csrf_token()  # a fresh token for the logged-in session
-            log.info("dashboard: login from %s", request.remote_addr)
+            log.info("dashboard: login from %s", who)
             return redirect(url_for("sms.index"))
-        log.warning("dashboard: wrong password from %s", request.remote_addr)
+        wait = throttle.failed(who)
         error = "Wrong password."
         status = 401
+        if wait > 0:  # one line per wait imposed, not per refused try
+            log.warning("dashboard: wrong password from %s: its logins refused for %d s",
+                        who, math.ceil(wait))
+            return (render_template("dashboard/login.html", error=error), status,
+                    {"Retry-After": str(math.ceil(wait))})
+        log.warning("dashboard: wrong password from %s", who)
     return render_template("dashboard/login.html", error=error), status
 
 
