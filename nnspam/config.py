@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Spec", "load_config", "merge", "validate",
-           "email_training", "sms_training"]
+           "email_training", "sms_training", "store_url_problem", "redact_url"]
 
 
 class ConfigError(Exception):
@@ -262,11 +262,13 @@ class Spec:
     ``allowed`` says what they are, as the error message puts it ("a number in
     (0, 1)"); ``test`` says whether a value is one of them; ``choices`` lists the
     words of an enumerated setting (tests check them against the modules that
-    act on them)."""
+    act on them); ``explain``, when set, words the whole error for a value the
+    test refuses (its text follows the setting's name: "must be ..., not ...: why")."""
 
     allowed: str
     test: Callable[[Any], bool]
     choices: tuple[str, ...] = ()
+    explain: Callable[[Any], str | None] | None = None
 
 
 def _is_number(v: Any) -> bool:
@@ -297,6 +299,138 @@ def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = Fa
         return hi is None or (v < hi if hi_open else v <= hi)
 
     return Spec(kind + rng + (" or null" if null else ""), test)
+
+
+# -- the store: URL (nnspam.services.store), checked here in the base layer so that every
+# command refuses a bad one as a config error, before redis-py would raise on it
+
+_STORE_SHAPE = "must be null or a URL redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
+_STORE_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+# The query parameters redis-py's URL parser and its connection classes take, by the type
+# it casts them to ("text": taken as written; "tls": text, rediss:// only). Any other name
+# would reach the connection's constructor and fail there with a TypeError.
+_STORE_PARAMS: dict[str, str] = {
+    "db": "index", "socket_timeout": "seconds", "socket_connect_timeout": "seconds",
+    "socket_read_size": "count", "socket_keepalive": "bool", "retry_on_timeout": "bool",
+    "max_connections": "count", "health_check_interval": "index", "protocol": "protocol",
+    "client_name": "text", "username": "text", "password": "text",
+    "ssl_check_hostname": "tls-bool", "ssl_validate_ocsp": "tls-bool",
+    "ssl_validate_ocsp_stapled": "tls-bool", "ssl_min_version": "tls-index",
+    "ssl_keyfile": "tls", "ssl_certfile": "tls", "ssl_cert_reqs": "tls", "ssl_ca_certs": "tls",
+    "ssl_ca_data": "tls", "ssl_ca_path": "tls", "ssl_password": "tls", "ssl_ciphers": "tls",
+}
+_STORE_BOOLS = {"", "0", "1", "f", "t", "n", "y", "false", "true", "no", "yes"}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``, for messages and
+    logs; also for a URL too malformed to parse (unlike
+    :func:`nnspam.services.fleet.redacted`, which needs a valid one)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")  # the last: a password may hold an unescaped '/', '#' or '@'
+    if not sep or at < 0 or ":" not in rest[:at]:
+        return url
+    return f"{scheme}://{rest[:at].split(':', 1)[0]}:***{rest[at:]}"
+
+
+def _store_url_detail(url: str) -> str | None:
+    """What redis-py would trip on in ``url`` (a str with one of the three schemes), as
+    the end of a sentence, or None."""
+    import ipaddress
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    try:
+        parts = urlparse(url)  # as redis-py's parse_url reads it
+        hostname = parts.hostname  # (checks what is between [ ])
+    except ValueError as exc:
+        return str(exc).replace("Invalid IPv6 URL", "unbalanced [ ] around an IPv6 address")
+    if parts.fragment or parts.params:
+        return "it has a '#' or ';' part (write '#' in a password as %23, ';' as %3B)"
+    hostport = parts.netloc.rpartition("@")[2]
+    tls = parts.scheme == "rediss"
+    if parts.scheme == "unix":
+        if hostport:
+            return ("a unix:// URL names a socket path, not a host: unix:///PATH "
+                    "(three slashes)")
+        if not unquote(parts.path).strip("/"):
+            return "no socket path (unix:///run/redis/redis.sock)"
+    else:
+        port: str | None = None  # the text after the host's ':', as written
+        if hostport.startswith("["):
+            after = hostport.rpartition("]")[2]
+            if after and not after.startswith(":"):
+                return f"{after!r} after the IPv6 address's ] (write [ADDRESS]:PORT)"
+            port = after[1:] if after else None
+            try:
+                ipaddress.IPv6Address((hostname or "").partition("%")[0])
+            except ValueError:
+                return f"{hostname!r} between [ ] is not an IPv6 address"
+        else:
+            if ":" in hostport:
+                port = hostport.partition(":")[2]
+            if hostname and not _STORE_HOST.fullmatch(unquote(hostname)):
+                return f"the host {unquote(hostname)!r} is not a host name or an IP address"
+        if port is not None:
+            if not (port.isascii() and port.isdigit()):
+                return (f"the port {port!r} is not a number" if port else "no port after ':'"
+                        ) + (" (an IPv6 address goes between [ ])" if ":" in port else "")
+            if not 1 <= int(port) <= 65535:
+                return f"the port {port} is not in 1..65535"
+        if not re.fullmatch(r"/?|/[0-9]+/?", unquote(parts.path)):
+            return (f"the database {parts.path.strip('/')!r} is not a number "
+                    "(redis://HOST:PORT/DB, DB 0, 1, ...)")
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        return f"the query {parts.query!r} is not NAME=VALUE&..."
+    for name, values in query.items():
+        kind = _STORE_PARAMS.get(name)
+        if kind is None:
+            return f"unknown parameter {name!r} (known: {', '.join(sorted(_STORE_PARAMS))})"
+        if kind.startswith("tls") and not tls:
+            return f"the parameter {name!r} needs a rediss:// URL"
+        if problem := _store_param_problem(name, kind.removeprefix("tls-"), values[0]):
+            return problem
+    return None
+
+
+def _store_param_problem(name: str, kind: str, value: str) -> str | None:
+    """What is wrong with one query parameter's value (redis-py takes the first), or None."""
+    if kind == "seconds":
+        try:
+            ok = math.isfinite(float(value)) and float(value) > 0
+        except ValueError:
+            ok = False
+        return None if ok else f"{name} must be a number of seconds > 0, not {value!r}"
+    if kind in ("index", "count"):
+        if value.isascii() and value.isdigit() and (kind == "index" or int(value) > 0):
+            return None
+        return f"{name} must be a whole number{' > 0' if kind == 'count' else ''}, not {value!r}"
+    if kind == "protocol":
+        return None if value in ("2", "3") else f"protocol must be 2 or 3, not {value!r}"
+    if kind == "bool":
+        return None if value.lower() in _STORE_BOOLS else f"{name} must be yes or no"
+    return None
+
+
+def store_url_problem(url: Any) -> str | None:
+    """What is wrong with a ``store`` setting, or None: a ``redis://``, ``rediss://``
+    or ``unix://`` URL (``redis://HOST:PORT/DB``) that redis-py can use as it stands.
+    Here, in the base layer, for the config's validation; the store applies it too
+    (:func:`nnspam.services.store.check_url`).
+
+    The answer completes "store ...": "must be null or a URL ..., not 'URL': why"
+    (the URL's password redacted). Checked as redis-py's ``from_url`` reads the URL, and
+    stricter where it would guess silently (a database path that is no number is taken
+    as database 0 there; a ``unix://`` host is dropped)."""
+    if not isinstance(url, str):
+        return f"{_STORE_SHAPE}, not {url!r}"[:200]
+    if not url.lower().startswith(("redis://", "rediss://", "unix://")):
+        return f"{_STORE_SHAPE}, not {redact_url(url)!r}"
+    problem = _store_url_detail(url)
+    if problem is None:
+        return None
+    return f"{_STORE_SHAPE}, not {redact_url(url)!r}: {problem}"
 
 
 def _choice(*words: str) -> Spec:
@@ -544,10 +678,11 @@ SCHEMA: dict[str, Any] = {
     # As serve.listen, and a host is required (nnspam.services.metrics.address).
     "metrics": Spec("null or IP:PORT with a port 0..65535, e.g. 127.0.0.1:9183",
                     lambda v: v is None or (_is_listen(v) and not v.startswith(":"))),
-    # As nnspam.services.store.check_url (which the server applies too).
+    # store_url_problem (which the server and the store apply too): the whole URL as
+    # redis-py reads it, so that no command meets a ValueError from it later.
     "store": Spec("null or a URL redis://HOST:PORT/DB",
-                  lambda v: v is None or (isinstance(v, str) and v.startswith(
-                      ("redis://", "rediss://", "unix://")))),
+                  lambda v: v is None or store_url_problem(v) is None,
+                  explain=store_url_problem),
     "online": {
         "inputs": _num(1, integer=True, null=True),  # null: wordlist.size
         "epochs": _COUNT,
@@ -639,6 +774,8 @@ def _check(data: dict[Any, Any], schema: dict[str, Any], where: str,
             out[key] = _check(value, spec, where, name + ".")
         elif spec.test(value):
             out[key] = value
+        elif spec.explain is not None:
+            raise ConfigError(f"{where}: {name} {spec.explain(value)}")
         else:
             raise ConfigError(f"{where}: {name} must be {spec.allowed}, not {_show(value)}"
                               + _hint(value, spec))

@@ -18,7 +18,13 @@ delivered again after the user deleted it is scored like any new message.
   makes rescans idempotent.
 * One worker thread takes events from a queue in order. An error on one
   message is logged and the message left where it was; a message removed
-  between the event and the read is skipped with a log line.
+  between the event and the read is skipped with a log line. The same error on
+  the same file again (every rescan finds it in ``new/``) is not logged again
+  (:data:`FAILED_KEPT` such files remembered): the log says it once, the daemon
+  goes on with the other messages.
+* A file name need not be UTF-8 (``b'\\xff\\xfe.host'``): it is filed like any
+  other and kept byte for byte (:mod:`nnspam.services.state` stores such names as
+  their bytes).
 * Signals are blocked in every thread and taken by the main thread with
   ``sigtimedwait``: SIGTERM/SIGINT finish the message in hand, checkpoint the
   model and exit 0; SIGHUP checkpoints, then reloads the config and the model.
@@ -63,6 +69,7 @@ __all__ = ["Daemon", "DaemonError", "settings_from_config"]
 log = logging.getLogger("nnspam.services.daemon")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FAILED_KEPT = 10_000  # files whose last error is remembered, not to log it at every rescan
 
 
 class DaemonError(Exception):
@@ -169,6 +176,8 @@ class Daemon:
         self.worker: threading.Thread | None = None
         self.last_rescan = 0.0
         self.errors = 0
+        # path -> the error it last failed with (logged once; see _safely)
+        self._failed: dict[str, str] = {}
         self._overflow = _OverflowWatch(self.request_rescan)
 
     # -- set-up ------------------------------------------------------------
@@ -223,14 +232,20 @@ class Daemon:
     @staticmethod
     def _store_writer(s: Settings) -> Any:
         """The fleet store's writer (:class:`nnspam.services.fleet.StoreWriter`) for the
-        config's ``store:``; a bad setting or a missing client is a DaemonError."""
+        config's ``store:``; a bad setting, a missing client or a store that refuses us
+        (something other than Redis at that address: a wrong ``store:``) is a
+        DaemonError, one line. A store that does not answer is not: the registry logs
+        the outage and the daemon files with the model on disk until Redis is back."""
         from nnspam.services.fleet import store_writer
         from nnspam.services.serve_settings import ServerError
+        from nnspam.services.store import NotRedis, StoreError, redact
 
         try:
             writer = store_writer(s.config, s.model)
-        except ServerError as exc:
+        except (ServerError, NotRedis) as exc:
             raise DaemonError(str(exc)) from None
+        except StoreError as exc:
+            raise DaemonError(f"model store {redact(s.config['store'])}: {exc}") from None
         log.info("models from the store %s (%s)", writer.registry.outage.where, writer.name)
         return writer
 
@@ -349,17 +364,28 @@ class Daemon:
                  ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing new")
 
     def _safely(self, fn: Any, maildir: Path, path: Path, tally: Any = None) -> None:
-        """Run one message's handler; an error is logged and the message left alone."""
+        """Run one message's handler; an error is logged and the message left alone.
+
+        Logged once per file and error: a message that fails the same way again (each
+        rescan finds it in ``new/`` again) is counted but not logged again, so that one
+        bad file does not fill the log; a success, or another error, clears that."""
         self.heartbeat = time.monotonic()
+        where = str(path)
         try:
             what = fn(maildir, path)
         except Exception as exc:
             self.errors += 1
             metrics.error("message")
-            log.error("error file=%s: %s: %s; the message is left where it is", path,
-                      exc.__class__.__name__, exc)
-            log.debug("traceback", exc_info=True)
+            why = f"{exc.__class__.__name__}: {exc}"
+            if self._failed.get(where) != why:
+                log.error("error file=%s: %s; the message is left where it is", path, why)
+                log.debug("traceback", exc_info=True)
+                if len(self._failed) >= FAILED_KEPT:
+                    self._failed.clear()
+                self._failed[where] = why
             what = "error"
+        else:
+            self._failed.pop(where, None)
         if tally is not None:
             tally(what)
 

@@ -22,8 +22,10 @@
 (:func:`learn_command`).
 
 Exit status: 0 done, 1 a refusal (no such model, a push the learner rejected, a
-version that moved meanwhile: run it again), 2 a usage error, 75 Redis unreachable
-or (push) the learner did not answer in time: the push stays queued.
+version that moved meanwhile: run it again), 2 a usage error (also a ``store:`` address
+where a server that is not Redis answers), 75 Redis unreachable or not answering (within
+:data:`~nnspam.services.store.COMMAND_TIMEOUT` seconds) or (push) the learner did not
+answer in time: the push stays queued.
 """
 
 from __future__ import annotations
@@ -41,12 +43,19 @@ from nnspam.services.fleet import (
     files_of,
     generation_of,
     model_name,
-    redacted,
     replace_site,
     rule_json,
 )
 from nnspam.services.spamd import EX_TEMPFAIL, RequestError
-from nnspam.services.store import SITE, Store, StoreError, StoreUnavailable, VersionMoved
+from nnspam.services.store import (
+    SITE,
+    NotRedis,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    VersionMoved,
+    redact,
+)
 
 __all__ = ["StoreUsageError", "learn_command", "list_models", "pull", "push_site",
            "push_user"]
@@ -80,7 +89,7 @@ def _name(cfg: dict[str, Any], user: str | None) -> str:
 def _guard(fn: Any) -> Any:
     """Run a command, its store errors as one line and an exit status."""
     def run(cfg: dict[str, Any], *args: Any, err: TextIO = sys.stderr, **kw: Any) -> int:
-        where = redacted(cfg["store"])
+        where = redact(cfg["store"])
         try:
             return fn(cfg, *args, err=err, **kw)
         except StoreUnavailable as exc:
@@ -89,7 +98,7 @@ def _guard(fn: Any) -> Any:
         except VersionMoved as exc:
             print(f"nnspam: model store {where}: {exc}; run it again", file=err)
             return 1
-        except StoreUsageError as exc:
+        except (StoreUsageError, NotRedis) as exc:
             print(f"nnspam: {exc}", file=err)
             return 2
         except StoreError as exc:
@@ -221,7 +230,7 @@ def learn_command(cfg: dict[str, Any], names: Sequence[str], payloads: Sequence[
     import time
 
     name = _name(cfg, user)
-    where = redacted(cfg["store"])
+    where = redact(cfg["store"])
     store = _store(cfg, wait + 10)
     ids = [store.add_correction(name, op, p, rule_json(rule), "learn", reply=True)
            for p in payloads]

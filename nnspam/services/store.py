@@ -31,8 +31,19 @@ Keys (all under ``nnspam:``; one fleet per Redis database):
     a learner whose lease expired (a pause longer than the lease) cannot publish.
 
 Every Redis problem reaches callers as :class:`StoreUnavailable` (no connection,
-timeout) or :class:`StoreError` (anything else); the ``redis`` client is imported
-when a store is opened, never on the pipe filter's path.
+timeout), :class:`NotRedis` (something that is not Redis answers at that address) or
+:class:`StoreError` (anything else); the ``redis`` client is imported when a store is
+opened, never on the pipe filter's path.
+
+The URL is checked whole before anything uses it (:func:`check_url`, applied by the
+config's validation and by :class:`Store`): host, port 1..65535, database number, IPv6
+brackets, a ``unix://`` socket path and the query parameters, as redis-py reads them, so
+that a mistyped ``store:`` is a one-line config error in every command rather than a
+``ValueError`` from deep in the client. Commands have short timeouts
+(:data:`CONNECT_TIMEOUT`, :data:`COMMAND_TIMEOUT`): an address that accepts connections
+and never answers (a wrong port, a firewall that drops packets) is reported within a
+few seconds instead of holding a start-up for the long read timeout of the blocking
+commands, which a second connection pool keeps for them alone.
 """
 
 from __future__ import annotations
@@ -40,13 +51,16 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PREFIX", "Outage", "Store", "StoreError", "StoreUnavailable", "LeaseLost",
-           "VersionMoved", "check_url"]
+from nnspam.config import redact_url, store_url_problem
+
+__all__ = ["PREFIX", "LeaseLost", "NotRedis", "Outage", "Store", "StoreError",
+           "StoreUnavailable", "VersionMoved", "check_url", "redact"]
 
 log = logging.getLogger("nnspam.store")
 
@@ -54,6 +68,8 @@ PREFIX = "nnspam:"
 SITE = "site"
 OLD_VERSION_TTL = 60  # seconds the previous version of a model stays readable
 GROUP = "learners"
+CONNECT_TIMEOUT = 3.0  # seconds to open a connection to Redis
+COMMAND_TIMEOUT = 5.0  # seconds Redis has to answer a (non-blocking) command
 
 
 class StoreError(Exception):
@@ -72,12 +88,22 @@ class VersionMoved(StoreError):
     """The model's version changed under the learner (a store seeded again)."""
 
 
+class NotRedis(StoreError):
+    """What answers at the store's address is not Redis (a web server, a TLS port): a
+    wrong ``store:`` setting, which waiting will not mend."""
+
+
 def check_url(url: Any) -> str | None:
-    """What is wrong with a ``store`` setting, or None: a ``redis://``, ``rediss://``
-    or ``unix://`` URL (``redis://HOST:PORT/DB``)."""
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        return "must be null or a URL redis://HOST:PORT/DB"
-    return None
+    """What is wrong with a ``store`` setting, or None (the one check,
+    :func:`nnspam.config.store_url_problem`, which the config's validation applies: the
+    whole URL as redis-py reads it). The answer completes "store ..."."""
+    return store_url_problem(url)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs; also for a
+    URL too malformed to parse (:func:`nnspam.config.redact_url`)."""
+    return redact_url(url)
 
 
 class Outage:
@@ -146,16 +172,28 @@ return 0
 
 class Store:
     """One process's connection to the fleet's Redis (thread-safe: redis-py's pool;
-    a forked child opens its own connections)."""
+    a forked child opens its own connections).
+
+    Two connection pools: one for the commands Redis answers at once, with short
+    timeouts (:data:`CONNECT_TIMEOUT`, :data:`COMMAND_TIMEOUT`), and one for the
+    blocking reads (:meth:`wait_reply`, :meth:`read`), whose socket timeout is
+    ``timeout``: the longest a blocking read may wait. A URL :func:`check_url` refuses
+    is a :class:`StoreError` here too (a URL that did not come through the config)."""
 
     def __init__(self, url: str, prefix: str = PREFIX, timeout: float = 10.0) -> None:
+        if (problem := check_url(url)) is not None:
+            raise StoreError(f"store {problem}")
         import redis
 
         self._redis_mod = redis
         self.url = url
+        self.where = redact(url)  # for messages: without the password
         self.prefix = prefix
-        self.r = redis.Redis.from_url(url, socket_connect_timeout=1.0,
-                                      socket_timeout=timeout, retry_on_timeout=False)
+        self.r = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                      socket_timeout=COMMAND_TIMEOUT, retry_on_timeout=False)
+        self.blocking = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                             socket_timeout=max(timeout, COMMAND_TIMEOUT),
+                                             retry_on_timeout=False)
         self.k_versions = prefix + "versions"
         self.k_epoch = prefix + "epoch"
         self.k_stream = prefix + "corrections"
@@ -167,18 +205,56 @@ class Store:
         self._release = self.r.register_script(_RELEASE)
 
     def __repr__(self) -> str:
-        return f"Store({self.url!r})"
+        return f"Store({self.where!r})"
 
     # -- errors -------------------------------------------------------------
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        """Run one client call, its errors as StoreUnavailable / StoreError."""
-        ex = self._redis_mod.exceptions
+        """Run one client call, its errors as StoreUnavailable / NotRedis / StoreError."""
         try:
             return fn(*args, **kw)
-        except (ex.ConnectionError, ex.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(str(exc) or exc.__class__.__name__) from None
-        except ex.RedisError as exc:
-            raise StoreError(str(exc)) from None
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> Exception:
+        """The store's exception for one of the client's (others unchanged)."""
+        ex = self._redis_mod.exceptions
+        if isinstance(exc, ex.TimeoutError):
+            took = CONNECT_TIMEOUT if "connecting" in str(exc) else COMMAND_TIMEOUT
+            return StoreUnavailable(f"no answer within {took:g} s ({exc})")
+        if isinstance(exc, ex.InvalidResponse):  # bytes that are not Redis's protocol
+            return NotRedis(self._not_redis(str(exc).removeprefix("Protocol Error: ")))
+        if isinstance(exc, ex.ConnectionError | OSError):
+            # A server that closes the connection without a word may be a Redis going
+            # down, or a server of another protocol that gave up on our command:
+            # ask it once, in plain words.
+            if "closed" in str(exc) and (answer := self._probe()) is not None:
+                return NotRedis(self._not_redis(answer))
+            return StoreUnavailable(str(exc) or exc.__class__.__name__)
+        if isinstance(exc, ex.RedisError):
+            return StoreError(str(exc))
+        return exc
+
+    def _not_redis(self, answer: str) -> str:
+        return (f"the server at {self.where} does not speak Redis (it answered "
+                f"{answer[:60]}): store: must be the address of a Redis server")
+
+    def _probe(self) -> str | None:
+        """The start of what the server at a ``redis://`` address answers to an inline
+        PING, when that is not Redis's answer (``+PONG``, or an error line: ``-NOAUTH``,
+        ``-DENIED``...); None when it is, or when nothing or no connection came."""
+        kw = self.r.connection_pool.connection_kwargs
+        if not self.url.lower().startswith("redis://"):  # TLS, or a Unix socket
+            return None
+        try:
+            with socket.create_connection((kw.get("host", "localhost"), kw.get("port", 6379)),
+                                          timeout=CONNECT_TIMEOUT) as sock:
+                sock.sendall(b"PING\r\n")
+                got = sock.recv(64)
+        except OSError:
+            return None
+        if not got or got[:1] in (b"+", b"-"):
+            return None
+        return repr(got.split(b"\n", 1)[0].strip())
 
     def model_key(self, name: str, version: str) -> str:
         """The key of one version of a model."""
@@ -268,7 +344,8 @@ class Store:
 
     def wait_reply(self, entry: str, timeout: float) -> str | None:
         """The learner's answer to a correction (None after ``timeout`` seconds)."""
-        got = self._call(self.r.blpop, [self.prefix + "reply:" + entry], timeout=timeout)
+        got = self._call(self.blocking.blpop, [self.prefix + "reply:" + entry],
+                         timeout=timeout)
         return got[1].decode() if got else None
 
     def reply(self, entry: str, answer: str) -> None:
@@ -288,8 +365,8 @@ class Store:
         except ex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise StoreError(str(exc)) from None
-        except (ex.ConnectionError, ex.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from None
+        except Exception as exc:
+            raise self._error(exc) from None
 
     def claim_all(self, consumer: str) -> int:
         """Take over every correction delivered to a learner that did not finish it
@@ -310,15 +387,16 @@ class Store:
         ones, oldest first."""
         ex = self._redis_mod.exceptions
         try:
-            got = self.r.xreadgroup(GROUP, consumer, {self.k_stream: "0" if pending else ">"},
-                                    count=count, block=None if pending else block_ms)
+            got = self.blocking.xreadgroup(
+                GROUP, consumer, {self.k_stream: "0" if pending else ">"}, count=count,
+                block=None if pending else block_ms)
         except ex.ResponseError as exc:
             if "NOGROUP" in str(exc):  # a Redis that lost its data: make it again
                 self.ensure_group()
                 return []
             raise StoreError(str(exc)) from None
-        except (ex.ConnectionError, ex.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from None
+        except Exception as exc:
+            raise self._error(exc) from None
         out = []
         for _, entries in got or []:
             for eid, fields in entries:
