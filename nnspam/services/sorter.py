@@ -60,7 +60,8 @@ log = logging.getLogger("nnspam.services.daemon")
 # within which that is one "Not junk" move (see Sorter._moved_back). IMAP MOVE
 # takes milliseconds, a client's COPY + EXPUNGE or a sync tool's run seconds;
 # a message deleted from Junk and delivered again (an MTA retry, a re-fetch)
-# is minutes or hours apart.
+# is usually minutes or hours apart - and when it is not, the delivery is told
+# apart by its file's date (Sorter._moved_back, rule 4).
 MOVE_WINDOW = 120.0
 
 _MSGID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -403,7 +404,7 @@ class Sorter:
                 log.info("skipped file=%s: removed before it was read", path)
                 return "vanished"
         now = time.time()
-        back = self._moved_back(maildir, key, msg)
+        back = self._moved_back(maildir, key, msg, delivered=True)
         if back is not None:
             self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
                                   back.verdict, "inbox", "user", None, now, now))
@@ -511,17 +512,22 @@ class Sorter:
                                  came_from=self.unsure_folder if rec.place == "unsure"
                                  else "Junk")
 
-    def _moved_back(self, maildir: Path, key: str, msg: Read) -> Record | None:
+    def _moved_back(self, maildir: Path, key: str, msg: Read,
+                    delivered: bool = False) -> Record | None:
         """The Junk record of which this inbox arrival (under a name the daemon
         does not know) is the user's "Not junk" move, or None: a new message.
+        ``delivered``: the arrival came in through the inbox's ``new/`` (where
+        MDAs deliver), not ``cur/``.
 
         The one place this is decided. The arrival is that message moved back
         only if
 
         1. it has the bytes (SHA-256) of a message recorded in Junk,
-        2. that message is no longer in Junk, and
+        2. that message is no longer in Junk,
         3. it left Junk at nearly the same time as the arrival appeared: within
-           :data:`MOVE_WINDOW`, either way round.
+           :data:`MOVE_WINDOW`, either way round, and
+        4. arriving in ``new/``, it kept the message's date: its file's mtime is
+           no later than when the daemon decided the Junk message.
 
         Why: a mail client's "Not junk" is an IMAP MOVE (or COPY + EXPUNGE).
         The server links or writes the message into the inbox under a new
@@ -544,6 +550,28 @@ class Sorter:
         matches such a message only if it kept its date - mtime no later than
         when the daemon decided it - as IMAP copies (Dovecot) and mbsync do and
         a new delivery, written after that, cannot.
+
+        Rule 4, why: the time alone cannot tell a move from the same spam
+        deleted from Junk and delivered again within the window (a spammer's
+        second send, an MTA retry): both are "the Junk file went, the bytes
+        came". What can is the arrival's file. A move keeps the message's file
+        or its date: Dovecot's IMAP MOVE/COPY hard-links the Junk file into
+        the inbox (the same inode, so the same mtime) or, across filesystems,
+        writes a copy dated with the message's INTERNALDATE (its mtime);
+        ``mv`` and a mail client's rename keep the inode. An MDA delivers a new
+        file into ``new/``, written after the daemon decided the first copy, so
+        its mtime is later than that decision. The door matters too: MDAs
+        deliver into ``new/`` only; ``cur/`` is written by mail clients and sync
+        tools, which may write a fresh file (mbsync without CopyArrivalDate), so
+        an arrival in ``cur/`` is judged by the window alone. The door is the
+        handler's (:meth:`handle_new` says ``delivered``), not where the file is
+        when read: an IMAP server moves a new message on to ``cur/`` as soon as
+        a client looks, and a re-delivery must not pass for a move by that.
+        What this gives up: a sync tool that writes an unread moved message
+        into ``new/`` with a fresh date (mbsync without CopyArrivalDate) is
+        scored like a new message (filed by the model, no lesson learned)
+        rather than taken as a correction; the reverse error would teach the
+        model a spam as ham.
         """
         junk = self.junk_dir(maildir)
         now = self.clock()
@@ -554,7 +582,10 @@ class Sorter:
                 left, unseen = now, True
             else:  # still in Junk (a second delivery), or not a Junk message
                 continue
-            if abs(msg.arrived - left) <= MOVE_WINDOW or (unseen and msg.mtime <= rec.decided_at):
+            kept_date = msg.mtime <= rec.decided_at
+            if delivered and not kept_date:  # rule 4: a file written since: a delivery
+                continue
+            if abs(msg.arrived - left) <= MOVE_WINDOW or (unseen and kept_date):
                 self.state.set_place(key, rec.uniq, "inbox", learned="ham")
                 return rec
         return None

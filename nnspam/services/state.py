@@ -25,6 +25,13 @@ With this a restart never scores or moves a message twice, and user
 corrections are recognised: a message in Junk the daemon did not put there
 is spam; a message the daemon put in Junk that is back in the inbox is ham.
 
+File names are the user's, byte for byte, and need not be UTF-8 (a name like
+``b'\\xff\\xfe.host'``, which Python reads as text with surrogate escapes). SQLite's
+TEXT holds UTF-8 only, so such a name (or maildir path) is stored as a BLOB of its bytes
+(:func:`db_name`) and read back as the same Python string (:class:`Record` converts):
+every other name stays TEXT, as before, and a BLOB never equals a TEXT, so the two
+cannot collide.
+
 WAL journal with ``synchronous=NORMAL``: a commit survives a killed process
 (SIGKILL); after a power cut the last few commits may be lost, which at
 worst makes the daemon score a message again (same verdict) or take a Junk
@@ -43,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["State", "Record", "PLACES"]
+__all__ = ["State", "Record", "PLACES", "db_name", "name_of"]
 
 PLACES = ("inbox", "moving", "junk", "gone", "unsure")  # unsure: in daemon.unsure_folder
 
@@ -82,9 +89,26 @@ _COLS = ("maildir, uniq, message_id, size, sha256, spamicity, verdict, place, or
          "decided_at, updated_at")
 
 
+def db_name(name: str) -> str | bytes:
+    """A file name or path as the state stores it: the text itself when it is valid
+    UTF-8, else its bytes on disk (the surrogate escapes of :func:`os.fsdecode` undone),
+    which SQLite keeps as a BLOB: the only way to store it without losing a byte."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
+
+
+def name_of(value: str | bytes) -> str:
+    """A stored name as Python's file functions take it (the reverse of :func:`db_name`)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 @dataclass
 class Record:
-    """One message's row."""
+    """One message's row (``maildir`` and ``uniq`` read back as :func:`name_of` says, so
+    that a row read by any query, ``Record(*row)``, names the file as the disk does)."""
 
     maildir: str
     uniq: str
@@ -98,6 +122,10 @@ class Record:
     learned: str | None
     decided_at: float
     updated_at: float
+
+    def __post_init__(self) -> None:
+        self.maildir = name_of(self.maildir)
+        self.uniq = name_of(self.uniq)
 
 
 class State:
@@ -154,21 +182,22 @@ class State:
     def known_maildir(self, maildir: str) -> bool:
         """Whether the daemon has run on this maildir before."""
         return self.db.execute("SELECT 1 FROM maildirs WHERE maildir=?",
-                               (maildir,)).fetchone() is not None
+                               (db_name(maildir),)).fetchone() is not None
 
     def add_maildir(self, maildir: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO maildirs VALUES (?, ?)", (maildir, time.time()))
+        self.db.execute("INSERT OR IGNORE INTO maildirs VALUES (?, ?)",
+                        (db_name(maildir), time.time()))
 
     # -- messages ---------------------------------------------------------
     def get(self, maildir: str, uniq: str) -> Record | None:
         row = self.db.execute(f"SELECT {_COLS} FROM messages WHERE maildir=? AND uniq=?",
-                              (maildir, uniq)).fetchone()
+                              (db_name(maildir), db_name(uniq))).fetchone()
         return Record(*row) if row else None
 
     def by_sha(self, maildir: str, sha256: str, place: str | None = None) -> list[Record]:
         """Rows with this content (a message the user moved may get a new name)."""
         q = f"SELECT {_COLS} FROM messages WHERE maildir=? AND sha256=?"
-        args: tuple = (maildir, sha256)
+        args: tuple = (db_name(maildir), sha256)
         if place:
             q += " AND place=?"
             args += (place,)
@@ -179,7 +208,8 @@ class State:
         rec.updated_at = time.time()
         self.db.execute(
             f"INSERT OR REPLACE INTO messages ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.maildir, rec.uniq, rec.message_id, rec.size, rec.sha256, rec.spamicity,
+            (db_name(rec.maildir), db_name(rec.uniq), rec.message_id, rec.size, rec.sha256,
+             rec.spamicity,
              rec.verdict, rec.place, rec.origin, rec.learned, rec.decided_at, rec.updated_at),
         )
 
@@ -189,17 +219,19 @@ class State:
         if place not in PLACES:
             raise ValueError(f"unknown place {place!r}")
         when = time.time() if at is None else at
+        where = (db_name(maildir), db_name(uniq))
         if learned is None:
             self.db.execute("UPDATE messages SET place=?, updated_at=? WHERE maildir=? AND uniq=?",
-                            (place, when, maildir, uniq))
+                            (place, when, *where))
         else:
             self.db.execute(
                 "UPDATE messages SET place=?, learned=?, updated_at=? WHERE maildir=? AND uniq=?",
-                (place, learned, when, maildir, uniq))
+                (place, learned, when, *where))
 
     def add_correction(self, maildir: str, uniq: str, label: str, path: str) -> None:
         self.db.execute("INSERT INTO corrections (at, maildir, uniq, label, path) "
-                        "VALUES (?,?,?,?,?)", (time.time(), maildir, uniq, label, path))
+                        "VALUES (?,?,?,?,?)", (time.time(), db_name(maildir), db_name(uniq),
+                                               label, db_name(path)))
 
     def corrections(self, maildir: str | None = None) -> list[tuple[str, str, str]]:
         """(uniq, label, path) of every recorded correction, oldest first."""
@@ -207,15 +239,16 @@ class State:
         args: tuple = ()
         if maildir:
             q += " WHERE maildir=?"
-            args = (maildir,)
-        return [tuple(r) for r in self.db.execute(q + " ORDER BY id", args)]
+            args = (db_name(maildir),)
+        return [(name_of(u), label, name_of(p))
+                for u, label, p in self.db.execute(q + " ORDER BY id", args)]
 
     def records(self, maildir: str | None = None, place: str | None = None) -> Iterator[Record]:
         q = f"SELECT {_COLS} FROM messages WHERE 1=1"
         args: tuple = ()
         if maildir:
             q += " AND maildir=?"
-            args += (maildir,)
+            args += (db_name(maildir),)
         if place:
             q += " AND place=?"
             args += (place,)

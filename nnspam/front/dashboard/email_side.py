@@ -26,6 +26,11 @@ never drop each other's lessons.
 
 Flask-free. One lock serialises the Sorter and the state connection: the WSGI server
 runs several threads.
+
+A file name need not be UTF-8 (the daemon files ``b'\\xff\\xfe.host'`` like any other), but
+a page, a link and a form are UTF-8 text: such a name travels through them as
+:func:`web_name` writes it and is read back by :func:`disk_name`, and is shown as
+:func:`shown_name` writes it.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from nnspam.front.dashboard.moves import Moved, locate, move_message
 from nnspam.services.state import Record
 
 __all__ = ["EmailSide", "EmailRow", "EmailView", "Day", "EmailUnavailable",
-           "open_email_side", "BODY_MAX", "WORDS"]
+           "open_email_side", "BODY_MAX", "WORDS", "web_name", "disk_name", "shown_name"]
 
 log = logging.getLogger("nnspam.front.dashboard")
 
@@ -57,6 +62,34 @@ _HEAD_BYTES = 65536  # From and Subject of a listed message are read from this m
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _COLS = ", ".join(f.name for f in fields(Record))
 _SHOWN_HEADERS = ("from", "to", "cc", "date", "subject", "message-id")
+
+
+_BYTES = "bytes:"  # web_name's mark: a unique name holds no ':', so it names no real one
+
+
+def web_name(uniq: str) -> str:
+    """A message's unique name as the pages carry it (links, forms, ``data-uniq``): the
+    name itself when it is UTF-8 text, else ``bytes:`` and its bytes in hex."""
+    try:
+        uniq.encode("utf-8")
+    except UnicodeEncodeError:
+        return _BYTES + os.fsencode(uniq).hex()
+    return uniq
+
+
+def disk_name(web: str) -> str:
+    """The unique name a page's :func:`web_name` stands for (as Python names the file)."""
+    if web.startswith(_BYTES):
+        try:
+            return os.fsdecode(bytes.fromhex(web[len(_BYTES):]))
+        except ValueError:
+            return web  # names no message
+    return web
+
+
+def shown_name(name: str) -> str:
+    """A file name as a page shows it: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -72,7 +105,13 @@ class EmailRow:
 
     @property
     def uniq(self) -> str:
-        return self.record.uniq
+        """The unique name as links and forms carry it (:func:`web_name`)."""
+        return web_name(self.record.uniq)
+
+    @property
+    def file_name(self) -> str:
+        """The file's name as the page shows it (:func:`shown_name`; '' when gone)."""
+        return shown_name(self.path.name) if self.path is not None else ""
 
 
 @dataclass
@@ -198,7 +237,9 @@ class EmailSide:
             return [self._row(Record(*r)) for r in rows]
 
     def find(self, box: int, uniq: str) -> EmailRow | None:
-        """The decision of message ``uniq`` of maildir number ``box``, or None."""
+        """The decision of message ``uniq`` (:func:`web_name`) of maildir number ``box``,
+        or None."""
+        uniq = disk_name(uniq)
         if not 0 <= box < len(self.maildirs) or not uniq:
             return None
         with self.lock:
@@ -270,6 +311,7 @@ class EmailSide:
         the state does not know is ``missing``."""
         if not 0 <= box < len(self.maildirs):
             return Moved("missing", False, None)
+        uniq = disk_name(uniq)
         with self.lock:
             if self.state.get(self.keys[box], uniq) is None:
                 return Moved("missing", False, None)
