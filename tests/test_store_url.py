@@ -143,7 +143,8 @@ def _config(where: Path, url: str) -> Path:
 def _commands(where: Path, cfg: Path) -> dict[str, list[str]]:
     return {"store list": ["store", "list", "-c", str(cfg)],
             "learn": ["learn", "--spam", "-c", str(cfg), str(where / "m.eml")],
-            "daemon": ["daemon", "-c", str(cfg), "--maildir", str(where / "Maildir")]}
+            "daemon": ["daemon", "-c", str(cfg), "--maildir", str(where / "Maildir")],
+            "serve": ["serve", "-c", str(cfg), "-m", "default", "--listen", "127.0.0.1:0"]}
 
 
 @pytest.mark.parametrize("url", THE_ISSUES)
@@ -174,6 +175,7 @@ def test_a_server_that_is_not_redis_is_named_as_such(mailbox):
             line = _one_line(r)
             assert r.returncode == 2, (name, r.stderr)
             assert "does not speak Redis" in line and "s3cret" not in line, (name, line)
+            assert "cannot load the model" not in line, (name, line)  # the store is wrong
             assert f"alice:***@127.0.0.1:{web.server_address[1]}/0" in line, (name, line)
     finally:
         web.shutdown()

@@ -499,6 +499,10 @@ def run_server(st: ServeSettings, metrics_at: tuple[str, int] | None = None) -> 
     except ServerError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
+        from nnspam.services.store import NotRedis
+
+        if isinstance(exc, NotRedis):  # the store's address is wrong, not the model
+            raise ServerError(f"store: {exc}") from None
         raise ServerError(f"cannot load the model {st.filter.model}: {exc}") from None
     try:
         listeners = bind_listeners(st)
