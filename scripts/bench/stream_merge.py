@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from stream import markdown, summary_markdown  # noqa: E402
 
-ORDER = ("nnspam", "bogofilter", "spamprobe", "crm114", "spamassassin")
+ORDER = ("nnspam", "reference", "bogofilter", "spamprobe", "crm114", "spamassassin")
 
 
 def merge(dirs: list[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -3,7 +3,7 @@
 Runs :class:`nnspam.services.online.OnlineFilter` from an untrained network (the TREC start) in
 one process, so that its memory is measured like a peer's. One answer line per request:
 
-    score PATH           -> "<spamicity> spam|ham"
+    score PATH           -> "<spamicity, full precision> spam|ham"
     train spam|ham PATH  -> "ok"
 
 Usage: python nnspam_online.py DIR email|sms
@@ -26,7 +26,7 @@ def main() -> int:
         cmd, _, rest = line.rstrip("\n").partition(" ")
         if cmd == "score":
             sp = f.classify(Path(rest).read_bytes())
-            print(f"{sp:.9g} {'spam' if f.is_spam(sp) else 'ham'}", flush=True)
+            print(f"{sp!r} {'spam' if f.is_spam(sp) else 'ham'}", flush=True)
         elif cmd == "train":
             label, _, path = rest.partition(" ")
             f.train(Path(path).read_bytes(), label)
