@@ -188,7 +188,7 @@ DEFAULTS: dict[str, Any] = {
         "max_size": 524288,  # bytes; bigger messages come back unchanged, unclassified
         "max_request": 33554432,  # bytes; a bigger message is refused (65) before it is read
         "timeout": 30,  # seconds for a whole request, from connect to answer
-        "max_per_client": 32,  # connections open at once from one client address, per worker
+        "max_per_client": 32,  # slow connections (still sending after 1 s) per client, worker
         # TELL (spamc -L spam|ham|forget) teaches the models: off unless allowed (spamd's
         # --allow-tell), and then only from these TCP networks (Unix socket: its file mode)
         "allow_tell": False,

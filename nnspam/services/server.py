@@ -90,19 +90,25 @@ WRITE_GRACE = 2.0  # seconds to write an answer whose work ran up to the request
 LINGER = 1.0  # seconds to wait for the client's end after the answer, before closing
 BUFFER_BUDGET = 4  # bodies held at once per worker: up to this many x serve.max_request
 WARN_EVERY = 60.0  # seconds between two log lines about one client's refused connections
+# A connection still sending its request after this many seconds may be closed to make room
+# for a new one of its client: a real client sends a request in milliseconds, and the new
+# connection of a burst must not push out the request that came just before it.
+EVICT_AFTER = 1.0
 
 
 class _Conn:
     """One open connection: its client (an IP address, or ``uid:N`` on a Unix
     socket), its task, whether it is still sending its request."""
 
-    __slots__ = ("key", "task", "reading", "evicted")
+    __slots__ = ("key", "task", "reading", "evicted", "started", "since")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.task: asyncio.Task | None = None
         self.reading = True
         self.evicted = False
+        self.started = False  # its task has begun (and will close its socket itself)
+        self.since = time.monotonic()
 
 
 class Worker:
@@ -115,9 +121,11 @@ class Worker:
     connection to the answer's last byte, however often it sends a byte (issue 22:
     70 clients sending a byte every 20 s held every handler of the old thread per
     connection server, and for 65 s spamc got its mail back unfiltered). A client
-    (an IP address; on the Unix socket, a user id) has at most ``serve.max_per_client``
-    connections open in a worker: at the limit its oldest connection still sending a
-    request is closed with EX_TEMPFAIL to make room, so a new request always gets in.
+    (an IP address; on the Unix socket, a user id) keeps at most ``serve.max_per_client``
+    connections in a worker that are still sending their request a second after they
+    came: beyond that its oldest ones are closed with EX_TEMPFAIL. New connections are
+    always taken (up to what the worker's descriptors allow), so a burst of requests from
+    the MTA's address is never refused because an attacker there holds slow ones.
     A request is read whole before it is answered, as spamd does (up to
     ``serve.max_request``; a longer one is refused at once and its body discarded),
     so a client that writes a big message before it reads never waits on us.
@@ -136,7 +144,6 @@ class Worker:
         # service's main process (workers: 1) has one; forked workers do not.
         self.watchdog = watchdog
         self.conns: dict[_Conn, None] = {}  # open connections, oldest first
-        self.per_client: dict[str, int] = {}
         self.busy = 0  # requests handed to the handler threads and not yet answered
         self.buffered = 0  # bytes of request bodies being read or held
         self.warned: dict[str, float] = {}
@@ -178,6 +185,7 @@ class Worker:
             while not self.stopping:
                 if self.watchdog is not None:
                     self.watchdog.ping()  # the loop turns: the server is alive
+                self._limit_slow_clients()
                 await asyncio.sleep(POLL)
         finally:
             for a in acceptors:
@@ -210,32 +218,57 @@ class Worker:
 
     # -- who gets a connection -------------------------------------------------------
     def _start(self, conn: socket.socket, addr: Any) -> None:
-        key = _client_key(conn, addr)
-        rec = _Conn(key)
-        refused = self._make_room(rec)
+        rec = _Conn(_client_key(conn, addr))
+        refused = len(self.conns) >= self.max_open and not self._evict(None, 1)
+        if refused:
+            self._warn("-", "this worker's connections are all taken: refused a new one")
         self.conns[rec] = None
-        self.per_client[key] = self.per_client.get(key, 0) + 1
         rec.task = asyncio.get_running_loop().create_task(self._serve(conn, addr, rec, refused))
+        rec.task.add_done_callback(lambda _t: self._done(rec, conn))
 
-    def _make_room(self, rec: _Conn) -> bool:
-        """Make room for a new connection of ``rec.key`` over the per-client or the
-        worker's limit by closing the oldest connection still sending its request
-        (the client's own, at its limit); True when there is none to close and the
-        new connection must be refused."""
-        st = self.ctx.settings
-        mine = self.per_client.get(rec.key, 0) >= st.max_per_client
-        if not mine and len(self.conns) < self.max_open:
-            return False
-        for old in self.conns:
-            if old.reading and not old.evicted and (not mine or old.key == rec.key):
-                old.evicted = True
-                if old.task is not None:
-                    old.task.cancel()
-                self._warn(rec.key, "too many connections: closed the oldest one still "
-                           "sending its request")
-                return False
-        self._warn(rec.key, "too many connections: refused a new one")
-        return True
+    def _done(self, rec: _Conn, conn: socket.socket) -> None:
+        """A connection's task ended, however (even cancelled before it began: then its
+        socket is closed here, else the client would wait for an answer until its own
+        timeout)."""
+        self.conns.pop(rec, None)
+        if not rec.started:
+            conn.close()
+
+    def _slow(self, now: float) -> dict[str, list[_Conn]]:
+        """Connections still sending their request ``EVICT_AFTER`` seconds after they
+        came, by client, oldest first."""
+        out: dict[str, list[_Conn]] = {}
+        for c in self.conns:
+            if c.since > now - EVICT_AFTER:
+                break  # oldest first: the rest are younger still
+            if c.reading and c.started and not c.evicted:
+                out.setdefault(c.key, []).append(c)
+        return out
+
+    def _evict(self, key: str | None, n: int) -> bool:
+        """Close the ``n`` oldest slow connections (of client ``key``; None: of anyone)
+        with EX_TEMPFAIL; whether there were any."""
+        slow = self._slow(time.monotonic())
+        victims = (slow.get(key, []) if key is not None else
+                   sorted((c for cs in slow.values() for c in cs), key=lambda c: c.since))
+        for c in victims[:n]:
+            c.evicted = True
+            if c.task is not None:
+                c.task.cancel()
+        return bool(victims[:n])
+
+    def _limit_slow_clients(self) -> None:
+        """``serve.max_per_client``, checked every ``POLL`` seconds: a client with more
+        connections still sending their requests after ``EVICT_AFTER`` seconds loses its
+        oldest ones. Only slow connections count: a burst of new requests from the MTA's
+        address is never refused for the slow ones of an attacker beside it, and the slow
+        ones can hold no more than the limit for longer than a second."""
+        for key, cs in self._slow(time.monotonic()).items():
+            over = len(cs) - self.ctx.settings.max_per_client
+            if over > 0:
+                self._evict(key, over)
+                self._warn(key, f"{len(cs)} connections still sending their requests after "
+                           f"{EVICT_AFTER:g} s: closed the {over} oldest")
 
     def _warn(self, key: str, what: str) -> None:
         now = time.monotonic()
@@ -243,12 +276,13 @@ class Worker:
             self.warned[key] = now
             if len(self.warned) > 4096:
                 self.warned = {k: t for k, t in self.warned.items() if now - t < WARN_EVERY}
-            log.warning("client %s: %s (serve.max_per_client %d; logged once a minute)",
-                        key, what, self.ctx.settings.max_per_client)
+            log.warning("client %s: %s (serve.max_per_client %d; logged once a minute per "
+                        "client)", key, what, self.ctx.settings.max_per_client)
         metrics.error("refused")
 
     # -- one connection -----------------------------------------------------------------
     async def _serve(self, conn: socket.socket, addr: Any, rec: _Conn, refused: bool) -> None:
+        rec.started = True
         loop = asyncio.get_running_loop()
         st = self.ctx.settings
         deadline = loop.time() + st.timeout
@@ -265,6 +299,7 @@ class Worker:
                 return
             if refused:
                 await self._send(writer, error_answer(_too_many()), deadline)
+                await _linger(reader, writer)
                 return
             await self._exchange(reader, writer, rec, peer, deadline)
         except asyncio.CancelledError:
@@ -278,12 +313,6 @@ class Worker:
             log.exception("request failed")
             metrics.error("handler")
         finally:
-            self.conns.pop(rec, None)
-            left = self.per_client.get(rec.key, 1) - 1
-            if left > 0:
-                self.per_client[rec.key] = left
-            else:
-                self.per_client.pop(rec.key, None)
             if writer is not None:
                 writer.close()
             else:

@@ -49,10 +49,10 @@ EX_NOPERM (TELL on the read-only shipped model),
 for serve.user_model), 69 EX_UNAVAILABLE (TELL without ``serve.allow_tell``), 73
 EX_CANTCREAT (a user model that cannot be created), 75 EX_TEMPFAIL (a TELL while the
 model store of a fleet is unreachable: ``store:``, :mod:`nnspam.services.fleet`; a TELL
-whose model stayed locked until the request's deadline; a client over
-``serve.max_per_client`` connections; a worker holding too many large messages at
-once), 65 EX_DATAERR also for a message over ``serve.max_request``, answered before
-its body is read.
+whose model stayed locked until the request's deadline; a client's slow connection
+beyond ``serve.max_per_client``; a worker holding too many large messages at once),
+65 EX_DATAERR also for a message over ``serve.max_request``, answered before its body
+is read.
 
 This module is the protocol alone, no sockets: :func:`read_head` and :func:`check_head`
 turn a request's lines into a :class:`Request` (or a :class:`RequestError`), and
