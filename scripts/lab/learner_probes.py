@@ -203,13 +203,17 @@ def cmd_record(args: argparse.Namespace) -> None:
     untrained = args.feedback == "all"
     model = start_model(None if untrained else "default", {})
     rule = rule_from_config(C.DEFAULTS, untrained=untrained).with_(journal=0)
+    tag = ""
+    if args.confirm_margin is not None:  # a variant of the rule: how far a right one is pushed
+        rule = rule.with_(confirm_margin=args.confirm_margin)
+        tag = f"-confirm{args.confirm_margin:g}"
     model.tokens = lambda raw: toks[int(raw)]  # the cached tokens, by position
     items = [("spam" if y else "ham", str(i)) for i, y in enumerate(labels)]
     z, t = timed(lambda: np.array([s.score for s in replay(
         model, items, lambda p: p.encode(), args.feedback, rule)]))
-    np.save(args.work / f"{args.name}-nnspam-{args.feedback}.npy", z)
+    np.save(args.work / f"{args.name}-nnspam-{args.feedback}{tag}.npy", z)
     print(HEADER)
-    print(line(f"nnspam ({args.feedback})", labels, z, t))
+    print(line(f"nnspam ({args.feedback}{tag.replace('-', ', ')})", labels, z, t))
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -255,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("record")
     p.add_argument("name")
     p.add_argument("--feedback", choices=("all", "errors"), default="all")
+    p.add_argument("--confirm-margin", type=float,
+                   help="learn.confirm_margin of the replay's rule (untrained default: "
+                   "the ham margin, 16)")
     for name in ("linear", "mix"):
         sub.add_parser(name).add_argument("name")
     args = ap.parse_args(argv)
