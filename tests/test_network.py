@@ -580,3 +580,58 @@ def test_plain_sgd_partial_fit_is_one_gradient_step_and_leaves_the_optimiser_alo
         net.partial_fit(Xb, yb, optimizer="rmsprop")
     with pytest.raises(ValueError, match="learning_rate"):
         net.partial_fit(Xb, yb, optimizer="sgd", learning_rate=0)
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd"])
+def test_lazy_partial_fit_touches_only_the_rows_of_present_inputs(monkeypatch, optimizer):
+    """Lazy steps (network.LAZY_PARTIAL_FIT): the W1 rows (and Adam moments) of inputs a
+    message lacks are left alone; the rows it has move exactly as a full step moves them
+    on the first step from fresh moments, where a zero gradient changes nothing anyway
+    (no L2)."""
+    import nnspam.learning.network as N
+
+    rng = np.random.default_rng(3)
+    X = np.zeros((1, 40), dtype=np.float32)
+    X[0, [2, 7, 31]] = rng.random(3).astype(np.float32) + 0.5
+    y = np.array([1])
+    nets = {}
+    for lazy in (False, True):
+        monkeypatch.setattr(N, "LAZY_PARTIAL_FIT", lazy)
+        net = Network(n_inputs=40, n_hidden=8, l2=0.0, seed=5, dropout=0.0)
+        net.partial_fit(np.zeros((1, 40), np.float32), [0], learning_rate=0.01)  # init
+        before = {k: v.copy() for k, v in net.get_weights().items()}
+        opt_before = {k: {n: a.copy() for n, a in d.items()} for k, d in net._opt.items()}
+        net._opt = {k: {n: np.zeros_like(a) for n, a in d.items()} for k, d in net._opt.items()}
+        net._step = 0
+        net.partial_fit(X, y, optimizer=optimizer, learning_rate=0.01)
+        nets[lazy] = (before, net.get_weights(), opt_before, net)
+    b0, after_full, _, _ = nets[False]
+    b1, after_lazy, _, lazy_net = nets[True]
+    for k in after_full:
+        np.testing.assert_allclose(after_lazy[k], after_full[k], rtol=1e-6, atol=1e-7)
+    untouched = [i for i in range(40) if i not in (2, 7, 31)]
+    np.testing.assert_array_equal(after_lazy["W1"][untouched], b1["W1"][untouched])
+    assert not np.array_equal(after_lazy["W1"][[2, 7, 31]], b1["W1"][[2, 7, 31]])
+    if optimizer is None:  # the untouched rows' moments stay at their fresh zeros
+        assert not lazy_net._opt["m"]["W1"][untouched].any()
+        assert lazy_net._opt["m"]["W1"][[2, 7, 31]].any()
+
+
+def test_lazy_adam_leaves_rows_a_message_lacks_where_a_full_step_moves_them(monkeypatch):
+    """After a message touched rows 2, 7 and 31, a full Adam step on another message still
+    moves them (their moments decay into the weights); a lazy step does not."""
+    import nnspam.learning.network as N
+
+    a = np.zeros((1, 40), np.float32)
+    a[0, [2, 7, 31]] = 1.0
+    b = np.zeros((1, 40), np.float32)
+    b[0, [10, 11]] = 1.0
+    moved = {}
+    for lazy in (False, True):
+        monkeypatch.setattr(N, "LAZY_PARTIAL_FIT", lazy)
+        net = Network(n_inputs=40, n_hidden=8, l2=0.0, seed=5, dropout=0.0)
+        net.partial_fit(a, [1], learning_rate=0.01)
+        w = net.get_weights()["W1"][[2, 7, 31]].copy()
+        net.partial_fit(b, [0], learning_rate=0.01)
+        moved[lazy] = not np.array_equal(net.get_weights()["W1"][[2, 7, 31]], w)
+    assert moved == {False: True, True: False}

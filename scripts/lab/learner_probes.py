@@ -204,9 +204,14 @@ def cmd_record(args: argparse.Namespace) -> None:
     model = start_model(None if untrained else "default", {})
     rule = rule_from_config(C.DEFAULTS, untrained=untrained).with_(journal=0)
     tag = ""
+    if args.lazy:  # lazy network steps (nnspam.learning.network.LAZY_PARTIAL_FIT)
+        from nnspam.learning import network
+
+        network.LAZY_PARTIAL_FIT = True
+        tag += "-lazy"
     if args.confirm_margin is not None:  # a variant of the rule: how far a right one is pushed
         rule = rule.with_(confirm_margin=args.confirm_margin)
-        tag = f"-confirm{args.confirm_margin:g}"
+        tag += f"-confirm{args.confirm_margin:g}"
     model.tokens = lambda raw: toks[int(raw)]  # the cached tokens, by position
     items = [("spam" if y else "ham", str(i)) for i, y in enumerate(labels)]
     z, t = timed(lambda: np.array([s.score for s in replay(
@@ -259,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("record")
     p.add_argument("name")
     p.add_argument("--feedback", choices=("all", "errors"), default="all")
+    p.add_argument("--lazy", action="store_true",
+                   help="lazy network steps (only the W1 rows a message touches)")
     p.add_argument("--confirm-margin", type=float,
                    help="learn.confirm_margin of the replay's rule (untrained default: "
                    "the ham margin, 16)")
