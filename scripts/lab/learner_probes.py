@@ -38,6 +38,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -253,6 +254,69 @@ def cmd_mix(args: argparse.Namespace) -> None:
                    *timed(lambda r=rate: mixed(labels, za, zb, r))), flush=True)
 
 
+def cmd_joint(args: argparse.Namespace) -> None:
+    """nnspam (lazy steps) and a byte 4-gram part learned together: each message is scored
+    on the sum; nnspam's margin push sees the sum (so its wide path moves only as far as
+    the bytes part leaves to do); then the bytes part takes the reference's logistic step
+    on the sum as scored, without the ham bias. ``--cap C``: the wide path's content part
+    squashed to C * tanh(x / C)."""
+    from nnspam import config as C
+    from nnspam.learning import network
+    from nnspam.model import wide as wide_mod
+    from nnspam.model.correct import rule_from_config
+    from nnspam.services.stream import replay, start_model
+
+    network.LAZY_PARTIAL_FIT = True
+    labels, raws, toks = load(args.work, args.name)
+    g = [grams4(r) for r in raws]
+    if args.cap:
+        cap = args.cap
+
+        def capped(self: Any, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+            out = np.zeros(len(token_lists))
+            if not self.updates:
+                return out
+            for i, t in enumerate(token_lists):
+                parts = [float(self.w[idx].astype(np.float64) @ self._values(idx))
+                         if idx.size else 0.0 for idx in self._slots(t)]
+                out[i] = cap * math.tanh(parts[0] / cap) + sum(parts[1:])
+            return out
+
+        wide_mod.Wide.logit = capped  # type: ignore[method-assign]
+    model = start_model(None, {})
+    rule = rule_from_config(C.DEFAULTS, untrained=True).with_(journal=0)
+    w = np.zeros(1 << BITS)
+    cur = [0]
+    base_logits, base_judge = model.logits, model.judge_tokens
+
+    def logits(token_lists: Any) -> Any:
+        net, wide = base_logits(token_lists)
+        return net, wide + w[g[cur[0]]].sum()
+
+    def judge(token_lists: Any, *a: Any, **k: Any) -> Any:
+        _, z = base_judge(token_lists, *a, **k)
+        z = z + w[g[cur[0]]].sum()
+        return 1.0 / (1.0 + np.exp(-z)), z
+
+    model.logits, model.judge_tokens = logits, judge
+    model.tokens = lambda raw: toks[int(raw)]
+
+    def read(p: str) -> bytes:
+        cur[0] = int(p)
+        return p.encode()
+
+    items = [("spam" if y else "ham", str(i)) for i, y in enumerate(labels)]
+    out = np.zeros(len(labels))
+    t0 = time.perf_counter()
+    for i, step in enumerate(replay(model, items, read, "all", rule)):
+        out[i] = step.score
+        w[g[i]] += args.rate * (labels[i] - 1.0 / (1.0 + math.exp(-(step.score - HAM_BIAS))))
+    print(HEADER)
+    print(line(f"nnspam (lazy) + bytes4 jointly, logistic {args.rate:g}"
+               + (f", content cap {args.cap:g}" if args.cap else ""), labels, out,
+               time.perf_counter() - t0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/nnspam-probes"))
@@ -271,9 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "the ham margin, 16)")
     for name in ("linear", "mix"):
         sub.add_parser(name).add_argument("name")
+    p = sub.add_parser("joint")
+    p.add_argument("name")
+    p.add_argument("--rate", type=float, default=0.002)
+    p.add_argument("--cap", type=float, default=0.0)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    {"cache": cmd_cache, "record": cmd_record, "linear": cmd_linear, "mix": cmd_mix}[args.cmd](args)
+    {"cache": cmd_cache, "record": cmd_record, "linear": cmd_linear, "mix": cmd_mix,
+     "joint": cmd_joint}[args.cmd](args)
     return 0
 
 
