@@ -162,6 +162,7 @@ DEFAULTS: dict[str, Any] = {
         "confirm_margin": 1.0,  # a message learned on its right side: pushed this far
         "wide": True,  # teach the wide path (hashed tokens -> logit; nnspam/model/wide.py)
         "wide_max": 20.0,  # the most one correction moves the wide path's content part
+        "grams": True,  # teach the grams part (byte 4-grams + tokens, AROW; model/grams.py)
         "journal": 500,  # corrections kept to be forgotten (nnspam learn --forget); 0: none
     },
     "daemon": {
@@ -640,6 +641,7 @@ SCHEMA: dict[str, Any] = {
         "confirm_margin": _NONNEG,
         "wide": _bool(),
         "wide_max": _NONNEG,
+        "grams": _bool(),
         "journal": _num(0, integer=True),
     },
     "daemon": {

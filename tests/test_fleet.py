@@ -145,7 +145,9 @@ def test_a_user_model_is_its_delta_over_the_site_model(site_model, sa_corpus):
     for raw in spams[:3]:
         correct(user, [user.tokens(raw)], "ham", Rule(), source="tell")
     delta = D.make_delta(site, user)
-    assert D.delta_size(delta) < 100_000  # the site model's files: 13 MB
+    # the site model's files: 13 MB; the delta about 14 kB a correction, most of it the
+    # grams part's weights and variances at the message's 4-gram slots
+    assert D.delta_size(delta) < 200_000
     toks = [user.tokens(r) for r in hams + spams]
     want = user.spamicity_of_tokens(toks)
     assert (want != site.spamicity_of_tokens(toks)).any()

@@ -542,9 +542,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
                       f"{st.score!r}\n")
             if show and i % 500 == 0:
                 r = summarize(steps)
-                print(f"nnspam stream: {i}/{len(items)}  ham lost {r['ham_lost']}  "
-                      f"spam missed {r['spam_missed']}  learned {r['learned']}",
-                      file=sys.stderr)
+                roca = r.get("one_minus_roca_percent")
+                print(f"nnspam stream: {i}/{len(items)}  "
+                      f"{i / max(time.perf_counter() - t0, 1e-9):.0f} msg/s  "
+                      f"ham lost {r['ham_lost']}  spam missed {r['spam_missed']}  "
+                      + (f"1-ROCA {roca:.4f}%  " if roca is not None else "")
+                      + f"learned {r['learned']}", file=sys.stderr)
     except StreamError as exc:
         return die(str(exc))
     finally:

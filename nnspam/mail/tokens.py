@@ -21,7 +21,7 @@ from email.utils import getaddresses, parseaddr
 from nnspam.mail.message import ParsedMessage, parse_message
 
 __all__ = ["text_only_copy", "tokenize_email", "tokenize_parsed",
-           "tokenize_sms", "sms_text_from_bytes", "WORD_RE"]
+           "tokenize_sms", "sms_text_from_bytes", "WORD_RE", "HEAD_MARK", "head_token"]
 
 # A word: letters/digits with inner apostrophes, dots and dashes ("don't",
 # "e-mail", "v1.2"), or a currency amount ("$100", "£5"). Lowercased first.
@@ -52,6 +52,33 @@ ARTIFACT_HEADERS = frozenset(
         "envelope-to", "x-envelope-from", "x-envelope-to", "x-real-to", "x-filter", "x-scanned-by",
     }
 )
+
+#: The mark of the head token a model's tokenizer appends to a message's tokens
+#: (:meth:`nnspam.model.core.Model.tokens`): the message's first bytes, headers included,
+#: for the model's grams part (:mod:`nnspam.model.grams`), which learns from the delivery
+#: headers this tokenizer leaves out. The tokenizers never emit a NUL, so no word is
+#: ever taken for it; every consumer of words skips tokens that start with one.
+HEAD_MARK = "\x00head:"
+
+# Our own verdict headers, taken out of the head before the grams part sees it: a message
+# that passed the pipe filter or the server once must not teach its old verdict back.
+_OWN_FIELDS = re.compile(
+    rb"^(?:X-NNSpam-[!-9;-~]*|X-Spam-(?:Flag|Status|Level))[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n",
+    re.IGNORECASE | re.MULTILINE)
+
+
+def head_token(raw: bytes, limit: int = 3000) -> str:
+    """The head token of a raw message: :data:`HEAD_MARK` and its first ``limit`` bytes
+    (as Latin-1, one character per byte), nnspam's own verdict headers taken out."""
+    end = raw.find(b"\n\n", 0, limit * 4)
+    end2 = raw.find(b"\r\n\r\n", 0, limit * 4)
+    cut = min(x for x in (end, end2, limit * 4) if x >= 0)
+    head = raw[:cut]
+    low = head.lower()
+    if b"x-nnspam-" in low or b"x-spam-" in low:
+        head = _OWN_FIELDS.sub(b"", head)
+    return HEAD_MARK + (head + raw[cut:cut + limit])[:limit].decode("latin-1")
+
 
 _ADDR_HEADERS = ("from", "reply-to", "sender", "return-path")
 _WS = re.compile(r"\s+")

@@ -272,7 +272,8 @@ def observe(model: AdaptiveModel, token_lists: list[list[str]],
         gh = g if lab == "ham" else 0.0
         hits = []
         cands = st.candidates
-        for t in set(toks):
+        # the head token (nnspam.mail.tokens.HEAD_MARK) is the grams part's, not a word
+        for t in {t for t in toks if t[:1] != "\x00"}:
             j = index.get(t)
             if j is not None:
                 hits.append(j)

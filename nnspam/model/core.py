@@ -40,6 +40,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ from nnspam.learning.features import SCALINGS, Vectorizer
 from nnspam.learning.network import Network
 from nnspam.mail.atomic import fsync_dir
 from nnspam.model import journal as journal_mod
+from nnspam.model.grams import Grams, combine
 from nnspam.model.wide import Wide
 
 if TYPE_CHECKING:
@@ -245,6 +247,7 @@ class Model:
     idf: np.ndarray | None = None
     libraries: dict[str, str] = field(default_factory=dict)
     wide: Wide | None = None  # the hashed-token path corrections teach (nnspam/model/wide.py)
+    grams: Grams | None = None  # byte 4-grams and tokens, by AROW (nnspam/model/grams.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -285,10 +288,13 @@ class Model:
 
         if self.kind == "sms":
             text = payload if isinstance(payload, str) else tk.sms_text_from_bytes(payload)
-            return tk.tokenize_sms(text)
+            return tk.tokenize_sms(text)  # no head token: SMS has no grams part (grams.KINDS)
         if isinstance(payload, str):
             payload = payload.encode("utf-8", errors="surrogateescape")
-        return tk.tokenize_email(payload, self.max_part_bytes)
+        toks = tk.tokenize_email(payload, self.max_part_bytes)
+        # last: the message's first bytes, for the grams part (nnspam/model/grams.py)
+        toks.append(tk.head_token(payload))
+        return toks
 
     def features(self, token_lists: Sequence[Sequence[str]], sparse: bool | None = None) -> Any:
         """The network's inputs for tokenized messages: a SciPy CSR matrix (float32) for
@@ -326,18 +332,28 @@ class Model:
         out = self.outputs(token_lists)
         wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
                 else None)
-        return self.judge_outputs(out, wide, h, s)
+        return self.judge_outputs(out, wide, h, s, self.grams_margins(token_lists))
+
+    def grams_margins(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray | None:
+        """The grams part's margin of each message (None while it has learned nothing)."""
+        return self.grams.margins(token_lists) if self.grams is not None else None
 
     def judge_outputs(self, out: np.ndarray, wide: np.ndarray | None, ham_factor: float,
-                      spam_factor: float) -> tuple[np.ndarray, np.ndarray]:
-        """(spamicity, its logit) from the network's (m, 2) outputs and the wide logits
-        (None while the wide path is untaught): the rule of :meth:`judge_tokens`, apart so
-        that :mod:`nnspam.model.explain` scores a message with words left out by it too."""
-        if wide is None:
+                      spam_factor: float, grams: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(spamicity, its logit) from the network's (m, 2) outputs, the wide logits
+        (None while the wide path is untaught) and the grams part's margins (None while it
+        is untaught; :func:`nnspam.model.grams.combine`): the rule of :meth:`judge_tokens`,
+        apart so that :mod:`nnspam.model.explain` scores a message with words left out by
+        it too."""
+        if wide is None and grams is None:
             return (spamicity(out, ham_factor, spam_factor),
                     network_logit(out, ham_factor, spam_factor))
-        z = self._network_share(network_logit(out, ham_factor, spam_factor)) + wide
-        return 1.0 / (1.0 + np.exp(-z)), z
+        net = network_logit(out, ham_factor, spam_factor)
+        z = self._network_share(net) + wide if wide is not None else net
+        z = combine(z, grams, math.log(spam_factor / ham_factor))
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-z)), z
 
     def class_counts(self) -> tuple[int, int]:
         """(ham, spam) messages the model has learned from: its training part plus the
@@ -374,6 +390,12 @@ class Model:
         if self.wide is None:
             self.wide = Wide()
         return self.wide
+
+    def ensure_grams(self) -> Grams:
+        """The model's grams part, created empty on first use."""
+        if self.grams is None:
+            self.grams = Grams()
+        return self.grams
 
     def score(self, payloads: Sequence[bytes | str], **kw: float | None) -> np.ndarray:
         """Spamicity of each payload (raw email bytes or SMS text)."""
@@ -424,6 +446,8 @@ class Model:
             "summary": self.summary,
             **({"adaptive": self.adaptive.to_json()} if self.adaptive is not None else {}),
             **({"wide": self.wide.meta()} if self.wide is not None and self.wide.used else {}),
+            **({"grams": self.grams.meta()} if self.grams is not None and self.grams.active
+               else {}),
         }
 
     def save(self, path: str | os.PathLike, *, locked: bool = False) -> None:
@@ -455,6 +479,8 @@ class Model:
                 arrays.update(self.adaptive.arrays())
             if self.wide is not None and self.wide.used:
                 arrays.update(self.wide.arrays())
+            if self.grams is not None and self.grams.active:
+                arrays.update(self.grams.arrays())
             np.savez(buf, **arrays)
             wbytes = buf.getvalue()
             meta = self.to_json()
@@ -580,6 +606,9 @@ class Model:
                     wide_arrays = ({k: npz[k] for k in ("wide_index", "wide_value",
                                                         "wide_df_index", "wide_df")}
                                    if meta.get("wide") is not None else None)
+                    grams_arrays = ({k: npz[k] for k in ("grams_index", "grams_value",
+                                                         "grams_sig_index", "grams_sig")}
+                                    if meta.get("grams") is not None else None)
         except FileNotFoundError:
             raise ModelError(f"{wpath}: missing") from None
         except KeyError as exc:
@@ -626,6 +655,12 @@ class Model:
                 wide = Wide.from_arrays(meta["wide"], wide_arrays)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{wpath}: bad wide path ({exc})") from None
+        grams = None
+        if grams_arrays is not None:
+            try:
+                grams = Grams.from_arrays(meta["grams"], grams_arrays)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError(f"{wpath}: bad grams part ({exc})") from None
         try:
             model = cls(
                 words=words,
@@ -645,6 +680,7 @@ class Model:
                 idf=idf,
                 libraries=dict(meta.get("libraries") or {}),
                 wide=wide,
+                grams=grams,
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{jpath}: bad value ({exc})") from None

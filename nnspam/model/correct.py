@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from nnspam.model import journal as journal_mod
+from nnspam.model.grams import GRAMS_WEIGHT, STICK_MARGIN
+from nnspam.model.grams import KINDS as GRAMS_KINDS
 from nnspam.model.journal import DEFAULT_LIMIT, Entry, message_key, subject_of
 
 __all__ = ["FREE_PREFIX", "Rule", "CorrectionError", "correct", "correct_payloads", "observe",
@@ -68,6 +70,7 @@ class Rule:
     admit_min: float = 2.0
     wide: bool = True
     wide_max: float = 20.0
+    grams: bool = True  # teach the grams part (nnspam/model/grams.py)
     journal: int = DEFAULT_LIMIT  # corrections kept in the journal, to be forgotten
 
     def with_(self, **kw: Any) -> Rule:
@@ -116,12 +119,15 @@ def rule_from_config(cfg: dict[str, Any], untrained: bool = False) -> Rule:
     if not isinstance(wide, bool):
         raise CorrectionError(f"learn.wide must be true or false, not {wide!r}")
     wide_max = _number(sec, "wide_max", 20.0)
+    grams = sec.get("grams", True)
+    if not isinstance(grams, bool):
+        raise CorrectionError(f"learn.grams must be true or false, not {grams!r}")
     confirm = _number(sec, "confirm_margin", 1.0)
     journal = _number(sec, "journal", DEFAULT_LIMIT, integer=True, minimum=0)
     rule = Rule(optimizer="sgd" if opt == "sgd" else None, learning_rate=rate,
                 passes=passes, max_passes=max_passes, margin=margin,
                 ham_margin=ham_margin, confirm_margin=confirm, wide=wide,
-                wide_max=wide_max, journal=journal)
+                wide_max=wide_max, grams=grams, journal=journal)
     if untrained:
         on = {**DEFAULTS["online"], **(cfg.get("online") or {})}
         epochs = _number(on, "epochs", 1, integer=True, minimum=1)
@@ -185,7 +191,7 @@ def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
         for t in dict.fromkeys(toks):
             if not free:
                 break
-            if t in index:
+            if t in index or t.startswith("\x00"):  # an input, or the grams part's head
                 continue
             e = cands.get(t)
             seen = e[0] / g if e is not None else 0.0
@@ -262,6 +268,9 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
             net.partial_fit(X[idx], y[idx], epochs=1, optimizer=rule.optimizer,
                             learning_rate=rule.learning_rate)
             taken += 1
+    # the verdicts as they were (the sum of all parts): which messages were mistakes
+    grams = rule.grams and model.kind in GRAMS_KINDS
+    m0 = whole_margin_of(model, token_lists, label) if grams else None
     if rule.wide:
         wide = model.ensure_wide()
         m = margin_of(model, token_lists, label)
@@ -275,10 +284,40 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
                 wide.step(toks, sign * (want - float(mi)), rule.wide_max)
                 if rec is not None:
                     rec.wide_after(i, before)
+    if grams:
+        _learn_grams(model, token_lists, label, m0, need, rec)
     _count_learned(model, label, len(y))
     if rec is not None:
         rec.finish(X, len(done))
     return done
+
+
+def whole_margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str) -> np.ndarray:
+    """As :func:`margin_of`, on the whole score (the grams part included)."""
+    _, z = model.judge_tokens(token_lists)
+    z = z - _logit(float(model.threshold))
+    return z if label == "spam" else -z
+
+
+def _learn_grams(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+                 before: np.ndarray | None, need: float, rec: _Recorder | None) -> None:
+    """The grams part learns each message (its own AROW step, whatever the other parts
+    did: measured so, docs/lab/learner-probes.md), then a message that was a mistake and
+    is still short of STICK_MARGIN (or ``need``, if smaller) on the whole score takes the
+    rest as a plain step of the grams part: a correction sticks, whichever part was
+    wrong."""
+    grams = model.ensure_grams()
+    sign = 1.0 if label == "spam" else -1.0
+    for i, toks in enumerate(token_lists):
+        a, beta = grams.learn(toks, label)
+        push = 0.0
+        if before is not None and before[i] < 0:
+            short = min(need, STICK_MARGIN) - float(whole_margin_of(model, [toks], label)[0])
+            if short > 0:
+                push = sign * short / GRAMS_WEIGHT  # the part enters the score times that
+                grams.push(toks, push)
+        if rec is not None:
+            rec.grams[i] = (a, beta, push)
 
 
 def _count_learned(model: Any, label: str, n: int) -> None:
@@ -304,6 +343,7 @@ class _Recorder:
         self.wide = model.ensure_wide()
         self.counted = [self.wide.counted(t) for t in self.tokens]
         self.steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.grams: dict[int, tuple[float, float, float]] = {}  # learn's (a, beta), push
         self.net_before = (model.network.get_weights()
                            if (rule.passes or rule.max_passes) and model.arch == "nnspam"
                            else None)
@@ -337,9 +377,11 @@ class _Recorder:
                        "W2": net_delta["W2"], "b2": net_delta["b2"]}
             self.model.journal.add(Entry(
                 key=message_key(toks), label=self.label, source=self.source, time=when,
-                subject=subject_of(toks), tokens=len(toks), wide_index=w_index,
+                subject=subject_of(toks), tokens=sum(t[:1] != "\x00" for t in toks),
+                wide_index=w_index,
                 wide_delta=w_delta.astype(np.float32), df_index=df_index, df_delta=df_delta,
                 wide_step=i in self.steps, replacements=replacements if i == 0 else 0,
+                grams=self.grams.get(i),
                 rows=rows, net=net, token_list=toks))
 
 
@@ -353,6 +395,9 @@ def _undo(model: Any, e: Entry) -> None:
         wide.docs = max(wide.docs - 1, 0)
     if e.wide_step:
         wide.updates = max(wide.updates - 1, 0)
+    if e.grams is not None and model.grams is not None:
+        model.grams.unlearn(e.token_list, *e.grams)
+        model.grams.updates = max(model.grams.updates - 1, 0)
     if e.net is not None and e.rows is not None:
         params = model.network.require_params()
         params["W1"][e.rows] -= e.net["W1"].astype(params["W1"].dtype)

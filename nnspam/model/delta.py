@@ -73,8 +73,8 @@ _FIELDS = ("words", "kind", "scaling", "ham_factor", "spam_factor", "threshold",
            "max_part_bytes", "summary", "wordlist_counts", "arch", "backend", "ngram",
            "libraries", "adaptive")
 #: model.json fields that say nothing about the model's behaviour (never in a delta).
-_IGNORED = ("nnspam_version", "weights_sha256", "wide")
-_WIDE = ("wide_w", "wide_df")
+_IGNORED = ("nnspam_version", "weights_sha256", "wide", "grams")
+_WIDE = ("wide_w", "wide_df", "grams_w", "grams_sig")
 _ADAPTIVE = ("adaptive_activity", "adaptive_by_class")
 
 
@@ -142,7 +142,33 @@ def _arrays(model: Model) -> dict[str, np.ndarray]:
     if model.wide is not None and model.wide.used:
         out["wide_w"] = model.wide.w
         out["wide_df"] = model.wide.df
+    if model.grams is not None and model.grams.active:
+        out["grams_w"] = model.grams.w
+        out["grams_sig"] = model.grams.sig
+    else:  # an untaught part is zeros and ones: a user's is then a sparse difference
+        out["grams_w"], out["grams_sig"] = _untaught_grams()
     return out
+
+
+_UNTAUGHT: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _untaught_grams() -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of an untaught grams part (made once, read-only)."""
+    global _UNTAUGHT
+    if _UNTAUGHT is None:
+        from nnspam.model.grams import DEFAULT_BITS
+
+        w = np.zeros(1 << DEFAULT_BITS, np.float32)
+        sig = np.ones(1 << DEFAULT_BITS, np.float32)
+        w.flags.writeable = sig.flags.writeable = False
+        _UNTAUGHT = (w, sig)
+    return _UNTAUGHT
+
+
+def _grams_counts(model: Model) -> tuple[int, int]:
+    g = model.grams
+    return (g.bits, g.updates) if g is not None and g.active else (0, 0)
 
 
 def _wide_counts(model: Model) -> tuple[int, int, int]:
@@ -182,6 +208,9 @@ def make_delta(site: Model, user: Model) -> dict[str, bytes]:
     head = {"format": "nnspam-delta", "version": 1, "meta": meta, "drop": drop,
             "wide": {"bits": ub or sb, "updates": uu - su, "docs": ud - sd,
                      "used": bool(ub)},
+            "grams": {"bits": _grams_counts(user)[0] or _grams_counts(site)[0],
+                      "updates": _grams_counts(user)[1] - _grams_counts(site)[1],
+                      "used": bool(_grams_counts(user)[0])},
             "arrays": kinds}
     buf = io.BytesIO()
     # deflated: the adaptive inputs' statistics (every input ages with every message)
@@ -265,6 +294,24 @@ def _wide_of(head: dict[str, Any], site: Model, arrays: dict[str, np.ndarray]) -
     return out
 
 
+def _grams_of(head: dict[str, Any], site: Model, arrays: dict[str, np.ndarray]) -> Any:
+    """The user model's grams part (a new one: the site model's is never shared)."""
+    from nnspam.model.grams import Grams
+
+    g = head.get("grams") or {}
+    if not g.get("used"):
+        return None
+    bits = int(g["bits"])
+    size = 1 << bits
+    try:
+        return Grams.from_dense(
+            bits, np.asarray(arrays.get("grams_w", np.zeros(size, np.float32)), np.float32),
+            np.asarray(arrays.get("grams_sig", np.ones(size, np.float32)), np.float32),
+            _grams_counts(site)[1] + int(g["updates"]))
+    except ValueError as exc:
+        raise DeltaError(str(exc)) from None
+
+
 def apply_delta(site: Model, delta: Mapping[str, bytes], *, private: bool = False) -> Model:
     """The per-user model that ``delta`` (:func:`make_delta`) describes, on ``site``.
 
@@ -302,6 +349,7 @@ def apply_delta(site: Model, delta: Mapping[str, bytes], *, private: bool = Fals
                 meta["adaptive"], user["adaptive_activity"], user.get("adaptive_by_class"))
                 if meta.get("adaptive") is not None else None)
         fields["wide"] = _wide_of(head, site, user)
+        fields["grams"] = _grams_of(head, site, user)
         model = dataclasses.replace(site, **fields)
     if private and journal_mod.FILE in delta:
         try:
@@ -323,6 +371,7 @@ def private_copy(model: Model) -> Model:
         wordlist_counts=(None if model.wordlist_counts is None
                          else list(model.wordlist_counts)),
         adaptive=copy.deepcopy(model.adaptive), wide=copy.deepcopy(model.wide),
+        grams=copy.deepcopy(model.grams),
         idf=None if model.idf is None else np.array(model.idf, copy=True),
         libraries=dict(model.libraries))
 
@@ -338,9 +387,14 @@ def _through_files(meta: dict[str, Any], arrays: dict[str, np.ndarray],
     if wide is not None:
         out.update(wide.arrays())
         meta["wide"] = wide.meta()
+    grams = _grams_of(head, site, arrays)
+    if grams is not None:
+        out.update(grams.arrays())
+        meta["grams"] = grams.meta()
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v, dtype=np.float32) if k not in (
-        "wide_index", "wide_df_index") else v for k, v in out.items()})
+        "wide_index", "wide_df_index", "grams_index", "grams_sig_index") else v
+        for k, v in out.items()})
     wbytes = buf.getvalue()
     meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()
     return model_from_files({"model.json": json.dumps(meta).encode(), "weights.npz": wbytes})

@@ -149,12 +149,14 @@ def explain(model: Model, tokens: Sequence[str], ham_factor: float | None = None
     names = [model.words[c] for c in cols]
     wide = model.wide if model.wide is not None and model.wide.active else None
     wide_rows, digest = (None, 0.0) if wide is None else _wide_without(wide, toks, names)
-    sps, zs = model.judge_outputs(out, wide_rows, h, s)
+    gm = model.grams_margins([toks])  # the grams part's term: the same with a word left out
+    sps, zs = model.judge_outputs(out, wide_rows, h, s,
+                                  None if gm is None else np.repeat(gm, len(out)))
     delta, dlogit = sps[0] - sps[1:], zs[0] - zs[1:]
     order = np.lexsort((-np.abs(dlogit), -np.abs(delta))).tolist() if len(cols) else []
     n, d, g = np.asarray(counts).tolist(), delta.tolist(), dlogit.tolist()
     words = tuple(WordContribution(names[i], int(n[i]), d[i], g[i]) for i in order)
-    no_input = tuple(t for t in dict.fromkeys(toks) if t not in index)
+    no_input = tuple(t for t in dict.fromkeys(toks) if t not in index and t[:1] != "\x00")
     return Explanation(
         spamicity=float(sp[0]), logit=float(z[0]), words=words, no_input=no_input,
         wide=_wide_tokens(wide, toks, no_input) if wide is not None else (),

@@ -75,7 +75,7 @@ _DAMAGED = (OSError, EOFError, KeyError, IndexError, ValueError, TypeError, Attr
 
 def message_key(tokens: Iterable[str]) -> str:
     """The journal's name for a message: a digest of the set of its tokens (hex)."""
-    uniq = sorted(set(tokens))
+    uniq = sorted(t for t in set(tokens) if not t.startswith("\x00head:"))
     return hashlib.blake2b("\x00".join(uniq).encode("utf-8", "surrogateescape"),
                            digest_size=12).hexdigest()
 
@@ -106,12 +106,16 @@ class Entry:
     rows: np.ndarray | None = None  # W1 rows changed (network passes only)
     net: dict[str, np.ndarray] | None = None  # network deltas: W1 (rows), b1, W2, b2
     token_list: list[str] = field(default_factory=list)  # to learn it again (forget)
+    # the grams part's step (nnspam/model/grams.py): AROW's (a, beta) and the push, from
+    # which with the message's tokens Grams.unlearn undoes it; None: no step
+    grams: tuple[float, float, float] | None = None
 
     def meta(self) -> dict[str, Any]:
         """The JSON part of the entry (the arrays are stored apart)."""
         return {"key": self.key, "label": self.label, "source": self.source,
                 "time": self.time, "subject": self.subject, "tokens": self.tokens,
                 "wide_step": self.wide_step, "replacements": self.replacements,
+                "grams": None if self.grams is None else list(self.grams),
                 "network": self.net is not None}
 
 
@@ -202,6 +206,7 @@ class Journal:
                 entries, a, b, c = [], 0, 0, 0
                 for i, m in enumerate(head["entries"]):
                     nw, nd, nt = int(m["n_wide"]), int(m["n_df"]), int(m["n_text"])
+                    g = m.get("grams")  # journals before the grams part have none
                     chunk = text[c:c + nt].decode("utf-8", "surrogateescape")
                     net = rows = None
                     if m.get("network"):
@@ -215,7 +220,8 @@ class Journal:
                         df_index=di[b:b + nd], df_delta=dd[b:b + nd],
                         wide_step=bool(m.get("wide_step")),
                         replacements=int(m.get("replacements", 0)), rows=rows, net=net,
-                        token_list=chunk.split("\x00") if chunk else []))
+                        token_list=_split_tokens(chunk),
+                        grams=None if g is None else (float(g[0]), float(g[1]), float(g[2]))))
                     a, b, c = a + nw, b + nd, c + nt
                 if a != wi.size or b != di.size or c != len(text):
                     raise JournalError(f"{path}: entry lengths do not match the arrays")
@@ -227,6 +233,20 @@ class Journal:
             raise JournalError(f"{path}: unreadable journal "
                                f"({exc.__class__.__name__}: {why})") from None
         return cls(kept, entries)
+
+
+def _split_tokens(chunk: str) -> list[str]:
+    """A stored token list: its tokens were joined by NUL, and the head token
+    (:data:`nnspam.mail.tokens.HEAD_MARK`, last when present) starts with one."""
+    if not chunk:
+        return []
+    mark = "\x00\x00head:"
+    i = chunk.find(mark)  # tokens hold no NUL: the first is the separator
+    if i >= 0:
+        return ([*chunk[:i].split("\x00")] if i else []) + [chunk[i + 1:]]
+    if chunk.startswith("\x00head:"):
+        return [chunk]
+    return chunk.split("\x00")
 
 
 def now() -> float:

@@ -120,7 +120,8 @@ class Wide:
         identity tokens (:data:`IDENTITY_PREFIXES`, hashed apart from the same token as
         content) and its digest (one slot named by the set of its tokens: the same message
         again, or a copy that differs only in headers nnspam ignores)."""
-        uniq = set(tokens)
+        # the head token (HEAD_MARK) is the grams part's, not a word
+        uniq = {t for t in tokens if t[:1] != "\x00"}
         ident = [_IDENTITY_MARK + t for t in uniq if t.startswith(IDENTITY_PREFIXES)]
         digest = hashlib.blake2b("\x00".join(sorted(uniq)).encode("utf-8", "surrogateescape"),
                                  digest_size=8).digest()
