@@ -148,7 +148,8 @@ def test_stream_out_writes_the_logit_in_full(tmp_path, capsys, monkeypatch):
     box = _box(tmp_path, 4)
     items = nn_stream.read_index(box / "index")
 
-    def fake_replay(model, items_, read, feedback="errors", rule=None, adaptive=True):
+    def fake_replay(model, items_, read, feedback="errors", rule=None, adaptive=True,
+                    tokenizers=0):
         for (judge, z), (_, path) in zip(FAKE, items_, strict=False):
             sp = 1.0 / (1.0 + math.exp(-z))
             yield Step(path, judge, sp, z, "spam" if sp >= 0.5 else "ham", False)
@@ -198,6 +199,25 @@ def test_stream_out_scores_are_the_replay_s_own(tmp_path, monkeypatch):
     assert [r[3] for r in rows] == [st.verdict for st in seen]
     from_file = (1.0 - roc_auc(y, np.array([float(r[4]) for r in rows]))) * 100.0
     assert from_file == summarize(seen)["one_minus_roca_percent"]
+
+
+def test_tokenizing_ahead_gives_the_same_replay(tmp_path, monkeypatch):
+    """Other processes tokenizing the next block (``--tokenizers``) change nothing: the
+    same steps, score for score, over blocks smaller than the stream."""
+    from nnspam import config as C
+    from nnspam.model.correct import rule_from_config
+
+    box = _box(tmp_path, 8)
+    items = nn_stream.read_index(box / "index")
+    read = nn_stream.load_messages([p for _, p in items], box)
+    monkeypatch.setattr(nn_stream, "TOKENIZE_BLOCK", 5)
+    rule = rule_from_config(C.DEFAULTS)
+    runs = []
+    for n in (0, 1):
+        model = nn_stream.start_model("default", C.DEFAULTS)
+        runs.append([(s.path, s.score, s.verdict, s.learned)
+                     for s in nn_stream.replay(model, items, read, "all", rule, tokenizers=n)])
+    assert runs[0] == runs[1] and len(runs[0]) == 16
 
 
 # -- the reference learner as a peer --------------------------------------------------------

@@ -28,8 +28,12 @@ else the built-in defaults (see config.yaml in the source tree).
 
 # -- argument groups ---------------------------------------------------------
 
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)")
+def _add_config(p: argparse.ArgumentParser, action: bool = False) -> None:
+    """``-c FILE``. ``action``: on an action of a command (``store push``), whose -c may
+    come before or after the action: unset there, it leaves the command's alone (argparse
+    would otherwise overwrite ``store -c FILE push`` with the action's default, None)."""
+    p.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)",
+                   **({"default": argparse.SUPPRESS} if action else {}))
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -217,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
              "done, 1 refused, 2 usage, 75 Redis unreachable or the learner did not answer.")
     ssub = sp.add_subparsers(dest="store_cmd", metavar="ACTION", required=True)
     ssp = ssub.add_parser("list", help="every model, its version and size; the learner")
-    _add_config(ssp)
+    _add_config(ssp, action=True)
     ssp.set_defaults(func=commands.cmd_store)
     ssp = ssub.add_parser("push", help="install a model directory in the store")
-    _add_config(ssp)
+    _add_config(ssp, action=True)
     ssp.add_argument("dir", nargs="?", metavar="DIR",
                      help="model directory (with --user: default the user's directory by "
                      "serve.user_model)")
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(600)")
     ssp.set_defaults(func=commands.cmd_store)
     ssp = ssub.add_parser("pull", help="write a model of the store to a directory")
-    _add_config(ssp)
+    _add_config(ssp, action=True)
     ssp.add_argument("dir", metavar="DIR", help="model directory to write")
     ssp.add_argument("--user", metavar="NAME", help="NAME's per-user model (default: site)")
     ssp.set_defaults(func=commands.cmd_store)
@@ -259,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feedback", choices=("all", "errors", "none"), default="errors",
                     help="what is learned: every message, wrong verdicts (default), nothing")
     sp.add_argument("--limit", type=int, metavar="N", help="only the first N messages")
+    sp.add_argument("--tokenizers", type=int, metavar="N",
+                    help="processes that tokenize ahead while the model learns (default: 1 "
+                    "on a machine with more than one CPU and a stream of over 512 messages, "
+                    "else 0); the figures are the same either way")
     sp.add_argument("--out", metavar="FILE", help="write the per-message lines here "
                     "(default: standard output)")
     sp.add_argument("--save", metavar="DIR", help="save the learned model to DIR")
@@ -337,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssp = smsub.add_parser("serve", help="serve the Twilio webhook (POST /sms)",
                            description="Serve POST /sms: check X-Twilio-Signature, store and "
                            "file the SMS, answer with an empty TwiML <Response/>.")
-    _add_config(ssp)
+    _add_config(ssp, action=True)
     ssp.add_argument("-m", "--model", metavar="MODEL",
                      help="SMS model directory (default: sms.model, the shipped default-sms)")
     ssp.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -348,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="List the Twilio number's inbound SMS "
                            "(messages.stream) and store the ones not stored yet; repeat every "
                            "sms.poll_interval seconds, backing off after API errors.")
-    _add_config(ssp)
+    _add_config(ssp, action=True)
     ssp.add_argument("-m", "--model", metavar="MODEL",
                      help="SMS model directory (default: sms.model, the shipped default-sms)")
     ssp.add_argument("--since", metavar="DATE",

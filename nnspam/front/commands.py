@@ -286,6 +286,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     from nnspam.services.evaluate import evaluate, format_table, plot
     from nnspam.services.training import labels_of
 
+    if args.plot:  # before minutes of scoring, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'nnspam[plot]'") from None
     cfg = _config(args)
     h, s, t = _bias(args, cfg)
     samples = _labelled_samples(args, "test")
@@ -534,7 +539,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     t0 = time.perf_counter()
     try:
-        for i, st in enumerate(replay(model, items, read, args.feedback, rule), 1):
+        tokenizers = args.tokenizers
+        if tokenizers is None:
+            tokenizers = 1 if (os.cpu_count() or 1) > 1 and len(items) > 512 else 0
+        if tokenizers < 0:
+            raise UsageError("--tokenizers must be 0 or more")
+        for i, st in enumerate(replay(model, items, read, args.feedback, rule,
+                                      tokenizers=tokenizers), 1):
             steps.append(st)
             # SCORE, the logit, in full (repr): no two different scores print alike, so
             # the lines rank as the replay did (SPAMICITY ties at 0.000000 and 1.000000)

@@ -158,7 +158,7 @@ def select_informative(
     ham_docs: Sequence[Sequence[str]],
     n: int,
     method: str = "ig",
-    min_df: int = 3,
+    min_df: int | None = None,
 ) -> list[tuple[int, str]]:
     """The n tokens whose presence best separates spam from ham.
 
@@ -171,8 +171,9 @@ def select_informative(
 
 
 def informative_from_counts(counts: DocCounts, n: int, method: str = "ig",
-                            min_df: int = 3) -> list[tuple[int, str]]:
+                            min_df: int | None = None) -> list[tuple[int, str]]:
     """:func:`select_informative` from counts (see there)."""
+    min_df = default_min_df() if min_df is None else int(min_df)
     df_spam, df_ham, total = counts.df_spam, counts.df_ham, counts.total
     n_s, n_h = counts.n_spam, counts.n_ham
     n_all = n_s + n_h
@@ -209,7 +210,7 @@ def build(
     ham_docs: Sequence[Sequence[str]] | None,
     n: int,
     method: str,
-    min_df: int = 3,
+    min_df: int | None = None,
 ) -> list[tuple[int, str]]:
     """Build a word list with the given method (``freq`` ignores ham)."""
     if method != "freq" and not ham_docs:
@@ -220,7 +221,14 @@ def build(
     return from_counts(counts, n, method, min_df)
 
 
-def from_counts(counts: DocCounts, n: int, method: str, min_df: int = 3
+def default_min_df() -> int:
+    """``wordlist.min_df`` of the built-in config: the one default of the setting."""
+    from nnspam.config import DEFAULTS
+
+    return int(DEFAULTS["wordlist"]["min_df"])
+
+
+def from_counts(counts: DocCounts, n: int, method: str, min_df: int | None = None
                 ) -> list[tuple[int, str]]:
     """:func:`build` from :class:`DocCounts` (of one pass, or summed over shards)."""
     if n < 1:

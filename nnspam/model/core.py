@@ -196,6 +196,22 @@ def network_logit(outputs: np.ndarray, ham_factor: float, spam_factor: float) ->
     return (np.log(spam_factor * o[:, 0]) - np.log(ham_factor * o[:, 1]))
 
 
+def tokenize_payload(payload: bytes | str, kind: str, max_part_bytes: int) -> list[str]:
+    """A message's tokens for a model of ``kind``: :meth:`Model.tokens`, as a function of
+    its settings alone, so that another process can tokenize ahead (``nnspam stream``)."""
+    from nnspam.mail import tokens as tk
+
+    if kind == "sms":
+        text = payload if isinstance(payload, str) else tk.sms_text_from_bytes(payload)
+        return tk.tokenize_sms(text)  # no head token: SMS has no grams part (grams.KINDS)
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", errors="surrogateescape")
+    toks = tk.tokenize_email(payload, max_part_bytes)
+    # last: the message's first bytes, for the grams part (nnspam/model/grams.py)
+    toks.append(tk.head_token(payload))
+    return toks
+
+
 def resolve_model_path(name: str | os.PathLike) -> Path:
     """``default`` / ``default-sms`` -> the models shipped in the package;
     anything else is a directory path (``~`` expanded)."""
@@ -284,17 +300,7 @@ class Model:
     # -- the data path ---------------------------------------------------
     def tokens(self, payload: bytes | str) -> list[str]:
         """Payload -> tokens, with the tokenizer that suits the model's kind."""
-        from nnspam.mail import tokens as tk
-
-        if self.kind == "sms":
-            text = payload if isinstance(payload, str) else tk.sms_text_from_bytes(payload)
-            return tk.tokenize_sms(text)  # no head token: SMS has no grams part (grams.KINDS)
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8", errors="surrogateescape")
-        toks = tk.tokenize_email(payload, self.max_part_bytes)
-        # last: the message's first bytes, for the grams part (nnspam/model/grams.py)
-        toks.append(tk.head_token(payload))
-        return toks
+        return tokenize_payload(payload, self.kind, self.max_part_bytes)
 
     def features(self, token_lists: Sequence[Sequence[str]], sparse: bool | None = None) -> Any:
         """The network's inputs for tokenized messages: a SciPy CSR matrix (float32) for

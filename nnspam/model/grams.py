@@ -128,6 +128,7 @@ class Grams:
         self._w: np.ndarray | None = None
         self._sig: np.ndarray | None = None
         self._saved: dict[str, np.ndarray] | None = None
+        self._memo: tuple[object, np.ndarray] | None = None
 
     # -- the arrays, made on first use --------------------------------------------
     def _spread(self) -> None:
@@ -166,6 +167,9 @@ class Grams:
     def slots(self, tokens: Sequence[str]) -> np.ndarray:
         """The distinct hashed slots of a message: its head's 4-byte windows and its
         tokens (the head token itself excluded)."""
+        memo = self._memo
+        if memo is not None and memo[0] is tokens:  # the same message again (Wide._slots)
+            return memo[1]
         raw = head_of(tokens)
         parts = []
         if len(raw) >= 4:
@@ -177,7 +181,9 @@ class Grams:
         words = [t for t in set(tokens) if not t.startswith("\x00")]
         parts.append(np.fromiter((zlib.crc32(t.encode("utf-8", "surrogateescape")) & m
                                   for t in words), dtype=np.int64, count=len(words)))
-        return np.unique(np.concatenate(parts))
+        out = np.unique(np.concatenate(parts))
+        self._memo = (tokens, out)
+        return out
 
     def margins(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray | None:
         """Each message's margin w.x (None while nothing was learned)."""

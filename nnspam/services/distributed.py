@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from nnspam.config import DEFAULTS
+
 from nnspam.learning import wordlist as wl
 from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model
@@ -291,7 +293,7 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
     counts = _tree_sum(client, count_futures)
     wcfg = settings["wordlist"]
     chosen = wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
-                            int(wcfg.get("min_df", 3)))
+                            wcfg.get("min_df"))
     words = [w for _, w in chosen]
     scaling = settings["features"]["scaling"]
     perm = None

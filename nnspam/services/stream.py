@@ -109,16 +109,56 @@ def start_model(spec: str | None, config: dict[str, Any] | None = None,
     return model
 
 
+#: Messages a tokenizing process is handed at a time (``replay(..., tokenizers=N)``): large
+#: enough that handing them over costs little, small enough that a stream of big messages is
+#: never held in memory at once.
+TOKENIZE_BLOCK = 256
+
+
+def tokenized(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
+              tokenizers: int = 0) -> Iterator[list[str]]:
+    """Each message's tokens, in order. ``tokenizers`` > 0: that many other processes
+    tokenize the next block while this one learns the current one (the same tokens: the
+    same function, :func:`nnspam.model.core.tokenize_payload`); the messages are read here,
+    a block ahead."""
+    if tokenizers <= 0:
+        for _, path in items:
+            yield model.tokens(read(path))
+        return
+    import functools
+    import multiprocessing
+
+    from nnspam.model.core import tokenize_payload
+
+    work = functools.partial(tokenize_payload, kind=model.kind,
+                             max_part_bytes=model.max_part_bytes)
+    blocks = [items[i:i + TOKENIZE_BLOCK] for i in range(0, len(items), TOKENIZE_BLOCK)]
+    # spawn: a fresh interpreter, not a fork of one that may hold BLAS threads
+    with multiprocessing.get_context("spawn").Pool(tokenizers) as pool:
+        pending = (pool.map_async(work, [read(p) for _, p in blocks[0]], chunksize=16)
+                   if blocks else None)
+        for k in range(len(blocks)):
+            assert pending is not None
+            done = pending.get()
+            if k + 1 < len(blocks):
+                pending = pool.map_async(work, [read(p) for _, p in blocks[k + 1]],
+                                         chunksize=16)
+            yield from done
+
+
 def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
            feedback: str = "errors", rule: Any = None, adaptive: bool = True,
-           ) -> Iterator[Step]:
+           tokenizers: int = 0) -> Iterator[Step]:
     """Classify then (by ``feedback``) learn each ``(judge, path)`` in order; yields a
     :class:`Step` per message. The model changes in place.
 
     No correction journal is kept: a replay's lessons are not a user's, to be forgotten
     one by one, and recording each (a copy of the weights it changes) took 3 of the 30 ms
     a full-feedback message cost (cProfile, 600 TREC messages). The journal only records,
-    so the figures are the same with it or without."""
+    so the figures are the same with it or without.
+
+    ``tokenizers``: processes that tokenize ahead (:func:`tokenized`); the figures are the
+    same with them or without."""
     from nnspam.model.correct import Rule, correct, observe
     from nnspam.services.verdict import verdict as verdict_of
 
@@ -126,8 +166,8 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
         raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
     rule = (rule or Rule()).with_(journal=0)
     t = float(model.threshold)
-    for judge, path in items:
-        toks = model.tokens(read(path))
+    for (judge, path), toks in zip(items, tokenized(model, items, read, tokenizers),
+                                   strict=True):
         sps, zs = model.judge_tokens([toks])
         sp, score = float(sps[0]), float(zs[0])  # scored before the message is learned
         verdict = verdict_of(sp, t)  # the one rule (judge_tokens also gives the logit)

@@ -291,13 +291,13 @@ def train_model(
     wcfg = settings["wordlist"]
     if counts is not None:  # counted apart (shards on a cluster): chosen as here
         wordlist = wordlist or wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
-                                              int(wcfg.get("min_df", 3)))
+                                              wcfg.get("min_df"))
         wl_method = wcfg["method"]
     elif wordlist is None:
         spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
         ham_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 0]
         wordlist = wl.build(spam_docs, ham_docs, int(wcfg["size"]), wcfg["method"],
-                            int(wcfg.get("min_df", 3)))
+                            wcfg.get("min_df"))
         wl_method = wcfg["method"]
     else:
         wl_method = "file"
@@ -401,7 +401,7 @@ def _train_arch(
             spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
             ham_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 0]
             wordlist = wl.build(spam_docs, ham_docs, int(wcfg["size"]), wcfg["method"],
-                                int(wcfg.get("min_df", 3)))
+                                wcfg.get("min_df"))
         net: Any = network_from_settings(len(wordlist), ncfg)
         words = [w for _, w in wordlist]
         X = Vectorizer(words, scaling).transform(toks, sparse=sparse)
@@ -412,7 +412,7 @@ def _train_arch(
         if wordlist is None:
             wordlist = wl.build([t for t, lab in zip(docs, y, strict=True) if lab == 1],
                                 [t for t, lab in zip(docs, y, strict=True) if lab == 0],
-                                int(d["size"]), "ig", int(wcfg.get("min_df", 3)))
+                                int(d["size"]), "ig", wcfg.get("min_df"))
         words = [w for _, w in wordlist]
         idf = idf_weights(words, docs)
         X = Vectorizer(words, "tfidf", 1, idf).transform(docs, sparse=sparse)

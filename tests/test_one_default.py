@@ -1,0 +1,70 @@
+"""Issue 25, points 3 and 4: a setting has one default, in one place (config.DEFAULTS),
+and a command's ``-c FILE`` is not lost behind its action (``nnspam store -c F push``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnspam.config import DEFAULTS
+from nnspam.front import cli
+from nnspam.learning import wordlist as wl
+from nnspam.model.correct import Rule, rule_from_config
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["store", "-c", "fleet.yaml", "push", "DIR"], "fleet.yaml"),
+    (["store", "push", "-c", "other.yaml", "DIR"], "other.yaml"),
+    (["store", "-c", "fleet.yaml", "list"], "fleet.yaml"),
+    (["store", "-c", "fleet.yaml", "pull", "DIR"], "fleet.yaml"),
+    (["store", "push", "DIR"], None),
+])
+def test_a_command_s_config_survives_its_action(argv, want):
+    assert cli.build_parser().parse_args(argv).config == want
+
+
+def test_min_df_defaults_to_the_config_s():
+    """A word in exactly min_df messages is kept, one in fewer is not, whichever function
+    chooses the words, when the caller leaves min_df out (it used to be 3 there, 2 in
+    config.py)."""
+    n = int(DEFAULTS["wordlist"]["min_df"])
+    spam = [["pills", "offer"]] * n + [["rare"]] * (n - 1) + [["cheap"]] * 5
+    ham = [["meeting"]] * 5 + [["notes"]] * 3
+    for method in ("ig", "chi2") if "chi2" in wl.METHODS else ("ig",):
+        words = {w for _, w in wl.build(spam, ham, 50, method)}
+        assert "pills" in words and "rare" not in words, (method, words)
+        words3 = {w for _, w in wl.build(spam, ham, 50, method, n + 1)}
+        assert "pills" not in words3
+
+
+def test_the_learn_rule_s_defaults_are_the_config_s():
+    """rule_from_config of an empty config is the Rule of config.DEFAULTS, field for field,
+    and Rule()'s own defaults agree with it."""
+    rule = rule_from_config({})
+    learn = DEFAULTS["learn"]
+    assert rule.passes == learn["passes"] and rule.max_passes == learn["max_passes"]
+    assert rule.margin == learn["margin"] and rule.ham_margin == learn["ham_margin"]
+    assert rule.confirm_margin == learn["confirm_margin"]
+    assert rule.wide_max == learn["wide_max"] and rule.grams == learn["grams"]
+    assert rule.journal == learn["journal"] and rule.learning_rate == learn["learning_rate"]
+    assert rule == Rule()
+
+
+def test_test_plot_without_matplotlib_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """Issue 25, point 5: ``nnspam test --plot`` without matplotlib says so in one line and
+    exits 2, before scoring anything (it printed a traceback and exited 1)."""
+    import sys
+
+    from conftest import make_message
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    for label in ("ham", "spam"):
+        d = tmp_path / label
+        d.mkdir()
+        (d / "1").write_bytes(make_message(f"{label} 1", "hello there"))
+    rc = cli.main(["test", "-m", "default", "--ham", str(tmp_path / "ham"), "--spam",
+                   str(tmp_path / "spam"), "--plot", str(tmp_path / "r.png")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--plot needs matplotlib" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.png").exists()
