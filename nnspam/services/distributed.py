@@ -51,8 +51,6 @@ from typing import Any
 
 import numpy as np
 
-from nnspam.config import DEFAULTS
-
 from nnspam.learning import wordlist as wl
 from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model
