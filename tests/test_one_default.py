@@ -46,7 +46,8 @@ def test_the_learn_rule_s_defaults_are_the_config_s():
     assert rule.confirm_margin == learn["confirm_margin"]
     assert rule.wide_max == learn["wide_max"] and rule.grams == learn["grams"]
     assert rule.journal == learn["journal"] and rule.learning_rate == learn["learning_rate"]
-    assert rule == Rule()
+    assert rule == Rule(threshold=DEFAULTS["threshold"], ham_factor=DEFAULTS["ham_factor"],
+                        spam_factor=DEFAULTS["spam_factor"])
 
 
 def test_test_plot_without_matplotlib_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
@@ -68,3 +69,38 @@ def test_test_plot_without_matplotlib_is_one_line_exit_2(tmp_path, monkeypatch, 
     assert "--plot needs matplotlib" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.png").exists()
+
+
+def test_a_correction_sticks_at_the_config_s_threshold():
+    """Issue 25, point 1: the daemon, the server and ``nnspam learn`` file by the config's
+    threshold (0.9 here); a message the model scores 0.75 is ham there, and corrected as
+    spam it must end at or above 0.9. Measured against the model's own 0.5 it looked right
+    already, took no step and stayed at 0.75: still ham."""
+    from conftest import make_message
+
+    from nnspam.model.core import Model
+    from nnspam.model.correct import correct
+    from nnspam.model.delta import private_copy
+    from nnspam.services.verdict import score_tokens
+
+    model = private_copy(Model.load("default"))
+    toks = model.tokens(make_message("Great offer for you",
+                                     "Click here to get a free prize, limited time offer, act now"))
+    cfg = {"threshold": 0.9}
+    (sp0, v0), = score_tokens(model, [toks], 0.9)
+    assert 0.5 < sp0 < 0.9 and v0 == "ham"
+    correct(model, [toks], "spam", rule_from_config(cfg))
+    (sp1, v1), = score_tokens(model, [toks], 0.9)
+    assert v1 == "spam" and sp1 >= 0.9, sp1
+
+
+def test_the_sorter_corrects_at_its_own_operating_point(tmp_path):
+    """A Sorter made with threshold 0.9 and a rule of the built-in config (0.5) measures its
+    corrections at 0.9: the rule's point is the sorter's."""
+    from nnspam.model.core import Model
+    from nnspam.model.delta import private_copy
+    from nnspam.services.sorter import Sorter
+
+    sorter = Sorter(private_copy(Model.load("default")), None, threshold=0.9,
+                    rule=rule_from_config({}))
+    assert sorter.rule.threshold == 0.9 and sorter.rule.point(sorter.model)[0] == 0.9

@@ -377,13 +377,16 @@ class Model:
         n = min(self.class_counts())
         return 1.0 if n >= TRUST_AFTER else n / TRUST_AFTER
 
-    def logits(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """(network logit, wide logit) of the spamicity of each message, at the model's
-        ham bias: the spamicity is ``sigmoid`` of their sum."""
+    def logits(self, token_lists: Sequence[Sequence[str]], ham_factor: float | None = None,
+               spam_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(network logit, wide logit) of the spamicity of each message, at the ham bias
+        given (the model's own where None): without the grams part, the spamicity is
+        ``sigmoid`` of their sum."""
         out = self.outputs(token_lists)
         wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
                 else np.zeros(len(token_lists)))
-        net = network_logit(out, self.ham_factor, self.spam_factor)
+        net = network_logit(out, self.ham_factor if ham_factor is None else ham_factor,
+                            self.spam_factor if spam_factor is None else spam_factor)
         return (self._network_share(net) if wide.any() else net), wide
 
     def _network_share(self, net: np.ndarray) -> np.ndarray:

@@ -71,11 +71,25 @@ class Rule:
     wide: bool = True
     wide_max: float = 20.0
     grams: bool = True  # teach the grams part (nnspam/model/grams.py)
+    # The operating point the verdicts are made at, which the margins are measured from:
+    # the config's (rule_from_config), as every front scores with it; None: the model's own.
+    # (A correction measured against the model's 0.5 while the daemon filed at 0.8 could
+    # leave a message corrected as spam still below 0.8: issue 25.)
+    threshold: float | None = None
+    ham_factor: float | None = None
+    spam_factor: float | None = None
     journal: int = DEFAULT_LIMIT  # corrections kept in the journal, to be forgotten
 
     def with_(self, **kw: Any) -> Rule:
         """A copy with some fields changed (e.g. the online learner's optimiser)."""
         return replace(self, **kw)
+
+    def point(self, model: Any) -> tuple[float, float, float]:
+        """(threshold, ham factor, spam factor) of the verdicts: the rule's, else the
+        model's own."""
+        return (float(model.threshold if self.threshold is None else self.threshold),
+                float(model.ham_factor if self.ham_factor is None else self.ham_factor),
+                float(model.spam_factor if self.spam_factor is None else self.spam_factor))
 
 
 def _number(sec: dict[str, Any], key: str, *, integer: bool = False,
@@ -126,10 +140,13 @@ def rule_from_config(cfg: dict[str, Any], untrained: bool = False) -> Rule:
         raise CorrectionError(f"learn.grams must be true or false, not {grams!r}")
     confirm = _number(sec, "confirm_margin")
     journal = _number(sec, "journal", integer=True, minimum=0)
+    top = {**DEFAULTS, **cfg}  # the operating point: the config's top-level settings
     rule = Rule(optimizer="sgd" if opt == "sgd" else None, learning_rate=rate,
                 passes=passes, max_passes=max_passes, margin=margin,
                 ham_margin=ham_margin, confirm_margin=confirm, wide=wide,
-                wide_max=wide_max, grams=grams, journal=journal)
+                wide_max=wide_max, grams=grams, journal=journal,
+                threshold=float(top["threshold"]), ham_factor=float(top["ham_factor"]),
+                spam_factor=float(top["spam_factor"]))
     if untrained:
         on = {**DEFAULTS["online"], **(cfg.get("online") or {})}
         epochs = _number(on, "epochs", integer=True, minimum=1)
@@ -148,11 +165,14 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str) -> np.ndarray:
+def margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+              rule: Rule | None = None) -> np.ndarray:
     """How far each message sits on ``label``'s side of the threshold, in logits of the
-    spamicity (negative: on the wrong side)."""
-    net, wide = model.logits(token_lists)
-    z = net + wide - _logit(float(model.threshold))
+    spamicity of the network and wide path (negative: on the wrong side), at the rule's
+    operating point (:meth:`Rule.point`; the model's own without a rule)."""
+    t, h, s = (rule or Rule()).point(model)
+    net, wide = model.logits(token_lists, h, s)
+    z = net + wide - _logit(t)
     return z if label == "spam" else -z
 
 
@@ -262,7 +282,7 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
     need = rule.margin if label == "spam" or rule.ham_margin is None else rule.ham_margin
     if rule.max_passes > rule.passes:
         while taken < rule.max_passes:
-            m = margin_of(model, token_lists, label)
+            m = margin_of(model, token_lists, label, rule)
             wrong = m < need
             if not wrong.any():
                 break
@@ -272,10 +292,10 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
             taken += 1
     # the verdicts as they were (the sum of all parts): which messages were mistakes
     grams = rule.grams and model.kind in GRAMS_KINDS
-    m0 = whole_margin_of(model, token_lists, label) if grams else None
+    m0 = whole_margin_of(model, token_lists, label, rule) if grams else None
     if rule.wide:
         wide = model.ensure_wide()
-        m = margin_of(model, token_lists, label)
+        m = margin_of(model, token_lists, label, rule)
         sign = 1.0 if label == "spam" else -1.0
         for i, (toks, mi) in enumerate(zip(token_lists, m, strict=True)):
             # A mistake is pushed to the full margin; a message the model already had on
@@ -287,22 +307,25 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
                 if rec is not None:
                     rec.wide_after(i, before)
     if grams:
-        _learn_grams(model, token_lists, label, m0, need, rec)
+        _learn_grams(model, token_lists, label, m0, need, rec, rule)
     _count_learned(model, label, len(y))
     if rec is not None:
         rec.finish(X, len(done))
     return done
 
 
-def whole_margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str) -> np.ndarray:
+def whole_margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+                    rule: Rule | None = None) -> np.ndarray:
     """As :func:`margin_of`, on the whole score (the grams part included)."""
-    _, z = model.judge_tokens(token_lists)
-    z = z - _logit(float(model.threshold))
+    t, h, s = (rule or Rule()).point(model)
+    _, z = model.judge_tokens(token_lists, h, s)
+    z = z - _logit(t)
     return z if label == "spam" else -z
 
 
 def _learn_grams(model: Any, token_lists: Sequence[Sequence[str]], label: str,
-                 before: np.ndarray | None, need: float, rec: _Recorder | None) -> None:
+                 before: np.ndarray | None, need: float, rec: _Recorder | None,
+                 rule: Rule) -> None:
     """The grams part learns each message (its own AROW step, whatever the other parts
     did: measured so, docs/lab/learner-probes.md), then a message that was a mistake and
     is still short of STICK_MARGIN (or ``need``, if smaller) on the whole score takes the
@@ -314,7 +337,8 @@ def _learn_grams(model: Any, token_lists: Sequence[Sequence[str]], label: str,
         a, beta = grams.learn(toks, label)
         push = 0.0
         if before is not None and before[i] < 0:
-            short = min(need, STICK_MARGIN) - float(whole_margin_of(model, [toks], label)[0])
+            short = min(need, STICK_MARGIN) - float(
+                whole_margin_of(model, [toks], label, rule)[0])
             if short > 0:
                 push = sign * short / GRAMS_WEIGHT  # the part enters the score times that
                 grams.push(toks, push)

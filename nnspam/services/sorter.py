@@ -191,8 +191,12 @@ class Sorter:
         self.adaptive = adaptive
         self.learn_on_confident = learn_on_confident
         self.confident_margin = confident_margin
-        # how a correction is learned (config learn:, nnspam.model.correct.rule_from_config)
-        self.rule = rule
+        # how a correction is learned (config learn:, nnspam.model.correct.rule_from_config),
+        # its margins measured at the operating point this sorter files by
+        from nnspam.model.correct import Rule
+
+        self.rule = (rule or Rule()).with_(threshold=threshold, ham_factor=ham_factor,
+                                           spam_factor=spam_factor)
         self.source = source  # how the correction journal names this front's lessons
         # the unsure band (filter.unsure) and the folder unsure mail is filed into (None:
         # it stays in the inbox, marked unsure in the state)

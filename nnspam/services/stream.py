@@ -165,10 +165,11 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
     if feedback not in FEEDBACK:
         raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
     rule = (rule or Rule()).with_(journal=0)
-    t = float(model.threshold)
+    t, h, s = rule.point(model)  # the verdicts' operating point, as the corrections'
+
     for (judge, path), toks in zip(items, tokenized(model, items, read, tokenizers),
                                    strict=True):
-        sps, zs = model.judge_tokens([toks])
+        sps, zs = model.judge_tokens([toks], h, s)
         sp, score = float(sps[0]), float(zs[0])  # scored before the message is learned
         verdict = verdict_of(sp, t)  # the one rule (judge_tokens also gives the logit)
         learn = feedback == "all" or (feedback == "errors" and verdict != judge)
