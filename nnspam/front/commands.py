@@ -46,12 +46,27 @@ def _load_model(args: argparse.Namespace, cfg: dict[str, Any], sms_default: bool
 
 
 def _bias(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[float, float, float]:
-    h = args.ham_factor if args.ham_factor is not None else cfg["ham_factor"]
-    s = args.spam_factor if args.spam_factor is not None else cfg["spam_factor"]
-    t = args.threshold if args.threshold is not None else cfg["threshold"]
+    h, s, t, _ = _point(args, cfg)
+    return h, s, t
+
+
+def _point(args: argparse.Namespace, cfg: dict[str, Any]
+           ) -> tuple[float, float, float, tuple[float, float] | None]:
+    """The operating point of a command: (ham factor, spam factor, threshold, unsure
+    band), the config's with the command line's --ham-factor/--spam-factor/--threshold
+    over it, checked as every front checks it (:func:`nnspam.services.pipefilter.settings`)."""
+    from nnspam.services.pipefilter import settings
+
+    h = args.ham_factor if getattr(args, "ham_factor", None) is not None else cfg["ham_factor"]
+    s = args.spam_factor if getattr(args, "spam_factor", None) is not None else cfg["spam_factor"]
+    t = args.threshold if getattr(args, "threshold", None) is not None else cfg["threshold"]
     if h < 0 or s < 0 or h + s <= 0:
         raise UsageError("ham and spam factors must be >= 0 and not both 0")
-    return h, s, t
+    try:
+        f = settings({**cfg, "ham_factor": h, "spam_factor": s, "threshold": t}, None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return f.ham_factor, f.spam_factor, f.threshold, f.unsure
 
 
 def _labelled_samples(args: argparse.Namespace, part: str | None):
@@ -196,18 +211,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 4000):
+def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 4000,
+                     unsure: tuple[float, float] | None = None):
     """Yield (sample, spamicity, verdict) over an iterable of samples, scored and judged
-    by the one routine of every front (:func:`nnspam.services.verdict.score_tokens`), chunked so
-    that memory stays bounded on big maildirs."""
+    by the one routine of every front (:func:`nnspam.services.verdict.score_tokens`, the
+    unsure band included), chunked so that memory stays bounded on big maildirs."""
     from nnspam.services.training import tokenize_samples
     from nnspam.services.verdict import score_tokens
 
     buf = []
 
     def flush():
-        toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes)
-        judged = score_tokens(model, toks, t, h, s)
+        toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes,
+                                for_model=True)
+        judged = score_tokens(model, toks, t, h, s, unsure)
         return [(x, sp, v) for x, (sp, v) in zip(buf, judged, strict=True)]
 
     for sample in samples:
@@ -223,7 +240,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from nnspam.mail.corpus import iter_messages
 
     cfg = _config(args)
-    h, s, t = _bias(args, cfg)
+    h, s, t, band = _point(args, cfg)
     samples = _labelled_samples(args, "test")
     if samples is None:
         if not args.paths:
@@ -234,11 +251,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     out = sys.stdout
     n = 0
-    for sample, sp, verdict in _classify_stream(model, samples, h, s, t):
+    for sample, sp, verdict in _classify_stream(model, samples, h, s, t, unsure=band):
         if args.format == "tsv":
             out.write(f"{sample.name}\t{sp:.6f}\t{verdict}\n")
         else:
-            out.write(f"{verdict.upper():4s}  {sp:.6f}  {sample.name}\n")
+            out.write(f"{verdict.upper():6s}  {sp:.6f}  {sample.name}\n")
         n += 1
     out.flush()
     if n == 0:
@@ -292,7 +309,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'nnspam[plot]'") from None
     cfg = _config(args)
-    h, s, t = _bias(args, cfg)
+    h, s, t, band = _point(args, cfg)
     samples = _labelled_samples(args, "test")
     if samples is None and not args.ham and not args.spam:
         found = _find_shared_corpora()
@@ -308,11 +325,11 @@ def cmd_test(args: argparse.Namespace) -> int:
         samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     t0 = time.perf_counter()
-    scored = list(_classify_stream(model, samples, h, s, t))
+    scored = list(_classify_stream(model, samples, h, s, t, unsure=band))
     elapsed = time.perf_counter() - t0
     y = labels_of([x for x, _, _ in scored])
     sp = np.array([v for _, v, _ in scored])
-    ev = evaluate(y, sp, t, h, s)
+    ev = evaluate(y, sp, t, h, s, band)
     print(f"Model: {args.model or cfg['model']}  ({model.kind}, {len(model.words)} inputs)")
     print(f"Messages: {len(y)}  ({elapsed:.2f}s, {len(y) / max(elapsed, 1e-9):.0f} messages/s)")
     print()
@@ -320,7 +337,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.errors:
         print()
         for (x, v, verdict), lab in zip(scored, y, strict=True):
-            if (verdict == "spam") != (lab == 1):
+            if verdict == "unsure":
+                print(f"{'unsure (' + ('ham' if lab == 0 else 'spam') + ')':17s} {v:.6f}  "
+                      f"{x.name}")
+            elif (verdict == "spam") != (lab == 1):
                 kind = "FP (ham lost)" if lab == 0 else "FN (spam missed)"
                 print(f"{kind:17s} {v:.6f}  {x.name}")
     if args.json:

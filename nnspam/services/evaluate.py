@@ -115,6 +115,12 @@ class Evaluation:
     f1: float
     mcc: float
     roc_auc: float
+    # the unsure band (filter.unsure), when one is set: the messages inside it, which
+    # every front files apart (.Unsure, X-NNSpam-Status: Unsure); the rows above are by
+    # the threshold, as SpamAssassin's Yes/No
+    unsure_band: tuple[float, float] | None = None
+    unsure_ham: int = 0
+    unsure_spam: int = 0
 
     @property
     def one_minus_roca_percent(self) -> float:
@@ -128,10 +134,14 @@ class Evaluation:
 
 def evaluate(
     y: np.ndarray, spamicities: np.ndarray, threshold: float,
-    ham_factor: float, spam_factor: float,
+    ham_factor: float, spam_factor: float, unsure: tuple[float, float] | None = None,
 ) -> Evaluation:
-    """Confusion counts at ``threshold`` plus threshold-free ROC AUC."""
+    """Confusion counts at ``threshold`` plus threshold-free ROC AUC, and with an unsure
+    band ``(low, high)`` the hams and spams inside it (:func:`nnspam.services.verdict.verdict`)."""
     y = np.asarray(y)
+    s_all = np.asarray(spamicities, dtype=np.float64)
+    inside = ((s_all >= unsure[0]) & (s_all < unsure[1]) if unsure is not None
+              else np.zeros(len(y), dtype=bool))
     pred = is_spam(np.asarray(spamicities), threshold)
     tp = int(((y == 1) & pred).sum())
     fn = int(((y == 1) & ~pred).sum())
@@ -150,6 +160,8 @@ def evaluate(
         accuracy=(tp + tn) / total, spam_caught=recall,
         ham_lost=fp / n_ham if n_ham else 0.0, precision=precision, f1=f1, mcc=mcc,
         roc_auc=roc_auc(y, spamicities),
+        unsure_band=None if unsure is None else (float(unsure[0]), float(unsure[1])),
+        unsure_ham=int((inside & (y == 0)).sum()), unsure_spam=int((inside & (y == 1)).sum()),
     )
 
 
@@ -177,6 +189,12 @@ def format_table(ev: Evaluation) -> str:
         ("MCC", f"{ev.mcc:.4f}", ""),
         ("ROC AUC", f"{ev.roc_auc:.5f}", f"1-ROCA {ev.one_minus_roca_percent:.3f}%"),
     ]
+    if ev.unsure_band is not None:
+        lo, hi = ev.unsure_band
+        rows[6:6] = [(f"Unsure [{lo:g}, {hi:g}) (ham / spam)",
+                      f"{ev.unsure_ham} / {ev.unsure_spam}",
+                      f"{pct(ev.unsure_ham / ev.n_ham) if ev.n_ham else '-'} / "
+                      f"{pct(ev.unsure_spam / ev.n_spam) if ev.n_spam else '-'}")]
     width = max(len(r[0]) for r in rows) + 4
     lines = []
     for a, b, c in rows:

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields
-from nnspam.services.verdict import HAM, SPAM, UNSURE, is_spam, score_tokens
+from nnspam.services.verdict import HAM, SPAM, UNSURE, is_spam, sa_threshold, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = [
@@ -105,7 +105,8 @@ def spamassassin_fields(spamicity: float, threshold: float,
     tests=NNSPAM_SPAM|NNSPAM_HAM autolearn=no version=nnspam-V`` and ``X-Spam-Level``, one
     ``*`` per whole point of the score. Points are ``scale`` times the spamicity and the
     threshold (``serve.score_scale``, 10: the threshold 0.5 is SpamAssassin's 5.0). Yes/No
-    is by the threshold (SpamAssassin has no unsure)."""
+    is by ``threshold``: the callers pass :func:`nnspam.services.verdict.sa_threshold`
+    (the top of the unsure band, if one is set: SpamAssassin has no unsure)."""
     spam = is_spam(spamicity, threshold)
     score = scale * spamicity
     status = (f"{'Yes' if spam else 'No'}, score={score:.1f} "
@@ -147,8 +148,9 @@ def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
             fields += more
         out = mark(raw, fields)
         if spamassassin is not None:  # SpamAssassin's fields too, at this score scale
-            out = set_header_fields(out, spamassassin_fields(sp, threshold, spamassassin),
-                                    SA_FIELDS)
+            out = set_header_fields(
+                out, spamassassin_fields(sp, sa_threshold(threshold, unsure), spamassassin),
+                SA_FIELDS)
         return Result(out, verdict_of(sp, threshold, unsure), sp, words=top)
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever failed
         return Result(raw, "error", None, f"{exc.__class__.__name__}: {exc}")

@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields
 from nnspam.services import pipefilter
-from nnspam.services.verdict import HAM, SPAM, UNSURE
+from nnspam.services.verdict import HAM, SPAM, UNSURE, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["SpamcError", "Reply", "parse_addresses", "request", "process", "tell", "ping",
@@ -287,7 +287,7 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
         stars = len(level.group(1))
         scale = s.spamassassin
         if ((yes == "Yes") != rep.spam or ver != __version__
-                or need != f"{scale * s.threshold:.1f}"
+                or need != f"{scale * sa_threshold(s.threshold, s.unsure):.1f}"
                 or abs(float(score) - scale * sp) > 0.0006 * scale + 0.051
                 or stars not in (min(int(float(score)), 50), min(int(float(score) - 0.05), 50))):
             return None

@@ -87,7 +87,7 @@ from nnspam.services.explanation import REPORT_WORDS, TopWords, report_table, sy
 from nnspam.services.pipefilter import SA_FIELDS, Result
 from nnspam.services.pipefilter import spamassassin_fields as sa_fields
 from nnspam.services.serve_settings import ServeSettings
-from nnspam.services.verdict import is_spam
+from nnspam.services.verdict import is_spam, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Context", "Models", "Request", "RequestError", "check_head", "error_answer",
@@ -311,12 +311,13 @@ def _answer(ctx: Context, verb: str, marked: bytes, sp: float | None,
             words: TopWords | None = None) -> bytes:
     st = ctx.settings
     f = st.filter
-    spam_line = score_line(sp, f.threshold, st.score_scale)
-    spam = sp is not None and is_spam(sp, f.threshold)
+    sa_t = sa_threshold(f.threshold, f.unsure)  # unsure is not spam to SpamAssassin's clients
+    spam_line = score_line(sp, sa_t, st.score_scale)
+    spam = sp is not None and is_spam(sp, sa_t)
     if verb == "CHECK":
         return PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n"
     if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
-        marked = spamassassin_fields(marked, sp, f.threshold, st.score_scale)
+        marked = spamassassin_fields(marked, sp, sa_t, st.score_scale)
     if verb == "PROCESS":
         out = marked
     elif verb == "HEADERS":
@@ -343,7 +344,8 @@ def _over_size(ctx: Context, req: Request) -> bytes:
     if req.verb == "TELL":
         raise RequestError(EX_DATAERR, "message over serve.max_size, not learned")
     metrics.scored("skipped")
-    spam_line = score_line(None, st.filter.threshold, st.score_scale)
+    spam_line = score_line(None, sa_threshold(st.filter.threshold, st.filter.unsure),
+                           st.score_scale)
     if req.verb == "PROCESS":
         return _with_body(spam_line, req.body)
     if req.verb == "HEADERS":

@@ -39,30 +39,38 @@ def _tokenizer(kind: str, max_part_bytes: int) -> Callable[[bytes | str], list[s
     return tok_email
 
 
-def _tok_chunk(args: tuple[str, int, list[bytes | str]]) -> list[list[str]]:
-    kind, mpb, payloads = args
+def _tok_chunk(args: tuple[str, int, list[bytes | str]] | tuple[str, int, list[bytes | str],
+                                                                  bool]) -> list[list[str]]:
+    kind, mpb, payloads = args[:3]
+    if len(args) > 3 and args[3]:  # a model's tokens, the grams part's head token included
+        from nnspam.model.core import tokenize_payload
+
+        return [tokenize_payload(p, kind, mpb) for p in payloads]
     f = _tokenizer(kind, mpb)
     return [f(p) for p in payloads]
 
 
 def tokenize_samples(
     payloads: Sequence[bytes | str], kind: str = "email", max_part_bytes: int = 262144,
-    jobs: int | None = None,
+    jobs: int | None = None, for_model: bool = False,
 ) -> list[list[str]]:
     """Tokenize many payloads, over several processes when there are many.
 
     Tokenizing is pure Python and the slowest step of a batch run; with two
     cores, two worker processes nearly halve it. Below 2,000 messages the
-    cost of starting workers is not worth it.
+    cost of starting workers is not worth it. ``for_model``: the tokens a model scores
+    (:meth:`nnspam.model.core.Model.tokens`, with the head token its grams part reads);
+    else the tokens training counts.
     """
     n = len(payloads)
     jobs = jobs if jobs is not None else min(os.cpu_count() or 1, 4)
     if jobs <= 1 or n < 2000:
-        return _tok_chunk((kind, max_part_bytes, list(payloads)))
+        return _tok_chunk((kind, max_part_bytes, list(payloads), for_model))
     import multiprocessing as mp
 
     size = (n + jobs * 4 - 1) // (jobs * 4)
-    chunks = [(kind, max_part_bytes, list(payloads[i:i + size])) for i in range(0, n, size)]
+    chunks = [(kind, max_part_bytes, list(payloads[i:i + size]), for_model)
+              for i in range(0, n, size)]
     ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
     with ctx.Pool(jobs) as pool:
         parts = pool.map(_tok_chunk, chunks)

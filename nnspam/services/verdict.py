@@ -9,9 +9,10 @@ the ``X-NNSpam-Status`` header always said); a NaN spamicity is never spam.
 
 Why one module: the comparison was written inline at seven sites in four files, and a
 change of rule (an ``unsure`` band, a different side for the tie) has to reach all of
-them at once. :func:`verdict` already takes the pipe filter's optional unsure band
-``(low, high)``: a spamicity in ``low <= s < high`` is ``unsure``; nothing else passes
-one yet.
+them at once. :func:`verdict` takes the optional unsure band ``(low, high)``
+(``filter.unsure``): a spamicity in ``low <= s < high`` is ``unsure``, in every front and
+command; SpamAssassin's two-valued answers count spam from the band's top
+(:func:`sa_threshold`).
 
 Standard library only, and nothing imported at module level beyond it: the pipe
 filter imports this before it knows whether it will classify at all.
@@ -22,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens"]
+__all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens",
+           "sa_threshold"]
 
 SPAM, HAM, UNSURE = "spam", "ham", "unsure"
 VERDICTS = (SPAM, HAM, UNSURE)
@@ -35,6 +37,15 @@ def is_spam(spamicity: Any, threshold: float) -> Any:
     float; the Yes/No of the headers and of spamd's ``Spam:`` line, which ignore the
     unsure band."""
     return spamicity >= threshold
+
+
+def sa_threshold(threshold: float, unsure: tuple[float, float] | None) -> float:
+    """The threshold of SpamAssassin's two-valued answers (spamd's ``Spam: True|False ;
+    score / required``, ``X-Spam-Flag``, ``X-Spam-Status: Yes|No``): SpamAssassin has no
+    unsure, so there spam is what nnspam files as spam, at or above the top of the unsure
+    band when one is set (an unsure message answered ``Spam: True`` made spamc -c, Exim's
+    ``spam =`` and spamass-milter reject mail that nnspam's own header called Unsure)."""
+    return float(unsure[1]) if unsure is not None else float(threshold)
 
 
 def verdict(spamicity: float, threshold: float,
