@@ -493,13 +493,22 @@ def cmd_learn(args: argparse.Namespace) -> int:
         return 0 if not missing else 1
     label = "spam" if args.spam else "ham"
     try:
+        statuses: list[str] = []
         with writer.locked():  # one lock for the batch: re-read if another writer saved
             for p in payloads:  # one correction each, as the daemon learns one move at a time
                 writer.learn_payloads([p], label, rule, save=False, source="learn")
-            writer.save()
+                statuses += writer.statuses
+            if writer.pending:
+                writer.save()
     except OSError as exc:
         return _cannot_save(writer.path, exc)
-    print(f"nnspam: learned {len(payloads)} {label} message(s) into {target}", file=sys.stderr)
+    new = statuses.count("learned") + statuses.count("replaced")
+    notes = [f"{statuses.count('replaced')} of them learned before as the other class "
+             "(that lesson replaced)"] if "replaced" in statuses else []
+    notes += [f"{statuses.count('already')} already learned as {label} (left as they were)"
+              ] if "already" in statuses else []
+    print(f"nnspam: learned {new} {label} message(s) into {target}"
+          + (f"; {'; '.join(notes)}" if notes else ""), file=sys.stderr)
     return 0
 
 

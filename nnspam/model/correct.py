@@ -36,7 +36,12 @@ from nnspam.model.grams import KINDS as GRAMS_KINDS
 from nnspam.model.journal import DEFAULT_LIMIT, Entry, message_key, subject_of
 
 __all__ = ["FREE_PREFIX", "Rule", "CorrectionError", "correct", "correct_payloads", "observe",
-           "rule_from_config", "margin_of", "forget", "SOURCES"]
+           "rule_from_config", "margin_of", "forget", "learn", "SOURCES", "LEARNED",
+           "ALREADY", "REPLACED"]
+
+#: What :func:`learn` did with a message: learned it, found it already learned as that
+#: class (nothing done), or replaced its lesson of the other class.
+LEARNED, ALREADY, REPLACED = "learned", "already", "replaced"
 
 #: The paths a correction comes by, as the journal names them.
 SOURCES = ("learn", "daemon", "tell", "dashboard", "sms", "stream", "online", "")
@@ -469,6 +474,37 @@ def forget(model: Any, token_lists: Sequence[Sequence[str]], rule: Rule | None =
             journal.entries[-1].time = e.time
         out.append(tail[0])
     return out
+
+
+def learn(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+          rule: Rule | None = None, *, adaptive_inputs: bool = True, source: str = ""
+          ) -> tuple[list[str], list[dict]]:
+    """A user's lesson, with sa-learn's and bogofilter's habits: a message the journal holds
+    as ``label`` already is not learned again (:data:`ALREADY`; spamc then says "already
+    learned"); one it holds as the other class has that lesson forgotten first and is
+    learned anew (:data:`REPLACED`, as ``sa-learn`` replaces the old class and bogofilter's
+    ``-Sn``/``-Ns`` undo one and do the other); else :func:`correct` (:data:`LEARNED`).
+    Every front that learns a user's lesson (the daemon, ``nnspam learn``, the server's TELL,
+    the dashboard) comes through here. Without a journal (``learn.journal: 0``) nothing is
+    remembered and every lesson is learned. Returns each message's status and the adaptive
+    input replacements made."""
+    rule = rule or Rule()
+    statuses: list[str] = []
+    done: list[dict] = []
+    for toks in token_lists:
+        toks = list(toks)
+        i = model.journal.find(message_key(toks)) if rule.journal > 0 else None
+        status = LEARNED
+        if i is not None:
+            if model.journal.entries[i].label == label:
+                statuses.append(ALREADY)
+                continue
+            forget(model, [toks], rule)
+            status = REPLACED
+        done += correct(model, [toks], label, rule, adaptive_inputs=adaptive_inputs,
+                        source=source)
+        statuses.append(status)
+    return statuses, done
 
 
 def correct_payloads(model: Any, payloads: Sequence[bytes | str], label: str,

@@ -313,6 +313,7 @@ class ModelWriter:
         self.failed: Stamp | None = None  # a stamp whose files could not be loaded
         self.prepare = prepare
         self.pending: list[_Lesson] = []
+        self.statuses: list[str] = []  # what the last learn() did with each message
         self.readonly = is_shipped(self.path)
 
     @classmethod
@@ -375,12 +376,15 @@ class ModelWriter:
     # -- learning and saving ----------------------------------------------------
     @staticmethod
     def _correct(model: Model, lesson: _Lesson) -> Any:
-        from nnspam.model.correct import correct, forget
+        """Apply one lesson: forget, or learn with sa-learn's habits
+        (:func:`nnspam.model.correct.learn`); returns forget's entries, or learn's
+        (statuses, replacements)."""
+        from nnspam.model.correct import forget, learn
 
         if lesson.label == "forget":
             return forget(model, lesson.token_lists, lesson.rule)
-        return correct(model, lesson.token_lists, lesson.label, lesson.rule,
-                       adaptive_inputs=lesson.adaptive_inputs, source=lesson.source)
+        return learn(model, lesson.token_lists, lesson.label, lesson.rule,
+                     adaptive_inputs=lesson.adaptive_inputs, source=lesson.source)
 
     def learn(self, token_lists: Sequence[Sequence[str]], label: str, rule: Any = None, *,
               adaptive_inputs: bool = True, save: bool = True, source: str = "",
@@ -389,15 +393,18 @@ class ModelWriter:
         (:func:`nnspam.model.correct.correct` by ``rule``, journalled as coming by
         ``source``) on top of the directory's latest save, under the lock; with
         ``save`` save it before releasing, else keep the lesson to replay until
-        :meth:`save`. Returns the adaptive input replacements made. ``deadline``: give
-        up waiting for the lock then (:class:`LockTimeout`), nothing learned."""
+        :meth:`save`. Returns the adaptive input replacements made; what was done with
+        each message (learned, already learned, replaced: :func:`nnspam.model.correct.learn`)
+        is left in :attr:`statuses`. ``deadline``: give up waiting for the lock then
+        (:class:`LockTimeout`), nothing learned."""
         self._writable()
         lesson = _Lesson([list(t) for t in token_lists], label, rule, adaptive_inputs, source)
         with self.locked(deadline):
-            done = self._correct(self.model, lesson)
-            self.pending.append(lesson)
-            if save:
-                self._save()
+            self.statuses, done = self._correct(self.model, lesson)
+            if any(s != "already" for s in self.statuses):
+                self.pending.append(lesson)
+                if save:
+                    self._save()
         return done
 
     def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,

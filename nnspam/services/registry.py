@@ -27,7 +27,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from nnspam.model.journal import message_key
 from nnspam.model.writer import (
     LockTimeout,
     ModelWriter,
@@ -122,11 +121,9 @@ class ModelSlot:
         the writer lock is not had by ``deadline``: nothing learned."""
         with model_lock(self.path, deadline):
             writer = self._writer()
-            toks = writer.model.tokens(raw)
-            i = writer.model.journal.find(message_key(toks))
-            if i is not None and writer.model.journal.entries[i].label == label:
+            writer.learn([writer.model.tokens(raw)], label, rule, source="tell")
+            if writer.statuses == ["already"]:  # nothing learned, nothing saved
                 return False
-            writer.learn([toks], label, rule, source="tell")
             self.swap(writer.model, writer.stamp)
         return True
 
