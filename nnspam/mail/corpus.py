@@ -111,7 +111,10 @@ def iter_messages(paths: Iterable[str], label: str | None = None) -> Iterator[Sa
     """
     for given in paths:
         if given == "-":
-            yield Sample("-", sys.stdin.buffer.read(), label)
+            data = sys.stdin.buffer.read()
+            if not data.strip():  # nothing to score: an error, not a ham (issue 25)
+                raise CorpusError("standard input is empty: no message to read")
+            yield Sample("-", data, label)
             continue
         path = Path(given)
         if not path.exists():

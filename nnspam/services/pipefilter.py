@@ -326,6 +326,11 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
     elif settings is None:
         _write(out, raw)
         verdict, sp = "error", None
+    elif not raw.strip():
+        # No message (an empty or blank input): nothing to mark or score; what came in goes
+        # out as it was, and --verdict-exit says error (3), not ham.
+        _write(out, raw)
+        verdict, sp, err = "error", None, "empty input: no message"
     else:
         try:
             score = scorer_of(settings)
