@@ -76,12 +76,12 @@ def test_a_correction_sticks_at_the_config_s_threshold():
     threshold (0.9 here); a message the model scores 0.75 is ham there, and corrected as
     spam it must end at or above 0.9. Measured against the model's own 0.5 it looked right
     already, took no step and stayed at 0.75: still ham."""
-    from conftest import make_message
-
     from nnspam.model.core import Model
     from nnspam.model.correct import correct
     from nnspam.model.delta import private_copy
     from nnspam.services.verdict import score_tokens
+
+    from conftest import make_message
 
     model = private_copy(Model.load("default"))
     toks = model.tokens(make_message("Great offer for you",
@@ -104,3 +104,13 @@ def test_the_sorter_corrects_at_its_own_operating_point(tmp_path):
     sorter = Sorter(private_copy(Model.load("default")), None, threshold=0.9,
                     rule=rule_from_config({}))
     assert sorter.rule.threshold == 0.9 and sorter.rule.point(sorter.model)[0] == 0.9
+
+
+def test_train_reports_every_member_s_epochs():
+    """Issue 25, point 5: a run of three merged networks reports each one's epochs."""
+    from nnspam.front.commands import _epochs_of
+
+    assert _epochs_of({"epochs": 10, "members": [{"epochs": 10}, {"epochs": 32},
+                                                 {"epochs": 33}]}) == \
+        "3 networks of 10, 32, 33 epochs"
+    assert _epochs_of({"epochs": 7}) == "7 epochs"

@@ -206,8 +206,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nnspam.model.writer import replace_model
 
     replace_model(model, args.model)  # under the model writers' lock (nnspam.model.writer)
-    print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, "
-          f"{model.summary['epochs']} epochs, {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    print(f"nnspam: wrote {args.model} ({len(model.words)} inputs, {_epochs_of(model.summary)}, "
+          f"{time.perf_counter() - t0:.1f}s)", file=sys.stderr)
     return 0
 
 
@@ -294,6 +294,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if n == 0:
         return die("no messages found", 1)
     return 0
+
+
+def _epochs_of(summary: dict[str, Any]) -> str:
+    """The epochs a training ran, every member's when several networks were trained and
+    merged (the first member's alone read as the run's: "10 epochs" where the others ran
+    32 and 33)."""
+    members = summary.get("members") or []
+    if len(members) > 1:
+        return (f"{len(members)} networks of "
+                + ", ".join(str(m.get("epochs")) for m in members) + " epochs")
+    return f"{summary.get('epochs')} epochs"
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -676,9 +687,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from nnspam.services import metrics
     from nnspam.services.serve_settings import ServerError, serve_settings
     from nnspam.services.server import run_server
+    from nnspam.services.systemd import log_format
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # pid: which worker
-                        format="%(asctime)s nnspam-serve[%(process)d] %(levelname)s %(message)s")
+                        format=log_format("nnspam-serve[%(process)d]"))
     cfg = _config(args)
     try:
         metrics_at = metrics.address(cfg, args.metrics)  # checked before anything starts
@@ -692,8 +704,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _sms_logging() -> None:
     import logging
 
+    from nnspam.services.systemd import log_format
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s nnspam-sms %(levelname)s %(message)s")
+                        format=log_format("nnspam-sms"))
 
 
 def cmd_sms_serve(args: argparse.Namespace) -> int:
@@ -717,9 +731,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import logging
 
     from nnspam.front.sms.webhook import StartupError, serve
+    from nnspam.services.systemd import log_format
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s nnspam-dashboard %(levelname)s %(message)s")
+                        format=log_format("nnspam-dashboard"))
     cfg = _config(args)
     try:
         return serve(cfg, args.host, args.port, threads=args.threads, sms=False,

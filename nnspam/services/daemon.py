@@ -217,9 +217,12 @@ class Daemon:
             except Exception as exc:
                 raise DaemonError(f"{state_path}: cannot open the state file ({exc})") from None
         old = self.sorter.writer if self.sorter is not None else None
+        stats = self.sorter.stats if self.sorter is not None else None
         self.sorter = Sorter.from_config(s.config, model, self.state,
                                          model_name=None if writer else s.model,
                                          rule=s.rule, stamp=stamp, writer=writer)
+        if stats is not None:  # the stop summary counts from the start, not the last SIGHUP
+            self.sorter.stats = stats
         if old is not None and hasattr(old, "close"):
             old.close()  # the store writer of before a reload
         for m in s.maildirs:
@@ -541,9 +544,12 @@ class Daemon:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr; journald adds the time and the unit."""
+    """One line per event on stderr, with the time unless journald adds it
+    (:func:`nnspam.services.systemd.log_format`)."""
+    from nnspam.services.systemd import log_format
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(log_format()))
     root = logging.getLogger("nnspam")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -16,9 +16,28 @@ import os
 import socket
 import time
 
-__all__ = ["sd_notify", "watchdog_interval", "Watchdog"]
+__all__ = ["sd_notify", "watchdog_interval", "Watchdog", "under_journal", "log_format"]
 
 log = logging.getLogger("nnspam.services.systemd")
+
+
+def under_journal() -> bool:
+    """Whether standard error goes to systemd's journal (``$JOURNAL_STREAM`` names its
+    device and inode, systemd.exec(5)), which stamps every line with the time itself."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def log_format(tag: str = "") -> str:
+    """The log line format of nnspam's long-running commands: the time first unless the
+    journal adds it (a daemon run from a shell or a supervisor other than systemd logged
+    lines without a time: issue 25), then ``tag``, the level and the message."""
+    return (("" if under_journal() else "%(asctime)s ") + (f"{tag} " if tag else "")
+            + "%(levelname)s %(message)s")
 
 
 def sd_notify(message: str) -> bool:
