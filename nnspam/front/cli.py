@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sp)
     sp.add_argument("--words", type=int, default=50, metavar="K", help="words to list (50)")
     sp.add_argument("--all", action="store_true", help="list every input word")
+    sp.add_argument("--json", action="store_true",
+                    help="the training summary as model.json holds it (JSON)")
     sp.add_argument("--journal", type=int, nargs="?", const=20, metavar="N",
                     help="list the N latest corrections of the correction journal (20), "
                     "newest first, instead of the model")
@@ -239,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     ssp.add_argument("dir", metavar="DIR", help="model directory to write")
     ssp.add_argument("--user", metavar="NAME", help="NAME's per-user model (default: site)")
     ssp.set_defaults(func=commands.cmd_store)
+
+    sp = add("model", "copy a model (e.g. the shipped one) into a directory of your own",
+             "copy SRC DEST writes a copy of the model SRC ('default', 'default-sms' or a "
+             "model directory; default: default) to the new directory DEST, checked on the "
+             "way (every file read as nnspam reads a model) and written atomically: a model "
+             "of your own to learn into (the shipped models are read-only). Exit status: 0 "
+             "copied, 2 SRC is no model or DEST exists.")
+    msub = sp.add_subparsers(dest="model_cmd", metavar="ACTION", required=True)
+    ssp = msub.add_parser("copy", help="copy a model to a new directory")
+    _add_config(ssp, action=True)
+    ssp.add_argument("src", nargs="?", default="default", metavar="SRC",
+                     help="model to copy: default, default-sms or a directory (default)")
+    ssp.add_argument("dest", metavar="DEST", help="new model directory")
+    ssp.set_defaults(func=commands.cmd_model)
 
     sp = add("stream", "replay a mail history in order, learning as a user would",
              "Reads a TREC-format index (one 'spam|ham PATH' line per message, in order) and "

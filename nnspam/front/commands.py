@@ -296,6 +296,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_lines(summary: dict[str, Any]) -> list[str]:
+    """A model's training summary as lines to read (``inspect --json`` gives it whole)."""
+    out = []
+    if summary.get("trained_at"):
+        out.append(f"trained {summary['trained_at']} by nnspam "
+                   f"{summary.get('nnspam_version', '?')}")
+    msgs = summary.get("messages") or {}
+    if msgs:
+        out.append(f"on {msgs.get('ham', 0)} ham and {msgs.get('spam', 0)} spam messages")
+    wl = summary.get("wordlist") or {}
+    if wl:
+        out.append(f"word list: {wl.get('size')} words by {wl.get('method')}"
+                   + (f", in at least {wl['min_df']} messages" if wl.get("min_df") else ""))
+    if summary.get("epochs") is not None:
+        members = summary.get("members") or [summary]
+        best = ", ".join(str(m.get("best_epoch")) for m in members)
+        errs = [((m.get("final_validation") or {}).get("val_error")) for m in members]
+        out.append(f"{_epochs_of(summary)}; best epoch{'s' * (len(members) > 1)} {best}"
+                   + ("; validation error " + ", ".join(f"{100 * e:.2f}%" for e in errs)
+                      if all(e is not None for e in errs) else ""))
+    secs = summary.get("seconds") or {}
+    if secs:
+        out.append("seconds: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()))
+    learned = summary.get("learned") or {}
+    out.append(f"learned since: {int(summary.get('learned_messages', 0))} messages "
+               f"({int(learned.get('spam', 0))} spam, {int(learned.get('ham', 0))} ham)")
+    prov = summary.get("provenance") or {}
+    if isinstance(prov, dict) and prov:
+        out.append("from: " + "; ".join(str(prov[k]) for k in ("trained_on", "command")
+                                         if k in prov) + " (inspect --json: all of it)")
+    for k, v in summary.items():  # anything else, as it is
+        if k not in ("trained_at", "nnspam_version", "messages", "wordlist", "epochs",
+                     "best_epoch", "final_validation", "refit", "members", "seconds",
+                     "learned_messages", "learned", "provenance"):
+            out.append(f"{k}: {json.dumps(v, ensure_ascii=False)}")
+    return out
+
+
 def _epochs_of(summary: dict[str, Any]) -> str:
     """The epochs a training ran, every member's when several networks were trained and
     merged (the first member's alone read as the run's: "10 epochs" where the others ran
@@ -380,6 +418,8 @@ def _print_journal(model: Any, n: int) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
     cfg = _config(args)
     model = _load_model(args, cfg)
     if args.journal is not None:
@@ -404,14 +444,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"Features:    {model.scaling} scaling of word counts")
     print(f"Ham bias:    h={model.ham_factor:g} s={model.spam_factor:g} "
           f"threshold={model.threshold:g}")
-    print("Training:")
-    for line in json.dumps(model.summary, indent=2).splitlines()[1:-1]:
-        print("  " + line)
+    if getattr(args, "json", False):
+        print("Training (model.json's summary):")
+        for line in json.dumps(model.summary, indent=2).splitlines()[1:-1]:
+            print("  " + line)
+    else:
+        print("Training:")
+        for line in _training_lines(model.summary):
+            print("  " + line)
     shown = model.words if args.all else model.words[:args.words]
     print(f"Input words ({len(model.words)}; first {len(shown)}):")
     counts = model.wordlist_counts or [0] * len(model.words)
     for c, w in zip(counts, shown, strict=False):
         print(f"  {c}\t{w}")
+    if model.grams is not None and model.grams.active:
+        g = model.grams
+        print(f"Grams part: {g.updates} messages learned, {int(np.count_nonzero(g.w))} of "
+              f"2^{g.bits} slots taught (byte 4-grams of the head and tokens, AROW)")
     wide = model.wide
     if wide is not None:
         learned = model.summary.get("learned") or {}
@@ -621,6 +670,24 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
         replace_model(model, args.save)  # under the model writers' lock (nnspam.model.writer)
         print(f"nnspam: saved the learned model to {args.save}", file=sys.stderr)
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """``nnspam model copy SRC DEST``: a model of one's own, from the shipped one or another."""
+    from pathlib import Path
+
+    from nnspam.model.core import Model, resolve_model_path
+
+    dest = Path(args.dest).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest}: exists; give a new directory")
+    model = Model.load(args.src)  # a ModelError names what is wrong with SRC
+    model.journal  # noqa: B018 - read now: the copy keeps the lessons it can forget
+    model._journal_file = None
+    model.save(dest)
+    print(f"nnspam: copied {args.src} ({resolve_model_path(args.src)}) to {dest}; learn into "
+          f"it with -m {dest} (or model: {dest} in the config)", file=sys.stderr)
     return 0
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 import time
 import zipfile
@@ -80,11 +81,36 @@ def message_key(tokens: Iterable[str]) -> str:
                            digest_size=12).hexdigest()
 
 
+_SUBJECT = re.compile(r"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 def subject_of(tokens: Sequence[str], limit: int = 60) -> str:
-    """A short reminder of the message for listings: its subject words, in order."""
-    words = [t.split(":", 1)[1] for t in tokens if t.startswith("subject:")]
-    text = " ".join(dict.fromkeys(words))
+    """A short reminder of the message for listings: its Subject line as the user saw it
+    (decoded, from the head token of :meth:`nnspam.model.core.Model.tokens`), else, for a
+    message without one (an SMS, a token list from before it), its subject words."""
+    text = None
+    if tokens and tokens[-1].startswith("\x00head:"):
+        head = tokens[-1][len("\x00head:"):]
+        end = re.search(r"\r?\n\r?\n", head)
+        m = _SUBJECT.search(head[:end.start()] if end else head)
+        if m is not None:
+            text = _decoded(m.group(1))
+    if text is None:
+        words = [t.split(":", 1)[1] for t in tokens if t.startswith("subject:")]
+        text = " ".join(dict.fromkeys(words))
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _decoded(value: str) -> str:
+    """A raw header value (one character per byte) as text: RFC 2047 words decoded,
+    folding undone; what cannot be decoded is kept as it came."""
+    from email.header import decode_header, make_header
+
+    value = " ".join(value.split())
+    try:
+        return " ".join(str(make_header(decode_header(value))).split())
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""Issue 25, point 8: a writable copy of the shipped model (``nnspam model copy``), the
+journal's subject column shows the Subject line, ``inspect`` prints a summary to read
+(``--json`` the raw one)."""
+
+from __future__ import annotations
+
+import json
+
+from nnspam.front import cli
+from nnspam.model.core import Model, is_shipped
+from nnspam.model.journal import subject_of
+
+from conftest import make_message
+
+
+def test_model_copy_makes_a_writable_model_that_learns(tmp_path, capsys):
+    dest = tmp_path / "mine"
+    assert cli.main(["model", "copy", str(dest)]) == 0
+    assert not is_shipped(dest)
+    m, shipped = Model.load(dest), Model.load("default")
+    toks = shipped.tokens(make_message("hello", "see you at noon"))
+    assert (m.judge_tokens([toks])[1] == shipped.judge_tokens([toks])[1]).all()
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(make_message("cheap pills", "buy now"))
+    assert cli.main(["learn", "-m", str(dest), "--spam", str(msg)]) == 0
+    assert Model.load(dest).summary["learned"]["spam"] == 1
+    # never over an existing model, and a missing source is one line, exit 2
+    assert cli.main(["model", "copy", "default", str(dest)]) == 2
+    assert cli.main(["model", "copy", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "exists; give a new directory" in err and "Traceback" not in err
+
+
+def test_the_journal_shows_the_subject_line(tmp_path):
+    m = Model.load("default")
+    raw = (b"From: a@example.org\nSubject: =?utf-8?q?Caf=C3=A9?= menu\n for today\n\n"
+           b"the menu\n")
+    assert subject_of(m.tokens(raw)) == "Café menu for today"
+    assert subject_of(["subject:old", "subject:style"]) == "old style"  # no head token
+
+
+def test_inspect_prints_a_summary_and_json_on_request(capsys):
+    assert cli.main(["inspect", "-m", "default", "--words", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "on 2862 ham and 1329 spam messages" in out and '"trained_at"' not in out
+    assert "3 networks of" in out
+    assert cli.main(["inspect", "-m", "default", "--words", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    body = out.split("Training (model.json's summary):\n", 1)[1].split("\nInput words", 1)[0]
+    assert json.loads("{" + body + "}")["messages"] == {"ham": 2862, "spam": 1329}
