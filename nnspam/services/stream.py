@@ -14,6 +14,7 @@ observed unlabelled by the adaptive inputs (the daemon's arrival path).
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -133,8 +134,10 @@ def tokenized(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str]
     work = functools.partial(tokenize_payload, kind=model.kind,
                              max_part_bytes=model.max_part_bytes)
     blocks = [items[i:i + TOKENIZE_BLOCK] for i in range(0, len(items), TOKENIZE_BLOCK)]
-    # spawn: a fresh interpreter, not a fork of one that may hold BLAS threads
-    with multiprocessing.get_context("spawn").Pool(tokenizers) as pool:
+    # fork, as training's tokenize_samples: spawn would re-run a calling script that lacks
+    # an `if __name__ == "__main__"` guard in every worker (it hung such a script)
+    ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with ctx.Pool(tokenizers) as pool:
         pending = (pool.map_async(work, [read(p) for _, p in blocks[0]], chunksize=16)
                    if blocks else None)
         for k in range(len(blocks)):
