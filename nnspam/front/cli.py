@@ -242,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     ssp.add_argument("--user", metavar="NAME", help="NAME's per-user model (default: site)")
     ssp.set_defaults(func=commands.cmd_store)
 
+    sp = add("init", "learn an existing mailbox into a new model of your own (the first day)",
+             "Learns the mail a Maildir++ mailbox already holds into a new model directory: "
+             "the inbox and its folders as ham, the Junk folder (daemon.junk) as spam, Trash, "
+             "Drafts, Sent and Unsure left out, in delivery order, as 'nnspam stream "
+             "--untrained --feedback all' learns a stream. Then point the daemon (or the "
+             "filter) at it with -m DIR, with the unsure band on for the first weeks "
+             "(README \"The first day\"). Exit status: 0 learned, 1 nothing to learn (no spam "
+             "or no ham), 2 usage (no maildir, DIR exists).")
+    _add_model(sp, required=True)
+    sp.add_argument("maildir", metavar="MAILDIR", help="the mailbox (Maildir++, e.g. ~/Maildir)")
+    sp.add_argument("--junk", metavar="FOLDER",
+                    help="its spam folder (default: the config's daemon.junk, .Junk)")
+    sp.add_argument("--skip", action="append", default=[], metavar="FOLDER",
+                    help="leave this folder out too (repeatable)")
+    sp.add_argument("--tokenizers", type=int, metavar="N",
+                    help="processes that tokenize ahead (default: 1 on more than one CPU)")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress every 500 messages on stderr (default: when a terminal)")
+    sp.set_defaults(func=commands.cmd_init)
+
     sp = add("model", "copy a model (e.g. the shipped one) into a directory of your own",
              "copy SRC DEST writes a copy of the model SRC ('default', 'default-sms' or a "
              "model directory; default: default) to the new directory DEST, checked on the "

@@ -673,6 +673,43 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """``nnspam init MAILDIR -m DIR``: the first day (nnspam/services/first_day.py)."""
+    import os
+    from pathlib import Path
+
+    from nnspam.model.writer import replace_model
+    from nnspam.services.first_day import FirstDayError, learn_mailbox, mailbox_items
+
+    cfg = _config(args)
+    dest = Path(args.model).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest}: exists; give a new model directory")
+    try:
+        items, counts = mailbox_items(args.maildir, args.junk or cfg["daemon"]["junk"],
+                                      args.skip)
+    except FirstDayError as exc:
+        return die(str(exc), 1 if "to learn from" in str(exc) else 2)
+    spam = sum(label == "spam" for label, _ in items)
+    print(f"nnspam: learning {len(items)} messages ({len(items) - spam} ham, {spam} spam) "
+          f"from {', '.join(f'{k} {v}' for k, v in counts.items())}", file=sys.stderr)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    tokenizers = args.tokenizers
+    if tokenizers is None:
+        tokenizers = 1 if (os.cpu_count() or 1) > 1 and len(items) > 512 else 0
+
+    def progress(done: int, total: int, rate: float) -> None:
+        if show:
+            print(f"nnspam init: {done}/{total}  {rate:.0f} msg/s", file=sys.stderr)
+
+    model = learn_mailbox(items, cfg, tokenizers=tokenizers, progress=progress)
+    replace_model(model, dest)
+    print(f"nnspam: wrote {dest}. Next: nnspam daemon -m {dest} (or model: {dest} in the "
+          "config), with the unsure band on for the first weeks: filter.unsure [0.5, 0.99] "
+          "and daemon.unsure_folder .Unsure", file=sys.stderr)
+    return 0
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     """``nnspam model copy SRC DEST``: a model of one's own, from the shipped one or another."""
     from pathlib import Path
