@@ -48,3 +48,20 @@ def test_inspect_prints_a_summary_and_json_on_request(capsys):
     out = capsys.readouterr().out
     body = out.split("Training (model.json's summary):\n", 1)[1].split("\nInput words", 1)[0]
     assert json.loads("{" + body + "}")["messages"] == {"ham": 2862, "spam": 1329}
+
+
+def test_progress_lines_when_asked(tmp_path, capsys):
+    """Issue 25, point 9: test and classify say how far they are (--progress), and say
+    nothing of it when not asked and stderr is no terminal."""
+    for label in ("ham", "spam"):
+        d = tmp_path / label
+        d.mkdir()
+        for i in range(3):
+            (d / str(i)).write_bytes(make_message(f"{label} {i}", "hello there"))
+    assert cli.main(["test", "-m", "default", "--ham", str(tmp_path / "ham"), "--spam",
+                     str(tmp_path / "spam"), "--progress"]) == 0
+    assert "testing" in capsys.readouterr().err
+    assert cli.main(["classify", "-m", "default", str(tmp_path / "ham")]) == 0
+    assert "classifying" not in capsys.readouterr().err
+    assert cli.main(["classify", "-m", "default", "--progress", str(tmp_path / "ham")]) == 0
+    assert "classifying" in capsys.readouterr().err

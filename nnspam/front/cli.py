@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_source(sp)
     sp.add_argument("--format", choices=("tsv", "text"), default="text")
     _add_bias(sp)
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="a progress line on stderr (default: when stderr is a terminal)")
     sp.set_defaults(func=commands.cmd_classify)
 
     sp = add("explain", "show which words made a message's verdict",
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     sp.add_argument("--errors", action="store_true", help="list the misclassified messages")
     _add_bias(sp)
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="a progress line on stderr (default: when stderr is a terminal)")
     sp.set_defaults(func=commands.cmd_test)
 
     sp = add("inspect", "show a model's input words, shape and training summary",

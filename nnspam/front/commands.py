@@ -137,8 +137,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             parse_address(args.dask)
         except DistributedError as exc:
             raise UsageError(str(exc)) from None
+    from nnspam.front.progress import counted, shown
+
     cfg = _config(args)
     h, s, t = _bias(args, cfg)
+    show = shown(args.progress)
     stream = None
     if args.dask and args.split and args.corpus and not args.sms:
         # on a cluster, the archive is read a shard at a time and each shard sent on as it
@@ -148,12 +151,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples = [Sample(p, b"", label) for p, label, _ in read_split(args.split, "train")]
         stream = iter_split_samples(args.split, args.corpus)
     else:
+        if show and (args.split or args.sms):
+            print(f"nnspam: reading the train part of {args.split or args.sms}...",
+                  file=sys.stderr, flush=True)
         samples = _labelled_samples(args, "train")
     if samples is None:
         if not args.ham or not args.spam:
             raise UsageError("give --ham PATH... and --spam PATH..., or --split/--corpus, "
                              "or --sms FILE")
-        samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
+        samples = (list(counted(iter_messages(args.ham, "ham"), "reading ham", show))
+                   + list(counted(iter_messages(args.spam, "spam"), "reading spam", show)))
     elif args.ham or args.spam:
         raise UsageError("--ham/--spam cannot be combined with --split or --sms")
     kind = args.kind or ("sms" if args.sms else "email")
@@ -179,9 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--balance dbb needs feature vectors: not with --arch sms-embedding")
     wordlist = read_wordlist(args.wordlist) if args.wordlist else None
     n_spam = sum(1 for x in samples if x.label == "spam")
-    print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam",
-          file=sys.stderr)
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam"
+          + (" (tokenizing first)" if show else ""), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     provenance = {"command": "nnspam " + " ".join(sys.argv[1:]) if sys.argv else ""}
     kw = dict(wordlist=wordlist, ham_factor=h, spam_factor=s, threshold=t,
@@ -251,7 +257,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     out = sys.stdout
     n = 0
-    for sample, sp, verdict in _classify_stream(model, samples, h, s, t, unsure=band):
+    from nnspam.front.progress import counted, shown
+
+    for sample, sp, verdict in counted(_classify_stream(model, samples, h, s, t, unsure=band),
+                                       "classifying", shown(args.progress),
+                                       len(samples) if isinstance(samples, list) else None):
         if args.format == "tsv":
             out.write(f"{sample.name}\t{sp:.6f}\t{verdict}\n")
         else:
@@ -374,7 +384,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         samples = list(iter_messages(args.ham, "ham")) + list(iter_messages(args.spam, "spam"))
     model = _load_model(args, cfg, sms_default=bool(args.sms))
     t0 = time.perf_counter()
-    scored = list(_classify_stream(model, samples, h, s, t, unsure=band))
+    from nnspam.front.progress import counted, shown
+
+    scored = list(counted(_classify_stream(model, samples, h, s, t, unsure=band), "testing",
+                          shown(args.progress), len(samples)))
     elapsed = time.perf_counter() - t0
     y = labels_of([x for x, _, _ in scored])
     sp = np.array([v for _, v, _ in scored])
