@@ -148,6 +148,9 @@ DEFAULTS: dict[str, Any] = {
         # X-NNSpam-Words with the N words that moved the spamicity most (nnspam explain);
         # 0: off. Also the length of nnspam serve's SYMBOLS/REPORT word list (10 when 0).
         "words": 0,
+        # Put this before a spam's Subject, as SpamAssassin's rewrite_header Subject
+        # (e.g. "[SPAM] "): for mail clients that sort by Subject; null: left alone
+        "rewrite_subject": None,
     },
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
@@ -630,6 +633,7 @@ SCHEMA: dict[str, Any] = {
         "server_timeout": _POSITIVE,
         "spamassassin_headers": _bool(),
         "words": _num(0, 50, integer=True),  # the header stays one line (explanation.py)
+        "rewrite_subject": _text("a tag such as '[SPAM] '", null=True),
     },
     "learn": {  # correct.rule_from_config applies them (and checks them the same way)
         "optimizer": _choice("sgd", "adam"),

@@ -119,6 +119,24 @@ def find_header_section(raw: bytes, at_eof: bool = True) -> HeaderSection:
     return HeaderSection(start, pos, True, fields, eol)
 
 
+def tag_subject(raw: bytes, tag: str, at_eof: bool = True) -> bytes:
+    """``raw`` with ``tag`` put at the start of its Subject's value, as SpamAssassin's
+    ``rewrite_header Subject`` does; a message without a Subject gets ``Subject: TAG``,
+    one whose Subject already starts with the tag is left as it is (a message filtered
+    twice is tagged once). Only those bytes change: the rest, body included, stays."""
+    t = tag.encode("ascii")
+    sec = find_header_section(raw, at_eof)
+    for name, a, b in sec.fields:
+        if name == b"subject":
+            k = raw.index(b":", a, b) + 1
+            while k < b and raw[k:k + 1] in (b" ", b"\t"):
+                k += 1
+            if raw[k:k + len(t.rstrip())] == t.rstrip():
+                return raw
+            return raw[:k] + t + raw[k:]
+    return set_header_fields(raw, [("Subject", tag.strip())], (), at_eof)
+
+
 def strip_header_fields(raw: bytes, names: Iterable[str], at_eof: bool = True) -> bytes:
     """``raw`` without the header fields called ``names`` (any case), folded
     continuation lines included; everything else unchanged."""

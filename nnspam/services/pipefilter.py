@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from nnspam import __version__
-from nnspam.mail.headers import set_header_fields
+from nnspam.mail.headers import set_header_fields, tag_subject
 from nnspam.services.verdict import HAM, SPAM, UNSURE, is_spam, sa_threshold, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 
@@ -129,7 +129,8 @@ def mark(raw: bytes, fields: Sequence[tuple[str, str]], at_eof: bool = True) -> 
 
 def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
              unsure: tuple[float, float] | None = None, words: int = 0,
-             explain: int = 0, spamassassin: float | None = None) -> Result:
+             explain: int = 0, spamassassin: float | None = None,
+             rewrite_subject: str | None = None) -> Result:
     """Score one whole message and mark it; never raises for a bad message or
     scorer: any exception (``MemoryError`` included) gives the input back
     unchanged with verdict ``error``.
@@ -151,7 +152,10 @@ def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
             out = set_header_fields(
                 out, spamassassin_fields(sp, sa_threshold(threshold, unsure), spamassassin),
                 SA_FIELDS)
-        return Result(out, verdict_of(sp, threshold, unsure), sp, words=top)
+        v = verdict_of(sp, threshold, unsure)
+        if rewrite_subject and v == SPAM:  # spam only: unsure mail keeps its Subject
+            out = tag_subject(out, rewrite_subject)
+        return Result(out, v, sp, words=top)
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever failed
         return Result(raw, "error", None, f"{exc.__class__.__name__}: {exc}")
 
@@ -197,6 +201,9 @@ class Settings:
     #: filter.spamassassin_headers: SpamAssassin's fields at this score scale
     #: (serve.score_scale), None: not written
     spamassassin: float | None = None
+    #: filter.rewrite_subject: put before a spam's Subject (SpamAssassin's rewrite_header
+    #: Subject), None: the Subject is left alone
+    rewrite_subject: str | None = None
 
 
 def settings(cfg: dict[str, Any], model: str | None) -> Settings:
@@ -222,10 +229,15 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
     words = f.get("words", 0)
     if not isinstance(words, int) or isinstance(words, bool) or words < 0:
         raise ValueError(f"filter.words must be a whole number >= 0, not {words!r}")
+    tag = f.get("rewrite_subject")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip() or len(tag) > 64
+                            or not all(" " <= c <= "~" for c in tag)):
+        raise ValueError(f"filter.rewrite_subject must be null or up to 64 printable ASCII "
+                         f"characters, e.g. '[SPAM] ', not {tag!r}")
     return Settings(model or cfg["model"], t, float(cfg["ham_factor"]),
                     float(cfg["spam_factor"]), max_size, band, words,
                     float(cfg["serve"]["score_scale"]) if f.get("spamassassin_headers")
-                    else None)
+                    else None, tag)
 
 
 def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
@@ -340,7 +352,8 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
             res = Result(raw, "error", None, err)
         else:
             res = classify(raw, score, settings.threshold, settings.unsure, settings.words,
-                           spamassassin=settings.spamassassin)
+                           spamassassin=settings.spamassassin,
+                           rewrite_subject=settings.rewrite_subject)
         del raw
         _write(out, res.output)
         verdict, sp, err = res.verdict, res.spamicity, res.error

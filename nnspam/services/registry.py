@@ -269,7 +269,8 @@ class ModelRegistry:
         model = slot.current()
         with slot.lock:
             return classify(raw, model_scorer(model, f), f.threshold, f.unsure,
-                            f.words, explain=words, spamassassin=f.spamassassin)
+                            f.words, explain=words, spamassassin=f.spamassassin,
+                            rewrite_subject=f.rewrite_subject)
 
     def learn(self, raw: bytes, label: str, user: str | None = None,
               deadline: float | None = None) -> tuple[bool, Path]:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nnspam import __version__
-from nnspam.mail.headers import set_header_fields
+from nnspam.mail.headers import set_header_fields, tag_subject
 from nnspam.services import pipefilter
 from nnspam.services.verdict import HAM, SPAM, UNSURE, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
@@ -294,6 +294,8 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
         sa_fields = ([("X-Spam-Flag", "YES")] if yes == "Yes" else []) + [
             ("X-Spam-Status", sa_value), ("X-Spam-Level", "*" * stars)]
         want = set_header_fields(want, sa_fields, pipefilter.SA_FIELDS)
+    if s.rewrite_subject and word == "Yes":  # as the in-process filter tags a spam
+        want = tag_subject(want, s.rewrite_subject)
     if want != rep.body:
         return None
     verdict = UNSURE if word == "Unsure" else SPAM if word == "Yes" else HAM
