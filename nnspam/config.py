@@ -198,6 +198,9 @@ DEFAULTS: dict[str, Any] = {
         "allow_tell": False,
         "tell_allowed": ["127.0.0.1/32", "::1/128"],
         "score_scale": 10,  # spamc score = scale * spamicity, threshold = scale * threshold
+        # spamicity: points = score_scale * spamicity (0..10); log-odds: the threshold at
+        # score_scale * threshold and score_scale / 10 points per logit beyond it (open)
+        "score_mode": "spamicity",
         "workers": None,  # worker processes; null/0 = one per CPU core
         "max_connections": 32,  # requests served at once per worker; more wait in the backlog
         "user_model": None,  # per-user model path pattern (%u, %l, %d, ~); null = site model
@@ -673,6 +676,7 @@ SCHEMA: dict[str, Any] = {
         "tell_allowed": Spec("a list of IP networks, e.g. [\"127.0.0.1/32\", \"::1/128\"]",
                              lambda v: isinstance(v, list) and all(map(_is_ip_network, v))),
         "score_scale": _POSITIVE,
+        "score_mode": _choice("spamicity", "log-odds"),
         "workers": _num(0, integer=True, null=True),  # null or 0: one per CPU core
         "max_connections": _COUNT,
         "user_cache": _num(0, integer=True),

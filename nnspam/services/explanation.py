@@ -108,15 +108,18 @@ def _rule(points: float, name: str, description: str) -> list[str]:
 
 
 def report_table(spamicity: float, threshold: float, scale: float, rule: str,
-                 words: TopWords | None) -> str:
+                 words: TopWords | None, mode: str = "spamicity") -> str:
     """SpamAssassin's report of one classified message (module docstring): the verdict
     as the rule ``rule`` (SYMBOLS' first symbol, e.g. NNSPAM_SPAM), then the words;
     ``\\r\\n`` line ends as the rest of the server's REPORT answer."""
-    lines = [f"Content analysis details:   ({scale * spamicity:.1f} points, "
+    from nnspam.services.verdict import sa_points
+
+    pts = sa_points(spamicity, threshold, scale, mode)
+    lines = [f"Content analysis details:   ({pts:.1f} points, "
              f"{scale * threshold:.1f} required)", "",
              " pts rule name              description",
              "---- ---------------------- --------------------------------------------------"]
-    lines += _rule(scale * spamicity, rule, f"nnspam neural network: spamicity {spamicity:.3f}")
+    lines += _rule(pts, rule, f"nnspam neural network: spamicity {spamicity:.3f}")
     seen: set[str] = set()
     for word, delta, logit in words or ():
         if logit == 0.0:

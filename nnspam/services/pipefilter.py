@@ -41,7 +41,15 @@ from typing import Any, BinaryIO
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields, tag_subject
-from nnspam.services.verdict import HAM, SPAM, UNSURE, is_spam, sa_threshold, score_tokens
+from nnspam.services.verdict import (
+    HAM,
+    SPAM,
+    UNSURE,
+    is_spam,
+    sa_points,
+    sa_threshold,
+    score_tokens,
+)
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = [
@@ -97,7 +105,7 @@ SA_FIELDS = ("X-Spam-Flag", "X-Spam-Status", "X-Spam-Level")
 
 
 def spamassassin_fields(spamicity: float, threshold: float,
-                        scale: float) -> list[tuple[str, str]]:
+                        scale: float, mode: str = "spamicity") -> list[tuple[str, str]]:
     """SpamAssassin's header fields for a classified message, so rules written for
     SpamAssassin (Sieve ``header :contains "X-Spam-Flag" "YES"``, procmail
     ``^X-Spam-Status: Yes``, ``X-Spam-Level: *****``) work unchanged:
@@ -108,7 +116,7 @@ def spamassassin_fields(spamicity: float, threshold: float,
     is by ``threshold``: the callers pass :func:`nnspam.services.verdict.sa_threshold`
     (the top of the unsure band, if one is set: SpamAssassin has no unsure)."""
     spam = is_spam(spamicity, threshold)
-    score = scale * spamicity
+    score = sa_points(spamicity, threshold, scale, mode)  # serve.score_mode
     status = (f"{'Yes' if spam else 'No'}, score={score:.1f} "
               f"required={scale * threshold:.1f} tests=NNSPAM_{'SPAM' if spam else 'HAM'} "
               f"autolearn=no version=nnspam-{__version__}")
@@ -130,7 +138,7 @@ def mark(raw: bytes, fields: Sequence[tuple[str, str]], at_eof: bool = True) -> 
 def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
              unsure: tuple[float, float] | None = None, words: int = 0,
              explain: int = 0, spamassassin: float | None = None,
-             rewrite_subject: str | None = None) -> Result:
+             rewrite_subject: str | None = None, score_mode: str = "spamicity") -> Result:
     """Score one whole message and mark it; never raises for a bad message or
     scorer: any exception (``MemoryError`` included) gives the input back
     unchanged with verdict ``error``.
@@ -150,8 +158,8 @@ def classify(raw: bytes, score: Callable[[bytes], float], threshold: float,
         out = mark(raw, fields)
         if spamassassin is not None:  # SpamAssassin's fields too, at this score scale
             out = set_header_fields(
-                out, spamassassin_fields(sp, sa_threshold(threshold, unsure), spamassassin),
-                SA_FIELDS)
+                out, spamassassin_fields(sp, sa_threshold(threshold, unsure), spamassassin,
+                                         score_mode), SA_FIELDS)
         v = verdict_of(sp, threshold, unsure)
         if rewrite_subject and v == SPAM:  # spam only: unsure mail keeps its Subject
             out = tag_subject(out, rewrite_subject)
@@ -204,6 +212,8 @@ class Settings:
     #: filter.rewrite_subject: put before a spam's Subject (SpamAssassin's rewrite_header
     #: Subject), None: the Subject is left alone
     rewrite_subject: str | None = None
+    #: serve.score_mode: how SpamAssassin's points are made (verdict.sa_points)
+    score_mode: str = "spamicity"
 
 
 def settings(cfg: dict[str, Any], model: str | None) -> Settings:
@@ -237,7 +247,7 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
     return Settings(model or cfg["model"], t, float(cfg["ham_factor"]),
                     float(cfg["spam_factor"]), max_size, band, words,
                     float(cfg["serve"]["score_scale"]) if f.get("spamassassin_headers")
-                    else None, tag)
+                    else None, tag, str(cfg["serve"].get("score_mode", "spamicity")))
 
 
 def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
@@ -353,7 +363,8 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
         else:
             res = classify(raw, score, settings.threshold, settings.unsure, settings.words,
                            spamassassin=settings.spamassassin,
-                           rewrite_subject=settings.rewrite_subject)
+                           rewrite_subject=settings.rewrite_subject,
+                           score_mode=settings.score_mode)
         del raw
         _write(out, res.output)
         verdict, sp, err = res.verdict, res.spamicity, res.error

@@ -270,7 +270,7 @@ class ModelRegistry:
         with slot.lock:
             return classify(raw, model_scorer(model, f), f.threshold, f.unsure,
                             f.words, explain=words, spamassassin=f.spamassassin,
-                            rewrite_subject=f.rewrite_subject)
+                            rewrite_subject=f.rewrite_subject, score_mode=f.score_mode)
 
     def learn(self, raw: bytes, label: str, user: str | None = None,
               deadline: float | None = None) -> tuple[bool, Path]:

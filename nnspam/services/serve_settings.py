@@ -46,6 +46,7 @@ class ServeSettings:
                                  ipaddress.ip_network("::1/128")])
     max_request: int = 33554432  # bytes: a longer message is refused before it is read
     max_per_client: int = 32  # connections open at once from one client, per worker
+    score_mode: str = "spamicity"  # SpamAssassin points: verdict.sa_points
 
 
 def parse_listen(value: Any, what: str) -> tuple[str, int]:
@@ -184,4 +185,4 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                          _number(s, "user_cache", int, 0, 16),
                          bool(s.get("spamassassin_headers", False)), rule, store,
                          tell, tell_allowed, max_request,
-                         _number(s, "max_per_client", int, 1, 32))
+                         _number(s, "max_per_client", int, 1, 32), f.score_mode)

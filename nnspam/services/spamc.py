@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields, tag_subject
 from nnspam.services import pipefilter
-from nnspam.services.verdict import HAM, SPAM, UNSURE, sa_threshold
+from nnspam.services.verdict import HAM, SPAM, UNSURE, sa_points, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["SpamcError", "Reply", "parse_addresses", "request", "process", "tell", "ping",
@@ -286,10 +286,15 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
         sa_value, yes, score, need, ver = (g.decode("ascii") for g in sa.groups())
         stars = len(level.group(1))
         scale = s.spamassassin
+        sa_t = sa_threshold(s.threshold, s.unsure)
+        # the points of the spamicity the status field gives (3 decimals: +-0.0005)
+        lo, hi = (sa_points(min(max(sp + d, 0.0), 1.0), sa_t, scale, s.score_mode)
+                  for d in (-0.0006, 0.0006))
+        pts = float(score)
         if ((yes == "Yes") != rep.spam or ver != __version__
-                or need != f"{scale * sa_threshold(s.threshold, s.unsure):.1f}"
-                or abs(float(score) - scale * sp) > 0.0006 * scale + 0.051
-                or stars not in (min(int(float(score)), 50), min(int(float(score) - 0.05), 50))):
+                or need != f"{scale * sa_t:.1f}"
+                or not lo - 0.051 <= pts <= hi + 0.051
+                or stars not in (min(max(int(pts), 0), 50), min(max(int(pts - 0.05), 0), 50))):
             return None
         sa_fields = ([("X-Spam-Flag", "YES")] if yes == "Yes" else []) + [
             ("X-Spam-Status", sa_value), ("X-Spam-Level", "*" * stars)]

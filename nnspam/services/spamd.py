@@ -87,7 +87,7 @@ from nnspam.services.explanation import REPORT_WORDS, TopWords, report_table, sy
 from nnspam.services.pipefilter import SA_FIELDS, Result
 from nnspam.services.pipefilter import spamassassin_fields as sa_fields
 from nnspam.services.serve_settings import ServeSettings
-from nnspam.services.verdict import is_spam, sa_threshold
+from nnspam.services.verdict import is_spam, sa_points, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Context", "Models", "Request", "RequestError", "check_head", "error_answer",
@@ -178,11 +178,12 @@ class Context:
                                "(serve.tell_allowed)")
 
 
-def score_line(spamicity: float | None, threshold: float, scale: float) -> bytes:
-    """The ``Spam:`` response header: ``True ; 9.7 / 5.0`` (see the module
-    docstring for the mapping); an unclassified message is ``False ; 0.0``."""
+def score_line(spamicity: float | None, threshold: float, scale: float,
+               mode: str = "spamicity") -> bytes:
+    """The ``Spam:`` response header: ``True ; 9.7 / 5.0`` (points by
+    :func:`nnspam.services.verdict.sa_points`); an unclassified message is ``False ; 0.0``."""
     spam = spamicity is not None and is_spam(spamicity, threshold)
-    pts = 0.0 if spamicity is None else scale * spamicity
+    pts = 0.0 if spamicity is None else sa_points(spamicity, threshold, scale, mode)
     return f"Spam: {'True' if spam else 'False'} ; {pts:.1f} / {scale * threshold:.1f}".encode()
 
 
@@ -312,12 +313,12 @@ def _answer(ctx: Context, verb: str, marked: bytes, sp: float | None,
     st = ctx.settings
     f = st.filter
     sa_t = sa_threshold(f.threshold, f.unsure)  # unsure is not spam to SpamAssassin's clients
-    spam_line = score_line(sp, sa_t, st.score_scale)
+    spam_line = score_line(sp, sa_t, st.score_scale, st.score_mode)
     spam = sp is not None and is_spam(sp, sa_t)
     if verb == "CHECK":
         return PROTO + b" 0 EX_OK\r\n" + spam_line + b"\r\n\r\n"
     if st.spamassassin_headers and sp is not None and verb in ("PROCESS", "HEADERS"):
-        marked = spamassassin_fields(marked, sp, sa_t, st.score_scale)
+        marked = spamassassin_fields(marked, sp, sa_t, st.score_scale, st.score_mode)
     if verb == "PROCESS":
         out = marked
     elif verb == "HEADERS":
@@ -326,7 +327,7 @@ def _answer(ctx: Context, verb: str, marked: bytes, sp: float | None,
         out = (",".join([verdict_symbol(sp, f.threshold, f.unsure)] + symbols(words or []))
                .encode() if sp is not None else b"")
     elif verb == "REPORT" or (verb == "REPORT_IFSPAM" and spam):
-        out = _report(sp, f.threshold, st.score_scale, words, f.unsure)
+        out = _report(sp, f.threshold, st.score_scale, words, f.unsure, st.score_mode)
     else:  # REPORT_IFSPAM on ham
         out = b""
     return _with_body(spam_line, out)
@@ -345,7 +346,7 @@ def _over_size(ctx: Context, req: Request) -> bytes:
         raise RequestError(EX_DATAERR, "message over serve.max_size, not learned")
     metrics.scored("skipped")
     spam_line = score_line(None, sa_threshold(st.filter.threshold, st.filter.unsure),
-                           st.score_scale)
+                           st.score_scale, st.score_mode)
     if req.verb == "PROCESS":
         return _with_body(spam_line, req.body)
     if req.verb == "HEADERS":
@@ -393,14 +394,14 @@ def _tell(ctx: Context, body: bytes, req: Request) -> bytes:
 
 
 def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
-                        scale: float) -> bytes:
+                        scale: float, mode: str = "spamicity") -> bytes:
     """``marked`` (nnspam filter's output) with SpamAssassin's ``X-Spam-Flag: YES`` (spam
     only), ``X-Spam-Status`` and ``X-Spam-Level`` fields
     (:func:`nnspam.services.pipefilter.spamassassin_fields`, the one definition) added,
     any earlier ones (forged or from another filter) removed: what spamass-milter copies
     into the message and rejects on (``serve.spamassassin_headers``). Scores use the
     ``Spam:`` line's mapping."""
-    return set_header_fields(marked, sa_fields(spamicity, threshold, scale), SA_FIELDS)
+    return set_header_fields(marked, sa_fields(spamicity, threshold, scale, mode), SA_FIELDS)
 
 
 def _head_of(raw: bytes) -> bytes:
@@ -419,7 +420,8 @@ def _head_of(raw: bytes) -> bytes:
 
 
 def _report(sp: float | None, threshold: float, scale: float,
-            words: TopWords | None = None, unsure: tuple[float, float] | None = None) -> bytes:
+            words: TopWords | None = None, unsure: tuple[float, float] | None = None,
+            mode: str = "spamicity") -> bytes:
     """REPORT's text: one summary line, then SpamAssassin's table of the verdict (as
     SYMBOLS names it) and the words that moved it
     (:func:`nnspam.services.explanation.report_table`)."""
@@ -427,5 +429,6 @@ def _report(sp: float | None, threshold: float, scale: float,
         return b"nnspam: message not classified\r\n"
     rule = verdict_symbol(sp, threshold, unsure)
     return (f"nnspam neural network: spamicity {sp:.3f}, threshold {threshold:.3f} "
-            f"(score {scale * sp:.1f} / {scale * threshold:.1f})\r\n\r\n"
-            + report_table(sp, threshold, scale, rule, words)).encode("ascii", "replace")
+            f"(score {sa_points(sp, threshold, scale, mode):.1f} / {scale * threshold:.1f})"
+            "\r\n\r\n"
+            + report_table(sp, threshold, scale, rule, words, mode)).encode("ascii", "replace")

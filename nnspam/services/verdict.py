@@ -20,11 +20,15 @@ filter imports this before it knows whether it will classify at all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens",
-           "sa_threshold"]
+           "sa_threshold", "sa_points", "SCORE_MODES"]
+
+#: How a spamicity becomes SpamAssassin points (``serve.score_mode``, :func:`sa_points`).
+SCORE_MODES = ("spamicity", "log-odds")
 
 SPAM, HAM, UNSURE = "spam", "ham", "unsure"
 VERDICTS = (SPAM, HAM, UNSURE)
@@ -46,6 +50,23 @@ def sa_threshold(threshold: float, unsure: tuple[float, float] | None) -> float:
     band when one is set (an unsure message answered ``Spam: True`` made spamc -c, Exim's
     ``spam =`` and spamass-milter reject mail that nnspam's own header called Unsure)."""
     return float(unsure[1]) if unsure is not None else float(threshold)
+
+
+def sa_points(spamicity: float, threshold: float, scale: float,
+              mode: str = "spamicity") -> float:
+    """SpamAssassin points of a spamicity (spamd's ``Spam:`` line, ``X-Spam-Status``,
+    ``X-Spam-Level``, REPORT). ``spamicity``: ``scale * spamicity`` (10: 0 to 10 points,
+    the threshold 0.5 at 5.0). ``log-odds``: the threshold at ``scale * threshold`` and
+    ``scale / 10`` points per logit beyond it, so a message as sure as SpamAssassin's 12
+    points sits at 12 (spamicity 0.9991 at threshold 0.5), and rules written for
+    SpamAssassin's open scale (Exim's ``$spam_score_int > 120``) fire, where the first
+    mapping never passes 10."""
+    base = scale * threshold
+    if mode != "log-odds":
+        return scale * spamicity
+    p = min(max(spamicity, 1e-12), 1.0 - 1e-12)
+    t = min(max(threshold, 1e-12), 1.0 - 1e-12)
+    return base + scale / 10.0 * (math.log(p / (1.0 - p)) - math.log(t / (1.0 - t)))
 
 
 def verdict(spamicity: float, threshold: float,
