@@ -155,6 +155,12 @@ DEFAULTS: dict[str, Any] = {
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
     # TELL, the dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
+    # Senders decided before the model (verdict.SenderLists): an address or a domain
+    # (example.org or @example.org: it and its subdomains), matched on the From header.
+    "lists": {
+        "allow": [],  # always ham (allow wins when both match)
+        "deny": [],  # always spam
+    },
     "learn": {
         "optimizer": "sgd",  # network steps: sgd (plain, no state) | adam (the network's own)
         "learning_rate": 0.003,  # network step size; null = the network's learning_rate
@@ -458,6 +464,15 @@ def _text(what: str = "a string", *, null: bool = False) -> Spec:
                 lambda v: (null and v is None) or (isinstance(v, str) and v.strip() != ""))
 
 
+def _senders(what: str) -> Spec:
+    """A list of senders: addresses (bob@example.org) or domains (example.org,
+    @example.org), as verdict.SenderLists reads them."""
+    return Spec("a list of addresses or domains, e.g. [bob@example.org, example.com]",
+                lambda v: isinstance(v, list) and all(
+                    isinstance(x, str) and x.strip() and not any(c.isspace() for c in x.strip())
+                    for x in v))
+
+
 def _paths(what: str) -> Spec:
     """A list of paths (strings). A single string is refused, not guessed at (iterating
     it gave its characters: ``maildirs: /path`` was read as ["/", "p", "a", ...])."""
@@ -637,6 +652,10 @@ SCHEMA: dict[str, Any] = {
         "spamassassin_headers": _bool(),
         "words": _num(0, 50, integer=True),  # the header stays one line (explanation.py)
         "rewrite_subject": _text("a tag such as '[SPAM] '", null=True),
+    },
+    "lists": {
+        "allow": _senders("allow"),
+        "deny": _senders("deny"),
     },
     "learn": {  # correct.rule_from_config applies them (and checks them the same way)
         "optimizer": _choice("sgd", "adam"),

@@ -50,6 +50,16 @@ def _bias(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[float, float, 
     return h, s, t
 
 
+def _lists(cfg: dict[str, Any]) -> Any:
+    """The config's allow/deny lists of senders (verdict.SenderLists), checked."""
+    from nnspam.services.verdict import SenderLists
+
+    try:
+        return SenderLists.from_config(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _point(args: argparse.Namespace, cfg: dict[str, Any]
            ) -> tuple[float, float, float, tuple[float, float] | None]:
     """The operating point of a command: (ham factor, spam factor, threshold, unsure
@@ -218,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 4000,
-                     unsure: tuple[float, float] | None = None):
+                     unsure: tuple[float, float] | None = None, lists: Any = None):
     """Yield (sample, spamicity, verdict) over an iterable of samples, scored and judged
     by the one routine of every front (:func:`nnspam.services.verdict.score_tokens`, the
     unsure band included), chunked so that memory stays bounded on big maildirs."""
@@ -230,7 +240,7 @@ def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 
     def flush():
         toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes,
                                 for_model=True)
-        judged = score_tokens(model, toks, t, h, s, unsure)
+        judged = score_tokens(model, toks, t, h, s, unsure, lists)
         return [(x, sp, v) for x, (sp, v) in zip(buf, judged, strict=True)]
 
     for sample in samples:
@@ -259,7 +269,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     n = 0
     from nnspam.front.progress import counted, shown
 
-    for sample, sp, verdict in counted(_classify_stream(model, samples, h, s, t, unsure=band),
+    for sample, sp, verdict in counted(_classify_stream(model, samples, h, s, t, unsure=band,
+                                                        lists=_lists(cfg)),
                                        "classifying", shown(args.progress),
                                        len(samples) if isinstance(samples, list) else None):
         if args.format == "tsv":

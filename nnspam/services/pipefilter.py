@@ -45,6 +45,7 @@ from nnspam.services.verdict import (
     HAM,
     SPAM,
     UNSURE,
+    SenderLists,
     is_spam,
     sa_points,
     sa_threshold,
@@ -214,6 +215,8 @@ class Settings:
     rewrite_subject: str | None = None
     #: serve.score_mode: how SpamAssassin's points are made (verdict.sa_points)
     score_mode: str = "spamicity"
+    #: lists: the user's allow/deny lists of senders (verdict.SenderLists), None: none
+    lists: Any = None
 
 
 def settings(cfg: dict[str, Any], model: str | None) -> Settings:
@@ -247,7 +250,8 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
     return Settings(model or cfg["model"], t, float(cfg["ham_factor"]),
                     float(cfg["spam_factor"]), max_size, band, words,
                     float(cfg["serve"]["score_scale"]) if f.get("spamassassin_headers")
-                    else None, tag, str(cfg["serve"].get("score_mode", "spamicity")))
+                    else None, tag, str(cfg["serve"].get("score_mode", "spamicity")),
+                    SenderLists.from_config(cfg))
 
 
 def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
@@ -264,7 +268,8 @@ def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
     def score(raw: bytes) -> float:
         toks = model.tokens(raw)
         last[:] = [(raw, toks)]
-        return score_tokens(model, [toks], s.threshold, s.ham_factor, s.spam_factor)[0][0]
+        return score_tokens(model, [toks], s.threshold, s.ham_factor, s.spam_factor,
+                            lists=s.lists)[0][0]
 
     def explain(raw: bytes, n: int) -> list[tuple[str, float, float]]:
         from nnspam.services.explanation import top_words

@@ -49,7 +49,7 @@ from typing import Any
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
 from nnspam.services.state import Record, State
-from nnspam.services.verdict import HAM, SPAM, UNSURE, score_tokens
+from nnspam.services.verdict import HAM, SPAM, UNSURE, SenderLists, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
@@ -166,6 +166,7 @@ class Sorter:
         unsure: tuple[float, float] | None = None,
         unsure_folder: str | None = None,
         writer: Any = None,
+        lists: Any = None,
     ) -> None:
         from nnspam.model.writer import ModelWriter
 
@@ -198,6 +199,7 @@ class Sorter:
         self.rule = (rule or Rule()).with_(threshold=threshold, ham_factor=ham_factor,
                                            spam_factor=spam_factor)
         self.source = source  # how the correction journal names this front's lessons
+        self.lists = lists  # the user's allow/deny lists (verdict.SenderLists), or None
         # the unsure band (filter.unsure) and the folder unsure mail is filed into (None:
         # it stays in the inbox, marked unsure in the state)
         self.unsure = unsure
@@ -255,6 +257,7 @@ class Sorter:
             confident_margin=float(ad.get("confident_margin", 0.45)),
             rule=rule if rule is not None else rule_from_config(cfg),
             unsure=tuple(cfg["filter"]["unsure"]) if cfg["filter"].get("unsure") else None,
+            lists=SenderLists.from_config(cfg),
             unsure_folder=d.get("unsure_folder"),
         )
         adaptive_mod.configure(model, ad)
@@ -423,7 +426,8 @@ class Sorter:
         t0 = time.perf_counter()
         try:
             tokens = self.model.tokens(msg.data)
-            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s)
+            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s,
+                                          lists=self.lists)
         except Exception:
             metrics.scored("error")  # the daemon logs it and leaves the message
             raise

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens",
-           "sa_threshold", "sa_points", "SCORE_MODES"]
+           "sa_threshold", "sa_points", "SCORE_MODES", "SenderLists"]
 
 #: How a spamicity becomes SpamAssassin points (``serve.score_mode``, :func:`sa_points`).
 SCORE_MODES = ("spamicity", "log-odds")
@@ -78,14 +78,78 @@ def verdict(spamicity: float, threshold: float,
     return SPAM if is_spam(spamicity, threshold) else HAM
 
 
+class SenderLists:
+    """The user's allow and deny lists of senders (config ``lists:``), applied before the
+    model by every front that scores mail (:func:`score_tokens`): a message whose From
+    address or domain is allowed scores 0 (ham), one denied scores 1 (spam); allow wins
+    when both match (a lost ham costs more than a missed spam). An entry is an address
+    (``bob@example.org``) or a domain (``example.org`` or ``@example.org``: it and every
+    domain below it). Matched on the From header's address as the tokenizer reads it
+    (``from:addr:``), which a sender can forge: allow what spammers do not imitate."""
+
+    def __init__(self, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> None:
+        self.allow = self._parse(allow, "allow")
+        self.deny = self._parse(deny, "deny")
+
+    @staticmethod
+    def _parse(entries: Sequence[str], what: str) -> tuple[frozenset[str], frozenset[str]]:
+        addrs, domains = set(), set()
+        for e in entries:
+            if not isinstance(e, str) or not e.strip() or any(c.isspace() for c in e.strip()):
+                raise ValueError(f"lists.{what}: {e!r} is not an address or a domain")
+            e = e.strip().lower()
+            if e.startswith("@"):
+                domains.add(e[1:])
+            elif "@" in e:
+                addrs.add(e)
+            else:
+                domains.add(e)
+        return frozenset(addrs), frozenset(domains)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> SenderLists | None:
+        """The lists of a loaded config, None when both are empty (ValueError if bad)."""
+        sec = cfg.get("lists") or {}
+        if not sec.get("allow") and not sec.get("deny"):
+            return None
+        return cls(sec.get("allow") or (), sec.get("deny") or ())
+
+    @staticmethod
+    def _hit(tokens: Sequence[str], lists: tuple[frozenset[str], frozenset[str]]) -> bool:
+        addrs, domains = lists
+        for t in tokens:
+            if t.startswith("from:addr:"):
+                addr = t[len("from:addr:"):]
+                if addr in addrs:
+                    return True
+                host = addr.rpartition("@")[2].split(".")
+                if any(".".join(host[i:]) in domains for i in range(len(host))):
+                    return True
+        return False
+
+    def verdict(self, tokens: Sequence[str]) -> str | None:
+        """HAM (allowed), SPAM (denied) or None (the model decides)."""
+        if self._hit(tokens, self.allow):
+            return HAM
+        if self._hit(tokens, self.deny):
+            return SPAM
+        return None
+
+
 def score_tokens(model: Any, token_lists: Sequence[Sequence[str]], threshold: float,
                  ham_factor: float | None = None, spam_factor: float | None = None,
-                 unsure: tuple[float, float] | None = None) -> list[tuple[float, str]]:
+                 unsure: tuple[float, float] | None = None,
+                 lists: SenderLists | None = None) -> list[tuple[float, str]]:
     """(spamicity, verdict) of each tokenized message: the model's
     :meth:`~nnspam.model.core.Model.spamicity_of_tokens` at the ham bias given (the
     model's own where None), then :func:`verdict` at ``threshold``.
 
     The one scoring routine of every front, so that a message gets the same number
     and the same verdict whichever of them sees it."""
-    sps = model.spamicity_of_tokens(token_lists, ham_factor, spam_factor)
-    return [(float(sp), verdict(float(sp), threshold, unsure)) for sp in sps]
+    sps = [float(x) for x in model.spamicity_of_tokens(token_lists, ham_factor, spam_factor)]
+    if lists is not None:  # the user's lists before the model: 0 allowed, 1 denied
+        for i, toks in enumerate(token_lists):
+            listed = lists.verdict(toks)
+            if listed is not None:
+                sps[i] = 0.0 if listed == HAM else 1.0
+    return [(sp, verdict(sp, threshold, unsure)) for sp in sps]

@@ -1,0 +1,90 @@
+"""Issue 25, point 7: the user's allow and deny lists of senders, applied before the model
+in every front: the pipe filter, the server, the daemon's Sorter and classify."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnspam.config import DEFAULTS, ConfigError, load_config, merge
+from nnspam.front import cli
+from nnspam.model.core import Model
+from nnspam.services.pipefilter import classify, model_scorer, settings
+from nnspam.services.verdict import HAM, SPAM, SenderLists, score_tokens
+
+from conftest import Server, make_message
+
+SPAMMY = ("WIN CASH NOW", "Click here to get a free prize, limited time offer, act now, "
+          "viagra casino winner, cheap pills, 100% free")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model.load("default")
+
+
+def test_matching(model):
+    lists = SenderLists(allow=["boss@corp.example", "@friends.example"],
+                        deny=["spam.example", "boss@corp.example"])
+    toks = {s: model.tokens(make_message("x", "y", sender=s)) for s in (
+        "boss@corp.example", "Boss@CORP.example", "amy@friends.example",
+        "bob@mail.friends.example", "x@spam.example", "y@deep.spam.example",
+        "z@notspam.example", "other@corp.example")}
+    got = {s: lists.verdict(t) for s, t in toks.items()}
+    assert got == {"boss@corp.example": HAM, "Boss@CORP.example": HAM,  # allow wins
+                   "amy@friends.example": HAM, "bob@mail.friends.example": HAM,
+                   "x@spam.example": SPAM, "y@deep.spam.example": SPAM,
+                   "z@notspam.example": None, "other@corp.example": None}
+
+
+def test_score_tokens_and_the_filter(model):
+    raw = make_message(*SPAMMY, sender="newsletter@friends.example")
+    cfg = merge(DEFAULTS, {"lists": {"allow": ["friends.example"]}})
+    s = settings(cfg, None)
+    toks = model.tokens(raw)
+    assert score_tokens(model, [toks], 0.5)[0][1] == "spam"  # the model alone
+    assert score_tokens(model, [toks], 0.5, lists=s.lists)[0] == (0.0, "ham")
+    res = classify(raw, model_scorer(model, s), s.threshold)
+    assert res.verdict == "ham" and b"X-NNSpam-Status: No, spamicity=0.000" in res.output
+    deny = settings(merge(DEFAULTS, {"lists": {"deny": ["@corp.example"]}}), None)
+    ham = make_message("lunch", "see you at noon", sender="bob@corp.example")
+    assert classify(ham, model_scorer(model, deny), 0.5).verdict == "spam"
+
+
+def test_bad_lists_are_config_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lists:\n  allow: bob@example.org\n")  # a string, not a list
+    with pytest.raises(ConfigError, match="lists.allow"):
+        load_config(f)
+    f.write_text("lists:\n  deny: ['two words']\n")
+    with pytest.raises(ConfigError, match="lists.deny"):
+        load_config(f)
+
+
+def test_classify_and_serve_use_the_lists(tmp_path, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("lists:\n  allow: [friends.example]\n")
+    raw = make_message(*SPAMMY, sender="news@friends.example")
+    (tmp_path / "m.eml").write_bytes(raw)
+    assert cli.main(["classify", "-c", str(cfg), "-m", "default", str(tmp_path / "m.eml")]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["HAM", "0.000000"]
+    srv = Server(tmp_path, cfg=cfg)
+    try:
+        assert srv.check(raw) == 0.0
+    finally:
+        srv.stop()
+
+
+def test_the_daemon_s_sorter_files_by_the_lists(model, tmp_path):
+    """A ham from a denied domain goes to Junk; a spammy message from an allowed one stays."""
+    from nnspam.mail import maildir as md
+    from nnspam.services.sorter import Sorter
+    from nnspam.services.state import State
+
+    cfg = merge(DEFAULTS, {"lists": {"deny": ["corp.example"], "allow": ["friends.example"]}})
+    box = md.ensure_maildir(tmp_path / "Maildir")
+    sorter = Sorter.from_config(cfg, model, State(tmp_path / "s.sqlite3"), model_name=None)
+    ham = md.deliver(box, make_message("lunch", "see you at noon", sender="bob@corp.example"))
+    spam = md.deliver(box, make_message(*SPAMMY, sender="news@friends.example"))
+    assert sorter.handle_new(box, ham) == "spam"
+    assert sorter.handle_new(box, spam) == "ham"
+    assert md.find_message(box / ".Junk", md.base_name(ham.name)) is not None
