@@ -16,7 +16,6 @@ import textwrap
 from collections.abc import Sequence
 
 from nnspam import __version__
-from nnspam.front import commands
 
 EPILOG = """\
 PATH may be a maildir (cur/ + new/), a directory of message files (searched
@@ -71,6 +70,9 @@ def _add_split_source(p: argparse.ArgumentParser) -> None:
 # -- parser --------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    # here, not at the top: the pipe filter's fast path (main) never loads the commands
+    from nnspam.front import commands
+
     p = argparse.ArgumentParser(
         prog="nnspam",
         description="A spam filter built on an adaptive word-list neural network.",
@@ -448,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nnspam.services.spamc import main as filter_main
 
         return filter_main(argv[1:])
+    from nnspam.front import commands
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
