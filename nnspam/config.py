@@ -155,6 +155,10 @@ DEFAULTS: dict[str, Any] = {
     # The maildir daemon (nnspam daemon; README "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
     # TELL, the dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
+    # The web dashboard of email and SMS (nnspam dashboard, nnspam sms serve): login with
+    # the password whose hash nnspam hash-password prints. sms.dashboard, where these
+    # lived first, is still read when they are unset here.
+    "dashboard": {"password_hash": None, "page_size": None},
     # Senders decided before the model (verdict.SenderLists): an address or a domain
     # (example.org or @example.org: it and its subdomains), matched on the From header.
     "lists": {
@@ -464,6 +468,15 @@ def _text(what: str = "a string", *, null: bool = False) -> Spec:
                 lambda v: (null and v is None) or (isinstance(v, str) and v.strip() != ""))
 
 
+def dashboard_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's settings: ``dashboard:``, each unset one taken from
+    ``sms.dashboard:`` (where they lived before the email dashboard had its own section)."""
+    top = cfg.get("dashboard") or {}
+    old = (cfg.get("sms") or {}).get("dashboard") or {}
+    return {k: top.get(k) if top.get(k) is not None else old.get(k)
+            for k in ("password_hash", "page_size")}
+
+
 def _senders(what: str) -> Spec:
     """A list of senders: addresses (bob@example.org) or domains (example.org,
     @example.org), as verdict.SenderLists reads them."""
@@ -652,6 +665,10 @@ SCHEMA: dict[str, Any] = {
         "spamassassin_headers": _bool(),
         "words": _num(0, 50, integer=True),  # the header stays one line (explanation.py)
         "rewrite_subject": _text("a tag such as '[SPAM] '", null=True),
+    },
+    "dashboard": {
+        "password_hash": _text("a password hash (nnspam hash-password)", null=True),
+        "page_size": _num(1, 500, integer=True, null=True),
     },
     "lists": {
         "allow": _senders("allow"),

@@ -744,7 +744,7 @@ def test_nnspam_dashboard_refuses_to_start_in_one_line(tmp_path, sa_corpus):
 
     conf = _config_file(tmp_path, mail, password=False)
     one_line(_dashboard(["-c", str(conf), "--port", str(_free_port())]), "no password",
-             "sms.dashboard.password_hash")
+             "dashboard.password_hash")
     conf = _config_file(tmp_path, mail)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -65,3 +65,17 @@ def test_progress_lines_when_asked(tmp_path, capsys):
     assert "classifying" not in capsys.readouterr().err
     assert cli.main(["classify", "-m", "default", "--progress", str(tmp_path / "ham")]) == 0
     assert "classifying" in capsys.readouterr().err
+
+
+def test_the_dashboard_has_its_own_section():
+    """Issue 25, point 8: the email dashboard's password is dashboard.password_hash (made by
+    nnspam hash-password); sms.dashboard, where it lived, is read when it is unset."""
+    from nnspam.config import DEFAULTS, dashboard_settings, merge
+
+    new = merge(DEFAULTS, {"dashboard": {"password_hash": "scrypt:new"},
+                           "sms": {"dashboard": {"password_hash": "scrypt:old"}}})
+    assert dashboard_settings(new)["password_hash"] == "scrypt:new"
+    old = merge(DEFAULTS, {"sms": {"dashboard": {"password_hash": "scrypt:old",
+                                                 "page_size": 10}}})
+    assert dashboard_settings(old) == {"password_hash": "scrypt:old", "page_size": 10}
+    assert cli.build_parser().parse_args(["hash-password", "--stdin"]).stdin

@@ -410,17 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     ssp.set_defaults(func=commands.cmd_sms_poll)
     ssp = smsub.add_parser("hash-password", help="hash a password for the dashboard",
                            description="Ask for a password (twice) and print its salted scrypt "
-                           "hash, for sms.dashboard.password_hash in the config file.")
+                           "hash, for dashboard.password_hash in the config file (the same as "
+                           "nnspam hash-password).")
     ssp.add_argument("--stdin", action="store_true",
                      help="read the password from the first line of standard input")
     ssp.set_defaults(func=commands.cmd_sms_hash_password)
+
+    sp = add("hash-password", "hash a password for the web dashboard (dashboard.password_hash)",
+             "Ask for a password (twice) and print its salted scrypt hash, for "
+             "dashboard.password_hash in the config file: the login of nnspam dashboard and "
+             "nnspam sms serve. Needs the sms extra (Flask).")
+    sp.add_argument("--stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    sp.set_defaults(func=commands.cmd_sms_hash_password)
 
     sp = add("dashboard", "web dashboard of the daemon's decisions (email), without Twilio",
              "Serve the dashboard without the Twilio webhook: the maildir daemon's recent "
              "decisions (daemon.maildirs, daemon.state), each message with the words that "
              "moved its spamicity, Spam / Not spam / Forget buttons learned like a user's move "
              "in a mail client, and a plot of the last days. Login with "
-             "sms.dashboard.password_hash (nnspam sms hash-password). nnspam sms serve "
+             "dashboard.password_hash (nnspam hash-password). nnspam sms serve "
              "serves the same pages beside the SMS ones. Needs the sms extra (Flask).")
     _add_model(sp)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")

@@ -872,7 +872,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_sms_hash_password(args: argparse.Namespace) -> int:
-    """Print a salted hash of a dashboard password for sms.dashboard.password_hash."""
+    """Print a salted hash of a dashboard password for dashboard.password_hash
+    (``nnspam hash-password``; ``nnspam sms hash-password`` is the same)."""
     try:
         from werkzeug.security import generate_password_hash
     except ImportError as exc:

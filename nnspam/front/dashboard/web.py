@@ -261,8 +261,10 @@ def configure(app: Any, config: dict[str, Any], sessions: SessionTable) -> None:
     """Set up access control on a Flask app built from a loaded config and register
     the ``dashboard`` blueprint (login, logout, stylesheet); the page blueprints are
     registered by :func:`nnspam.front.dashboard.app.create_app`."""
+    from nnspam.config import dashboard_settings
+
     s = config["sms"]
-    dash = s.get("dashboard") or {}
+    dash = dashboard_settings(config)
     key, from_env = secret_key(s.get("env_file"))
     if not from_env:
         log.info("dashboard: NNSPAM_SECRET_KEY not set: sessions are signed with a key made "

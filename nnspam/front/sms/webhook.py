@@ -187,9 +187,11 @@ def serve(config: dict[str, Any], host: str, port: int, threads: int = 4,
         raise StartupError(f"the sms extra is not installed ({exc.name}): "
                            "pip install 'nnspam[sms]'") from None
     token = required_auth_token(config) if sms else None
-    if not sms and not (config["sms"].get("dashboard") or {}).get("password_hash"):
-        raise StartupError("the dashboard has no password: make a hash with nnspam sms "
-                           "hash-password and set sms.dashboard.password_hash in the config")
+    from nnspam.config import dashboard_settings
+
+    if not sms and not dashboard_settings(config).get("password_hash"):
+        raise StartupError("the dashboard has no password: make a hash with nnspam "
+                           "hash-password and set dashboard.password_hash in the config")
     try:
         from waitress import serve as waitress_serve
     except ImportError:
