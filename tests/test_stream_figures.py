@@ -311,3 +311,17 @@ def test_reference_in_the_bench_reports_and_trained_start(tmp_path):
     summary = (out / "stream-summary-errors-trained.md").read_text()
     assert "| index | reference |" in summary and "spam missed at 0.05% ham" in summary
     assert "reference" in bench.DEFAULT_FILTERS
+
+
+def test_stream_progress_shows_rate_and_running_figures(tmp_path, capsys):
+    """Issue 23, part 6: ``nnspam stream --progress`` says every 500 messages how fast it
+    goes and how it does so far (ham lost, spam missed, 1-ROCA)."""
+    box = _box(tmp_path, 260)  # 520 messages
+    out = tmp_path / "out.tsv"
+    assert cli.main(["stream", "--index", str(box / "index"), "--feedback", "errors",
+                     "--progress", "--tokenizers", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("nnspam stream: 500/520")]
+    assert len(line) == 1, err
+    assert "msg/s" in line[0] and "ham lost" in line[0] and "1-ROCA" in line[0]
+    assert len(out.read_text().splitlines()) == 520
