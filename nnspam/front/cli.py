@@ -35,6 +35,13 @@ def _add_config(p: argparse.ArgumentParser, action: bool = False) -> None:
                    **({"default": argparse.SUPPRESS} if action else {}))
 
 
+def _add_progress(p: argparse.ArgumentParser, what: str) -> None:
+    """``--progress``/``--no-progress`` (None when neither: the command shows it when
+    stderr is a terminal, nnspam.front.progress.shown)."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help=what)
+
+
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
         "-m", "--model", metavar="MODEL", required=required,
@@ -117,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--members", type=int, metavar="K",
                     help="train K networks (seeds seed..seed+K-1) and merge them into one "
                     "(config: network.members; email default 3, SMS 1)")
-    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="show loss per epoch (default: when stderr is a terminal)")
+    _add_progress(sp, "show loss per epoch (default: when stderr is a terminal)")
     sp.add_argument("--arch", choices=("nnspam", "deep", "sms-embedding"), default="nnspam",
                     help="architecture: nnspam (n inputs, one hidden layer, 2 outputs; "
                     "default), deep (tf-idf n-grams, several ReLU layers) or sms-embedding "
@@ -145,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_source(sp)
     sp.add_argument("--format", choices=("tsv", "text"), default="text")
     _add_bias(sp)
-    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="a progress line on stderr (default: when stderr is a terminal)")
+    _add_progress(sp, "a progress line on stderr (default: when stderr is a terminal)")
     sp.set_defaults(func=commands.cmd_classify)
 
     sp = add("explain", "show which words made a message's verdict",
@@ -180,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     sp.add_argument("--errors", action="store_true", help="list the misclassified messages")
     _add_bias(sp)
-    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="a progress line on stderr (default: when stderr is a terminal)")
+    _add_progress(sp, "a progress line on stderr (default: when stderr is a terminal)")
     sp.set_defaults(func=commands.cmd_test)
 
     sp = add("inspect", "show a model's input words, shape and training summary",
@@ -264,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave this folder out too (repeatable)")
     sp.add_argument("--tokenizers", type=int, metavar="N",
                     help="processes that tokenize ahead (default: 1 on more than one CPU)")
-    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress every 500 messages on stderr (default: when a terminal)")
+    _add_progress(sp, "progress every 500 messages on stderr (default: when a terminal)")
     sp.set_defaults(func=commands.cmd_init)
 
     sp = add("model", "copy a model (e.g. the shipped one) into a directory of your own",
@@ -312,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="FILE", help="write the per-message lines here "
                     "(default: standard output)")
     sp.add_argument("--save", metavar="DIR", help="save the learned model to DIR")
-    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress every 500 messages on stderr (default: when a terminal)")
+    _add_progress(sp, "progress every 500 messages on stderr (default: when a terminal)")
     sp.set_defaults(func=commands.cmd_stream)
 
     sp = add("build-wordlist", "build the input word list from spam (and ham) mail",
