@@ -130,11 +130,43 @@ def test_truncated_weights_without_checksum(tiny_model, tmp_path):
     j = tmp_path / "m" / "model.json"
     meta = json.loads(j.read_text())
     meta.pop("weights_sha256")
+    meta.pop("weights_crc32")
     j.write_text(json.dumps(meta))
     w = tmp_path / "m" / "weights.npz"
     w.write_bytes(w.read_bytes()[:-200])
     with pytest.raises(ModelError, match="weights.npz: unreadable"):
         Model.load(tmp_path / "m")
+
+
+def test_weights_checks_catch_a_flipped_bit_and_another_models_weights(tiny_model, tmp_path):
+    """model.json records each array's CRC-32 (weights_crc32): a weights.npz of another
+    model fails the check before anything is read, and a bit flipped inside an array
+    fails the zip's own CRC as the array is read. Neither needs the old SHA-256 of the
+    whole file, which is not consulted when the CRCs are there."""
+    tiny_model.save(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert set(meta["weights_crc32"]) >= {"W1", "b1", "W2", "b2"}
+    other = Model.load(tmp_path / "a")
+    weights = other.network.get_weights()
+    weights["b1"] = weights["b1"] + 1.0
+    other.network.set_weights(weights)
+    other.save(tmp_path / "b")
+    (tmp_path / "a" / "weights.npz").write_bytes((tmp_path / "b" / "weights.npz").read_bytes())
+    with pytest.raises(ModelError, match="weights.npz: checksum does not match"):
+        Model.load(tmp_path / "a")
+
+    tiny_model.save(tmp_path / "c")
+    j = tmp_path / "c" / "model.json"
+    meta = json.loads(j.read_text())
+    meta.pop("weights_sha256")
+    j.write_text(json.dumps(meta))
+    w = tmp_path / "c" / "weights.npz"
+    data = bytearray(w.read_bytes())
+    at = data.index(b"W1.npy") + 300  # inside the first array's data
+    data[at] ^= 0x01
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="weights.npz: unreadable.*CRC"):
+        Model.load(tmp_path / "c")
 
 
 def test_shipped_models_load():

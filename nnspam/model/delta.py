@@ -73,7 +73,7 @@ _FIELDS = ("words", "kind", "scaling", "ham_factor", "spam_factor", "threshold",
            "max_part_bytes", "summary", "wordlist_counts", "arch", "backend", "ngram",
            "libraries", "adaptive")
 #: model.json fields that say nothing about the model's behaviour (never in a delta).
-_IGNORED = ("nnspam_version", "weights_sha256", "wide", "grams")
+_IGNORED = ("nnspam_version", "weights_sha256", "weights_crc32", "wide", "grams")
 _WIDE = ("wide_w", "wide_df", "grams_w", "grams_sig")
 _ADAPTIVE = ("adaptive_activity", "adaptive_by_class")
 
@@ -397,4 +397,7 @@ def _through_files(meta: dict[str, Any], arrays: dict[str, np.ndarray],
         for k, v in out.items()})
     wbytes = buf.getvalue()
     meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()
+    from nnspam.model.core import weights_checksums
+
+    meta["weights_crc32"] = weights_checksums(wbytes)
     return model_from_files({"model.json": json.dumps(meta).encode(), "weights.npz": wbytes})

@@ -11,7 +11,9 @@ console script procmail would call) on N real messages (half ham, half spam,
 from the SpamAssassin corpus: DIR, else /tmp/corpus/spamassassin, else
 unpacked from ../shared/corpora/spamassassin.tar.xz) and prints the median
 and 90th percentile wall time per message, with ``python -c pass`` and
-``python -c 'import numpy'`` as baselines, and the in-process cost of each
+``python -c 'import numpy'`` as baselines, bogofilter's pass-through mode
+(``bogofilter -p -e``, with a word list taught the same messages) beside it
+when bogofilter is installed, and the in-process cost of each
 stage (imports, model load, scoring) of one message.
 
 With ``--server`` it also starts ``nnspam serve`` on a Unix socket and times
@@ -110,11 +112,13 @@ def server_mode(msgs: list[Path], tmp: str) -> None:
         srv.wait(60)
 
 
-def report(name: str, times: list[float]) -> None:
+def report(name: str, times: list[float]) -> float:
+    """Print the median and 90th percentile; return the median (ms)."""
     ms = sorted(t * 1000 for t in times)
     p90 = ms[min(len(ms) - 1, int(0.9 * len(ms)))]
-    print(f"{name:42s} median {statistics.median(ms):6.1f} ms   p90 {p90:6.1f} ms   "
-          f"(n={len(ms)})")
+    med = statistics.median(ms)
+    print(f"{name:42s} median {med:6.1f} ms   p90 {p90:6.1f} ms   (n={len(ms)})")
+    return med
 
 
 STAGES = r"""
@@ -155,8 +159,21 @@ def main() -> None:
         report("python -c pass", [timed([py, "-c", "pass"]) for _ in range(a.baseline_runs)])
         report("python -c 'import numpy'",
                [timed([py, "-c", "import numpy"]) for _ in range(a.baseline_runs)])
-        report("nnspam filter, one process per message",
-               [timed([str(BIN), "filter"], m) for m in msgs])
+        ours = report("nnspam filter, one process per message",
+                      [timed([str(BIN), "filter"], m) for m in msgs])
+        bogo = shutil.which("bogofilter")
+        if bogo:
+            # bogofilter's pass-through mode (-p, -e: exit 0 for spam and ham alike) with
+            # a word list taught the same messages, as procmail would run it
+            wl = os.path.join(tmp, "bogofilter")
+            os.mkdir(wl)
+            for m in msgs:
+                with open(m, "rb") as fh:
+                    subprocess.run([bogo, "-d", wl, "-s" if "spam" in m.parent.name else "-n"],
+                                   stdin=fh, check=True)
+            theirs = report("bogofilter -p -e, one process per message",
+                            [timed([bogo, "-d", wl, "-p", "-e"], m) for m in msgs])
+            print(f"nnspam filter / bogofilter: {ours / theirs:.0f} times")
         if a.server:
             server_mode(msgs, tmp)
         stages = []
