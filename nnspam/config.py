@@ -215,6 +215,9 @@ DEFAULTS: dict[str, Any] = {
         "max_connections": 32,  # requests served at once per worker; more wait in the backlog
         "user_model": None,  # per-user model path pattern (%u, %l, %d, ~); null = site model
         "user_cache": 16,  # per-user models kept loaded per worker (least recently used go)
+        # per-user allow/deny lists of senders: a YAML file per user (allow: [...], deny:
+        # [...], as lists: below), path pattern as user_model; added to lists:. null = none
+        "user_lists": None,
         "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
     },
     # Prometheus metrics of nnspam serve and nnspam daemon at http://HOST:PORT/metrics
@@ -717,6 +720,9 @@ SCHEMA: dict[str, Any] = {
         "max_connections": _COUNT,
         "user_cache": _num(0, integer=True),
         "user_model": Spec("null or a path pattern with %u, %l or %d",
+                           lambda v: v is None or (isinstance(v, str) and any(
+                               p in v for p in ("%u", "%l", "%d")))),
+        "user_lists": Spec("null or a path pattern with %u, %l or %d",
                            lambda v: v is None or (isinstance(v, str) and any(
                                p in v for p in ("%u", "%l", "%d")))),
         "spamassassin_headers": _bool(),

@@ -88,3 +88,33 @@ def test_the_daemon_s_sorter_files_by_the_lists(model, tmp_path):
     assert sorter.handle_new(box, ham) == "spam"
     assert sorter.handle_new(box, spam) == "ham"
     assert md.find_message(box / ".Junk", md.base_name(ham.name)) is not None
+
+
+def test_serve_reads_each_user_s_own_lists(tmp_path):
+    """serve.user_lists: each spamc user's own file, added to the site's lists:, read again
+    when it changes; a missing file adds nothing, a bad one is logged and adds nothing, and
+    a hostile user name never becomes a path."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"lists:\n  deny: [corp.example]\nserve:\n  user_lists: {lists}/%u.yaml\n")
+    (lists / "amy.yaml").write_text("allow: [friends.example]\ndeny: ['bob@home.example']\n")
+    spam = make_message(*SPAMMY, sender="news@friends.example")
+    ham = make_message("lunch", "see you at noon", sender="bob@home.example")
+    site_denied = make_message("lunch", "see you at noon", sender="x@corp.example")
+    srv = Server(tmp_path, cfg=cfg)
+    try:
+        assert srv.check(spam, "amy") == 0.0  # amy allows friends.example
+        assert srv.check(spam, "carl") > 5.0  # carl has no file: the model decides
+        assert srv.check(ham, "amy") == 10.0  # amy denies bob@home.example
+        assert srv.check(ham, "carl") < 5.0
+        assert srv.check(site_denied, "amy") == 10.0  # the site's deny applies to amy too
+        (lists / "amy.yaml").write_text("allow: []\n")  # amy changes her mind
+        assert srv.check(spam, "amy") > 5.0
+        (lists / "carl.yaml").write_text("allow: friends.example\n")  # not a list
+        assert srv.check(spam, "carl") > 5.0
+        got = srv.request(b"CHECK SPAMC/1.5\r\nContent-length: 1\r\nUser: ../amy\r\n\r\nx")
+        assert b"EX_NOUSER" in got or b" 67 " in got
+    finally:
+        srv.stop()
+    assert "carl.yaml not used" in srv.log() and "must hold 'allow:' and 'deny:'" in srv.log()

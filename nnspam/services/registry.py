@@ -19,6 +19,7 @@ daemon, is loaded on the next request, no signal needed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -212,6 +213,8 @@ class ModelRegistry:
         self.site = ModelSlot(path, Model.load(path), stamp)
         self.users: OrderedDict[Path, ModelSlot] = OrderedDict()
         self.users_lock = threading.Lock()
+        # serve.user_lists files as read: path -> (stat stamp, the lists or None if bad)
+        self.user_lists: OrderedDict[Path, tuple[tuple[int, int, int], Any]] = OrderedDict()
 
     def start_background(self) -> None:
         """Hook run by each worker process when it starts serving: nothing for models on
@@ -259,12 +262,55 @@ class ModelRegistry:
                 self.users.popitem(last=False)
         return slot
 
+    def lists_for(self, user: str | None) -> Any:
+        """The allow/deny lists that apply to ``user``'s mail: the config's ``lists:`` and
+        the user's own file (``serve.user_lists``, the same substitutions as
+        ``serve.user_model``) together. The file is read again when it changes (a ``stat``
+        per request); a missing file adds nothing, and a bad one is logged once and adds
+        nothing (the request is still answered)."""
+        site = self.settings.filter.lists
+        pattern = self.settings.user_lists
+        if not pattern or not user:
+            return site
+        path = user_model_path(pattern, user)
+        if path is None:
+            return site
+        try:
+            st = path.stat()
+        except OSError:
+            return site
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        with self.users_lock:
+            seen = self.user_lists.get(path)
+        if seen is None or seen[0] != stamp:
+            from nnspam.services.verdict import SenderLists
+
+            try:
+                mine: Any = SenderLists.from_file(path)
+            except (OSError, ValueError) as exc:
+                log.error("user lists %s not used: %s", path,
+                          getattr(exc, "strerror", None) or exc)
+                mine = None
+            seen = (stamp, mine)
+            with self.users_lock:
+                self.user_lists[path] = seen
+                self.user_lists.move_to_end(path)
+                while len(self.user_lists) > 1024:
+                    self.user_lists.popitem(last=False)
+        mine = seen[1]
+        if mine is None:
+            return site
+        return mine | site
+
     def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result:
         """Exactly the classification ``nnspam filter`` makes, with ``user``'s model;
         ``words`` > 0 also explains the verdict by that many words (``Result.words``,
         for SYMBOLS and REPORT) with the same model. Never waits for a lesson being
         learned or saved: the model held scores until the new one is swapped in."""
         f = self.settings.filter
+        lists = self.lists_for(user)
+        if lists is not f.lists:
+            f = dataclasses.replace(f, lists=lists)
         slot = self.slot_for(user)
         model = slot.current()
         with slot.lock:

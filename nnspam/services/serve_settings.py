@@ -47,6 +47,7 @@ class ServeSettings:
     max_request: int = 33554432  # bytes: a longer message is refused before it is read
     max_per_client: int = 32  # connections open at once from one client, per worker
     score_mode: str = "spamicity"  # SpamAssassin points: verdict.sa_points
+    user_lists: str | None = None  # per-user allow/deny list file pattern (%u, %l, %d, ~)
 
 
 def parse_listen(value: Any, what: str) -> tuple[str, int]:
@@ -167,6 +168,9 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
     user_model = s.get("user_model")
     if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
         raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
+    user_lists = s.get("user_lists")
+    if user_lists is not None and (not isinstance(user_lists, str) or "%" not in user_lists):
+        raise ServerError("serve.user_lists must be null or a path pattern with %u, %l or %d")
     store = cfg.get("store")
     if store is not None:
         from nnspam.services.store import check_url
@@ -185,4 +189,4 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                          _number(s, "user_cache", int, 0, 16),
                          bool(s.get("spamassassin_headers", False)), rule, store,
                          tell, tell_allowed, max_request,
-                         _number(s, "max_per_client", int, 1, 32), f.score_mode)
+                         _number(s, "max_per_client", int, 1, 32), f.score_mode, user_lists)

@@ -21,6 +21,7 @@ filter imports this before it knows whether it will classify at all.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,6 +114,38 @@ class SenderLists:
         if not sec.get("allow") and not sec.get("deny"):
             return None
         return cls(sec.get("allow") or (), sec.get("deny") or ())
+
+    def __or__(self, other: SenderLists | None) -> SenderLists:
+        """Both lists in one: the site's ``lists:`` and a user's own (serve.user_lists)."""
+        if other is None:
+            return self
+        out = SenderLists()
+        out.allow = (self.allow[0] | other.allow[0], self.allow[1] | other.allow[1])
+        out.deny = (self.deny[0] | other.deny[0], self.deny[1] | other.deny[1])
+        return out
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SenderLists:
+        """A user's lists from a YAML file holding ``allow:`` and ``deny:`` (each a list
+        of addresses and domains, as the config's ``lists:``); ValueError naming the file
+        when it is not that, OSError when it cannot be read."""
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict) or set(data) - {"allow", "deny"} or not all(
+                isinstance(v, list) or v is None for v in data.values()):
+            raise ValueError(f"{path}: must hold 'allow:' and 'deny:' lists of addresses and "
+                             "domains")
+        try:
+            return cls(data.get("allow") or (), data.get("deny") or ())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     @staticmethod
     def _hit(tokens: Sequence[str], lists: tuple[frozenset[str], frozenset[str]]) -> bool:
