@@ -239,15 +239,17 @@ def configure(model: AdaptiveModel, section: dict[str, Any]) -> AdaptiveState:
 
 
 def _pseudo_labels(model: AdaptiveModel, token_lists: Sequence[Sequence[str]],
-                   confidence: float) -> list[str | None]:
-    """Class of each message by the model's own confident verdict, else None."""
-    out = model.outputs(token_lists)
+                   confidence: float, out: np.ndarray | None = None) -> list[str | None]:
+    """Class of each message by the model's own confident verdict, else None (``out``:
+    the network's outputs for them, computed here when not given)."""
+    if out is None:
+        out = model.outputs(token_lists)
     o = out[:, 0] / np.maximum(out[:, 0] + out[:, 1], 1e-12)
     return ["spam" if x >= confidence else "ham" if x <= 1.0 - confidence else None for x in o]
 
 
 def observe(model: AdaptiveModel, token_lists: list[list[str]],
-            labels: list[str] | None = None) -> list[dict]:
+            labels: list[str] | None = None, outputs: np.ndarray | None = None) -> list[dict]:
     """Update activation statistics of input words and the bounded candidate table with the
     tokens of messages just classified (labels None) or learned (labels 'spam'/'ham'), and,
     when due, replace rarely activated inputs by candidates that became more frequent.
@@ -258,7 +260,8 @@ def observe(model: AdaptiveModel, token_lists: list[list[str]],
     if labels is not None and len(labels) != len(token_lists):
         raise ValueError("labels and token_lists differ in length")
     if labels is None and (st.settings["policy"] == "lfu-ig" or st.settings["init"] == "class"):
-        labels = _pseudo_labels(model, token_lists, float(st.settings["pseudo_label_confidence"]))
+        labels = _pseudo_labels(model, token_lists, float(st.settings["pseudo_label_confidence"]),
+                                outputs)
     inv_decay = 1.0 / st.decay
     cap2 = 2 * int(st.settings["candidates"])
     cadence = int(st.settings["cadence"])
@@ -311,8 +314,13 @@ def _replace(model: AdaptiveModel, st: AdaptiveState) -> list[dict]:
     min_count = float(st.settings["min_count"])
     margin = float(st.settings["margin"])
     g = st.gain
-    # Only words seen in at least min_count aged messages can qualify at all.
-    floor = min_count * g
+    # A candidate's score is at most its aged count (the information factor is below 1),
+    # and the first replacement needs a score above margin * activity + min_count of the
+    # weakest input: a word seen in fewer aged messages cannot qualify, and is not scored.
+    # (Scoring the whole table of up to 2 * candidates words every cadence messages took a
+    # sixth of a corrections-only stream; the replacements are the same.)
+    floor = (margin * float(act[weakest[0]]) + min_count) * g * (1.0 - 1e-9) if k else 0.0
+    floor = max(floor, min_count * g)
     pool = [(st.candidate_score(e), w) for w, e in st.candidates.items() if e[0] >= floor]
     best = heapq.nlargest(k, pool)
     done = []

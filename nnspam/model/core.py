@@ -346,12 +346,15 @@ class Model:
     def judge_tokens(
         self, token_lists: Sequence[Sequence[str]],
         ham_factor: float | None = None, spam_factor: float | None = None,
+        outputs: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(spamicity, its logit) of tokenized messages, in one pass. The logit ranks
-        messages whose spamicity rounds to 0 or 1 (``nnspam stream``'s 1-ROCA)."""
+        messages whose spamicity rounds to 0 or 1 (``nnspam stream``'s 1-ROCA).
+        ``outputs``: the network's outputs for them (:meth:`outputs`) when the caller
+        has them already, to be handed on to :func:`nnspam.model.correct.observe`."""
         h = self.ham_factor if ham_factor is None else ham_factor
         s = self.spam_factor if spam_factor is None else spam_factor
-        out = self.outputs(token_lists)
+        out = self.outputs(token_lists) if outputs is None else outputs
         wide = (self.wide.logit(token_lists) if self.wide is not None and self.wide.active
                 else None)
         return self.judge_outputs(out, wide, h, s, self.grams_margins(token_lists))

@@ -241,17 +241,20 @@ def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
 
 
 def observe(model: Any, token_lists: list[list[str]], labels: list[str] | None = None,
-            adaptive_inputs: bool = True) -> list[dict]:
+            adaptive_inputs: bool = True, outputs: Any = None) -> list[dict]:
     """Let the model count arriving messages: the adaptive input statistics (with their
     replacement steps) and the wide path's token counts. Every front calls this for a
     message it classifies and does not learn; :func:`correct` calls it for the messages
-    it learns. Returns the adaptive replacements made."""
+    it learns. ``outputs``: the network's outputs for the messages when the caller scored
+    them just before, nothing learned since (the adaptive inputs' own verdicts need them;
+    computing them again took a sixth of a corrections-only stream). Returns the adaptive
+    replacements made."""
     from nnspam.model import adaptive
 
     model.ensure_wide().observe(token_lists)
     if not adaptive_inputs:
         return []
-    done = adaptive.observe(model, token_lists, labels)
+    done = adaptive.observe(model, token_lists, labels, outputs=outputs)
     if done and getattr(model, "_free_slots", None):
         cands = model.adaptive.candidates
         for r in done:  # an evicted free-slot name is not a word to remember

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -64,6 +63,7 @@ import numpy as np
 
 from nnspam.learning.features import NGRAM_JOIN, Vectorizer
 from nnspam.learning.network import Network
+from nnspam.model.slots import token_hash
 from nnspam.model.wide import IDENTITY_PREFIXES, Wide
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def _hidden(S: np.ndarray, W: np.ndarray, shortcut: bool = True) -> np.ndarray:
 
 
 def _crc(token: str, mask: int) -> int:
-    return zlib.crc32(token.encode("utf-8", "surrogateescape")) & mask
+    return token_hash(token) & mask
 
 
 def _part_without(wide: Wide, slot_of: dict[str, int], removed: Sequence[str]) -> np.ndarray:

@@ -32,12 +32,12 @@ so an untaught part costs nothing on disk; 2**20 slots are 8 MB in memory once u
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from nnspam.mail.tokens import HEAD_MARK
+from nnspam.model.slots import sorted_unique, word_hashes
 
 __all__ = ["Grams", "DEFAULT_BITS", "HEAD_BYTES", "NNSPAM_CAP", "GRAMS_WEIGHT", "GRAMS_BIAS",
            "GRAMS_CAP", "combine", "max_logit"]
@@ -177,11 +177,8 @@ class Grams:
             g = (b[:-3] << np.uint64(24)) | (b[1:-2] << np.uint64(16)) | (
                 b[2:-1] << np.uint64(8)) | b[3:]
             parts.append(((g * _GOLDEN) >> np.uint64(64 - self.bits)).astype(np.int64))
-        m = self.mask
-        words = [t for t in set(tokens) if not t.startswith("\x00")]
-        parts.append(np.fromiter((zlib.crc32(t.encode("utf-8", "surrogateescape")) & m
-                                  for t in words), dtype=np.int64, count=len(words)))
-        out = np.unique(np.concatenate(parts))
+        parts.append(word_hashes(tokens) & self.mask)  # hashed once for the wide path too
+        out = sorted_unique(np.concatenate(parts))
         self._memo = (tokens, out)
         return out
 

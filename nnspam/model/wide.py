@@ -28,10 +28,11 @@ weights), so an unused wide path costs nothing on disk.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from nnspam.model.slots import hashes, sorted_unique, word_hashes, words_of
 
 __all__ = ["Wide", "DEFAULT_BITS", "IDENTITY_PREFIXES"]
 
@@ -101,7 +102,7 @@ class Wide:
 
     def indices(self, tokens: Iterable[str]) -> np.ndarray:
         """The distinct hashed slots of a message's tokens (every part)."""
-        return np.unique(np.concatenate(self._slots(tokens)))
+        return sorted_unique(np.concatenate(self._slots(tokens)))
 
     def counted(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """(slots, increments): what :meth:`observe` adds to the document counts for
@@ -110,11 +111,8 @@ class Wide:
         idx, counts = np.unique(np.concatenate(self._slots(tokens)), return_counts=True)
         return idx, counts.astype(np.float32)
 
-    def _hash(self, tokens: Iterable[str]) -> np.ndarray:
-        m = self.mask
-        return np.unique(np.fromiter(
-            (zlib.crc32(t.encode("utf-8", "surrogateescape")) & m for t in tokens),
-            dtype=np.int64))
+    def _hash(self, tokens: Sequence[str]) -> np.ndarray:
+        return sorted_unique(hashes(tokens) & self.mask)
 
     def _slots(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The distinct hashed slots of the message's three parts: its content tokens, its
@@ -133,12 +131,11 @@ class Wide:
         return out
 
     def _slots_of(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # the head token (HEAD_MARK) is the grams part's, not a word
-        uniq = {t for t in tokens if t[:1] != "\x00"}
+        uniq = words_of(tokens)  # hashed once for the grams part too (model/slots.py)
         ident = [_IDENTITY_MARK + t for t in uniq if t.startswith(IDENTITY_PREFIXES)]
         digest = hashlib.blake2b("\x00".join(sorted(uniq)).encode("utf-8", "surrogateescape"),
                                  digest_size=8).digest()
-        return (self._hash(uniq), self._hash(ident),
+        return (sorted_unique(word_hashes(tokens) & self.mask), self._hash(ident),
                 np.array([int.from_bytes(digest, "little") & self.mask], dtype=np.int64))
 
     def observe(self, token_lists: Sequence[Sequence[str]]) -> None:

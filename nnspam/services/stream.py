@@ -172,14 +172,15 @@ def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], b
 
     for (judge, path), toks in zip(items, tokenized(model, items, read, tokenizers),
                                    strict=True):
-        sps, zs = model.judge_tokens([toks], h, s)
+        out = model.outputs([toks])  # for the verdict, and for observe's own verdicts
+        sps, zs = model.judge_tokens([toks], h, s, outputs=out)
         sp, score = float(sps[0]), float(zs[0])  # scored before the message is learned
         verdict = verdict_of(sp, t)  # the one rule (judge_tokens also gives the logit)
         learn = feedback == "all" or (feedback == "errors" and verdict != judge)
         if learn:
             correct(model, [toks], judge, rule, adaptive_inputs=adaptive, source="stream")
         else:
-            observe(model, [toks], adaptive_inputs=adaptive)
+            observe(model, [toks], adaptive_inputs=adaptive, outputs=out)
         yield Step(path, judge, sp, score, verdict, learn)
 
 
