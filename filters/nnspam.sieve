@@ -1,7 +1,7 @@
 # nnspam for Dovecot LDA/LMTP (Pigeonhole Sieve, vnd.dovecot.filter):
 # pass every message through nnspam filter, file spam into Junk.
 #
-# Install (see README "Pipe filter"): put filters/nnspam-filter into the
+# Install (see docs/guides/pipe-filter.md "Pipe filter"): put filters/nnspam-filter into the
 # sieve_filter_bin_dir (e.g. /usr/lib/dovecot/sieve-filter/), enable the
 # extension in the Dovecot config,
 #   plugin {

@@ -95,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
         "confident_margin": 0.45,  # ... spamicity >= threshold+m or <= threshold-m
     },
     # The architectures other than nnspam's own n-h-2 network (nnspam train
-    # --arch deep|sms-embedding; README "Architectures and the Keras backend").
+    # --arch deep|sms-embedding; docs/lab/architectures.md "Architectures and the Keras backend").
     # Learning rate, batch size, epochs, patience, validation part and seed
     # come from network: above.
     "arch": {
@@ -123,7 +123,7 @@ DEFAULTS: dict[str, Any] = {
         "wordlist": {"method": "ig", "size": 2000, "min_df": 2},
         "features": {"scaling": "binary"},
         "network": {"refit": "swa", "input_dropout": 0.0, "members": 1},
-        # SMS from Twilio (nnspam sms serve / nnspam sms poll; README "SMS").
+        # SMS from Twilio (nnspam sms serve / nnspam sms poll; docs/guides/sms.md "SMS").
         "maildir": "~/SMS",  # SMS maildir; spam is filed into its daemon.junk folder
         "state": "~/.local/state/nnspam/sms.sqlite3",  # decisions and SMS list (SQLite)
         "public_url": None,  # webhook URL as Twilio calls it (TLS proxy); null = request URL
@@ -152,7 +152,7 @@ DEFAULTS: dict[str, Any] = {
         # (e.g. "[SPAM] "): for mail clients that sort by Subject; null: left alone
         "rewrite_subject": None,
     },
-    # The maildir daemon (nnspam daemon; README "Maildir daemon").
+    # The maildir daemon (nnspam daemon; docs/guides/daemon.md "Maildir daemon").
     # How a correction is learned: one rule for nnspam learn, the daemon, the server's
     # TELL, the dashboard, nnspam stream and the TREC scripts (nnspam/model/correct.py).
     # The web dashboard of email and SMS (nnspam dashboard, nnspam sms serve): login with
@@ -194,7 +194,7 @@ DEFAULTS: dict[str, Any] = {
         # and teaches, for this user; null: the site model
         "user": None,
     },
-    # The SPAMC/SPAMD scoring server (nnspam serve; README "Scoring server").
+    # The SPAMC/SPAMD scoring server (nnspam serve; docs/guides/server.md "Scoring server").
     "serve": {
         "socket": None,  # Unix socket path, e.g. /run/nnspam/nnspam.sock; null = none
         "listen": "127.0.0.1:783",  # TCP HOST:PORT (spamd's port); null = no TCP

@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("store", "look after a fleet's model store (config store:)",
              "List, copy out and install the models of a fleet's Redis store (config store:; "
-             "README \"Running a fleet\"). push DIR installs a newly trained site model in "
-             "the running fleet as a new generation and rebases every per-user model on it "
+             "docs/guides/fleet.md). push DIR installs a newly trained site model in the "
+             "running fleet as a new generation and rebases every per-user model on it "
              "(their correction journals learned again); push --user NAME [DIR] moves a "
              "per-user model directory into the store (DIR: the user's serve.user_model "
              "directory); pull writes a model of the store to a directory. Exit status: 0 "
@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Drafts, Sent and Unsure left out, in delivery order, as 'nnspam stream "
              "--untrained --feedback all' learns a stream. Then point the daemon (or the "
              "filter) at it with -m DIR, with the unsure band on for the first weeks "
-             "(README \"The first day\"). Exit status: 0 learned, 1 nothing to learn (no spam "
-             "or no ham), 2 usage (no maildir, DIR exists).")
+             "(docs/guides/first-day.md). Exit status: 0 learned, 1 nothing to learn (no "
+             "spam or no ham), 2 usage (no maildir, DIR exists).")
     _add_model(sp, required=True)
     sp.add_argument("maildir", metavar="MAILDIR", help="the mailbox (Maildir++, e.g. ~/Maildir)")
     sp.add_argument("--junk", metavar="FOLDER",

@@ -16,7 +16,7 @@ the message, optionally scaled. Scalings:
 With ``ngram=2`` the tokens of a message are extended by the pairs of adjacent
 tokens (joined by ``NGRAM_JOIN``), so a word list may hold word pairs too.
 
-The default is chosen by measurement (README "Measurements").
+The default is chosen by measurement (docs/lab/measurements.md "Measurements").
 
 :meth:`Vectorizer.transform` returns a SciPy CSR matrix (float32): a message uses about
 1.4 % of the 8000 input words (Enron-Spam's train part), so the dense (m, n) matrix of

@@ -24,8 +24,8 @@ What is kept the same as the NumPy backend, so the two backends train the same n
 
 What differs: the order of mini-batches and the dropout masks come from Keras' own random
 generators (seeded by ``keras.utils.set_random_seed(seed)``), and the arithmetic is
-TensorFlow's, so the two backends reach equal accuracy, not equal weights (README
-"Architectures and the Keras backend" measures the spread over seeds).
+TensorFlow's, so the two backends reach equal accuracy, not equal weights
+(docs/lab/architectures.md measures the spread over seeds).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ _PARAM_NAMES = ("W1", "b1", "W2", "b2")
 #: both ways (enron4 1-ROCA 0.099 -> 0.117%, enron3 0.163 -> 0.160%; docs/lab/
 #: learner-probes.md); with the grams part (nnspam/model/grams.py), which was chosen
 #: with lazy steps, every stream ranks better than the full steps did without it but
-#: enron5 (README "Learning from a stream").
+#: enron5 (docs/lab/streams.md "Learning from a stream").
 LAZY_PARTIAL_FIT = True
 
 # Adam constants (Kingma & Ba 2015 defaults).  ``momentum`` is only used by plain SGD.
@@ -512,7 +512,7 @@ class Network(Learner):
         full step size on its first step, and that undid trained models: over the drifting
         SpamAssassin stream of ``scripts/bench/adaptive_stream.py``, learning each error with
         fresh Adam (3 passes) made 216 errors for one network and 231 for the merged default,
-        plain steps at 0.003 made 120 (README "Adaptive input words").
+        plain steps at 0.003 made 120 (docs/guides/adaptive.md "Adaptive input words").
         ``learning_rate`` defaults to the network's.
         """
         X = self._as_input(X)
@@ -950,7 +950,7 @@ def merge_networks(nets: Sequence[Network]) -> Network:
 
     Why: seeds of one recipe differ mostly in how sure they are near the threshold (on the
     SpamAssassin split, spam missed 15-24 over seeds 1-6 at the same ranking), and the mean
-    of three is steadier than any one (README "Measurements").
+    of three is steadier than any one (docs/lab/measurements.md "Measurements").
     """
     if not nets:
         raise ValueError("merge_networks needs at least one network")

@@ -9,7 +9,7 @@ short messages: numbers by shape, currency, URLs, shouting.
 Choices and the measurements behind them are recorded next to the code that
 makes them (SpamBayes' tokenizer.py is the model). Measurements are on the
 SpamAssassin split (train part for training, test part for testing) unless
-stated; see README "Measurements".
+stated; see docs/lab/measurements.md "Measurements".
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def text_only_copy(raw: bytes, separator: bool = True, max_part_bytes: int = 262
     is not spam for that alone. Without it the shipped model, trained on the full headers
     of the SpamAssassin corpus, called 15.7% of the Enron-Spam hams of ``enron1`` spam
     before any correction: ``msgid:none``, ``recipients:0`` and ``defect:*`` had only
-    ever been seen on spam (README "Learning from a stream")."""
+    ever been seen on spam (docs/lab/streams.md "Learning from a stream")."""
     msg = parse_message(raw, max_part_bytes=max_part_bytes)
     subject = _WS.sub(" ", msg.header("subject") or "").strip()
     head = f"Subject: {subject}\n" + ("\n" if separator else "")

@@ -25,8 +25,8 @@ Policies (``policy``):
             times their class information ``1 - H(p_spam)`` (smoothed), so a
             frequent word that occurs in both classes (``the``, a common
             header) does not take an input that only rare but telling words
-            used. The default: it measured better (README, "Adaptive input
-            words"; ``scripts/bench/adaptive_stream.py``).
+            used. The default: it measured better (docs/guides/adaptive.md;
+            ``scripts/bench/adaptive_stream.py``).
 
 Cost per message: one set() of its tokens, one dict update per distinct
 non-input token and one NumPy fancy-index add for the input tokens. Aging is

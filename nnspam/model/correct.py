@@ -18,7 +18,7 @@ What a correction does, in order:
    SpamProbe, with a margin as in their TONE, so a message just over the line does not
    fall back at the next update.
 
-Measured, and why each part is there: README "Learning from a stream".
+Measured, and why each part is there: docs/lab/streams.md "Learning from a stream".
 """
 
 from __future__ import annotations

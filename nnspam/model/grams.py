@@ -22,8 +22,8 @@ learned message the hinge update at margin 1 scaled by it. It starts at zero in 
 model (the shipped ones included: none of the SpamAssassin corpus's collection artifacts
 are in it), learns every message a user's model learns (full feedback) or is corrected
 on, and enters the score as :func:`combine` says. Measured against the alternatives
-(logistic steps at 0.002 and 0.005, AdaGrad; byte 4-grams alone; 2**22 slots): README
-"Learning from a stream" and docs/lab/learner-probes.md.
+(logistic steps at 0.002 and 0.005, AdaGrad; byte 4-grams alone; 2**22 slots):
+docs/lab/streams.md and docs/lab/learner-probes.md.
 
 Stored with the model as sparse arrays (the non-zero weights, the confidences below 1),
 so an untaught part costs nothing on disk; 2**20 slots are 8 MB in memory once used

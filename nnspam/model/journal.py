@@ -18,7 +18,7 @@ records, for each message it learns, the exact change it made:
 wide path is linear in its weights and the counts are sums, so with the default rule
 forgetting is exact up to float32 rounding, whatever was learned after. A network
 pass is not linear: the later corrections were learned on top of the forgotten one,
-so its delta is an approximation there (measured: README "Undoing a lesson").
+so its delta is an approximation there (measured: docs/guides/explain-undo.md "Undoing a lesson").
 Not undone: the adaptive inputs' statistics and any input replacement the
 correction's counts brought about (it is logged with the entry).
 

@@ -19,7 +19,7 @@ Corrections (:func:`nnspam.model.correct.correct`) change it by the passive-aggr
 on its side of the threshold with the margin asked for, capped per correction. Because
 the change is spread over the message's own tokens, it moves that message and the mail
 that shares its tokens (the next issue of a newsletter, the same sender or list, the
-same template) and nothing else. Measured: README "Learning from a stream".
+same template) and nothing else. Measured: docs/lab/streams.md "Learning from a stream".
 
 Stored with the model as two arrays (``wide_index``, ``wide_value``: the non-zero
 weights), so an unused wide path costs nothing on disk.

@@ -35,7 +35,7 @@ messages with text-only copies) steps 2 and 3 run here, after the copies are mad
 ``local`` starts a ``LocalCluster`` of one-thread worker processes (``local:N`` for
 N workers; default: one per core). Any other value is a scheduler address
 (``tcp://host:8786``) of a cluster started with ``dask scheduler`` / ``dask worker``,
-or with Dask's Kubernetes or SLURM deployers (README "Training on a Dask cluster").
+or with Dask's Kubernetes or SLURM deployers (docs/guides/dask.md "Training on a Dask cluster").
 The workers need nnspam installed at the same version; they receive message bytes,
 never file paths, so they need no access to the archive.
 

@@ -13,7 +13,7 @@ Why untrained: measured on Enron user 1 with its first 10% as the existing mailb
 corrections only afterwards, the shipped model taught that 10% in full lost 41 of the
 remaining 3,310 hams and missed 187 of 1,345 spams; an untrained network learning the
 same 10% lost 24 and missed 177 (two passes over it: 26 and 176). The rest of the first
-weeks is the unsure band's: README "The first day".
+weeks is the unsure band's: docs/guides/first-day.md "The first day".
 
 Which folders: Maildir++ subfolders (``.Name``) besides the Junk folder are ham, except
 those whose mail is not received mail or not sorted yet (:data:`SKIPPED`: Trash, Drafts,

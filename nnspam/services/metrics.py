@@ -114,7 +114,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "nnspam_model_saves_total": (
         "counter", ("front",), "Model directories saved (TELL, daemon checkpoints)."),
     "nnspam_errors_total": (
-        "counter", ("front", "kind"), "Errors, by kind (README \"Metrics\")."),
+        "counter", ("front", "kind"), "Errors, by kind (docs/guides/explain-undo.md \"Metrics\")."),
     "nnspam_serve_connections_in_progress": (
         "gauge", (), "Connections being served now (= busy handler threads), all workers."),
     "nnspam_serve_handler_threads": (

@@ -82,7 +82,7 @@ have decayed towards 0 by then): seed 1 FP 10, FN 107, 1-ROCA 0.412%; seed 2
 FP 13, FN 109, 0.745% -- worse than keeping the slot's weights.
 
 From a trained model the online learner now learns by the daemon's ``learn:``
-rule (issue 13; README "Learning from a stream"). Before that it took Adam steps
+rule (issue 13; docs/lab/streams.md "Learning from a stream"). Before that it took Adam steps
 at ``online.learning_rate_trained``, and the rate mattered most: the first Adam
 steps move every weight by about the step size, which undoes much of a trained
 model. Measured with the single-network email

@@ -39,7 +39,7 @@ Resources: one BLAS thread per process (:func:`nnspam.services.blas.one_blas_thr
 threads made one message's forward pass 0.1 ms -> 20 ms on a busy host) and
 two glibc malloc arenas (RSS +20 MB instead of +75 MB over 4,000 hostile
 requests). Measured (``scripts/bench/server.py``, 2 cores shared with other
-jobs, load average 9-13): see README "Scoring server".
+jobs, load average 9-13): see docs/guides/server.md "Scoring server".
 """
 
 from __future__ import annotations

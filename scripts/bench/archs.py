@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Every architecture and backend on the shared test splits: the README's architecture table.
+"""Every architecture and backend on the shared test splits: the architecture table of
+docs/lab/architectures.md.
 
 For each corpus given (SpamAssassin with --corpus/--sa-split, SMS with --sms/--sms-split),
 trains each architecture x backend on the train part, and measures on the test part at the

@@ -6,7 +6,8 @@ workers (``nnspam train --dask local:N``), on the same corpus, in one run.
 Each configuration runs ``nnspam train`` as a child process (start-up included), timed
 by wall clock; peak memory is the largest resident set of the command and of its worker
 processes (``getrusage`` of the children). Also prints the stage times the model records
-(tokenize, fit) and the per-message costs the README's estimate for larger archives uses.
+(tokenize, fit) and the per-message costs the estimate for larger archives in
+docs/guides/dask.md uses.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A fleet's cost (README "Running a fleet"): 1,000 per-user models in Redis against
+"""A fleet's cost (docs/guides/fleet.md "Running a fleet"): 1,000 per-user models in Redis against
 1,000 full copies, the servers' memory, the learner's pace, and a server's throughput
 with the Redis store against the same server with models on disk, in one run.
 

@@ -4,7 +4,7 @@ Trains the default email network with seeds 1..K against one FIXED validation pa
 training data (the same held-back tenth for every seed, drawn with ``--validation-seed``),
 and prints each run's best validation loss and its test figures at the default ham bias. The
 run a restart procedure would keep is the one with the lowest validation loss; the test part
-is only reported, never used to choose. README "How it compares" quotes the result:
+is only reported, never used to choose. docs/lab/results.md "How it compares" quotes the result:
 validation part 101 keeps seed 4 (1 ham lost, 19 spams missed), part 102 keeps seed 2 (0, 22),
 against the shipped seed 1's (0, 21): no steadier than one run.
 

@@ -1,7 +1,7 @@
 """The TREC Spam Filter Evaluation Toolkit commands, backed by nnspam's online learner.
 
-The toolkit's ``run.sh`` starts one process per command (see README "TREC
-interface"):
+The toolkit's ``run.sh`` starts one process per command (see
+docs/guides/trec.md):
 
 ``initialize``                      create the filter state
 ``classify FILE``                   print ``class=spam|ham score=X tfile=-``
