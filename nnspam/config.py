@@ -220,6 +220,15 @@ DEFAULTS: dict[str, Any] = {
         "user_lists": None,
         "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
     },
+    # nnspam imap (nnspam/services/imap.py): filing and learning on IMAP accounts.
+    "imap": {
+        "accounts": [],  # each a mapping: name, host, user, a secret source, ... (config.yaml)
+        "state": "~/.local/state/nnspam/imap.sqlite3",
+        "poll_interval": 5.0,  # seconds: other folders checked, IDLE renewed, or a poll
+        "timeout": 60.0,  # seconds a command may take before the connection counts as lost
+        "move_window": 120.0,  # seconds: left Junk this recently + in the inbox = "not junk"
+        "max_backoff": 300.0,  # seconds: the longest wait before a reconnect
+    },
     # Prometheus metrics of nnspam serve and nnspam daemon at http://HOST:PORT/metrics
     # (nnspam/services/metrics.py; --metrics HOST:PORT replaces it); null = off.
     "metrics": None,
@@ -726,6 +735,16 @@ SCHEMA: dict[str, Any] = {
                            lambda v: v is None or (isinstance(v, str) and any(
                                p in v for p in ("%u", "%l", "%d")))),
         "spamassassin_headers": _bool(),
+    },
+    # Each account's settings are checked by nnspam.services.imap.accounts_from_config.
+    "imap": {
+        "accounts": Spec("a list of accounts (mappings with name, host, user, ...)",
+                         lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)),
+        "state": _PATH,
+        "poll_interval": _POSITIVE,
+        "timeout": _POSITIVE,
+        "move_window": _NONNEG,
+        "max_backoff": _POSITIVE,
     },
     # As serve.listen, and a host is required (nnspam.services.metrics.address).
     "metrics": Spec("null or IP:PORT with a port 0..65535, e.g. 127.0.0.1:9183",

@@ -1,5 +1,6 @@
-"""Shared test helpers: where the shared corpora are, small message builders, and a
-``nnspam serve`` process to test against (:class:`Server`)."""
+"""Shared test helpers: where the shared corpora are, small message builders, a
+``nnspam serve`` process to test against (:class:`Server`), and the fixtures that several
+test modules use. More helpers that are not fixtures are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ needs_corpora = pytest.mark.skipif(
 # Debian packages of the programs the tests drive; .ci/run apt-installs them all.
 PACKAGES = {"procmail": "procmail", "maildrop": "maildrop", "maildirmake": "maildrop",
             "sieve-test": "dovecot-sieve", "sievec": "dovecot-sieve", "setpriv": "util-linux",
+            "dovecot": "dovecot-imapd", "openssl": "openssl",
             "flock": "util-linux", "spamc": "spamc", "exim": "exim4-daemon-heavy",
             "systemd-analyze": "systemd", "prometheus": "prometheus",
             "redis-server": "redis-server"}
@@ -63,7 +65,9 @@ def free_port() -> int:
 
 class Server:
     """A ``nnspam serve`` subprocess on a TCP port (``host:port``, a free one of
-    127.0.0.1 by default) and a Unix socket (``unix=False``: none).
+    127.0.0.1 by default; :attr:`tcp` is that address) and a Unix socket (:attr:`sock`;
+    ``unix=False``: none), with its stderr in :attr:`logfile`. ``tmp`` is created if
+    missing.
 
     Its config is ``cfg`` when given (the fleet's shared file), else ``extra_cfg``
     written to ``tmp/config.yaml``; ``args`` go to ``nnspam serve`` (``--workers``...),
@@ -76,9 +80,11 @@ class Server:
                  host: str = "127.0.0.1", port: int | None = None,
                  args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  cfg: Path | None = None, unix: bool = True, own_group: bool = False,
-                 start_timeout: float = 60, allow_tell: bool = True) -> None:
+                 start_timeout: float = 90, allow_tell: bool = True) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or free_port()
+        self.tcp = f"{host}:{self.port}"
         self.sock = str(tmp / f"nnspam-{host}.sock")
         if cfg is None:
             cfg = tmp / "config.yaml"
@@ -90,7 +96,7 @@ class Server:
         self._log = open(self.logfile, "ab")  # a file: a full pipe would block the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
-             "--listen", f"{host}:{self.port}", *(["--socket", self.sock] if unix else []),
+             "--listen", self.tcp, *(["--socket", self.sock] if unix else []),
              *(["--allow-tell"] if allow_tell else []), *args],
             stderr=self._log, env={**os.environ, **(env or {})}, start_new_session=own_group)
         deadline = time.monotonic() + start_timeout
@@ -102,6 +108,8 @@ class Server:
                     return
             except OSError:
                 time.sleep(0.1)
+        self.kill()
+        self._log.close()
         raise RuntimeError("server did not start:\n" + self.log())
 
     def request(self, data: bytes, unix: bool = False) -> bytes:
@@ -156,7 +164,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=30)
+            return self.proc.wait(timeout=60)
         finally:
             self._log.close()
 
@@ -180,3 +188,90 @@ def sa_corpus(tmp_path_factory):
     with tarfile.open(SA_TAR) as tar:
         tar.extractall(d, filter="data")
     return d / "spamassassin"
+
+
+@pytest.fixture(scope="module")
+def sa_burst(sa_corpus) -> list[bytes]:
+    """1,000 spam and 1,000 ham of the SpamAssassin corpus, interleaved."""
+    from helpers import BURST
+
+    def files(*dirs: str) -> list[Path]:
+        out = []
+        for d in dirs:
+            out += sorted(p for p in (sa_corpus / d).iterdir() if p.name != "cmds")
+        return out
+    spam = [p.read_bytes() for p in files("spam", "spam_2")[: BURST // 2]]
+    ham = [p.read_bytes() for p in files("easy_ham", "hard_ham")[: BURST // 2]]
+    out = [m for pair in zip(spam, ham, strict=True) for m in pair]
+    assert len(out) == BURST
+    return out
+
+
+@pytest.fixture(scope="module")
+def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
+    """A spam and a ham the shipped model is sure about, without X-NNSpam or
+    X-Spam headers and with no line over 900 bytes (SMTP-safe)."""
+    from nnspam.model.core import Model
+
+    m = Model.load("default")
+
+    def first(part: str, want_spam: bool) -> bytes:
+        for p in sorted((sa_corpus / part).iterdir())[:80]:
+            raw = p.read_bytes()
+            if b"X-NNSpam" in raw or b"X-Spam-" in raw:
+                continue
+            if max(len(line) for line in raw.split(b"\n")) > 900:
+                continue
+            s = float(m.score([raw])[0])
+            if (s > 0.99) if want_spam else (s < 0.01):
+                return raw
+        raise AssertionError(f"no clear {part} message")
+    return first("spam", True), first("easy_ham", False)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped email model, loaded once for a module (its tests must not change it)."""
+    from nnspam.model.core import Model
+
+    return Model.load("default")
+
+
+@pytest.fixture
+def sms_model(tmp_path) -> Path:
+    """A writable copy of the shipped SMS model (small: quick to load and save)."""
+    import shutil
+
+    from nnspam.model.core import resolve_model_path
+
+    dest = tmp_path / "sms-model"
+    shutil.copytree(resolve_model_path("default-sms"), dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A ``nnspam serve`` of the shipped model with the default config, for a module."""
+    srv = Server(tmp_path_factory.mktemp("serve"))
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture
+def box(tmp_path) -> Path:
+    """An empty maildir, ``tmp_path/Maildir``."""
+    from nnspam.mail import maildir as md
+
+    return md.ensure_maildir(tmp_path / "Maildir")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The SMS store of :func:`helpers.sms_config` under ``tmp_path``."""
+    from nnspam.front.sms.store import open_store
+
+    from helpers import sms_config
+
+    st = open_store(sms_config(tmp_path))
+    yield st
+    st.close()

@@ -18,19 +18,14 @@ from nnspam.model.correct import (
 from nnspam.model.wide import Wide
 
 from conftest import make_message
+from helpers import train_tiny
 
 
 @pytest.fixture
-def tiny_model() -> Model:
-    from test_model import tiny_samples
-
-    from nnspam import config as C
-    from nnspam.services.training import train_model
-
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=30, validation_fraction=0.25, members=1)
-    return train_model(tiny_samples(), "email", settings)
+def tiny_single_model() -> Model:
+    """A tiny model of one network (not an ensemble), trained afresh for each test (the
+    tests change it)."""
+    return train_tiny(members=1)
 
 
 def test_wide_logit_is_zero_until_taught_and_moves_by_the_change_asked():
@@ -72,34 +67,35 @@ def test_wide_round_trips_through_its_arrays():
         Wide.from_arrays({"bits": 12}, {**w.arrays(), "wide_index": np.array([1 << 13])})
 
 
-def test_a_correction_reaches_its_margin_and_survives_save_and_load(tiny_model, tmp_path):
+def test_a_correction_reaches_its_margin_and_survives_save_and_load(tiny_single_model, tmp_path):
     msg = make_message("agenda", "cheap offer meeting agenda notes")
-    toks = [tiny_model.tokens(msg)]
+    toks = [tiny_single_model.tokens(msg)]
     rule = Rule(passes=1, max_passes=1, margin=1.0)
     for label in ("spam", "ham"):
-        correct(tiny_model, toks, label, rule)
-        assert margin_of(tiny_model, toks, label)[0] >= 1.0 - 1e-4
-    sp = tiny_model.score([msg])[0]
-    assert sp < tiny_model.threshold
-    tiny_model.save(tmp_path / "m")
+        correct(tiny_single_model, toks, label, rule)
+        assert margin_of(tiny_single_model, toks, label)[0] >= 1.0 - 1e-4
+    sp = tiny_single_model.score([msg])[0]
+    assert sp < tiny_single_model.threshold
+    tiny_single_model.save(tmp_path / "m")
     back = Model.load(tmp_path / "m")
     assert back.score([msg])[0] == pytest.approx(sp, abs=1e-6)
-    assert back.wide is not None and back.wide.updates == tiny_model.wide.updates
+    assert back.wide is not None and back.wide.updates == tiny_single_model.wide.updates
 
 
-def test_wide_off_leaves_the_score_to_the_network(tiny_model):
+def test_wide_off_leaves_the_score_to_the_network(tiny_single_model):
     msg = make_message("agenda", "cheap offer meeting")
-    correct_payloads(tiny_model, [msg], "spam", Rule(wide=False, passes=1, max_passes=1))
-    assert tiny_model.wide is None or not tiny_model.wide.active
+    correct_payloads(tiny_single_model, [msg], "spam", Rule(wide=False, passes=1, max_passes=1))
+    assert tiny_single_model.wide is None or not tiny_single_model.wide.active
 
 
-def test_until_margin_takes_more_network_passes(tiny_model):
+def test_until_margin_takes_more_network_passes(tiny_single_model):
     msg = make_message("agenda", "cheap offer meeting notes")
-    toks = [tiny_model.tokens(msg)]
-    before = margin_of(tiny_model, toks, "spam")[0]
-    correct(tiny_model, toks, "spam", Rule(passes=1, max_passes=200, margin=before + 2.0,
-                                           wide=False, learning_rate=0.05))
-    assert margin_of(tiny_model, toks, "spam")[0] > before + 1.0
+    toks = [tiny_single_model.tokens(msg)]
+    before = margin_of(tiny_single_model, toks, "spam")[0]
+    correct(tiny_single_model, toks, "spam", Rule(passes=1, max_passes=200,
+                                                  margin=before + 2.0, wide=False,
+                                                  learning_rate=0.05))
+    assert margin_of(tiny_single_model, toks, "spam")[0] > before + 1.0
 
 
 def test_rule_from_config_checks_its_values(tmp_path):
@@ -116,6 +112,6 @@ def test_rule_from_config_checks_its_values(tmp_path):
         load_config(str(cfg))
 
 
-def test_bad_label_is_refused(tiny_model):
+def test_bad_label_is_refused(tiny_single_model):
     with pytest.raises(CorrectionError):
-        correct(tiny_model, [["a"]], "maybe")
+        correct(tiny_single_model, [["a"]], "maybe")

@@ -29,104 +29,11 @@ from nnspam.mail import maildir as md
 from nnspam.model.core import Model, resolve_model_path
 
 from conftest import ROOT, need
-
-BURST = 2000
+from helpers import BURST, Daemon, FixedModel, pick, wait_until
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def wait_until(cond, timeout: float, what: str, proc: Daemon | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({proc.proc.returncode}) waiting for {what}:\n"
-                                 + proc.tail())
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}" + (":\n" + proc.tail() if proc else ""))
-
-
-class Daemon:
-    """One ``nnspam daemon`` process with its config, log and state file."""
-
-    runs = 0
-
-    def __init__(self, tmp: Path, box: Path, model: Path, extra: str = "",
-                 env: dict[str, str] | None = None) -> None:
-        self.tmp, self.box, self.model = tmp, box, model
-        self.state = tmp / "state.sqlite3"
-        self.config = tmp / "config.yaml"
-        self.config.write_text(
-            f"daemon:\n  maildirs: [{box}]\n  state: {self.state}\n  rescan_interval: 0\n"
-            + extra)
-        self.env = {**os.environ, **(env or {})}
-        self.logs: list[Path] = []
-
-    def start(self) -> Daemon:
-        Daemon.runs += 1
-        log = self.tmp / f"daemon-{Daemon.runs}.log"
-        self.logs.append(log)
-        self.fh = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nnspam", "daemon", "-c", str(self.config),
-             "-m", str(self.model)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.fh, cwd=ROOT,
-            env=self.env)
-        wait_until(lambda: "INFO watching " in self.text(), 30, "the daemon to start", self)
-        return self
-
-    def text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.fh.close()
-        return rc
-
-    def rows(self) -> list[tuple]:
-        if not self.state.exists():
-            return []
-        db = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=10)
-        try:
-            return db.execute("SELECT uniq, verdict, place, learned, origin FROM messages "
-                              "WHERE maildir=?", (str(self.box.resolve()),)).fetchall()
-        finally:
-            db.close()
-
-    def settled(self, n: int) -> bool:
-        rows = self.rows()
-        return len(rows) >= n and all(r[2] != "moving" for r in rows)
-
-
-@pytest.fixture(scope="module")
-def messages(sa_corpus) -> list[bytes]:
-    """1,000 spam and 1,000 ham of the SpamAssassin corpus, interleaved."""
-    def files(*dirs: str) -> list[Path]:
-        out = []
-        for d in dirs:
-            out += sorted(p for p in (sa_corpus / d).iterdir() if p.name != "cmds")
-        return out
-    spam = [p.read_bytes() for p in files("spam", "spam_2")[: BURST // 2]]
-    ham = [p.read_bytes() for p in files("easy_ham", "hard_ham")[: BURST // 2]]
-    out = [m for pair in zip(spam, ham, strict=True) for m in pair]
-    assert len(out) == BURST
-    return out
-
-
-@pytest.fixture
-def box(tmp_path) -> Path:
-    return md.ensure_maildir(tmp_path / "Maildir")
 
 
 @pytest.fixture
@@ -174,10 +81,10 @@ def decisions(d: Daemon) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_burst_of_2000_is_filed_exactly_once_unchanged(tmp_path, box, model, messages):
+def test_burst_of_2000_is_filed_exactly_once_unchanged(tmp_path, box, model, sa_burst):
     d = Daemon(tmp_path, box, model).start()
     try:
-        sent = deliver_all(box, messages)
+        sent = deliver_all(box, sa_burst)
         wait_until(lambda: d.settled(BURST), 120, "2,000 decisions", d)
     finally:
         rc = d.stop()
@@ -189,15 +96,15 @@ def test_burst_of_2000_is_filed_exactly_once_unchanged(tmp_path, box, model, mes
 
 
 @pytest.mark.slow
-def test_burst_survives_sigkill_and_restart(tmp_path, box, model, messages):
+def test_burst_survives_sigkill_and_restart(tmp_path, box, model, sa_burst):
     d = Daemon(tmp_path, box, model).start()
     half = BURST // 2
-    sent = deliver_all(box, messages[:half])
+    sent = deliver_all(box, sa_burst[:half])
     wait_until(lambda: len(d.rows()) >= half // 2, 60, "half of the first part", d)
     assert d.stop(signal.SIGKILL) == -signal.SIGKILL
     done_before = len(d.rows())
     assert done_before < half, "the kill came too late to test anything"
-    sent.update(deliver_all(box, messages[half:], half))  # delivered while it is down
+    sent.update(deliver_all(box, sa_burst[half:], half))  # delivered while it is down
     d.start()
     try:
         wait_until(lambda: d.settled(BURST), 120, "2,000 decisions after the restart", d)
@@ -213,17 +120,17 @@ def test_burst_survives_sigkill_and_restart(tmp_path, box, model, messages):
     assert "rescan of" in d.text()
 
 
-def test_vanished_empty_binary_and_huge_files_do_not_stop_it(tmp_path, box, model, messages):
+def test_vanished_empty_binary_and_huge_files_do_not_stop_it(tmp_path, box, model, sa_burst):
     d = Daemon(tmp_path, box, model).start()
     try:
-        deliver_all(box, messages[:300])  # keeps the worker busy ...
-        gone = md.deliver(box, messages[300], fsync=False)
+        deliver_all(box, sa_burst[:300])  # keeps the worker busy ...
+        gone = md.deliver(box, sa_burst[300], fsync=False)
         os.unlink(gone)  # ... so this one is removed between the event and the read
         empty = md.deliver(box, b"", "link", fsync=False)
         binary = md.deliver(box, os.urandom(200_000), fsync=False)
         huge = md.deliver(box, b"Subject: big\n\n" + b"A" * (20 << 20), "link", fsync=False)
-        last_ham = md.deliver(box, messages[1], fsync=False)
-        last_spam = md.deliver(box, messages[0], fsync=False)
+        last_ham = md.deliver(box, sa_burst[1], fsync=False)
+        last_spam = md.deliver(box, sa_burst[0], fsync=False)
         wait_until(lambda: d.settled(305), 60, "all messages decided", d)
         text = d.text()
         assert f"skipped file={gone}: removed before it was read" in text
@@ -238,22 +145,10 @@ def test_vanished_empty_binary_and_huge_files_do_not_stop_it(tmp_path, box, mode
     assert rc == 0
 
 
-def _pick(messages: list[bytes], model: Model, spam: bool, n: int = 1) -> list[bytes]:
-    """Messages the model scores clearly but not at saturation, so learning shows."""
-    out = []
-    sp = model.score(messages[:400])
-    for m, s in zip(messages[:400], sp, strict=True):
-        if (0.6 < s < 0.9999) if spam else (1e-5 < s < 0.4):
-            out.append(m)
-            if len(out) == n:
-                return out
-    raise AssertionError("no suitable message in the corpus sample")
-
-
-def test_corrections_are_learned(tmp_path, box, model, messages):
+def test_corrections_are_learned(tmp_path, box, model, sa_burst):
     before = Model.load(model)
-    ham, = _pick(messages, before, spam=False)
-    spam1, spam2 = _pick(messages, before, spam=True, n=2)
+    ham, = pick(sa_burst, before, spam=False)
+    spam1, spam2 = pick(sa_burst, before, spam=True, n=2)
     d = Daemon(tmp_path, box, model, extra="  checkpoint_every: 1\n").start()
     try:
         h = md.deliver(box, ham)
@@ -309,11 +204,11 @@ def an_hour_passes(state: Path) -> None:
 
 
 def test_a_spam_deleted_from_junk_and_delivered_again_is_scored_not_learned_as_ham(
-        tmp_path, box, model, messages):
+        tmp_path, box, model, sa_burst):
     """The mail admin's report: a spam is filed into .Junk, the user deletes it there,
     and later the same bytes are delivered again into the inbox's new/. That is a new
     delivery, not a "Not junk" move: scored, filed into Junk again, nothing learned."""
-    spam, ham = messages[0], messages[1]
+    spam, ham = sa_burst[0], sa_burst[1]
     junk = box / ".Junk"
     d = Daemon(tmp_path, box, model).start()
     try:
@@ -345,12 +240,12 @@ def test_a_spam_deleted_from_junk_and_delivered_again_is_scored_not_learned_as_h
 
 
 def test_not_junk_moves_under_new_names_are_still_learned_as_ham(tmp_path, box, model,
-                                                                 messages):
+                                                                 sa_burst):
     """The genuine "Not junk" moves of a mail store that renames: Dovecot's IMAP MOVE of
     an unread message (hard link into the inbox's new/ under a new name, no flags, then
     the Junk file expunged) and a sync tool that removes the Junk file first and writes
     a read copy into cur/ a moment later. Both learned as ham, neither scored again."""
-    spam1, spam2 = _pick(messages, Model.load(model), spam=True, n=2)
+    spam1, spam2 = pick(sa_burst, Model.load(model), spam=True, n=2)
     junk = box / ".Junk"
     d = Daemon(tmp_path, box, model).start()
     try:
@@ -382,26 +277,6 @@ def test_not_junk_moves_under_new_names_are_still_learned_as_ham(tmp_path, box, 
     db = sqlite3.connect(d.state)
     assert [r[0] for r in db.execute("SELECT label FROM corrections ORDER BY id")] == ["ham"] * 2
     db.close()
-
-
-class FixedModel:
-    """A stand-in model for Sorter tests run in process: every message scores ``sp``, and
-    it has no weights to learn into (read-only: corrections are recorded, not learned)."""
-
-    def __init__(self, sp: float) -> None:
-        self.sp = sp
-
-    def tokens(self, payload):
-        return ["w"]
-
-    def ensure_wide(self):
-        return self
-
-    def observe(self, token_lists):
-        pass
-
-    def spamicity_of_tokens(self, token_lists, h, s):
-        return [self.sp] * len(token_lists)
 
 
 def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
@@ -520,7 +395,7 @@ class NotifyListener:
         self.sock.close()
 
 
-def test_sd_notify_reload_and_sigterm_checkpoint(tmp_path, box, model, messages):
+def test_sd_notify_reload_and_sigterm_checkpoint(tmp_path, box, model, sa_burst):
     sockpath = tmp_path / "notify.sock"
     listener = NotifyListener(sockpath)
     d = Daemon(tmp_path, box, model, extra="  checkpoint_every: 1000\n",
@@ -530,7 +405,7 @@ def test_sd_notify_reload_and_sigterm_checkpoint(tmp_path, box, model, messages)
         wait_until(lambda: "READY=1" in listener.lines(), 10, "READY=1", d)
         wait_until(lambda: "WATCHDOG=1" in listener.lines(), 10, "WATCHDOG=1", d)
         assert any(x.startswith("STATUS=watching 1 maildir") for x in listener.lines())
-        first = md.deliver(box, messages[1])  # scored before the reload
+        first = md.deliver(box, sa_burst[1])  # scored before the reload
         wait_until(lambda: f"decision file={first} " in d.text(), 20, "the first decision", d)
         # SIGHUP re-reads the config: at this threshold and spam factor (a threshold
         # above 1, which once did the same, is now refused) nothing is spam any more.
@@ -539,13 +414,13 @@ def test_sd_notify_reload_and_sigterm_checkpoint(tmp_path, box, model, messages)
         d.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: listener.lines().count("READY=1") == 2, 20, "READY=1 after reload", d)
         assert "RELOADING=1" in listener.lines()
-        kept = md.deliver(box, messages[0])  # a spam
+        kept = md.deliver(box, sa_burst[0])  # a spam
         wait_until(lambda: f"decision file={kept} " in d.text(), 20, "the decision", d)
         assert kept.exists() and "action=kept" in d.text()
         # A message the daemon never saw, put straight into Junk: learned as spam,
         # but with checkpoint_every 1000 only saved at shutdown.
         weights = (model / "weights.npz").read_bytes()
-        md.deliver(box / ".Junk", messages[2])
+        md.deliver(box / ".Junk", sa_burst[2])
         wait_until(lambda: "learned as spam" in d.text(), 20, "the correction", d)
         rows = sorted(r[2:5] for r in d.rows())  # the first message, kept, the Junk one
         assert ("inbox", None, "daemon") in rows and ("junk", "spam", "user") in rows
@@ -664,13 +539,13 @@ def test_inotify_overflow_queues_a_rescan(tmp_path, box):
     assert d.queue.get_nowait() == ("rescan", box.resolve(), None)
 
 
-def test_learn_files_trains_and_checkpoints(tmp_path, model, messages):
+def test_learn_files_trains_and_checkpoints(tmp_path, model, sa_burst):
     """The by-hand path (nnspam learn) through the same Sorter.learn."""
     from nnspam.services.sorter import Sorter
     from nnspam.services.state import State
 
     m = Model.load(model)
-    ham, = _pick(messages, m, spam=False)
+    ham, = pick(sa_burst, m, spam=False)
     f = tmp_path / "msg.eml"
     f.write_bytes(ham)
     before = m.score([ham])[0]

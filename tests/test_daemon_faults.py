@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-import test_daemon
-from test_daemon import Daemon, FixedModel, _pick, wait_until
 
 from nnspam.config import DEFAULTS
 from nnspam.mail import maildir as md
@@ -33,10 +31,20 @@ from nnspam.services.daemon import settings_from_config
 from nnspam.services.sorter import MOVE_WINDOW, Sorter
 from nnspam.services.state import State
 
-BAD = b"\xff\xfe.host"  # a unique name that is not UTF-8
+from helpers import (
+    Daemon,
+    FixedModel,
+    build_mail,
+    csrf_of,
+    logged_in,
+    make_app,
+    pick,
+    post,
+    rows_of,
+    wait_until,
+)
 
-box = test_daemon.box  # the fixtures of tests/test_daemon.py: a maildir, corpus messages
-messages = test_daemon.messages
+BAD = b"\xff\xfe.host"  # a unique name that is not UTF-8
 
 
 def put_bytes_name(folder: Path, name: bytes, data: bytes) -> Path:
@@ -152,10 +160,7 @@ def test_the_email_dashboard_lists_shows_and_moves_a_name_that_is_not_utf8(tmp_p
     UTF-8 text: listed, viewed and moved into Junk by its button (nnspam/front/dashboard/
     email_side.py: web_name, disk_name)."""
     pytest.importorskip("flask")
-    from test_dashboard import csrf_of
-    from test_dashboard_email import build, logged_in, make_app, post, rows_of
-
-    mail = build(tmp_path, sa_corpus, n_ham=1, n_spam=1)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=1, n_spam=1)
     st = State(mail.state)
     sorter = Sorter.from_config(mail.cfg, Model.load(mail.model), st, model_name=mail.model)
     p = put_bytes_name(mail.maildir / "new", BAD, b"Subject: lunch\n\nSee you at noon.\n")
@@ -252,13 +257,13 @@ def test_real_moves_out_of_junk_are_still_learned_as_ham(tmp_path, box):
 
 
 def test_the_daemon_scores_a_spam_deleted_and_delivered_again_at_once(tmp_path, box,
-                                                                      messages):
+                                                                      sa_burst):
     """A real nnspam daemon, as tests/test_daemon.py's mail-admin report but within the
     window: the user deletes the spam from Junk and the same bytes arrive again seconds
     later. Scored and filed into Junk again; no ham learned."""
     model = tmp_path / "model"
     Model.load("default").save(model)
-    spam, = _pick(messages, Model.load(model), spam=True)
+    spam, = pick(sa_burst, Model.load(model), spam=True)
     junk = box / ".Junk"
     d = Daemon(tmp_path, box, model).start()
     try:

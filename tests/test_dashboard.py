@@ -2,47 +2,32 @@
 
 from __future__ import annotations
 
-import copy
 import html
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from helpers import (
+    HAM,
+    HAM2,
+    HOSTILE,
+    PASSWORD,
+    SPAM,
+    SPAM2,
+    TOKEN,
+    URL,
+    csrf_of,
+    fill,
+    login,
+    make_dashboard,
+)
+
 pytest.importorskip("flask")
 
-from werkzeug.security import generate_password_hash  # noqa: E402
-
-from nnspam.config import DEFAULTS  # noqa: E402
-from nnspam.front.sms.message import Sms  # noqa: E402
 from nnspam.mail import maildir as md  # noqa: E402
-
-TOKEN = "0123456789abcdef0123456789abcdef"
-URL = "https://sms.example.org/sms"
-PASSWORD = "correct horse battery staple"
-PW_HASH = generate_password_hash(PASSWORD, method="scrypt")
-
-SPAM = "WINNER!! You have won a 1000 cash prize. Call 09061701461 now to claim. T&C txt STOP"
-SPAM2 = "URGENT! Your mobile number has been awarded a £2000 bonus prize. Call 09066362231 now"
-HAM = "Ok see you at home later, I will bring dinner"
-HAM2 = "Sorry, I will call you later, in a meeting"
-HOSTILE = "<script>alert(1)</script> \"&' see you at lunch tomorrow"
-HOSTILE_FROM = '"><img src=x onerror=alert(2)>'
-T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-
-
-def dash_config(tmp_path: Path, model: str = "default-sms", password_hash: str | None = PW_HASH,
-                page_size: int = 25) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["sms"].update({"maildir": str(tmp_path / "SMS"), "model": model,
-                       "state": str(tmp_path / "state" / "sms.sqlite3"),
-                       "env_file": str(tmp_path / "twilio.env"),
-                       "cursor": str(tmp_path / "state" / "cursor"), "public_url": URL,
-                       "dashboard": {"password_hash": password_hash, "page_size": page_size}})
-    return cfg
 
 
 @pytest.fixture
@@ -55,41 +40,11 @@ def writable_model(tmp_path) -> Path:
     return path
 
 
-def make(tmp_path: Path, **kw):
-    from nnspam.front.sms.store import open_store
-    from nnspam.front.sms.webhook import create_app
-
-    cfg = dash_config(tmp_path, **kw)
-    store = open_store(cfg)
-    app = create_app(cfg, store=store, auth_token=TOKEN)
-    app.testing = True
-    return app, store
-
-
 @pytest.fixture
 def dash(tmp_path):
-    app, store = make(tmp_path)
+    app, store = make_dashboard(tmp_path)
     yield app, store
     store.close()
-
-
-def fill(store) -> None:
-    """Two ham, two spam and the hostile SMS, an hour apart (HAM2 newest ham)."""
-    for i, (body, frm) in enumerate([(HAM, "+447700900001"), (SPAM, "+447700900002"),
-                                     (HOSTILE, HOSTILE_FROM), (SPAM2, "+447700900004"),
-                                     (HAM2, "+447700900005")]):
-        store.store(Sms(f"SM{i:032d}", frm, "+441632960000", body, T0 + timedelta(hours=i)))
-
-
-def csrf_of(page: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert m, "no CSRF token in the page"
-    return m.group(1)
-
-
-def login(client, password: str = PASSWORD):
-    token = csrf_of(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"csrf_token": token, "password": password})
 
 
 def section(page: str, name: str) -> str:
@@ -107,7 +62,7 @@ def sid_of(store, body: str) -> str:
 # -- access control ---------------------------------------------------------------
 
 def test_without_a_password_hash_the_dashboard_refuses_to_serve(tmp_path):
-    app, store = make(tmp_path, password_hash=None)
+    app, store = make_dashboard(tmp_path, password_hash=None)
     try:
         fill(store)
         c = app.test_client()
@@ -209,7 +164,7 @@ def test_inbox_and_spam_are_listed_newest_first_with_all_fields(dash):
 
 
 def test_lists_are_paged(tmp_path):
-    app, store = make(tmp_path, page_size=1)
+    app, store = make_dashboard(tmp_path, page_size=1)
     try:
         fill(store)
         c = app.test_client()
@@ -278,7 +233,7 @@ def test_a_move_without_or_with_a_wrong_csrf_token_changes_nothing(dash):
 def test_moves_are_learned_and_move_the_score(tmp_path, writable_model):
     from nnspam.model.core import Model
 
-    app, store = make(tmp_path, model=str(writable_model))
+    app, store = make_dashboard(tmp_path, model=str(writable_model))
     try:
         fill(store)
         c = app.test_client()
@@ -406,7 +361,7 @@ def test_an_out_of_range_page_size_in_the_config_is_clamped(tmp_path):
     from nnspam.front.dashboard.web import MAX_PAGE, MAX_PAGE_SIZE
 
     for size, want in ((10**20, MAX_PAGE_SIZE), (-5, 1)):
-        app, store = make(tmp_path / str(size), page_size=size)
+        app, store = make_dashboard(tmp_path / str(size), page_size=size)
         try:
             fill(store)
             assert app.config["NNSPAM_DASHBOARD_PAGE_SIZE"] == want

@@ -21,9 +21,22 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_dashboard import HAM, HAM2, HOSTILE, HOSTILE_FROM, PASSWORD, SPAM, SPAM2, fill, make
 
 from conftest import needs_corpora
+from helpers import (
+    HAM,
+    HAM2,
+    HOSTILE,
+    HOSTILE_FROM,
+    NOW,
+    PASSWORD,
+    SPAM,
+    SPAM2,
+    build_mail,
+    fill,
+    make_app,
+    make_dashboard,
+)
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -69,7 +82,7 @@ def served(tmp_path):
 
     model = tmp_path / "sms-model"
     Model.load("default-sms").save(model)
-    app, store = make(tmp_path, model=str(model))
+    app, store = make_dashboard(tmp_path, model=str(model))
     fill(store)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -227,14 +240,13 @@ def served_email(tmp_path, sa_corpus):
     """(base URL, Mail) for the dashboard without SMS (``nnspam dashboard``) over a maildir
     of SpamAssassin messages filed by the daemon's Sorter, decided over two weeks before
     the plot's fixed "now", and three of them moved by the user as in a mail client."""
-    from test_dashboard_email import NOW, build, make_app
     from werkzeug.serving import make_server
 
     from nnspam.model.core import Model
     from nnspam.services.sorter import Sorter
     from nnspam.services.state import State
 
-    mail = build(tmp_path, sa_corpus, n_ham=20, n_spam=12, spread=36000.0)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=20, n_spam=12, spread=36000.0)
     daemon = Sorter.from_config(mail.cfg, Model.load(mail.model), State(mail.state),
                                 model_name=mail.model)
     from nnspam.mail import maildir as md

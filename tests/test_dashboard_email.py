@@ -12,24 +12,32 @@ import copy
 import html
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flask")
+from helpers import (
+    PW_HASH,
+    TOKEN,
+    Mail,
+    build_mail,
+    csrf_of,
+    logged_in,
+    make_app,
+    post,
+    rows_of,
+    wait_listening,
+)
 
-from test_dashboard import PW_HASH, csrf_of, login  # noqa: E402
+pytest.importorskip("flask")
 
 from nnspam.config import DEFAULTS  # noqa: E402
 from nnspam.mail import maildir as md  # noqa: E402
 
-from conftest import needs_corpora  # noqa: E402
+from conftest import free_port, needs_corpora  # noqa: E402
 
 pytestmark = needs_corpora
 
-#: 2026-11-20 12:00 UTC: "now" of the plot, and the decisions are hours before it.
-NOW = 1795176000.0
 HOSTILE = (b"From: \"<b>Mallory</b>\" <mallory@example.org>\n"
            b"To: bob@example.net\n"
            b"Subject: <script>alert(1)</script> lunch\n"
@@ -39,141 +47,16 @@ HOSTILE = (b"From: \"<b>Mallory</b>\" <mallory@example.org>\n"
            b"<p>See you at <img src=x onerror=alert(2)> lunch &lt;script&gt;</p>\n")
 
 
-@dataclass
-class Mail:
-    """A maildir filed by a daemon-like Sorter, and the config that names it all."""
-
-    cfg: dict
-    maildir: Path
-    state: Path
-    model: str
-    ham: list[str] = field(default_factory=list)  # unique names, oldest first
-    spam: list[str] = field(default_factory=list)
-    order: list[str] = field(default_factory=list)  # every message, oldest first
-    data: dict[str, bytes] = field(default_factory=dict)
-
-    def where(self, uniq: str) -> tuple[str, Path] | None:
-        """("inbox" | "junk", path) of a message now, or None."""
-        for name, folder in (("inbox", self.maildir), ("junk", self.maildir / ".Junk")):
-            p = md.find_message(folder, uniq)
-            if p is not None:
-                return name, p
-        return None
-
-    def record(self, uniq: str):
-        from nnspam.services.state import State
-
-        st = State(self.state)
-        try:
-            return st.get(str(self.maildir.resolve()), uniq)
-        finally:
-            st.close()
-
-    def corrections(self) -> list[tuple[str, str, str]]:
-        from nnspam.services.state import State
-
-        st = State(self.state)
-        try:
-            return st.corrections()
-        finally:
-            st.close()
-
-
-def sa_messages(sa_corpus: Path, n_ham: int, n_spam: int) -> tuple[list[bytes], list[bytes]]:
-    ham = [p.read_bytes() for p in sorted((sa_corpus / "easy_ham").iterdir())[:n_ham]]
-    spam = [p.read_bytes() for p in sorted((sa_corpus / "spam").iterdir())[:n_spam]]
-    return ham, spam
-
-
-def build(tmp_path: Path, sa_corpus: Path, *, shipped: bool = False, page_size: int = 25,
-          n_ham: int = 4, n_spam: int = 3, extra: tuple[bytes, ...] = (),
-          spread: float = 3600.0) -> Mail:
-    """SpamAssassin ham and spam (interleaved, then ``extra``) delivered into a maildir and
-    filed by the daemon's Sorter; decision times ``spread`` seconds apart, the newest an
-    hour before :data:`NOW`. ``shipped``: the read-only shipped model, else a copy."""
-    from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
-
-    if shipped:
-        model = "default"
-    else:
-        model = str(tmp_path / "email-model")
-        Model.load("default").save(model)
-    maildir = md.ensure_maildir(tmp_path / "Maildir")
-    state = tmp_path / "state" / "daemon.sqlite3"
-    state.parent.mkdir()
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["model"] = model
-    cfg["daemon"].update(maildirs=[str(maildir)], state=str(state))
-    cfg["sms"].update(maildir=str(tmp_path / "SMS"), state=str(tmp_path / "state" / "sms.db"),
-                      env_file=str(tmp_path / "none.env"),
-                      dashboard={"password_hash": PW_HASH, "page_size": page_size})
-    ham, spam = sa_messages(sa_corpus, n_ham, n_spam)
-    mixed: list[tuple[str, bytes]] = []
-    for i in range(max(n_ham, n_spam)):
-        mixed += [("ham", ham[i])] if i < n_ham else []
-        mixed += [("spam", spam[i])] if i < n_spam else []
-    mixed += [("extra", x) for x in extra]
-    mail = Mail(cfg, maildir, state, model)
-    sorter = Sorter.from_config(cfg, Model.load(model), State(state), model_name=model)
-    sorter.baseline(maildir)
-    key = sorter.key(maildir)
-    for i, (label, data) in enumerate(mixed):
-        path = md.deliver(maildir, data)
-        uniq = md.base_name(path.name)
-        verdict = sorter.handle_new(maildir, path)
-        assert label == "extra" or verdict == label, (label, verdict)
-        at = NOW - 3600 - spread * (len(mixed) - 1 - i)
-        sorter.state.db.execute("UPDATE messages SET decided_at=?, updated_at=? WHERE "
-                                "maildir=? AND uniq=?", (at, at, key, uniq))
-        mail.order.append(uniq)
-        mail.data[uniq] = data
-        if label in ("ham", "spam"):
-            getattr(mail, label).append(uniq)
-    sorter.state.close()
-    return mail
-
-
-def make_app(mail: Mail):
-    from nnspam.front.dashboard.app import create_app
-    from nnspam.front.dashboard.email_side import EmailSide, open_email_side
-
-    side = open_email_side(mail.cfg)
-    assert isinstance(side, EmailSide), side
-    side.clock = lambda: NOW
-    app = create_app(mail.cfg, email=side)
-    app.testing = True
-    return app, side
-
-
 @pytest.fixture
 def mail(tmp_path, sa_corpus) -> Mail:
-    return build(tmp_path, sa_corpus)
+    return build_mail(tmp_path, sa_corpus)
 
 
 @pytest.fixture
-def dash(mail):
+def email_dash(mail):
     app, side = make_app(mail)
     yield app, side, mail
     side.close()
-
-
-def logged_in(app):
-    c = app.test_client()
-    assert login(c).status_code == 302
-    return c
-
-
-def rows_of(page: str) -> list[str]:
-    """The unique names of the listed messages, in order."""
-    return re.findall(r'<tr class="email" data-uniq="([^"]+)"', page)
-
-
-def post(c, url: str, token: str | None, **data):
-    if token is not None:
-        data["csrf_token"] = token
-    return c.post(url, data=data)
 
 
 def flash_of(c) -> str:
@@ -185,8 +68,8 @@ def flash_of(c) -> str:
 
 # -- access ---------------------------------------------------------------------------
 
-def test_email_pages_need_a_login(dash):
-    app, side, mail = dash
+def test_email_pages_need_a_login(email_dash):
+    app, side, mail = email_dash
     c = app.test_client()
     uniq = mail.ham[0]
     for url in ("/email/", f"/email/message?box=0&uniq={uniq}", "/"):
@@ -201,8 +84,8 @@ def test_email_pages_need_a_login(dash):
     assert mail.corrections() == []
 
 
-def test_without_an_sms_store_the_front_page_is_the_email_page(dash):
-    app, _, _ = dash
+def test_without_an_sms_store_the_front_page_is_the_email_page(email_dash):
+    app, _, _ = email_dash
     c = logged_in(app)
     r = c.get("/")
     assert r.status_code == 302 and r.headers["Location"].endswith("/email/")
@@ -212,8 +95,8 @@ def test_without_an_sms_store_the_front_page_is_the_email_page(dash):
                                  "to": "junk"}).status_code == 404
 
 
-def test_buttons_need_the_csrf_token(dash):
-    app, _, mail = dash
+def test_buttons_need_the_csrf_token(email_dash):
+    app, _, mail = email_dash
     c = logged_in(app)
     other = logged_in(app)
     wrong = csrf_of(other.get("/email/").get_data(as_text=True))
@@ -227,10 +110,11 @@ def test_buttons_need_the_csrf_token(dash):
 
 # -- the list ------------------------------------------------------------------------------
 
-def test_decisions_are_listed_newest_first_with_from_subject_spamicity_verdict_and_place(dash):
+def test_decisions_are_listed_newest_first_with_from_subject_spamicity_verdict_and_place(
+        email_dash):
     from nnspam.mail.message import parse_message
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     r = c.get("/email/")
     assert r.status_code == 200
@@ -259,7 +143,7 @@ def test_decisions_are_listed_newest_first_with_from_subject_spamicity_verdict_a
 def test_paging_clamps_like_the_sms_pages(tmp_path, sa_corpus):
     from nnspam.front.dashboard.web import MAX_PAGE
 
-    mail = build(tmp_path, sa_corpus, page_size=3)
+    mail = build_mail(tmp_path, sa_corpus, page_size=3)
     app, side = make_app(mail)
     try:
         c = logged_in(app)
@@ -287,8 +171,8 @@ def test_paging_clamps_like_the_sms_pages(tmp_path, sa_corpus):
         side.close()
 
 
-def test_a_message_that_is_gone_shows_as_gone_without_buttons(dash):
-    app, _, mail = dash
+def test_a_message_that_is_gone_shows_as_gone_without_buttons(email_dash):
+    app, _, mail = email_dash
     uniq = mail.ham[1]
     mail.where(uniq)[1].unlink()
     c = logged_in(app)
@@ -304,11 +188,11 @@ def test_a_message_that_is_gone_shows_as_gone_without_buttons(dash):
 
 # -- the message view --------------------------------------------------------------------
 
-def test_the_message_view_explains_the_spamicity_word_by_word(dash):
+def test_the_message_view_explains_the_spamicity_word_by_word(email_dash):
     from nnspam.model.core import Model
     from nnspam.model.explain import explain
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     uniq = mail.spam[0]
     r = c.get(f"/email/message?box=0&uniq={uniq}&page=1")
@@ -344,7 +228,7 @@ def test_the_message_view_explains_the_spamicity_word_by_word(dash):
 
 
 def test_hostile_headers_and_html_are_shown_as_text(tmp_path, sa_corpus):
-    mail = build(tmp_path, sa_corpus, n_ham=1, n_spam=1, extra=(HOSTILE,))
+    mail = build_mail(tmp_path, sa_corpus, n_ham=1, n_spam=1, extra=(HOSTILE,))
     app, side = make_app(mail)
     try:
         c = logged_in(app)
@@ -361,10 +245,10 @@ def test_hostile_headers_and_html_are_shown_as_text(tmp_path, sa_corpus):
 
 # -- the buttons ---------------------------------------------------------------------------
 
-def test_spam_moves_the_file_into_junk_and_the_correction_is_learned_and_saved(dash):
+def test_spam_moves_the_file_into_junk_and_the_correction_is_learned_and_saved(email_dash):
     from nnspam.model.core import Model
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     uniq = mail.ham[0]
     raw = mail.data[uniq]
@@ -393,13 +277,13 @@ def test_spam_moves_the_file_into_junk_and_the_correction_is_learned_and_saved(d
     assert len(mail.corrections()) == 1
 
 
-def test_the_daemon_then_sees_the_dashboards_move_as_known(dash):
+def test_the_daemon_then_sees_the_dashboards_move_as_known(email_dash):
     """A daemon's Sorter that notices the same move afterwards does not learn it again."""
     from nnspam.model.core import Model
     from nnspam.services.sorter import Sorter
     from nnspam.services.state import State
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     uniq = mail.ham[2]
     token = csrf_of(c.get("/email/").get_data(as_text=True))
@@ -423,8 +307,8 @@ def test_a_dashboard_move_learns_what_the_daemon_learns_from_the_same_move(
     from nnspam.services.sorter import Sorter
     from nnspam.services.state import State
 
-    a = build(tmp_path / "a", sa_corpus, n_ham=2, n_spam=1)
-    b = build(tmp_path / "b", sa_corpus, n_ham=2, n_spam=1)
+    a = build_mail(tmp_path / "a", sa_corpus, n_ham=2, n_spam=1)
+    b = build_mail(tmp_path / "b", sa_corpus, n_ham=2, n_spam=1)
     app, side = make_app(a)
     try:
         c = logged_in(app)
@@ -447,10 +331,10 @@ def test_a_dashboard_move_learns_what_the_daemon_learns_from_the_same_move(
     assert ma.score([raw])[0] == mb.score([raw])[0]
 
 
-def test_not_spam_moves_the_file_back_into_the_inbox_cur(dash):
+def test_not_spam_moves_the_file_back_into_the_inbox_cur(email_dash):
     from nnspam.model.core import Model
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     uniq = mail.spam[1]
     raw = mail.data[uniq]
@@ -469,13 +353,13 @@ def test_not_spam_moves_the_file_back_into_the_inbox_cur(dash):
     assert Model.load(mail.model).score([raw])[0] < min(before, 0.5)
 
 
-def test_forget_undoes_the_last_lesson_and_saves_the_model(dash):
+def test_forget_undoes_the_last_lesson_and_saves_the_model(email_dash):
     import numpy as np
 
     from nnspam.model.core import Model
     from nnspam.model.journal import message_key
 
-    app, side, mail = dash
+    app, side, mail = email_dash
     c = logged_in(app)
     uniq = mail.ham[3]
     raw = mail.data[uniq]
@@ -504,8 +388,8 @@ def test_forget_undoes_the_last_lesson_and_saves_the_model(dash):
     assert "Nothing to forget" in flash_of(c)
 
 
-def test_bad_button_input_is_refused(dash):
-    app, _, mail = dash
+def test_bad_button_input_is_refused(email_dash):
+    app, _, mail = email_dash
     c = logged_in(app)
     token = csrf_of(c.get("/email/").get_data(as_text=True))
     uniq = mail.ham[0]
@@ -522,7 +406,7 @@ def test_a_read_only_model_moves_and_records_but_refuses_to_learn_on_the_page(
         tmp_path, sa_corpus):
     from nnspam.model.core import Model
 
-    mail = build(tmp_path, sa_corpus, shipped=True, n_ham=2, n_spam=2)
+    mail = build_mail(tmp_path, sa_corpus, shipped=True, n_ham=2, n_spam=2)
     app, side = make_app(mail)
     try:
         c = logged_in(app)
@@ -555,7 +439,7 @@ def test_the_plot_counts_each_days_verdicts_and_corrections(tmp_path, sa_corpus)
     from nnspam.front.dashboard.plot import daily_svg
 
     day = 86400.0
-    mail = build(tmp_path, sa_corpus, n_ham=4, n_spam=3, spread=day)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=4, n_spam=3, spread=day)
     app, side = make_app(mail)
     try:
         days = side.days(14)
@@ -636,13 +520,11 @@ def test_without_maildirs_or_state_the_email_page_says_so(tmp_path):
 
 
 def test_sms_serve_serves_the_email_pages_too(tmp_path, sa_corpus):
-    from test_dashboard import TOKEN
-
     from nnspam.front.dashboard.email_side import open_email_side
     from nnspam.front.sms.store import open_store
     from nnspam.front.sms.webhook import create_app
 
-    mail = build(tmp_path, sa_corpus, n_ham=1, n_spam=1)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=1, n_spam=1)
     store = open_store(mail.cfg)
     side = open_email_side(mail.cfg)
     try:
@@ -659,14 +541,6 @@ def test_sms_serve_serves_the_email_pages_too(tmp_path, sa_corpus):
 
 
 # -- nnspam dashboard ---------------------------------------------------------------------------
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _config_file(tmp_path: Path, mail: Mail | None, password: bool = True) -> Path:
     import yaml
@@ -696,27 +570,20 @@ def _dashboard(args: list[str], timeout: float = 60):
 
 def test_nnspam_dashboard_serves_the_email_pages_without_twilio(tmp_path, sa_corpus):
     import os
-    import socket
     import subprocess
     import sys
     import urllib.error
     import urllib.request
 
     pytest.importorskip("waitress")
-    mail = build(tmp_path, sa_corpus, n_ham=1, n_spam=1)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=1, n_spam=1)
     conf = _config_file(tmp_path, mail)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "NNSPAM_"))}
     proc = subprocess.Popen([sys.executable, "-m", "nnspam", "dashboard", "-c", str(conf),
                              "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(300):  # until it listens (a readiness loop, not a timing check)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.1)
+        wait_listening(proc, port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=30) as r:
             assert r.status == 200 and b'type="password"' in r.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/email/", timeout=30) as r:
@@ -735,7 +602,7 @@ def test_nnspam_dashboard_serves_the_email_pages_without_twilio(tmp_path, sa_cor
 def test_nnspam_dashboard_refuses_to_start_in_one_line(tmp_path, sa_corpus):
     import socket
 
-    mail = build(tmp_path, sa_corpus, n_ham=1, n_spam=1)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=1, n_spam=1)
 
     def one_line(r, *words: str) -> None:
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
@@ -743,7 +610,7 @@ def test_nnspam_dashboard_refuses_to_start_in_one_line(tmp_path, sa_corpus):
         assert len(errors) == 1 and all(w in errors[0] for w in words), r.stderr
 
     conf = _config_file(tmp_path, mail, password=False)
-    one_line(_dashboard(["-c", str(conf), "--port", str(_free_port())]), "no password",
+    one_line(_dashboard(["-c", str(conf), "--port", str(free_port())]), "no password",
              "dashboard.password_hash")
     conf = _config_file(tmp_path, mail)
     with socket.socket() as taken:
@@ -754,7 +621,7 @@ def test_nnspam_dashboard_refuses_to_start_in_one_line(tmp_path, sa_corpus):
                  "in use")
     one_line(_dashboard(["-c", str(conf), "--port", "70000"]), "127.0.0.1:70000")
     one_line(_dashboard(["-c", str(conf), "-m", str(tmp_path / "no-such-model"),
-                         "--port", str(_free_port())]), "no-such-model")
+                         "--port", str(free_port())]), "no-such-model")
     assert not (tmp_path / "SMS").exists() and not (tmp_path / "sms-state").exists()
 
 
@@ -774,7 +641,7 @@ def test_beside_a_running_daemon_each_button_is_one_correction_learned_once(
 
     from conftest import make_message
 
-    mail = build(tmp_path, sa_corpus, n_ham=2, n_spam=1)
+    mail = build_mail(tmp_path, sa_corpus, n_ham=2, n_spam=1)
     conf = tmp_path / "daemon.yaml"
     conf.write_text(yaml.safe_dump({"model": mail.model, "daemon": {
         "maildirs": [str(mail.maildir)], "state": str(mail.state)}}))

@@ -8,16 +8,16 @@ import threading
 
 import pytest
 
-pytest.importorskip("flask")
+from helpers import PASSWORD, csrf_of, make_dashboard
 
-from test_dashboard import PASSWORD, csrf_of, make  # noqa: E402
+pytest.importorskip("flask")
 
 from nnspam.front.dashboard import web  # noqa: E402
 
 
 @pytest.fixture
 def app(tmp_path):
-    app, store = make(tmp_path)
+    app, store = make_dashboard(tmp_path)
     yield app
     store.close()
 

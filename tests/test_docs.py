@@ -14,9 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import build_reference  # noqa: E402
-
 from nnspam import config as C  # noqa: E402
+
+import build_reference  # noqa: E402
 
 
 def test_readme_is_a_front_door():

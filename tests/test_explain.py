@@ -25,7 +25,7 @@ from nnspam.model.core import Model
 from nnspam.model.explain import _wide_without, explain
 from nnspam.services import explanation, pipefilter
 
-from conftest import SA_SPLIT, make_message, need, needs_corpora
+from conftest import SA_SPLIT, Server, make_message, need, needs_corpora
 
 WORDS = [f"w{i}" for i in range(16)]
 # a message: repeated input words, words without an input, a sender (wide identity part)
@@ -219,11 +219,6 @@ def _test_part(sa_corpus: Path, label: str, n: int) -> list[bytes]:
     rows = [r.split("\t") for r in SA_SPLIT.read_text().splitlines()[1:]]
     return [(sa_corpus / p).read_bytes() for p, lab, part in rows
             if part == "test" and lab == label][:n]
-
-
-@pytest.fixture(scope="module")
-def shipped() -> Model:
-    return Model.load("default")
 
 
 @needs_corpora
@@ -463,8 +458,6 @@ def test_filter_words_setting_is_checked(tmp_path, value):
 
 @pytest.fixture(scope="module")
 def words_server(tmp_path_factory):
-    from test_server import Server
-
     srv = Server(tmp_path_factory.mktemp("serve-words"), extra_cfg="filter:\n  words: 3\n")
     yield srv
     assert srv.stop() == 0

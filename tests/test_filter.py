@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,8 +25,9 @@ from nnspam.services.pipefilter import (
     status_fields,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-NNSPAM = Path(sys.executable).parent / "nnspam"
+from conftest import ROOT
+from helpers import NNSPAM
+
 OURS = (STATUS, FLAG)
 
 SPAM_FIELDS = status_fields(0.973, 0.5)
@@ -261,22 +261,6 @@ def nnspam_filter(args, data: bytes, env=None, cwd=None):
     e.update(env or {})
     return subprocess.run([str(NNSPAM), "filter", *args], input=data, capture_output=True,
                           env=e, cwd=cwd, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def spam_ham(sa_corpus):
-    from nnspam.model.core import Model
-
-    m = Model.load("default")
-
-    def first(part, want_spam):
-        for p in sorted((sa_corpus / part).iterdir())[:50]:
-            raw = p.read_bytes()
-            s = float(m.score([raw])[0])
-            if (s > 0.99) if want_spam else (s < 0.01):
-                return raw
-        raise AssertionError(f"no clear {part} message")
-    return first("spam", True), first("easy_ham", False)
 
 
 def test_subprocess_spam_and_ham(spam_ham, tmp_path):

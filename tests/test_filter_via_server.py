@@ -8,12 +8,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,48 +19,8 @@ import pytest
 
 from nnspam.services import pipefilter, spamc
 
-NNSPAM = Path(sys.executable).parent / "nnspam"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class NNServe:
-    """A real ``nnspam serve`` subprocess on a Unix socket and a TCP port."""
-
-    def __init__(self, tmp: Path, model: str = "default", cfg_text: str = "") -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.model = model
-        self.port = free_port()
-        self.sock = str(tmp / "nnspam.sock")
-        self.tcp = f"127.0.0.1:{self.port}"
-        self.cfg = tmp / "serve.yaml"
-        self.cfg.write_text(cfg_text)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nnspam", "serve", "-c", str(self.cfg), "-m", model,
-             "--listen", self.tcp, "--socket", self.sock, "--allow-tell"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 90
-        addr = spamc.parse_addresses(self.sock)[0]
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode())
-            if os.path.exists(self.sock) and spamc.ping(addr, 5):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("nnspam serve did not start")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self.proc.stderr.close()
+from conftest import Server, free_port
+from helpers import NNSPAM
 
 
 class FakeServer:
@@ -118,13 +76,6 @@ def body_of(request: bytes) -> bytes:
 def ok_answer(body: bytes, spam: str = "True ; 10.0 / 5.0") -> bytes:
     return (b"SPAMD/1.5 0 EX_OK\r\nSpam: " + spam.encode() + b"\r\nContent-length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = NNServe(tmp_path_factory.mktemp("nnserve"))
-    yield srv
-    assert srv.stop() == 0
 
 
 def messages(sa_corpus: Path, n: int) -> list[bytes]:
@@ -288,7 +239,7 @@ def _tamper(req: bytes) -> bytes:
     return ok_answer(body)
 
 
-def _wrong_threshold(real: NNServe) -> Callable[[bytes], bytes]:
+def _wrong_threshold(real: Server) -> Callable[[bytes], bytes]:
     def answer(req: bytes) -> bytes:
         rep = spamc.process(spamc.parse_addresses(real.sock)[0], body_of(req))
         return ok_answer(rep.body.replace(b"threshold=0.500", b"threshold=0.600"),
@@ -296,7 +247,7 @@ def _wrong_threshold(real: NNServe) -> Callable[[bytes], bytes]:
     return answer
 
 
-def _spam_flag_flipped(real: NNServe) -> Callable[[bytes], bytes]:
+def _spam_flag_flipped(real: Server) -> Callable[[bytes], bytes]:
     def answer(req: bytes) -> bytes:
         rep = spamc.process(spamc.parse_addresses(real.sock)[0], body_of(req))
         flipped = "False" if rep.spam else "True"
@@ -338,7 +289,7 @@ def test_bad_server_falls_back_to_in_process(kind, server, sa_corpus, tmp_path):
 
 def test_server_stopped_falls_back(tmp_path, sa_corpus):
     raw = messages(sa_corpus, 10)[0]
-    srv = NNServe(tmp_path / "srv")
+    srv = Server(tmp_path / "srv")
     cfg = write_cfg(tmp_path, f"filter:\n  server: {srv.tcp}\n")
     want = in_process(["-c", write_cfg(tmp_path / "srv", ""), "--verdict-exit"], raw)
     assert filter_run(["-c", cfg, "--verdict-exit"], raw) == want
@@ -415,7 +366,7 @@ def test_user_header_selects_the_invoking_users_model(tmp_path, sa_corpus, monke
     me = spamc._user()
     user_model = tmp_path / "users" / me / "model"
     shutil.copytree(resolve_model_path("default"), user_model)
-    srv = NNServe(tmp_path / "srv", cfg_text=f"serve:\n  user_model: {tmp_path}/users/%u/model\n")
+    srv = Server(tmp_path / "srv", extra_cfg=f"serve:\n  user_model: {tmp_path}/users/%u/model\n")
     try:
         addr = spamc.parse_addresses(srv.sock)[0]
         raw = messages(sa_corpus, 10)[-1]  # a ham

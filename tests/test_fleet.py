@@ -20,6 +20,7 @@ import pytest
 from nnspam.services import pipefilter
 
 from conftest import Server, free_port, need
+from helpers import Redis
 
 
 def _port_free_on(hosts: list[str]) -> int:
@@ -35,45 +36,6 @@ def _port_free_on(hosts: list[str]) -> int:
         except OSError:
             continue
     raise RuntimeError("no common free port")
-
-
-class Redis:
-    """A throwaway redis-server on a loopback port, without persistence."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.exe = need("redis-server")
-        self.dir = tmp
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-        self.proc = None
-
-    def client(self):
-        import redis
-
-        return redis.Redis.from_url(self.url)
 
 
 def _serve(tmp: Path, cfg: Path, host: str, port: int, workers: int) -> Server:

@@ -10,35 +10,36 @@ import os
 from pathlib import Path
 
 import pytest
-from test_daemon import Daemon, _pick, wait_until
-from test_fleet import Redis
 
 from nnspam.mail import maildir as md
 from nnspam.model.core import Model
 
+from helpers import Daemon, Redis, pick, wait_until
+
 
 @pytest.fixture
-def redis_server(tmp_path):
+def fresh_redis(tmp_path):
+    """A Redis of this test's own (a test may stop and start it)."""
     (tmp_path / "redis").mkdir()
     r = Redis(tmp_path / "redis")
     yield r
     r.stop()
 
 
-def _site_version(redis_server) -> str | None:
-    v = redis_server.client().hget("nnspam:versions", "site")
+def _site_version(fresh_redis) -> str | None:
+    v = fresh_redis.client().hget("nnspam:versions", "site")
     return v.decode() if v else None
 
 
-def _learned_version(redis_server) -> str | None:
+def _learned_version(fresh_redis) -> str | None:
     """The site version once the learner published one (a seed records no correction)."""
-    v = _site_version(redis_server)
-    if v and redis_server.client().hget(f"nnspam:model:site:{v}", "applied"):
+    v = _site_version(fresh_redis)
+    if v and fresh_redis.client().hget(f"nnspam:model:site:{v}", "applied"):
         return v
     return None
 
 
-def _daemons(tmp_path: Path, redis_server) -> list[Daemon]:
+def _daemons(tmp_path: Path, fresh_redis) -> list[Daemon]:
     out = []
     for name in ("a", "b"):
         d = tmp_path / name
@@ -46,24 +47,24 @@ def _daemons(tmp_path: Path, redis_server) -> list[Daemon]:
         box = md.ensure_maildir(d / "Maildir")
         # the seed model is the shipped one: read-only on disk, the fleet's own copy in Redis
         out.append(Daemon(d, box, Path("default"),
-                          extra=f"  checkpoint_every: 1\nstore: {redis_server.url}\n"))
+                          extra=f"  checkpoint_every: 1\nstore: {fresh_redis.url}\n"))
     return out
 
 
 def _ham_the_model_keeps(sa_corpus: Path) -> list[bytes]:
     model = Model.load("default")
     hams = [p.read_bytes() for p in sorted((sa_corpus / "easy_ham").iterdir())[:400]]
-    return _pick(hams, model, spam=False, n=2)
+    return pick(hams, model, spam=False, n=2)
 
 
-def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, redis_server,
+def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, fresh_redis,
                                                                     sa_corpus):
     ham1, ham2 = _ham_the_model_keeps(sa_corpus)
-    a, b = _daemons(tmp_path, redis_server)
+    a, b = _daemons(tmp_path, fresh_redis)
     a.start()
     b.start()
     try:
-        v0 = _site_version(redis_server)
+        v0 = _site_version(fresh_redis)
         assert v0 is not None, "the first daemon seeds the store with its model"
         for d in (a, b):
             assert "models from the store" in d.text()
@@ -76,8 +77,8 @@ def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, re
         os.rename(pa, a.box / ".Junk" / "cur" / (pa.name + ":2,S"))
         wait_until(lambda: "put in Junk by the user, learned as spam" in a.text(), 30,
                    "the correction", a)
-        wait_until(lambda: _site_version(redis_server) != v0, 30, "a new site version")
-        v = _site_version(redis_server)
+        wait_until(lambda: _site_version(fresh_redis) != v0, 30, "a new site version")
+        v = _site_version(fresh_redis)
         wait_until(lambda: f"site model version {v} loaded" in b.text(), 10, "B's reload", b)
 
         # its next copy in mailbox B goes to B's Junk (B's model came from the store)
@@ -86,17 +87,17 @@ def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, re
         assert (b.box / ".Junk" / "new" / copy.name).exists(), b.tail()
 
         # Redis goes away: both keep filing; a correction in A is kept, not lost ...
-        redis_server.stop()
+        fresh_redis.stop()
         pa2 = md.deliver(a.box, ham2)
         wait_until(lambda: a.settled(2), 30, "A files while Redis is away", a)
         os.rename(pa2, a.box / ".Junk" / "cur" / (pa2.name + ":2,S"))
         wait_until(lambda: "kept to send later" in a.text(), 30, "the correction kept", a)
         # ... and learned once Redis is back (empty: the daemons seed it again)
-        redis_server.start()
+        fresh_redis.start()
         wait_until(lambda: "kept correction(s) sent" in a.text(), 30, "the kept correction", a)
         # learned: the current site version holds a correction of the new stream
-        wait_until(lambda: _learned_version(redis_server), 30, "the kept correction learned")
-        v2 = _learned_version(redis_server)
+        wait_until(lambda: _learned_version(fresh_redis), 30, "the kept correction learned")
+        v2 = _learned_version(fresh_redis)
         wait_until(lambda: f"site model version {v2} loaded" in b.text(), 10, "B's reload", b)
         copy2 = md.deliver(b.box, ham2)
         wait_until(lambda: b.settled(3), 30, "B's third decision", b)
@@ -108,10 +109,10 @@ def test_a_correction_in_one_mailbox_files_the_next_copy_in_another(tmp_path, re
     assert not (Path(a.tmp) / "default").exists()
 
 
-def test_daemon_user_needs_user_model(tmp_path, redis_server):
+def test_daemon_user_needs_user_model(tmp_path, fresh_redis):
     box = md.ensure_maildir(tmp_path / "Maildir")
     d = Daemon(tmp_path, box, Path("default"),
-               extra=f"  user: alice\nstore: {redis_server.url}\n")
+               extra=f"  user: alice\nstore: {fresh_redis.url}\n")
     import subprocess
     import sys
 
@@ -137,14 +138,14 @@ def _nnspam(*args: str, cfg: Path, ok: int = 0) -> str:
 
 
 def test_store_push_migrates_users_and_rebases_them_on_a_new_site_model(
-        tmp_path, redis_server, sa_corpus):
+        tmp_path, fresh_redis, sa_corpus):
     import shutil
 
     from nnspam.model.core import resolve_model_path
 
     cfg = tmp_path / "config.yaml"
     users = tmp_path / "users"
-    cfg.write_text(f"store: {redis_server.url}\nserve:\n  user_model: \"{users}/%u\"\n")
+    cfg.write_text(f"store: {fresh_redis.url}\nserve:\n  user_model: \"{users}/%u\"\n")
     plain = tmp_path / "plain.yaml"  # the same site, models on disk
     plain.write_text("learn:\n  passes: 0\n")
     ham1, ham2 = _ham_the_model_keeps(sa_corpus)
@@ -179,12 +180,12 @@ def test_store_push_migrates_users_and_rebases_them_on_a_new_site_model(
     shutil.copytree(site_a, site_b)
     extra = sorted((sa_corpus / "spam").iterdir())[:20]
     _nnspam("learn", "-c", str(plain), "-m", str(site_b), "--spam", *map(str, extra), cfg=cfg)
-    gen_a = redis_server.client().hget(
-        f"nnspam:model:site:{_site_version(redis_server)}", "generation")
+    gen_a = fresh_redis.client().hget(
+        f"nnspam:model:site:{_site_version(fresh_redis)}", "generation")
     out = _nnspam("store", "push", str(site_b), cfg=cfg)
     assert "1 user model(s) rebased" in out and "1 correction(s) learned again" in out
-    gen_b = redis_server.client().hget(
-        f"nnspam:model:site:{_site_version(redis_server)}", "generation")
+    gen_b = fresh_redis.client().hget(
+        f"nnspam:model:site:{_site_version(fresh_redis)}", "generation")
     assert gen_a and gen_b and gen_a != gen_b
     expected = tmp_path / "expected"
     shutil.copytree(site_b, expected)
@@ -199,14 +200,14 @@ def test_store_push_migrates_users_and_rebases_them_on_a_new_site_model(
     box = md.ensure_maildir(tmp_path / "Maildir")
     (tmp_path / "d").mkdir()
     d = Daemon(tmp_path / "d", box, Path("default"),
-               extra=f"store: {redis_server.url}\nserve:\n  user_model: \"{users}/%u\"\n")
+               extra=f"store: {fresh_redis.url}\nserve:\n  user_model: \"{users}/%u\"\n")
     d.start()
     try:
-        wait_until(lambda: redis_server.client().get("nnspam:learner"), 30, "the learner", d)
-        before = _site_version(redis_server)
+        wait_until(lambda: fresh_redis.client().get("nnspam:learner"), 30, "the learner", d)
+        before = _site_version(fresh_redis)
         out = _nnspam("store", "push", str(site_a), "--wait", "60", cfg=cfg)
         assert "sent to the fleet's learner" in out and "installed" in out
-        assert _site_version(redis_server) != before
+        assert _site_version(fresh_redis) != before
         wait_until(lambda: "new site model installed" in d.text(), 10, "the daemon's log", d)
     finally:
         assert d.stop() == 0

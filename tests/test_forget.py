@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from test_server import Server
 
 from nnspam.model.core import Model, resolve_model_path
 from nnspam.model.correct import Rule, correct, forget
 
-from conftest import needs_corpora
+from conftest import Server, needs_corpora
+from helpers import run_nnspam
 
 pytestmark = needs_corpora
 
 
 @pytest.fixture(scope="module")
-def mail(sa_corpus):
+def forget_case(sa_corpus):
     """(held-back token lists, (tokens, wrong label) lessons): 200 SpamAssassin messages
     to score and 40 others to teach the model the wrong way round, the hardest kind
     of lesson to take back (each one flips its own verdict)."""
@@ -44,8 +41,8 @@ def mail(sa_corpus):
     return base, held, lessons
 
 
-def test_learn_then_forget_restores_every_score(mail, tmp_path):
-    base, held, lessons = mail
+def test_learn_then_forget_restores_every_score(forget_case, tmp_path):
+    base, held, lessons = forget_case
     model = copy.deepcopy(base)
     before = model.spamicity_of_tokens(held)
     for toks, label in lessons:
@@ -64,11 +61,11 @@ def test_learn_then_forget_restores_every_score(mail, tmp_path):
     assert model.class_counts() == base.class_counts()
 
 
-def test_forgetting_some_lessons_gives_the_model_that_never_learned_them(mail):
+def test_forgetting_some_lessons_gives_the_model_that_never_learned_them(forget_case):
     """Every other lesson forgotten: the later lessons are learned again without it, so
     the result is the model taught only the rest (measured: max difference 0.009 in
     spamicity, no verdict differs)."""
-    base, held, lessons = mail
+    base, held, lessons = forget_case
     model = copy.deepcopy(base)
     for toks, label in lessons:
         correct(model, [toks], label, Rule())
@@ -82,8 +79,8 @@ def test_forgetting_some_lessons_gives_the_model_that_never_learned_them(mail):
     assert len(model.journal) == len(lessons) // 2
 
 
-def test_forget_undoes_network_passes_too(mail):
-    base, held, lessons = mail
+def test_forget_undoes_network_passes_too(forget_case):
+    base, held, lessons = forget_case
     model = copy.deepcopy(base)
     before = model.spamicity_of_tokens(held)
     rule = Rule(passes=2, max_passes=2)
@@ -94,8 +91,8 @@ def test_forget_undoes_network_passes_too(mail):
     assert np.abs(model.spamicity_of_tokens(held) - before).max() <= 1e-5
 
 
-def test_the_journal_is_bounded_and_says_what_it_no_longer_holds(mail):
-    base, _, lessons = mail
+def test_the_journal_is_bounded_and_says_what_it_no_longer_holds(forget_case):
+    base, _, lessons = forget_case
     model = copy.deepcopy(base)
     for toks, label in lessons[:8]:
         correct(model, [toks], label, Rule(journal=5))
@@ -108,13 +105,6 @@ def test_the_journal_is_bounded_and_says_what_it_no_longer_holds(mail):
     assert len(never.journal) == 0
 
 
-def _nnspam(*args: str, cfg: Path | None = None) -> subprocess.CompletedProcess:
-    extra = ["-c", str(cfg)] if cfg else []
-    cmd, *rest = args
-    return subprocess.run([sys.executable, "-m", "nnspam", cmd, *extra, *rest],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_learn_forget_and_inspect_journal_on_the_command_line(sa_corpus, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
@@ -124,26 +114,26 @@ def test_learn_forget_and_inspect_journal_on_the_command_line(sa_corpus, tmp_pat
     other = sorted((sa_corpus / "easy_ham").iterdir())[3]
 
     def scores() -> list[str]:
-        r = _nnspam("classify", "-m", str(model), "--format", "tsv", *map(str, ham), cfg=cfg)
+        r = run_nnspam("classify", "-m", str(model), "--format", "tsv", *map(str, ham), cfg=cfg)
         assert r.returncode == 0, r.stderr
         return [line.split("\t")[1] for line in r.stdout.splitlines()]
 
     before = scores()
-    r = _nnspam("learn", "-m", str(model), "--spam", *map(str, ham), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(model), "--spam", *map(str, ham), cfg=cfg)
     assert r.returncode == 0, r.stderr
     assert scores() != before
-    r = _nnspam("inspect", "-m", str(model), "--journal", cfg=cfg)
+    r = run_nnspam("inspect", "-m", str(model), "--journal", cfg=cfg)
     assert r.returncode == 0, r.stderr
     assert "Correction journal: 3 of at most 500 kept" in r.stdout
     assert r.stdout.count(" learn     spam ") == 3
-    r = _nnspam("learn", "-m", str(model), "--forget", *map(str, ham), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(model), "--forget", *map(str, ham), cfg=cfg)
     assert r.returncode == 0, r.stderr
     assert "forgot 3 of 3 message(s)" in r.stderr
     assert scores() == before
-    r = _nnspam("learn", "-m", str(model), "--forget", str(other), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(model), "--forget", str(other), cfg=cfg)
     assert r.returncode == 1
     assert "not in the correction journal" in r.stderr
-    r = _nnspam("learn", "--forget", str(other), cfg=cfg)  # the shipped model
+    r = run_nnspam("learn", "--forget", str(other), cfg=cfg)  # the shipped model
     assert r.returncode == 2 and "read-only" in r.stderr
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from nnspam.mail.tokens import HEAD_MARK, head_token
 from nnspam.model import grams as G
@@ -27,11 +26,6 @@ from conftest import make_message
 
 #: A spamicity that prints as 1.000000 (``nnspam stream``'s 6 decimals): certainty.
 CERTAIN = math.log(0.9999995 / 0.0000005)
-
-
-@pytest.fixture(scope="module")
-def shipped() -> Model:
-    return Model.load("default")
 
 
 def fresh(shipped: Model) -> Model:

@@ -26,15 +26,14 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import parser as prom_parser  # the dev extra has it (CI: always)
-from test_daemon import Daemon, wait_until
-from test_server import Server, _free_port, _request
 
 from nnspam.config import DEFAULTS, ConfigError, load_config
 from nnspam.mail import maildir as md
 from nnspam.model.core import resolve_model_path
 from nnspam.services import metrics
 
-from conftest import ROOT, make_message, need
+from conftest import ROOT, Server, free_port, make_message, need
+from helpers import Daemon, spamd_request, wait_until
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -90,7 +89,7 @@ class Prometheus:
 
     def __init__(self, tmp: Path, target: str) -> None:
         binary = need("prometheus")
-        self.port = _free_port()
+        self.port = free_port()
         cfg = tmp / "prometheus.yml"
         cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                        "scrape_configs:\n  - job_name: nnspam\n    scrape_interval: 1s\n"
@@ -173,7 +172,7 @@ def _multiproc_dir(log: str) -> Path:
 
 def test_prometheus_sees_every_message_of_every_worker_also_after_they_died(tmp_path):
     need("spamc")
-    mport = _free_port()
+    mport = free_port()
     srv = Server(tmp_path, args=("--workers", "2", "--metrics", f"127.0.0.1:{mport}"))
     prom = None
     try:
@@ -219,7 +218,7 @@ def test_prometheus_sees_every_message_of_every_worker_also_after_they_died(tmp_
 
 def test_single_worker_counts_verdicts_tells_reloads_and_errors(tmp_path):
     model = writable_model(tmp_path)
-    mport = _free_port()
+    mport = free_port()
     srv = Server(tmp_path, str(model), extra_cfg="serve:\n  max_size: 3000\n",
                  args=("--workers", "1", "--metrics", f"127.0.0.1:{mport}"))
     try:
@@ -230,19 +229,19 @@ def test_single_worker_counts_verdicts_tells_reloads_and_errors(tmp_path):
                            frozenset({("front", "serve"), ("verdict", v)}))] == 0
         assert total(before, "nnspam_serve_handler_threads") == 32
         for raw in (HAMS[0], SPAMS[0], HAMS[1]):
-            assert srv.request(_request("CHECK", raw)).startswith(b"SPAMD/1.5 0 EX_OK")
+            assert srv.request(spamd_request("CHECK", raw)).startswith(b"SPAMD/1.5 0 EX_OK")
         big = make_message("big", "word " * 1000)  # over serve.max_size: skipped
-        assert b"Spam: False ; 0.0 / 5.0" in srv.request(_request("CHECK", big))
+        assert b"Spam: False ; 0.0 / 5.0" in srv.request(spamd_request("CHECK", big))
         assert srv.request(b"NONSENSE\r\n\r\n").startswith(b"SPAMD/1.5 76 ")
         assert srv.request(b"FLY SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 64 ")
-        tell = _request("TELL", HAMS[2], Message_class="spam", Set="local")
+        tell = spamd_request("TELL", HAMS[2], Message_class="spam", Set="local")
         assert b"DidSet: local" in srv.request(tell)
         # saved by another process (nnspam learn): loaded again on the next request
         learn = subprocess.run([sys.executable, "-m", "nnspam", "learn", "-c", str(srv.cfg),
                                 "-m", str(model), "--ham", "-"], input=HAMS[3],
                                capture_output=True, cwd=ROOT)
         assert learn.returncode == 0, learn.stderr
-        srv.request(_request("CHECK", HAMS[4]))
+        srv.request(spamd_request("CHECK", HAMS[4]))
         srv.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "INFO model reloaded" in srv.log(), 30, "the SIGHUP reload")
 
@@ -289,7 +288,7 @@ def test_metrics_port_in_use_is_one_line_exit_2_and_nothing_is_left(tmp_path):
 def test_daemon_metrics_count_scores_corrections_and_checkpoints(tmp_path):
     box = md.ensure_maildir(tmp_path / "Maildir")
     model = writable_model(tmp_path)
-    mport = _free_port()
+    mport = free_port()
     d = Daemon(tmp_path, box, model, extra="  checkpoint_every: 1\n  max_message_bytes: 3000\n"
                f"metrics: 127.0.0.1:{mport}\n").start()  # top-level key: the config's
     try:
@@ -429,7 +428,7 @@ def test_multiprocess_mode_adds_up_forked_processes_in_process(tmp_path):
                     held.__enter__()
                     with pytest.raises(OSError):  # the parent's /metrics socket is closed here
                         ex.httpd.socket.getsockname()
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - any failure: the exit code says so
                     code = 1
                 os._exit(code)
             kids.append(pid)

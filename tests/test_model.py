@@ -10,33 +10,18 @@ import numpy as np
 import pytest
 
 from nnspam import config as C
-from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model, ModelError, spamicity
 from nnspam.model.correct import Rule, correct_payloads
 from nnspam.services.training import train_model
 
 from conftest import make_message, needs_corpora
-
-SPAM_WORDS = ["viagra cheap pills offer", "win money now free offer", "cheap loans free money"]
-HAM_WORDS = ["meeting agenda tomorrow notes", "patch review for the kernel build",
-             "lunch tomorrow with the team"]
-
-
-def tiny_samples(k: int = 12) -> list[Sample]:
-    out = []
-    for i in range(k):
-        out.append(Sample(f"s{i}", make_message(f"offer {i}", SPAM_WORDS[i % 3],
-                                                "deals@spam.biz"), "spam"))
-        out.append(Sample(f"h{i}", make_message(f"re: notes {i}", HAM_WORDS[i % 3]), "ham"))
-    return out
+from helpers import tiny_samples, train_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> Model:
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=30, validation_fraction=0.25)
-    return train_model(tiny_samples(), "email", settings)
+    """A tiny model of the default network settings (an ensemble), shared by the module."""
+    return train_tiny()
 
 
 def test_spamicity_formula():

@@ -29,9 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_writer
-from test_forget import _nnspam
-from test_writer import HAM_SMS, SPAM_SMS, learned
 
 from nnspam.front.cli import main
 from nnspam.model import core
@@ -39,9 +36,7 @@ from nnspam.model.core import Model
 from nnspam.model.journal import FILE, Journal, JournalError
 
 from conftest import ROOT
-
-#: A writable copy of the shipped SMS model in the test's tmp_path (test_writer's fixture).
-sms_model = test_writer.sms_model
+from helpers import HAM_SMS, SPAM_SMS, learned, run_nnspam
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -80,7 +75,7 @@ def test_a_truncated_journal_is_logged_and_started_afresh_on_the_command_line(
         sms_model, msgs, cfg):
     """``head -c 100 journal.npz``: learn, forget and inspect --journal each log it in one
     line naming the file, none ends in a traceback, and learning goes on."""
-    r = _nnspam("learn", "-m", str(sms_model), "--spam", str(msgs["spam"]), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(sms_model), "--spam", str(msgs["spam"]), cfg=cfg)
     assert r.returncode == 0, r.stderr
     journal = sms_model / FILE
     journal.write_bytes(journal.read_bytes()[:100])
@@ -91,24 +86,24 @@ def test_a_truncated_journal_is_logged_and_started_afresh_on_the_command_line(
         assert said == [f"{journal}: unreadable journal (BadZipFile: File is not a zip "
                         "file); starting a new journal"], stderr
 
-    r = _nnspam("inspect", "-m", str(sms_model), "--journal", cfg=cfg)
+    r = run_nnspam("inspect", "-m", str(sms_model), "--journal", cfg=cfg)
     assert r.returncode == 0, r.stderr
     one_line_about_the_journal(r.stderr)
     assert "Correction journal: 0 of at most 500 kept" in r.stdout
     assert len(journal.read_bytes()) == 100  # inspect writes nothing
     # the lesson's record went with the journal: nothing to forget (exit 1), no traceback
-    r = _nnspam("learn", "-m", str(sms_model), "--forget", str(msgs["spam"]), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(sms_model), "--forget", str(msgs["spam"]), cfg=cfg)
     assert r.returncode == 1, r.stderr
     one_line_about_the_journal(r.stderr)
     assert "forgot 0 of 1 message(s)" in r.stderr
-    r = _nnspam("learn", "-m", str(sms_model), "--ham", str(msgs["ham"]), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(sms_model), "--ham", str(msgs["ham"]), cfg=cfg)
     assert r.returncode == 0, r.stderr
     one_line_about_the_journal(r.stderr)
     # the model kept both lessons and a new journal holds the one since
     model = Model.load(sms_model)
     assert learned(model) == {"spam": 1, "ham": 1}
     assert [e.label for e in Journal.read(journal).entries] == ["ham"]
-    r = _nnspam("learn", "-m", str(sms_model), "--forget", str(msgs["ham"]), cfg=cfg)
+    r = run_nnspam("learn", "-m", str(sms_model), "--forget", str(msgs["ham"]), cfg=cfg)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "journal.npz" not in r.stderr
 
@@ -258,7 +253,7 @@ def test_learn_on_a_really_full_tmpfs(tmp_path, sms_model, msgs, cfg):
         model = mnt / "m"
         shutil.copytree(sms_model, model)
         before = _files(model)
-        r = _nnspam("learn", "-m", str(model), "--spam", str(msgs["spam"]), cfg=cfg)
+        r = run_nnspam("learn", "-m", str(model), "--spam", str(msgs["spam"]), cfg=cfg)
         assert r.returncode == 74, r.stderr
         assert r.stderr == f"nnspam: cannot save the model {model}: No space left on device\n"
         assert _files(model) == before

@@ -26,6 +26,7 @@ from nnspam.model.correct import correct, rule_from_config
 from nnspam.services.stream import start_model
 
 from conftest import ROOT, make_message
+from helpers import train_tiny
 
 CONFIG = "learn:\n  passes: 2\n  max_passes: 4\n  margin: 1.0\n"
 MESSAGE = make_message("cheap offer for you", "agenda meeting notes cheap pills offer today",
@@ -51,16 +52,8 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], path: str) -
 
 @pytest.fixture
 def setup(tmp_path):
-    from test_model import tiny_samples
-
-    from nnspam import config as C
-    from nnspam.services.training import train_model
-
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=20, validation_fraction=0.25, members=1)
     base = tmp_path / "base"
-    train_model(tiny_samples(), "email", settings).save(base)
+    train_tiny(max_epochs=20, members=1).save(base)
     cfg_file = tmp_path / "config.yaml"
     cfg_file.write_text(CONFIG)
     msg = tmp_path / "msg.eml"

@@ -13,48 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need
-
-FILTERS = ROOT / "filters"
-NNSPAM = Path(sys.executable).parent / "nnspam"
-
-
-def strip_from_line(raw: bytes) -> bytes:
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
-
-
-def without_our_headers(raw: bytes) -> bytes:
-    from nnspam.mail.headers import strip_header_fields
-
-    return strip_header_fields(raw, ["X-NNSpam-Status", "X-NNSpam-Flag"])
-
-
-def files_in(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
-
-
-@pytest.fixture(scope="module")
-def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
-    """A spam and a ham the shipped model is sure about, without X-NNSpam headers."""
-    from nnspam.model.core import Model
-
-    m = Model.load("default")
-
-    def first(part: str, want_spam: bool) -> bytes:
-        for p in sorted((sa_corpus / part).iterdir())[:50]:
-            raw = p.read_bytes()
-            s = float(m.score([raw])[0])
-            if b"X-NNSpam" not in raw and ((s > 0.99) if want_spam else (s < 0.01)):
-                return raw
-        raise AssertionError(f"no clear {part} message")
-    return first("spam", True), first("easy_ham", False)
+from conftest import need
+from helpers import (
+    FILTERS,
+    NNSPAM,
+    SieveEnv,
+    check_delivery,
+    files_in,
+    strip_from_line,
+    without_our_headers,
+)
 
 
 @pytest.fixture
@@ -64,14 +36,6 @@ def model_copy(tmp_path) -> Path:
     d = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), d)
     return d
-
-
-def check_delivery(maildir: Path, spam: bytes, ham: bytes, spam_file: Path, ham_file: Path):
-    s, h = spam_file.read_bytes(), ham_file.read_bytes()
-    assert b"\nX-NNSpam-Flag: YES" in s and b"X-NNSpam-Status: Yes, spamicity=" in s
-    assert b"X-NNSpam-Status: No, spamicity=" in h and b"X-NNSpam-Flag" not in h
-    assert strip_from_line(without_our_headers(s)) == strip_from_line(spam)
-    assert strip_from_line(without_our_headers(h)) == strip_from_line(ham)
 
 
 # -- procmail -----------------------------------------------------------------------
@@ -93,7 +57,7 @@ def test_procmail_spam_to_junk_ham_to_inbox(tmp_path, spam_ham, model_copy):
         assert r.returncode == 0, log
     junk, inbox = files_in(tmp_path / "Maildir/.Junk/new"), files_in(tmp_path / "Maildir/new")
     assert len(junk) == 1 and len(inbox) == 1, log
-    check_delivery(tmp_path / "Maildir", spam, ham, junk[0], inbox[0])
+    check_delivery(spam, ham, junk[0], inbox[0])
 
 
 @pytest.mark.parametrize("nnspam,flags", [("/bin/false", ""), (str(NNSPAM), "-m /nonexistent")])
@@ -129,7 +93,7 @@ def test_maildrop_spam_to_junk_ham_to_inbox(tmp_path, spam_ham, model_copy):
     junk, inbox = files_in(tmp_path / "Maildir/.Junk/new"), files_in(tmp_path / "Maildir/new")
     assert len(junk) == 1 and len(inbox) == 1
     assert (tmp_path / "Maildir/.Junk/maildirfolder").is_file()
-    check_delivery(tmp_path / "Maildir", spam, ham, junk[0], inbox[0])
+    check_delivery(spam, ham, junk[0], inbox[0])
 
 
 @pytest.mark.parametrize("nnspam,flags", [("/bin/false", ""), (str(NNSPAM), "-m /nonexistent")])
@@ -143,148 +107,6 @@ def test_maildrop_failing_filter_still_delivers(tmp_path, spam_ham, nnspam, flag
 
 
 # -- Dovecot Sieve ----------------------------------------------------------------------
-
-AS_NOBODY = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
-             "--bounding-set=-all"]
-
-
-def _nobody_can(cmd: list[str], env: dict[str, str]) -> bool:
-    # Through sh, as Dovecot runs the filter program (a direct exec under
-    # setpriv was seen to succeed where the same command from a shell fails).
-    r = subprocess.run([need("setpriv"), *AS_NOBODY, "/bin/sh", "-c", 'exec "$@"', "sh", *cmd],
-                       capture_output=True, env=env, timeout=60)
-    return r.returncode == 0
-
-
-class SieveEnv:
-    """A world-accessible temp dir with a Dovecot config for sieve-test, and a
-    way to run nnspam as the user sieve-test runs as. Dovecot refuses mail
-    access as root, so as root sieve-test runs as 'nobody'; the venv's Python
-    may then be out of reach (e.g. under /root), so a same-version system
-    Python with the venv's site-packages on PYTHONPATH stands in for it."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="nnspam-sieve-"))
-        self.dir.chmod(0o777)
-        self.bin = self.dir / "bin"
-        self.bin.mkdir()
-        self.as_root = os.geteuid() == 0
-        self.prefix: list[str] = []
-        if self.as_root:
-            self.prefix = [need("setpriv"), *AS_NOBODY]
-        self.nnspam = self._nnspam_command()
-        (self.dir / "dovecot.conf").write_text(
-            f"mail_location = maildir:{self.dir}/Maildir\n"
-            "plugin {\n"
-            "  sieve_plugins = sieve_extprograms sieve_imapsieve\n"
-            "  sieve_global_extensions = +vnd.dovecot.filter +vnd.dovecot.pipe "
-            "+vnd.dovecot.environment\n"
-            f"  sieve_filter_bin_dir = {self.bin}\n"
-            f"  sieve_pipe_bin_dir = {self.bin}\n"
-            "}\n")
-
-    def _nnspam_command(self) -> str:
-        if not self.as_root:
-            return str(NNSPAM)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir)}
-        if _nobody_can([str(NNSPAM), "filter", "--help"], env):
-            return str(NNSPAM)
-        ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        system_python = shutil.which(ver, path="/usr/bin:/bin")
-        paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-        env["PYTHONPATH"] = ":".join(paths)
-        if system_python and _nobody_can([system_python, "-m", "nnspam", "filter", "--help"],
-                                         env):
-            wrapper = self.dir / "nnspam"
-            wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={env['PYTHONPATH']} "
-                               f"exec {system_python} -m nnspam \"$@\"\n")
-            wrapper.chmod(0o755)
-            return str(wrapper)
-        if os.access("/usr/bin/python3", os.X_OK):
-            return self._relay()
-        msg = ("running as root: sieve-test must run as 'nobody', who cannot run this "
-               "venv's nnspam (and no system Python was found)")
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-    def _relay(self) -> str:
-        """Last resort when 'nobody' cannot reach this checkout at all (a clone in a
-        private directory): an executable that hands its arguments and stdin over a
-        Unix socket to this test process, which runs the real ``nnspam`` and sends back
-        its output and exit code. The recipe and sieve-test still run for real; only
-        the nnspam process runs as root instead of as 'nobody'."""
-        import json
-        import socket
-        import struct
-        import threading
-
-        sock_path = self.dir / "relay.sock"
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(sock_path))
-        sock_path.chmod(0o777)
-        server.listen(8)
-        self._relay_server = server
-
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    buf = b""
-                    while chunk := conn.recv(65536):
-                        buf += chunk
-                    nargs, ndata = struct.unpack(">II", buf[:8])
-                    args = json.loads(buf[8:8 + nargs])
-                    data = buf[8 + nargs:8 + nargs + ndata]
-                    r = subprocess.run([str(NNSPAM), *args], input=data, capture_output=True)
-                    conn.sendall(bytes([r.returncode & 0xFF]) + r.stdout)
-
-        threading.Thread(target=serve, daemon=True).start()
-        client = self.dir / "nnspam-relay"
-        client.write_text(
-            "#!/usr/bin/python3\n"
-            "import json, socket, struct, sys\n"
-            f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r})\n"
-            "data = sys.stdin.buffer.read(); head = json.dumps(sys.argv[1:]).encode()\n"
-            "s.sendall(struct.pack('>II', len(head), len(data)) + head + data)\n"
-            "s.shutdown(socket.SHUT_WR)\n"
-            "buf = b''\n"
-            "while chunk := s.recv(65536):\n"
-            "    buf += chunk\n"
-            "sys.stdout.buffer.write(buf[1:]); sys.stdout.flush(); sys.exit(buf[0])\n")
-        client.chmod(0o755)
-        return str(client)
-
-    def close(self) -> None:
-        server = getattr(self, "_relay_server", None)
-        if server is not None:
-            server.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def install(self, name: str, conf: str = "") -> None:
-        shutil.copy(FILTERS / name, self.bin / name)
-        (self.bin / name).chmod(0o755)
-        if conf:
-            (self.bin / (Path(name).stem + ".conf")).write_text(conf)
-
-    def readable(self) -> None:
-        for p in [self.dir, *self.dir.rglob("*")]:
-            if p.is_dir():
-                p.chmod(0o777)
-            else:
-                p.chmod(p.stat().st_mode | 0o444)
-
-    def sieve_test(self, script: Path, msg_file: Path, *opts: str) -> subprocess.CompletedProcess:
-        self.readable()
-        return subprocess.run(
-            [*self.prefix, need("sieve-test"), "-c", str(self.dir / "dovecot.conf"), *opts,
-             str(script), str(msg_file)],
-            capture_output=True, env={"PATH": "/usr/bin:/bin", "HOME": str(self.dir)},
-            timeout=120)
-
 
 @pytest.fixture
 def sieve_env():

@@ -7,7 +7,6 @@ import pytest
 
 from nnspam.config import DEFAULTS, ConfigError, load_config, merge
 from nnspam.front import cli
-from nnspam.model.core import Model
 from nnspam.services.pipefilter import classify, model_scorer, settings
 from nnspam.services.verdict import HAM, SPAM, SenderLists, score_tokens
 
@@ -17,15 +16,10 @@ SPAMMY = ("WIN CASH NOW", "Click here to get a free prize, limited time offer, a
           "viagra casino winner, cheap pills, 100% free")
 
 
-@pytest.fixture(scope="module")
-def model():
-    return Model.load("default")
-
-
-def test_matching(model):
+def test_matching(shipped):
     lists = SenderLists(allow=["boss@corp.example", "@friends.example"],
                         deny=["spam.example", "boss@corp.example"])
-    toks = {s: model.tokens(make_message("x", "y", sender=s)) for s in (
+    toks = {s: shipped.tokens(make_message("x", "y", sender=s)) for s in (
         "boss@corp.example", "Boss@CORP.example", "amy@friends.example",
         "bob@mail.friends.example", "x@spam.example", "y@deep.spam.example",
         "z@notspam.example", "other@corp.example")}
@@ -36,18 +30,18 @@ def test_matching(model):
                    "z@notspam.example": None, "other@corp.example": None}
 
 
-def test_score_tokens_and_the_filter(model):
+def test_score_tokens_and_the_filter(shipped):
     raw = make_message(*SPAMMY, sender="newsletter@friends.example")
     cfg = merge(DEFAULTS, {"lists": {"allow": ["friends.example"]}})
     s = settings(cfg, None)
-    toks = model.tokens(raw)
-    assert score_tokens(model, [toks], 0.5)[0][1] == "spam"  # the model alone
-    assert score_tokens(model, [toks], 0.5, lists=s.lists)[0] == (0.0, "ham")
-    res = classify(raw, model_scorer(model, s), s.threshold)
+    toks = shipped.tokens(raw)
+    assert score_tokens(shipped, [toks], 0.5)[0][1] == "spam"  # the model alone
+    assert score_tokens(shipped, [toks], 0.5, lists=s.lists)[0] == (0.0, "ham")
+    res = classify(raw, model_scorer(shipped, s), s.threshold)
     assert res.verdict == "ham" and b"X-NNSpam-Status: No, spamicity=0.000" in res.output
     deny = settings(merge(DEFAULTS, {"lists": {"deny": ["@corp.example"]}}), None)
     ham = make_message("lunch", "see you at noon", sender="bob@corp.example")
-    assert classify(ham, model_scorer(model, deny), 0.5).verdict == "spam"
+    assert classify(ham, model_scorer(shipped, deny), 0.5).verdict == "spam"
 
 
 def test_bad_lists_are_config_errors(tmp_path):
@@ -74,7 +68,7 @@ def test_classify_and_serve_use_the_lists(tmp_path, capsys):
         srv.stop()
 
 
-def test_the_daemon_s_sorter_files_by_the_lists(model, tmp_path):
+def test_the_daemon_s_sorter_files_by_the_lists(shipped, tmp_path):
     """A ham from a denied domain goes to Junk; a spammy message from an allowed one stays."""
     from nnspam.mail import maildir as md
     from nnspam.services.sorter import Sorter
@@ -82,7 +76,7 @@ def test_the_daemon_s_sorter_files_by_the_lists(model, tmp_path):
 
     cfg = merge(DEFAULTS, {"lists": {"deny": ["corp.example"], "allow": ["friends.example"]}})
     box = md.ensure_maildir(tmp_path / "Maildir")
-    sorter = Sorter.from_config(cfg, model, State(tmp_path / "s.sqlite3"), model_name=None)
+    sorter = Sorter.from_config(cfg, shipped, State(tmp_path / "s.sqlite3"), model_name=None)
     ham = md.deliver(box, make_message("lunch", "see you at noon", sender="bob@corp.example"))
     spam = md.deliver(box, make_message(*SPAMMY, sender="news@friends.example"))
     assert sorter.handle_new(box, ham) == "spam"

@@ -19,17 +19,8 @@ import pytest
 
 from nnspam.services import pipefilter
 
-from conftest import Server, free_port, need
-
-# other test modules import Server and _free_port from here (test_metrics.py, ...)
-_free_port = free_port
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("serve"))
-    yield srv
-    assert srv.stop() == 0
+from conftest import Server, need
+from helpers import sa_sample, spamd_request
 
 
 def _filter_output(raw: bytes, cfg: Path) -> bytes:
@@ -40,23 +31,12 @@ def _filter_output(raw: bytes, cfg: Path) -> bytes:
     return out.getvalue()
 
 
-def _messages(sa_corpus: Path, n: int) -> list[bytes]:
-    spam = sorted((sa_corpus / "spam").iterdir())[: n // 2]
-    ham = sorted((sa_corpus / "easy_ham").iterdir())[: n - len(spam)]
-    return [p.read_bytes() for p in spam + ham]
-
-
-def _request(verb: str, body: bytes, **headers: str) -> bytes:
-    hdr = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
-    return (f"{verb} SPAMC/1.5\r\nContent-length: {len(body)}\r\n{hdr}\r\n").encode() + body
-
-
 # -- spamc ---------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_spamc_output_equals_filter_output_on_200_messages(server, sa_corpus):
     need("spamc")
-    msgs = _messages(sa_corpus, 200)
+    msgs = sa_sample(sa_corpus, 200)
     verdicts = set()
     for raw in msgs:
         want = _filter_output(raw, server.cfg)
@@ -69,7 +49,7 @@ def test_spamc_output_equals_filter_output_on_200_messages(server, sa_corpus):
 
 
 def test_spamc_output_equals_the_real_filter_process(server, sa_corpus):
-    for raw in _messages(sa_corpus, 4):
+    for raw in sa_sample(sa_corpus, 4):
         want = subprocess.run([sys.executable, "-m", "nnspam", "filter", "-c", str(server.cfg)],
                               input=raw, capture_output=True, check=True).stdout
         assert server.spamc([], raw).stdout == want
@@ -77,7 +57,7 @@ def test_spamc_output_equals_the_real_filter_process(server, sa_corpus):
 
 def test_spamc_headers_mode_and_unix_socket(server, sa_corpus):
     spamc = need("spamc")
-    for raw in _messages(sa_corpus, 6):
+    for raw in sa_sample(sa_corpus, 6):
         want = _filter_output(raw, server.cfg)
         assert server.spamc(["--headers"], raw).stdout == want
         got = subprocess.run([spamc, "-U", server.sock], input=raw, capture_output=True,
@@ -86,7 +66,7 @@ def test_spamc_headers_mode_and_unix_socket(server, sa_corpus):
 
 
 def test_spamc_check_prints_score_and_exit_code_is_the_verdict(server, sa_corpus):
-    for raw in _messages(sa_corpus, 10):
+    for raw in sa_sample(sa_corpus, 10):
         want = _filter_output(raw, server.cfg)
         sp = float(want.split(b"spamicity=")[1].split(b",")[0])
         got = server.spamc(["-c"], raw)
@@ -96,7 +76,7 @@ def test_spamc_check_prints_score_and_exit_code_is_the_verdict(server, sa_corpus
 
 
 def test_spamc_symbols_and_report(server, sa_corpus):
-    spam, ham = _messages(sa_corpus, 2)
+    spam, ham = sa_sample(sa_corpus, 2)
     # the verdict first, then the words that moved it most (tests/test_explain.py)
     spam_symbols = server.spamc(["-y"], spam).stdout.strip().split(b",")
     assert spam_symbols[0] == b"NNSPAM_SPAM" and len(spam_symbols) == 11
@@ -112,7 +92,7 @@ def test_spamc_z_when_spamc_has_zlib(server, sa_corpus):
     if "-z" not in usage.stdout + usage.stderr:
         pytest.skip("this spamc is built without zlib (Debian's is): -z is covered by the "
                     "hand-written Compress: zlib request below")
-    raw = _messages(sa_corpus, 1)[0]
+    raw = sa_sample(sa_corpus, 1)[0]
     assert server.spamc(["-z"], raw).stdout == _filter_output(raw, server.cfg)
 
 
@@ -132,7 +112,7 @@ def test_spamc_learn_changes_the_answer(tmp_path, sa_corpus):
     shutil.copytree(resolve_model_path("default"), model)
     srv = Server(tmp_path, str(model))
     try:
-        raw = _messages(sa_corpus, 2)[1]  # a ham
+        raw = sa_sample(sa_corpus, 2)[1]  # a ham
         before = float(srv.spamc(["-c"], raw).stdout.split(b"/")[0])
         assert before < 5.0
         for _ in range(10):
@@ -160,8 +140,8 @@ def test_spamc_learn_changes_the_answer(tmp_path, sa_corpus):
 
 
 def test_tell_on_the_shipped_model_is_refused(server, sa_corpus):
-    raw = _messages(sa_corpus, 1)[0]
-    resp = server.request(_request("TELL", raw, Message_class="spam", Set="local"))
+    raw = sa_sample(sa_corpus, 1)[0]
+    resp = server.request(spamd_request("TELL", raw, Message_class="spam", Set="local"))
     assert resp.startswith(b"SPAMD/1.5 77 ")
 
 
@@ -189,15 +169,15 @@ def test_tell_learns_into_a_model_of_ones_own_named_default_something(tmp_path,
 
 def test_ping_and_check_by_hand(server, sa_corpus):
     assert server.request(b"PING SPAMC/1.2\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
-    raw = _messages(sa_corpus, 2)[0]  # a spam
-    resp = server.request(_request("CHECK", raw, User="alice"), unix=True)
+    raw = sa_sample(sa_corpus, 2)[0]  # a spam
+    resp = server.request(spamd_request("CHECK", raw, User="alice"), unix=True)
     assert resp.startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: True ; ")
     assert resp.endswith(b" / 5.0\r\n\r\n")
 
 
 def test_compress_zlib_request(server, sa_corpus):
-    raw = _messages(sa_corpus, 1)[0]
-    resp = server.request(_request("PROCESS", zlib.compress(raw), Compress="zlib"))
+    raw = sa_sample(sa_corpus, 1)[0]
+    resp = server.request(spamd_request("PROCESS", zlib.compress(raw), Compress="zlib"))
     head, _, body = resp.partition(b"\r\n\r\n")
     assert head.startswith(b"SPAMD/1.5 0 EX_OK")
     assert f"Content-length: {len(body)}".encode() in head
@@ -231,7 +211,7 @@ def test_malformed_requests_get_spamd_error_codes(server, req, code):
 
 def test_zlib_bomb_is_refused(server):
     bomb = zlib.compress(b"\0" * (50 << 20), 9)  # 50 MB from about 50 KB
-    resp = server.request(_request("PROCESS", bomb, Compress="zlib"))
+    resp = server.request(spamd_request("PROCESS", bomb, Compress="zlib"))
     assert resp.startswith(b"SPAMD/1.5 65 ")
 
 
@@ -241,7 +221,7 @@ def test_skip_gets_no_answer(server):
 
 def test_oversize_process_by_hand_is_streamed_back_unchanged(server):
     raw = b"Subject: big\r\n\r\n" + os.urandom(700_000)
-    resp = server.request(_request("PROCESS", raw))
+    resp = server.request(spamd_request("PROCESS", raw))
     head, _, body = resp.partition(b"\r\n\r\n")
     assert b"Spam: False ; 0.0 / 5.0" in head
     assert body == raw
@@ -267,7 +247,7 @@ def test_model_saved_on_disk_is_served_sighup_reloads_every_worker(tmp_path, sa_
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
     srv = Server(tmp_path, str(model), args=("--workers", "3"))
-    raw = _messages(sa_corpus, 2)[1]
+    raw = sa_sample(sa_corpus, 2)[1]
     try:
         before = srv.spamc(["-c"], raw).stdout
         m = Model.load(model)

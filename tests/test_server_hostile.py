@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import Server, _messages, _request
+
+from conftest import Server
+from helpers import sa_sample, spamd_request
 
 CODES = {0, 64, 65, 67, 69, 73, 74, 76, 77}  # 70 (EX_SOFTWARE) would be a bug of ours
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def hostile_server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("hostile"), args=("--workers", "2"),
                  extra_cfg="serve:\n  timeout: 2\n  max_size: 200000\n")
     yield srv
@@ -44,7 +46,7 @@ class Bystander:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            resp = self.srv.request(_request("CHECK", self.raw))
+            resp = self.srv.request(spamd_request("CHECK", self.raw))
             if resp.startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: True ; "):
                 self.ok += 1
             else:
@@ -123,16 +125,16 @@ def requests(draw: st.DrawFn) -> bytes:
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
 @given(req=requests())
-def test_generated_bad_requests_get_an_error_code_or_a_close(server, req):
-    check_answer(send(server, req))
+def test_generated_bad_requests_get_an_error_code_or_a_close(hostile_server, req):
+    check_answer(send(hostile_server, req))
 
 
-def test_generated_requests_while_another_client_is_served(server, sa_corpus):
-    spam = _messages(sa_corpus, 2)[0]
-    with Bystander(server, spam) as by:
+def test_generated_requests_while_another_client_is_served(hostile_server, sa_corpus):
+    spam = sa_sample(sa_corpus, 2)[0]
+    with Bystander(hostile_server, spam) as by:
         rnd = random.Random(7)
         for _ in range(200):
-            check_answer(send(server, _random_request(rnd)))
+            check_answer(send(hostile_server, _random_request(rnd)))
     assert by.ok >= 1
 
 
@@ -146,25 +148,25 @@ def _random_request(rnd: random.Random) -> bytes:
 
 # -- hand-made -----------------------------------------------------------------------
 
-def test_endless_header_line_is_cut_off(server, sa_corpus):
-    with Bystander(server, _messages(sa_corpus, 2)[0]):
-        resp = send(server, b"CHECK SPAMC/1.5\r\nX-Endless: " + b"A" * (4 << 20))
+def test_endless_header_line_is_cut_off(hostile_server, sa_corpus):
+    with Bystander(hostile_server, sa_sample(sa_corpus, 2)[0]):
+        resp = send(hostile_server, b"CHECK SPAMC/1.5\r\nX-Endless: " + b"A" * (4 << 20))
         check_answer(resp)
         assert resp is None or resp.startswith(b"SPAMD/1.5 76 ")
 
 
-def test_endless_request_line_is_cut_off(server):
-    resp = send(server, b"C" * (1 << 20))
+def test_endless_request_line_is_cut_off(hostile_server):
+    resp = send(hostile_server, b"C" * (1 << 20))
     assert resp is None or resp.startswith(b"SPAMD/1.5 76 ")
 
 
-def test_silent_clients_are_dropped_while_others_are_served(server, sa_corpus):
-    spam = _messages(sa_corpus, 2)[0]
-    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
-    half = socket.create_connection(("127.0.0.1", server.port))
+def test_silent_clients_are_dropped_while_others_are_served(hostile_server, sa_corpus):
+    spam = sa_sample(sa_corpus, 2)[0]
+    silent = [socket.create_connection(("127.0.0.1", hostile_server.port)) for _ in range(10)]
+    half = socket.create_connection(("127.0.0.1", hostile_server.port))
     half.sendall(b"CHECK SPAMC/1.5\r\nContent-length: 1000\r\n\r\nonly a little")
     try:
-        with Bystander(server, spam) as by:
+        with Bystander(hostile_server, spam) as by:
             t0 = time.monotonic()
             for s in [*silent, half]:
                 s.settimeout(30)
@@ -184,24 +186,24 @@ def test_silent_clients_are_dropped_while_others_are_served(server, sa_corpus):
     zlib.compress(b"\0" * (50 << 20), 9),  # 50 MB of zeros
     zlib.compress(b"Subject: x\r\n\r\n" + b"spam " * (10 << 20), 9),  # 50 MB of words
 ])
-def test_zlib_bombs_are_refused(server, sa_corpus, bomb):
-    with Bystander(server, _messages(sa_corpus, 2)[0]):
+def test_zlib_bombs_are_refused(hostile_server, sa_corpus, bomb):
+    with Bystander(hostile_server, sa_sample(sa_corpus, 2)[0]):
         for verb in ("PROCESS", "CHECK", "TELL"):
-            resp = send(server, _request(verb, bomb, Compress="zlib", Message_class="spam",
-                                         Set="local"))
+            resp = send(hostile_server, spamd_request(verb, bomb, Compress="zlib",
+                                                      Message_class="spam", Set="local"))
             assert resp is not None and resp.startswith(b"SPAMD/1.5 65 "), resp[:200]
 
 
-def test_lying_content_length_too_long_and_too_short(server, sa_corpus):
-    raw = _messages(sa_corpus, 2)[0]
+def test_lying_content_length_too_long_and_too_short(hostile_server, sa_corpus):
+    raw = sa_sample(sa_corpus, 2)[0]
     short = b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % (len(raw) + 10) + raw
-    assert send(server, short).startswith(b"SPAMD/1.5 76 ")
+    assert send(hostile_server, short).startswith(b"SPAMD/1.5 76 ")
     # Too short: the message is cut where the client said; the rest is ignored.
     long = b"CHECK SPAMC/1.5\r\nContent-length: 100\r\n\r\n" + raw
-    assert send(server, long).startswith(b"SPAMD/1.5 0 EX_OK")
+    assert send(hostile_server, long).startswith(b"SPAMD/1.5 0 EX_OK")
     # Said nothing more and did not close: dropped after serve.timeout (2 s).
     t0 = time.monotonic()
-    assert send(server, short, half_close=False) in (b"", None)
+    assert send(hostile_server, short, half_close=False) in (b"", None)
     assert 1.5 < time.monotonic() - t0 < 20
 
 
@@ -226,27 +228,27 @@ def _rss_kb(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_memory_stays_bounded_over_2000_hostile_requests(server, sa_corpus):
-    msgs = _messages(sa_corpus, 40)
+def test_memory_stays_bounded_over_2000_hostile_requests(hostile_server, sa_corpus):
+    msgs = sa_sample(sa_corpus, 40)
     for raw in msgs * 3:  # warm up: every worker has scored mail
-        assert send(server, _request("CHECK", raw)).startswith(b"SPAMD/1.5 0 ")
-    before = _rss_kb(server.proc.pid)
+        assert send(hostile_server, spamd_request("CHECK", raw)).startswith(b"SPAMD/1.5 0 ")
+    before = _rss_kb(hostile_server.proc.pid)
     rnd = random.Random(11)
     bombs = [zlib.compress(b"\0" * (20 << 20), 9), zlib.compress(rnd.randbytes(1000))]
     kinds = [
         lambda: _random_request(rnd),
         lambda: b"CHECK SPAMC/1.5\r\nX: " + b"A" * rnd.randint(9000, 200000) + b"\r\n\r\n",
-        lambda: _request("PROCESS", rnd.choice(bombs), Compress="zlib"),
-        lambda: _request("PROCESS", rnd.choice(msgs))[: rnd.randint(0, 2000)],
-        lambda: _request("CHECK", rnd.randbytes(rnd.randint(0, 150000))),
-        lambda: _request("HEADERS", b"x" * 190000 + b"\n\n" + b"y" * rnd.randint(0, 50000)),
-        lambda: _request("TELL", rnd.choice(msgs), Message_class="spam", Set="local",
-                         User="../x"),
+        lambda: spamd_request("PROCESS", rnd.choice(bombs), Compress="zlib"),
+        lambda: spamd_request("PROCESS", rnd.choice(msgs))[: rnd.randint(0, 2000)],
+        lambda: spamd_request("CHECK", rnd.randbytes(rnd.randint(0, 150000))),
+        lambda: spamd_request("HEADERS", b"x" * 190000 + b"\n\n" + b"y" * rnd.randint(0, 50000)),
+        lambda: spamd_request("TELL", rnd.choice(msgs), Message_class="spam", Set="local",
+                              User="../x"),
     ]
-    with Bystander(server, msgs[0]):
+    with Bystander(hostile_server, msgs[0]):
         for i in range(2000):
-            check_answer(send(server, kinds[i % len(kinds)]()))
-    after = _rss_kb(server.proc.pid)
+            check_answer(send(hostile_server, kinds[i % len(kinds)]()))
+    after = _rss_kb(hostile_server.proc.pid)
     print(f"\nserver RSS (supervisor + workers): {before / 1024:.1f} MB before, "
           f"{after / 1024:.1f} MB after 2,000 hostile requests "
           f"({(after - before) / 1024:+.1f} MB)")

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server import Server, _messages, _request
 
-from conftest import ROOT, need
+from conftest import ROOT, Server, need
+from helpers import sa_sample, spamd_request
 
 
 def _children(pid: int) -> set[int]:
@@ -47,7 +47,7 @@ def _copy_default(dst: Path) -> Path:
 
 
 def _report(srv: Server, raw: bytes, **headers: str) -> bytes:
-    resp = srv.request(_request("REPORT", raw, **headers))
+    resp = srv.request(spamd_request("REPORT", raw, **headers))
     assert resp.startswith(b"SPAMD/1.5 0 EX_OK"), resp
     return resp.partition(b"\r\n\r\n")[2]  # "spamicity 0.123, ..." (three decimals)
 
@@ -56,7 +56,7 @@ def _report(srv: Server, raw: bytes, **headers: str) -> bytes:
 
 def test_workers_are_forked_and_a_dead_one_is_replaced(tmp_path, sa_corpus):
     srv = Server(tmp_path, args=("--workers", "3"))
-    raw = _messages(sa_corpus, 2)[0]
+    raw = sa_sample(sa_corpus, 2)[0]
     try:
         assert _wait(lambda: len(_children(srv.proc.pid)) == 3)
         kids = _children(srv.proc.pid)
@@ -64,7 +64,7 @@ def test_workers_are_forked_and_a_dead_one_is_replaced(tmp_path, sa_corpus):
         os.kill(victim, signal.SIGKILL)
         assert _wait(lambda: len(_children(srv.proc.pid)) == 3
                      and victim not in _children(srv.proc.pid))
-        answers = {srv.request(_request("CHECK", raw)) for _ in range(20)}
+        answers = {srv.request(spamd_request("CHECK", raw)) for _ in range(20)}
         assert len(answers) == 1 and next(iter(answers)).startswith(b"SPAMD/1.5 0 EX_OK")
         assert f"worker {victim} ended (signal 9)" in srv.log()
     finally:
@@ -76,12 +76,12 @@ def test_tell_in_one_worker_is_served_by_every_worker(tmp_path, sa_corpus):
     model = _copy_default(tmp_path / "model")
     srv = Server(tmp_path, str(model), extra_cfg="learn:\n  passes: 20\n  max_passes: 20\n",
                  args=("--workers", "3"))
-    raw = _messages(sa_corpus, 2)[1]  # a ham
+    raw = sa_sample(sa_corpus, 2)[1]  # a ham
     try:
         assert _wait(lambda: len(_children(srv.proc.pid)) == 3)
         before = {_report(srv, raw) for _ in range(9)}
         assert len(before) == 1
-        resp = srv.request(_request("TELL", raw, Message_class="spam", Set="local"))
+        resp = srv.request(spamd_request("TELL", raw, Message_class="spam", Set="local"))
         assert resp.startswith(b"SPAMD/1.5 0 EX_OK\r\nDidSet: local"), resp
         after = [_report(srv, raw) for _ in range(40)]  # 40 new connections
         assert len(set(after)) == 1 and set(after) != before, (before, set(after))
@@ -96,11 +96,11 @@ def test_concurrent_tells_in_different_workers_are_all_kept(tmp_path, sa_corpus)
     model = _copy_default(tmp_path / "model")
     before = int(Model.load(model).summary.get("learned_messages", 0))
     srv = Server(tmp_path, str(model), args=("--workers", "3"))
-    msgs = _messages(sa_corpus, 12)
+    msgs = sa_sample(sa_corpus, 12)
     try:
         with cf.ThreadPoolExecutor(6) as ex:
             resps = list(ex.map(lambda m: srv.request(
-                _request("TELL", m, Message_class="spam", Set="local")), msgs))
+                spamd_request("TELL", m, Message_class="spam", Set="local")), msgs))
         assert all(r.startswith(b"SPAMD/1.5 0 EX_OK") for r in resps), resps
     finally:
         assert srv.stop() == 0
@@ -110,8 +110,8 @@ def test_concurrent_tells_in_different_workers_are_all_kept(tmp_path, sa_corpus)
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_drains_the_request_in_flight(tmp_path, sa_corpus, workers):
     srv = Server(tmp_path, args=("--workers", workers))
-    raw = _messages(sa_corpus, 2)[0]
-    req = _request("CHECK", raw)
+    raw = sa_sample(sa_corpus, 2)[0]
+    req = spamd_request("CHECK", raw)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
         s.sendall(req[:200])  # the request is in flight: accepted, half read
         time.sleep(0.5)
@@ -150,7 +150,7 @@ def test_spamc_u_selects_the_users_model_and_tell_creates_it(tmp_path, sa_corpus
     users = tmp_path / "users"
     srv = Server(tmp_path, extra_cfg=f"serve:\n  user_model: {users}/%u/model\n"
                  "learn:\n  passes: 5\n  max_passes: 5\n", args=("--workers", "2"))
-    spam, ham = _messages(sa_corpus, 2)
+    spam, ham = sa_sample(sa_corpus, 2)
 
     def score(user: str) -> float:
         return float(srv.spamc(["-c", "-u", user], ham).stdout.split(b"/")[0])
@@ -182,17 +182,18 @@ def test_bad_user_names_and_uncreatable_user_models_are_refused(tmp_path, sa_cor
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     srv = Server(tmp_path, extra_cfg=f"serve:\n  user_model: {tmp_path}/%u/model\n")
-    raw = _messages(sa_corpus, 2)[0]
+    raw = sa_sample(sa_corpus, 2)[0]
     try:
         for bad in ("../etc", "a/b", ".x", "a..b"):
-            resp = srv.request(_request("CHECK", raw, User=bad))
+            resp = srv.request(spamd_request("CHECK", raw, User=bad))
             assert resp.startswith(b"SPAMD/1.5 67 "), resp
         assert srv.spamc(["-u", "../etc"], raw).stdout == raw  # spamc's safe fallback
         # "file" is a regular file: file/model cannot be created
-        resp = srv.request(_request("TELL", raw, Message_class="spam", Set="local", User="file"))
+        resp = srv.request(spamd_request("TELL", raw, Message_class="spam", Set="local",
+                                         User="file"))
         assert resp.startswith(b"SPAMD/1.5 73 "), resp
         # a user without a model is scored by the site model
-        assert srv.request(_request("CHECK", raw, User="carol")).startswith(
+        assert srv.request(spamd_request("CHECK", raw, User="carol")).startswith(
             b"SPAMD/1.5 0 EX_OK\r\nSpam: True")
     finally:
         assert srv.stop() == 0
@@ -243,7 +244,7 @@ def test_socket_activation_and_notify_ready(tmp_path, sa_corpus, workers):
         [sys.executable, "-c", launcher, str(fd), "-m", "nnspam", "serve", "-c", str(cfg),
          "--workers", workers], pass_fds=[fd], env=env, stderr=log)
     lst.close()  # only the server holds it now
-    raw = _messages(sa_corpus, 2)[0]
+    raw = sa_sample(sa_corpus, 2)[0]
     try:
         msg = notify.recv(100)
         assert msg == b"READY=1"

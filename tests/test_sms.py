@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from nnspam.config import DEFAULTS
 from nnspam.front.sms.message import Sms, message_id_for, sms_to_bytes
 from nnspam.mail import maildir as md
 from nnspam.mail.tokens import sms_text_from_bytes
 
-from conftest import SMS_FILE, needs_corpora
-
-TOKEN = "0123456789abcdef0123456789abcdef"
-URL = "https://sms.example.org/sms"
+from conftest import SMS_FILE, free_port, needs_corpora
+from helpers import TOKEN, URL, files, sms_config, wait_listening
 
 
 def sms_lines(label: str, n: int) -> list[str]:
@@ -31,29 +27,6 @@ def sms_lines(label: str, n: int) -> list[str]:
                 if len(out) == n:
                     break
     return out
-
-
-def sms_config(tmp_path: Path, **sms: object) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["sms"].update({"maildir": str(tmp_path / "SMS"),
-                       "state": str(tmp_path / "state" / "sms.sqlite3"),
-                       "env_file": str(tmp_path / "twilio.env"),
-                       "cursor": str(tmp_path / "state" / "cursor")})
-    cfg["sms"].update(sms)
-    return cfg
-
-
-@pytest.fixture
-def store(tmp_path):
-    from nnspam.front.sms.store import open_store
-
-    st = open_store(sms_config(tmp_path))
-    yield st
-    st.close()
-
-
-def files(folder: Path) -> list[Path]:
-    return md.list_messages(folder)
 
 
 # -- the message -----------------------------------------------------------------
@@ -231,7 +204,7 @@ def test_an_sms_is_judged_at_the_configs_threshold(tmp_path):
 # -- the webhook -------------------------------------------------------------------
 
 @pytest.fixture
-def app(store, tmp_path):
+def webhook_app(store, tmp_path):
     from nnspam.front.sms.webhook import create_app
 
     cfg = sms_config(tmp_path, public_url=URL)
@@ -253,12 +226,12 @@ def form(sid: str, body: str) -> dict:
 
 
 @needs_corpora
-def test_signed_request_is_accepted_filed_and_answered_with_empty_twiml(app, store):
+def test_signed_request_is_accepted_filed_and_answered_with_empty_twiml(webhook_app, store):
     import xml.etree.ElementTree as ET
 
     spam = sms_lines("spam", 2)[1]
     params = form("SMweb000000000001", spam)
-    r = app.test_client().post("/sms", data=params, headers=signed(params))
+    r = webhook_app.test_client().post("/sms", data=params, headers=signed(params))
     assert r.status_code == 200
     assert r.mimetype == "text/xml"
     root = ET.fromstring(r.data)
@@ -296,7 +269,7 @@ def test_without_public_url_the_request_url_is_signed(store, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unsigned", "wrong", "replay-changed-body", "other-token"])
-def test_bad_signatures_get_403_and_store_nothing(app, store, case, caplog):
+def test_bad_signatures_get_403_and_store_nothing(webhook_app, store, case, caplog):
     params = form("SMbad000000000001", "hello there")
     if case == "unsigned":
         headers: dict = {}
@@ -308,16 +281,16 @@ def test_bad_signatures_get_403_and_store_nothing(app, store, case, caplog):
     else:
         headers = signed(params, token="f" * 32)
     with caplog.at_level(logging.WARNING, logger="nnspam.front.sms"):
-        r = app.test_client().post("/sms", data=params, headers=headers)
+        r = webhook_app.test_client().post("/sms", data=params, headers=headers)
     assert r.status_code == 403
     assert store.count() == 0
     assert files(store.maildir) == [] and files(store.maildir / ".Junk") == []
     assert "rejected" in caplog.text
 
 
-def test_a_retried_message_sid_stores_one_message(app, store):
+def test_a_retried_message_sid_stores_one_message(webhook_app, store):
     params = form("SMretry0000000001", "running late, 10 min")
-    c = app.test_client()
+    c = webhook_app.test_client()
     for _ in range(3):
         r = c.post("/sms", data=params, headers=signed(params))
         assert r.status_code == 200 and b"<Response/>" in r.data
@@ -325,8 +298,8 @@ def test_a_retried_message_sid_stores_one_message(app, store):
     assert len(files(store.maildir)) + len(files(store.maildir / ".Junk")) == 1
 
 
-def test_get_is_not_allowed(app):
-    assert app.test_client().get("/sms").status_code == 405
+def test_get_is_not_allowed(webhook_app):
+    assert webhook_app.test_client().get("/sms").status_code == 405
 
 
 # -- the command line ----------------------------------------------------------------
@@ -346,26 +319,16 @@ def test_flask_and_twilio_stay_off_the_filter_and_daemon_path():
     assert out.stdout.strip() == "[]"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sms_serve_answers_signed_requests_on_127_0_0_1(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
-    import time
     import urllib.error
     import urllib.parse
     import urllib.request
 
     pytest.importorskip("waitress")
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "config.yaml"
     conf.write_text(f"sms:\n  maildir: {tmp_path / 'SMS'}\n  state: {tmp_path / 's.sqlite3'}\n"
                     f"  env_file: {tmp_path / 'twilio.env'}\n")
@@ -374,13 +337,7 @@ def test_sms_serve_answers_signed_requests_on_127_0_0_1(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "nnspam", "sms", "serve", "-c", str(conf),
                              "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(300):  # wait until it listens (a readiness loop, not a timing check)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.1)
+        wait_listening(proc, port)
         url = f"http://127.0.0.1:{port}/sms"
         params = form("SMcli000000000001", "Are we still on for lunch? 🙂")
 

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from test_sms import files, sms_config
+
+from helpers import files
 
 pytest.importorskip("twilio")
 
@@ -103,15 +104,6 @@ def fake():
     f = FakeTwilio()
     yield f
     f.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    from nnspam.front.sms.store import open_store
-
-    st = open_store(sms_config(tmp_path))
-    yield st
-    st.close()
 
 
 def poller(store, fake, tmp_path, **kw) -> Poller:

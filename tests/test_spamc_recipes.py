@@ -28,66 +28,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_filter_via_server import NNServe, free_port
 
-from conftest import ROOT, need
-
-FILTERS = ROOT / "filters"
-
-
-def files_in(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
-
-
-def strip_from_line(raw: bytes) -> bytes:
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
-
-
-def without_our_headers(raw: bytes) -> bytes:
-    from nnspam.mail.headers import strip_header_fields
-
-    return strip_header_fields(raw, ["X-NNSpam-Status", "X-NNSpam-Flag"])
-
-
-@pytest.fixture(scope="module")
-def spam_ham(sa_corpus) -> tuple[bytes, bytes]:
-    """A spam and a ham the shipped model is sure about, without X-NNSpam or
-    X-Spam headers and with no line over 900 bytes (SMTP-safe)."""
-    from nnspam.model.core import Model
-
-    m = Model.load("default")
-
-    def first(part: str, want_spam: bool) -> bytes:
-        for p in sorted((sa_corpus / part).iterdir())[:80]:
-            raw = p.read_bytes()
-            if b"X-NNSpam" in raw or b"X-Spam-" in raw:
-                continue
-            if max(len(line) for line in raw.split(b"\n")) > 900:
-                continue
-            s = float(m.score([raw])[0])
-            if (s > 0.99) if want_spam else (s < 0.01):
-                return raw
-        raise AssertionError(f"no clear {part} message")
-    return first("spam", True), first("easy_ham", False)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = NNServe(tmp_path_factory.mktemp("spamc-recipes"))
-    yield srv
-    assert srv.stop() == 0
+from conftest import Server, free_port, need
+from helpers import FILTERS, check_delivery, files_in, strip_from_line, without_our_headers
 
 
 def spamc_flags(port: int) -> str:
     return f"-d 127.0.0.1 -p {port}"
-
-
-def check_delivery(spam: bytes, ham: bytes, spam_file: Path, ham_file: Path) -> None:
-    s, h = spam_file.read_bytes(), ham_file.read_bytes()
-    assert b"\nX-NNSpam-Flag: YES" in s and b"X-NNSpam-Status: Yes, spamicity=" in s
-    assert b"X-NNSpam-Status: No, spamicity=" in h and b"X-NNSpam-Flag" not in h
-    assert strip_from_line(without_our_headers(s)) == strip_from_line(spam)
-    assert strip_from_line(without_our_headers(h)) == strip_from_line(ham)
 
 
 # -- procmail + spamc -------------------------------------------------------------------
@@ -315,7 +262,7 @@ def learning_server(tmp_path):
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
-    srv = NNServe(tmp_path / "srv", str(model))
+    srv = Server(tmp_path / "srv", str(model))
     yield srv
     assert srv.stop() == 0
 
@@ -587,7 +534,7 @@ def test_spamass_milter_marks_and_rejects_with_spamassassin_headers(spamass_milt
     spamass-milter copies into the message (spam and ham alike get X-Spam-Status) and,
     with -r, rejects spam on."""
     spam, ham = spam_ham
-    srv = NNServe(tmp_path / "srv", cfg_text="serve:\n  spamassassin_headers: true\n")
+    srv = Server(tmp_path / "srv", extra_cfg="serve:\n  spamassassin_headers: true\n")
     try:
         acts = milter_session(spamass_milter(srv.port), spam)
         assert (b"h", b"X-Spam-Flag\x00YES\x00") in acts

@@ -127,7 +127,8 @@ def test_the_config_refuses_a_bad_store_url(tmp_path):
 
 
 @pytest.fixture()
-def mailbox(tmp_path) -> Path:
+def workdir(tmp_path) -> Path:
+    """``tmp_path`` with an empty ``Maildir`` and a message ``m.eml``."""
     for d in ("new", "cur", "tmp"):
         (tmp_path / "Maildir" / d).mkdir(parents=True)
     (tmp_path / "m.eml").write_bytes(make_message("hello", "a message"))
@@ -148,9 +149,9 @@ def _commands(where: Path, cfg: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("url", THE_ISSUES)
-def test_every_command_says_a_bad_store_url_in_one_line(mailbox, url):
-    cfg = _config(mailbox, url)
-    for name, args in _commands(mailbox, cfg).items():
+def test_every_command_says_a_bad_store_url_in_one_line(workdir, url):
+    cfg = _config(workdir, url)
+    for name, args in _commands(workdir, cfg).items():
         r = nnspam(*args)
         line = _one_line(r)
         assert r.returncode == 2, (name, r.stderr)
@@ -162,15 +163,15 @@ class _Web(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_server_that_is_not_redis_is_named_as_such(mailbox):
+def test_a_server_that_is_not_redis_is_named_as_such(workdir):
     """A web server at the store's address: one line that says so (was: a 'Protocol
     Error' exit 1, a traceback from the daemon), exit 2, the password redacted."""
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Web)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     try:
         url = f"redis://alice:s3cret@127.0.0.1:{web.server_address[1]}/0"
-        cfg = _config(mailbox, url)
-        for name, args in _commands(mailbox, cfg).items():
+        cfg = _config(workdir, url)
+        for name, args in _commands(workdir, cfg).items():
             r = nnspam(*args)
             line = _one_line(r)
             assert r.returncode == 2, (name, r.stderr)
@@ -182,7 +183,7 @@ def test_a_server_that_is_not_redis_is_named_as_such(mailbox):
         web.server_close()
 
 
-def test_a_silent_address_is_reported_within_seconds(mailbox):
+def test_a_silent_address_is_reported_within_seconds(workdir):
     """A listener that never accepts nor answers (the kernel completes the handshake):
     the store's short timeouts report it in one line naming the store, exit 75, where
     the client waited its 30-s read timeout without a word."""
@@ -190,7 +191,7 @@ def test_a_silent_address_is_reported_within_seconds(mailbox):
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         url = f"redis://alice:s3cret@127.0.0.1:{silent.getsockname()[1]}/0"
-        cfg = _config(mailbox, url)
+        cfg = _config(workdir, url)
         t0 = time.monotonic()
         r = nnspam("store", "list", "-c", str(cfg), timeout=25)
         took = time.monotonic() - t0

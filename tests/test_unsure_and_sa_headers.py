@@ -14,11 +14,11 @@ import subprocess
 import sys
 
 import pytest
-from test_server import Server, _messages
 
 from nnspam.services.pipefilter import SA_FIELDS, classify, spamassassin_fields
 
-from conftest import needs_corpora
+from conftest import Server, need, needs_corpora
+from helpers import FixedModel, SieveEnv, sa_sample
 
 
 def _filter(args: list[str], raw: bytes) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def test_unsure_and_sa_fields_alike_in_process_and_through_the_server(sa_corpus,
     via.write_text(cfg.replace("filter:\n", f"filter:\n  server: {srv.sock}\n"))
     words = set()
     try:
-        for raw in _messages(sa_corpus, 30):
+        for raw in sa_sample(sa_corpus, 30):
             a = _filter(["-c", str(plain), "--verdict-exit"], raw)
             b = _filter(["-c", str(via), "--verdict-exit"], raw)
             assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
@@ -75,10 +75,6 @@ def test_unsure_and_sa_fields_alike_in_process_and_through_the_server(sa_corpus,
 @needs_corpora
 def test_a_sieve_rule_written_for_spamassassin_files_nnspam_spam(sa_corpus, tmp_path):
     """Dovecot's sieve-test runs an unchanged SpamAssassin rule on the filter's output."""
-    from test_recipes import SieveEnv
-
-    from conftest import need
-
     need("sieve-test")
     env = SieveEnv()
     rule = env.dir / "sa.sieve"
@@ -118,8 +114,6 @@ def test_the_daemon_files_unsure_mail_apart_and_learns_where_the_user_moves_it(t
     into the inbox a ham one. Without a folder, unsure mail stays in the inbox."""
     import copy
     import os
-
-    from test_daemon import FixedModel
 
     from nnspam.config import DEFAULTS
     from nnspam.mail import maildir as md

@@ -26,29 +26,8 @@ import pytest
 from nnspam.mail import maildir as md
 from nnspam.model.core import Model, resolve_model_path
 
-from conftest import ROOT, need
-
-SPAM_SMS = ["WINNER!! You have won a 1000 cash prize. Call 09061701461 now to claim",
-            "FREE entry in 2 a weekly comp to win FA Cup final tkts. Text FA to 87121",
-            "URGENT! Your mobile number has been awarded a 2000 bonus. Call 09066364589"]
-HAM_SMS = ["Are we still on for lunch tomorrow? I can be there by one",
-           "Ok, I will call you when I get home tonight",
-           "Can you pick up some milk on your way back please"]
-
-
-def learned(model: Model) -> dict[str, int]:
-    """Corrections counted in a model's summary, per class (nnspam.model.correct.correct)."""
-    by = model.summary.get("learned") or {}
-    return {"spam": int(by.get("spam", 0)), "ham": int(by.get("ham", 0))}
-
-
-@pytest.fixture
-def sms_model(tmp_path) -> Path:
-    """A writable copy of the shipped SMS model (small: quick to load and save)."""
-    dest = tmp_path / "sms-model"
-    shutil.copytree(resolve_model_path("default-sms"), dest)
-    return dest
-
+from conftest import ROOT, Server, need
+from helpers import HAM_SMS, SPAM_SMS, Daemon, learned, spamd_request, wait_until
 
 # -- the writer, in one process ----------------------------------------------------------
 
@@ -242,9 +221,6 @@ def test_nnspam_learn_under_flock_1_on_the_lock_file_does_not_wait_for_itself(tm
 # -- the daemon and the server on one model, as real processes ---------------------------
 
 def test_daemon_and_server_on_one_model_keep_all_100_corrections(tmp_path, sa_corpus):
-    from test_daemon import Daemon, wait_until
-    from test_server import Server, _request
-
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("default"), model)
     box = md.ensure_maildir(tmp_path / "Maildir")
@@ -268,7 +244,7 @@ def test_daemon_and_server_on_one_model_keep_all_100_corrections(tmp_path, sa_co
         for i, (junk_msg, tell) in enumerate(zip(to_junk, tells, strict=True)):
             md.deliver(box / ".Junk", junk_msg)
             label = "ham" if i % 2 == 0 else "spam"
-            resp = srv.request(_request("TELL", tell, Message_class=label, Set="local"))
+            resp = srv.request(spamd_request("TELL", tell, Message_class=label, Set="local"))
             if not resp.startswith(b"SPAMD/1.5 0 "):
                 refused.append(resp.split(b"\r\n")[0].decode(errors="replace"))
         # A correction is logged after its checkpoint (Sorter.learn saves first); one

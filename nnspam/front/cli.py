@@ -14,6 +14,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from nnspam import __version__
 
@@ -31,8 +32,8 @@ def _add_config(p: argparse.ArgumentParser, action: bool = False) -> None:
     """``-c FILE``. ``action``: on an action of a command (``store push``), whose -c may
     come before or after the action: unset there, it leaves the command's alone (argparse
     would otherwise overwrite ``store -c FILE push`` with the action's default, None)."""
-    p.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)",
-                   **({"default": argparse.SUPPRESS} if action else {}))
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if action else {}
+    p.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)", **default)
 
 
 def _add_progress(p: argparse.ArgumentParser, what: str) -> None:
@@ -351,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inbox maildir to watch (repeatable; replaces daemon.maildirs)")
     _add_metrics(sp)
     sp.set_defaults(func=commands.cmd_daemon)
+
+    sp = add("imap", "file and learn mail on IMAP accounts: spam to Junk, learn the user's moves",
+             "For each account of imap.accounts: wait for new inbox mail with IDLE, score it "
+             "without marking it read and move spam to the account's Junk folder (SPECIAL-USE "
+             "\\Junk), unsure mail to its unsure folder when set; learn a message the user "
+             "moves into Junk as spam, one nnspam filed that the user moves back to the inbox "
+             "as ham, and the $Junk/$NotJunk keywords clients set. Reconnects with back-off; "
+             "never deletes mail. Runs until SIGTERM and speaks the systemd notify protocol. "
+             "Exit status: 0 stopped, 1 --once and an account failed, 2 bad settings.")
+    _add_model(sp)
+    sp.add_argument("--account", action="append", metavar="NAME",
+                    help="only this account of imap.accounts (repeatable)")
+    sp.add_argument("--once", action="store_true",
+                    help="one pass over each account (new mail, the user's moves), then exit")
+    sp.set_defaults(func=commands.cmd_imap)
 
     sp = add("serve", "SPAMC/SPAMD scoring server for spamc, Exim and milters",
              "Serve SpamAssassin's SPAMC/SPAMD protocol (PING, CHECK, SYMBOLS, REPORT, "

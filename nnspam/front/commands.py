@@ -16,7 +16,10 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nnspam.mail.corpus import Sample
 
 
 class UsageError(Exception):
@@ -235,7 +238,7 @@ def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 
     from nnspam.services.training import tokenize_samples
     from nnspam.services.verdict import score_tokens
 
-    buf = []
+    buf: list[Sample] = []
 
     def flush():
         toks = tokenize_samples([x.payload for x in buf], model.kind, model.max_part_bytes,
@@ -334,9 +337,10 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
         members = summary.get("members") or [summary]
         best = ", ".join(str(m.get("best_epoch")) for m in members)
         errs = [((m.get("final_validation") or {}).get("val_error")) for m in members]
+        known = [e for e in errs if e is not None]
         out.append(f"{_epochs_of(summary)}; best epoch{'s' * (len(members) > 1)} {best}"
-                   + ("; validation error " + ", ".join(f"{100 * e:.2f}%" for e in errs)
-                      if all(e is not None for e in errs) else ""))
+                   + ("; validation error " + ", ".join(f"{100 * e:.2f}%" for e in known)
+                      if len(known) == len(errs) else ""))
     secs = summary.get("seconds") or {}
     if secs:
         out.append("seconds: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()))
@@ -813,6 +817,34 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return Daemon(settings, args.config, args.maildir, args.model, metrics_at).run()
     except (DaemonError, metrics.MetricsError) as exc:
         return die(str(exc))
+
+
+def cmd_imap(args: argparse.Namespace) -> int:
+    """Run nnspam imap until SIGTERM (see nnspam/services/imap.py)."""
+    import signal
+    import threading
+
+    from nnspam.model.core import ModelError
+    from nnspam.services.daemon import setup_logging
+    from nnspam.services.imap import ImapError, run
+    from nnspam.services.systemd import sd_notify
+
+    setup_logging()
+    cfg = _config(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        code = run(cfg, args.model, only=args.account or (), once=args.once, stop=stop,
+                   ready=lambda: sd_notify("READY=1"))
+    except (ImapError, ModelError) as exc:
+        return die(str(exc))
+    sd_notify("STOPPING=1")
+    return code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

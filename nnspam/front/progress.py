@@ -6,7 +6,7 @@ it, only when asked or when standard error is a terminal, so pipes and logs stay
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TypeVar
 
 __all__ = ["shown", "counted"]
@@ -27,8 +27,8 @@ def counted(items: Iterable[T], what: str, enabled: bool, total: int | None = No
         return
     from tqdm import tqdm
 
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     with tqdm(items, desc=what, total=total, unit=" msg", file=sys.stderr,
               mininterval=0.5, dynamic_ncols=True) as bar:
         yield from bar

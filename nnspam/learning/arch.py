@@ -185,7 +185,8 @@ class MLP(Learner):
         shapes: dict[str, tuple[int, ...]] = {}
         if self.embedding is not None:
             shapes["W1"] = (self.n_inputs + 1, self.embedding)
-            width = int(self.length) * self.embedding
+            assert self.length is not None  # set with embedding (__init__)
+            width = self.length * self.embedding
         else:
             width = self.n_inputs
         for (w, b), h in zip(self.dense_names(), [*self.layers, self.n_out], strict=True):
@@ -405,15 +406,15 @@ class MLP(Learner):
         grads: dict[str, np.ndarray] = {}
         dense = self.dense_names()
         for i in range(len(dense), 0, -1):
-            w, b = dense[i - 1]
+            kernel, bias = dense[i - 1]
             gW = acts[i - 1].T @ dz
             if self.l2:
-                gW += self.l2 * params[w]
-            grads[w] = gW
-            grads[b] = dz.sum(axis=0)
+                gW += self.l2 * params[kernel]
+            grads[kernel] = gW
+            grads[bias] = dz.sum(axis=0)
             if i == 1 and self.embedding is None:
                 break  # the inputs themselves: no gradient to pass on
-            da = dz @ params[w].T
+            da = dz @ params[kernel].T
             if i > 1:
                 mask = masks[i - 2]
                 if mask is not None:

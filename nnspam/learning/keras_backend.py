@@ -221,7 +221,7 @@ def fit(
     # Trained through its logits (the output layer before its activation); the returned
     # model, with the activation, gives probabilities.
     logits_model = keras.Model(model.inputs, model.get_layer("output").input)
-    if getattr(net, "optimizer", "adam") == "sgd":
+    if isinstance(net, Network) and net.optimizer == "sgd":  # MLP: always Adam
         opt = keras.optimizers.SGD(learning_rate=net.learning_rate, momentum=net.momentum)
     else:
         opt = keras.optimizers.Adam(learning_rate=net.learning_rate, beta_1=0.9, beta_2=0.999,
@@ -252,8 +252,9 @@ def _sparse_batches(X: Any, T: np.ndarray, sw: np.ndarray | None, batch_size: in
     in a new seeded random order every epoch (as ``fit(shuffle=True)`` on arrays): the
     dense copy is one batch (32 x n floats), never the whole set."""
     keras = _keras()
+    dataset: Any = keras.utils.PyDataset  # Keras ships no types
 
-    class Batches(keras.utils.PyDataset):
+    class Batches(dataset):
         def __init__(self) -> None:
             super().__init__()
             self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[4])
@@ -294,8 +295,9 @@ class _EpochWatch:
     def callback(self) -> Any:
         keras = _keras()
         watch = self
+        base: Any = keras.callbacks.Callback  # Keras ships no types
 
-        class _CB(keras.callbacks.Callback):
+        class _CB(base):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 if watch.on_epoch_end(epoch + 1, float((logs or {}).get("loss", np.nan))):
                     self.model.stop_training = True
@@ -304,7 +306,7 @@ class _EpochWatch:
     def on_epoch_end(self, epoch: int, train_loss: float) -> bool:
         """Record the epoch; True when training should stop."""
         net = self.net
-        if self.X_val is not None and len(self.y_val):
+        if self.X_val is not None and self.y_val is not None and len(self.y_val):
             out = predict(self.model, self.X_val)
             yv = self.y_val
             li = _np_loss(net, out, _targets(net, yv).astype(np.float64))

@@ -122,6 +122,7 @@ class Learner:
 
     seed: int
     learning_rate: float
+    _dt = np.dtype(np.float32)  # of the weights and optimiser state (Network: its dtype)
 
     def _init_learner(self) -> None:
         self._params: dict[str, np.ndarray] | None = None
@@ -168,6 +169,41 @@ class Learner:
                      for slot in slots}
         self._step = 0
 
+    def get_training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The optimiser state that ``partial_fit`` carries between calls, for saving:
+        arrays ``{"<slot>.<param>": array}`` (Adam's ``m``/``v`` or SGD's ``velocity``)
+        and JSON-able metadata (the step count and the shuffle/dropout generator states).
+        With :meth:`set_training_state`, a learner restarted in another process continues
+        exactly where it stopped."""
+        arrays = {f"{slot}.{name}": arr for slot, params in self._opt.items()
+                  for name, arr in params.items()}
+        meta: dict[str, Any] = {"step": int(self._step)}
+        if self._rng_shuffle is not None and self._rng_dropout is not None:
+            meta["rng"] = {"shuffle": self._rng_shuffle.bit_generator.state,
+                           "dropout": self._rng_dropout.bit_generator.state}
+        return arrays, meta
+
+    def set_training_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`get_training_state` returned (empty ``arrays``: keep the
+        current optimiser moments; no ``rng`` in ``meta``: fresh seeded streams)."""
+        if arrays:
+            opt: dict[str, dict[str, np.ndarray]] = {}
+            for key, arr in arrays.items():
+                slot, _, name = key.partition(".")
+                opt.setdefault(slot, {})[name] = np.asarray(arr, dtype=self._dt)
+            self._opt = opt
+        self._step = int(meta.get("step", 0))
+        self._make_rngs()
+        rng = meta.get("rng")
+        if rng:
+            assert self._rng_shuffle is not None and self._rng_dropout is not None
+            self._rng_shuffle.bit_generator.state = rng["shuffle"]
+            self._rng_dropout.bit_generator.state = rng["dropout"]
+
+    def _run_epoch(self, X: Any, y: np.ndarray) -> float:
+        """One shuffled pass of mini-batch updates; the mean data loss (each subclass's)."""
+        raise NotImplementedError
+
     def _partial_passes(self, X: Any, y: np.ndarray, epochs: int, optimizer: str | None,
                         learning_rate: float | None) -> None:
         """``epochs`` passes of ``_run_epoch`` over (X, y) for ``partial_fit``: with the
@@ -189,7 +225,7 @@ class Learner:
         self._lazy = LAZY_PARTIAL_FIT
         try:
             for _ in range(int(epochs)):
-                self._run_epoch(X, y)  # type: ignore[attr-defined]
+                self._run_epoch(X, y)
         finally:
             self._plain_rate = None
             self.learning_rate = saved_rate
@@ -483,6 +519,8 @@ class Network(Learner):
         self._start_fresh()
         rng_split = np.random.default_rng(self._seed_streams()[1])
 
+        Xv: Any
+        yv: np.ndarray | None
         if X_val is not None:
             Xv = self._as_input(X_val)
             yv = self._as_labels(y_val, Xv.shape[0])
@@ -534,37 +572,6 @@ class Network(Learner):
         score at once (the online learner starts here)."""
         self._start_fresh()
         return self
-
-    def get_training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The optimiser state that ``partial_fit`` carries between calls, for saving:
-        arrays ``{"<slot>.<param>": array}`` (Adam's ``m``/``v`` or SGD's ``velocity``)
-        and JSON-able metadata (the step count and the shuffle/dropout generator states).
-        With :meth:`set_training_state`, a learner restarted in another process continues
-        exactly where it stopped."""
-        arrays = {f"{slot}.{name}": arr for slot, params in self._opt.items()
-                  for name, arr in params.items()}
-        meta: dict[str, Any] = {"step": int(self._step)}
-        if self._rng_shuffle is not None and self._rng_dropout is not None:
-            meta["rng"] = {"shuffle": self._rng_shuffle.bit_generator.state,
-                           "dropout": self._rng_dropout.bit_generator.state}
-        return arrays, meta
-
-    def set_training_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Restore what :meth:`get_training_state` returned (empty ``arrays``: keep the
-        current optimiser moments; no ``rng`` in ``meta``: fresh seeded streams)."""
-        if arrays:
-            opt: dict[str, dict[str, np.ndarray]] = {}
-            for key, arr in arrays.items():
-                slot, _, name = key.partition(".")
-                opt.setdefault(slot, {})[name] = np.asarray(arr, dtype=self._dt)
-            self._opt = opt
-        self._step = int(meta.get("step", 0))
-        self._make_rngs()
-        rng = meta.get("rng")
-        if rng:
-            assert self._rng_shuffle is not None and self._rng_dropout is not None
-            self._rng_shuffle.bit_generator.state = rng["shuffle"]
-            self._rng_dropout.bit_generator.state = rng["dropout"]
 
     def _start_fresh(self) -> None:
         """Seeded initial weights, zero optimiser state, fresh training random streams."""
@@ -786,7 +793,7 @@ class Network(Learner):
             idx = order[lo : lo + self.batch_size]
             Xb = X[idx]
             rows = self._touched_rows(Xb)
-            loss, grads = self._loss_and_grads(self._params, Xb, y[idx], use_rng, rows)
+            loss, grads = self._loss_and_grads(self.require_params(), Xb, y[idx], use_rng, rows)
             total += loss * idx.size
             self._apply_gradients(grads, rows)
         return total / m
@@ -840,7 +847,7 @@ class Network(Learner):
             # Bias correction folded into the step size (Kingma & Ba, sec. 2): exactly
             # m_hat / (sqrt(v_hat) + eps) with m_hat = m / bc1 and v_hat = v / bc2.
             coefs = (self.learning_rate * math.sqrt(bc2) / bc1, _ADAM_EPS * math.sqrt(bc2))
-            states = (self._opt["m"], self._opt["v"])
+            states: tuple[dict[str, np.ndarray], ...] = (self._opt["m"], self._opt["v"])
         else:
             coefs = (self.learning_rate, self.momentum)
             states = (self._opt["velocity"],)

@@ -217,7 +217,7 @@ def build(
         if n < 1:
             raise WordListError(f"word list size must be at least 1, not {n}")
         raise WordListError(f"method {method!r} needs ham messages (--ham PATH)")
-    counts = count_docs(spam_docs, ham_docs if method != "freq" else ())
+    counts = count_docs(spam_docs, ham_docs if method != "freq" and ham_docs else ())
     return from_counts(counts, n, method, min_df)
 
 
@@ -247,7 +247,7 @@ def _clean(word: str) -> str:
 def write_wordlist(path: str | os.PathLike, entries: Iterable[tuple[int, str]],
                    comment: str | None = None) -> None:
     """Write ``count<TAB>word`` lines atomically (``-`` writes to stdout)."""
-    lines = []
+    lines: list[str] = []
     if comment:
         lines.extend(f"# {c}" for c in comment.splitlines())
     lines.extend(f"{count}\t{_clean(word)}" for count, word in entries)

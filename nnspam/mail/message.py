@@ -250,7 +250,7 @@ def _decode_bytes(
         return _latin(data)
     try:
         return _strict(data, codec, partial)
-    except Exception:  # UnicodeDecodeError, or exotic codec failures - never raise
+    except Exception:  # noqa: BLE001 - UnicodeDecodeError, or exotic codec failures - never raise
         defects.add("bad-charset:" + _defect_label(charset))
     try:
         return _strict(data, "utf-8", partial)  # mislabelled utf-8 is the usual culprit
@@ -260,7 +260,7 @@ def _decode_bytes(
         text = data.decode(codec, "replace")
         if text.count("\ufffd") * 50 <= len(text):
             return text
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the codec raises: latin-1 below
         pass
     return _latin(data)
 
@@ -294,7 +294,7 @@ def _fix_8bit(value: str, defects: _Defects, hint: str | None = None) -> str:
     if codec and codec != _LATIN1:
         try:
             return raw.decode(codec)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the codec raises: latin-1 below
             pass
     return _latin(raw)
 
@@ -601,7 +601,7 @@ def _payload_bytes(part: email.message.Message, cte: str, defects: _Defects) -> 
         try:
             data = part.get_payload(decode=True)
             return data if isinstance(data, bytes) else raw
-        except Exception:
+        except Exception:  # noqa: BLE001 - a broken uuencoded part is a defect, not a crash
             defects.add("bad-cte:" + cte)
             return raw
     defects.add("bad-cte:" + _defect_label(cte))
@@ -687,7 +687,7 @@ def _filename(
     if name is None:
         try:
             name = part.get_filename()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a malformed filename parameter: no name
             return None
     if not name:
         return None
@@ -811,13 +811,13 @@ def parse_message(raw: bytes, max_part_bytes: int = 262144, max_parts: int = 64)
             defects.add("empty")
         else:
             _parse(raw, max_part_bytes, max_parts, result, defects)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile mail is a defect, never a crash
         defects.add("parse-error:" + type(exc).__name__)
         headers = result.headers
         result = ParsedMessage(headers=headers)
         try:
             result.texts = [_fallback_text(raw)]
-        except Exception:
+        except Exception:  # noqa: BLE001 - the last resort failed too: no text
             result.texts = []
     result.defects = defects.items
     return result

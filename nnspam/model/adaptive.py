@@ -249,7 +249,8 @@ def _pseudo_labels(model: AdaptiveModel, token_lists: Sequence[Sequence[str]],
 
 
 def observe(model: AdaptiveModel, token_lists: list[list[str]],
-            labels: list[str] | None = None, outputs: np.ndarray | None = None) -> list[dict]:
+            labels: Sequence[str | None] | None = None,
+            outputs: np.ndarray | None = None) -> list[dict]:
     """Update activation statistics of input words and the bounded candidate table with the
     tokens of messages just classified (labels None) or learned (labels 'spam'/'ham'), and,
     when due, replace rarely activated inputs by candidates that became more frequent.

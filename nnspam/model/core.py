@@ -447,7 +447,7 @@ class Model:
         if self.idf is not None:
             # tf-idf inputs (arch deep): a word new to the model counts as the rarest one.
             self.idf[index] = float(self.idf.max())
-            if getattr(vec, "idf", None) is not None:
+            if isinstance(vec, Vectorizer) and vec.idf is not None:
                 vec.idf[index] = self.idf[index]
         self.network.reset_inputs([index])
 
@@ -509,7 +509,7 @@ class Model:
                 arrays.update(self.wide.arrays())
             if self.grams is not None and self.grams.active:
                 arrays.update(self.grams.arrays())
-            np.savez(buf, **arrays)
+            np.savez(buf, allow_pickle=False, **arrays)  # as Model.load reads them
             wbytes = buf.getvalue()
             meta = self.to_json()
             meta["weights_sha256"] = hashlib.sha256(wbytes).hexdigest()

@@ -215,7 +215,7 @@ def make_delta(site: Model, user: Model) -> dict[str, bytes]:
     buf = io.BytesIO()
     # deflated: the adaptive inputs' statistics (every input ages with every message)
     # shrink from 96 kB to 8 kB, the sparse parts a little
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, allow_pickle=False, **arrays)  # read with allow_pickle=False
     out = {"delta.json": json.dumps(head, ensure_ascii=False).encode(),
            "delta.npz": buf.getvalue()}
     if len(user.journal):
@@ -392,7 +392,7 @@ def _through_files(meta: dict[str, Any], arrays: dict[str, np.ndarray],
         out.update(grams.arrays())
         meta["grams"] = grams.meta()
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v, dtype=np.float32) if k not in (
+    np.savez(buf, allow_pickle=False, **{k: np.asarray(v, dtype=np.float32) if k not in (
         "wide_index", "wide_df_index", "grams_index", "grams_sig_index") else v
         for k, v in out.items()})
     wbytes = buf.getvalue()

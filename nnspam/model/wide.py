@@ -28,7 +28,7 @@ weights), so an unused wide path costs nothing on disk.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -100,11 +100,11 @@ class Wide:
         assert self._df is not None
         return self._df
 
-    def indices(self, tokens: Iterable[str]) -> np.ndarray:
+    def indices(self, tokens: Sequence[str]) -> np.ndarray:
         """The distinct hashed slots of a message's tokens (every part)."""
         return sorted_unique(np.concatenate(self._slots(tokens)))
 
-    def counted(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    def counted(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(slots, increments): what :meth:`observe` adds to the document counts for
         this message (a slot in two of its parts counts twice), for the correction
         journal (:mod:`nnspam.model.journal`)."""
@@ -114,7 +114,7 @@ class Wide:
     def _hash(self, tokens: Sequence[str]) -> np.ndarray:
         return sorted_unique(hashes(tokens) & self.mask)
 
-    def _slots(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _slots(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The distinct hashed slots of the message's three parts: its content tokens, its
         identity tokens (:data:`IDENTITY_PREFIXES`, hashed apart from the same token as
         content) and its digest (one slot named by the set of its tokens: the same message
@@ -130,7 +130,7 @@ class Wide:
         self._memo = (tokens, out)
         return out
 
-    def _slots_of(self, tokens: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _slots_of(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         uniq = words_of(tokens)  # hashed once for the grams part too (model/slots.py)
         ident = [_IDENTITY_MARK + t for t in uniq if t.startswith(IDENTITY_PREFIXES)]
         digest = hashlib.blake2b("\x00".join(sorted(uniq)).encode("utf-8", "surrogateescape"),

@@ -148,7 +148,7 @@ class _OverflowWatch(logging.Handler):
         try:
             if "overflow" in record.getMessage().lower():
                 self.callback()
-        except Exception:  # a logging handler must never raise
+        except Exception:  # noqa: BLE001 - a logging handler must never raise
             pass
 
 
@@ -214,7 +214,7 @@ class Daemon:
                 self.state.close()
             try:
                 self.state = State(state_path)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to open it: one DaemonError
                 raise DaemonError(f"{state_path}: cannot open the state file ({exc})") from None
         old = self.sorter.writer if self.sorter is not None else None
         stats = self.sorter.stats if self.sorter is not None else None
@@ -429,7 +429,7 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
         try:
             self.sorter.checkpoint()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint does not stop the reload
             log.error("checkpoint before reload failed: %s", exc)
             metrics.error("checkpoint")
         old = self.settings
@@ -437,7 +437,7 @@ class Daemon:
             cfg = load_config(self.config_file)
             self.settings = settings_from_config(cfg, self.cli_maildirs, self.cli_model)
             self._load()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - keep the old config and model
             log.error("reload failed, keeping the old config and model: %s", exc)
             metrics.error("reload")
             self.settings = old
@@ -512,7 +512,7 @@ class Daemon:
             code = 0
             try:
                 self.sorter.checkpoint()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the shutdown goes on, exit status 1
                 log.error("checkpoint at shutdown failed: %s", exc)
                 metrics.error("checkpoint")
                 code = 1

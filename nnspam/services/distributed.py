@@ -238,7 +238,7 @@ def _member_map(client: Any, data: Any = None) -> Callable[[Callable, list[dict[
     def run(fit_one: Callable, cfgs: list[dict[str, Any]]) -> list[Any]:
         return client.gather(client.map(_fit, [fit_one] * len(cfgs), cfgs,
                                         [blas] * len(cfgs), [data] * len(cfgs), pure=False))
-    run.always = data is not None  # type: ignore[attr-defined]
+    run.always = data is not None  # type: ignore[attr-defined]  # read by fit_members (getattr)
     return run
 
 

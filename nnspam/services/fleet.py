@@ -108,7 +108,9 @@ def model_name(pattern: str | None, user: str | None) -> str:
 
 def rule_json(rule: Any) -> dict[str, Any]:
     """A correction rule (:class:`nnspam.model.correct.Rule`) as plain data for the stream."""
-    return dataclasses.asdict(rule) if dataclasses.is_dataclass(rule) else {}
+    if dataclasses.is_dataclass(rule) and not isinstance(rule, type):
+        return dataclasses.asdict(rule)
+    return {}
 
 
 def rule_of(data: bytes | None, default: Any) -> Any:
@@ -193,12 +195,14 @@ class FleetRegistry(ModelRegistry):
                               ) from None
         self.settings = settings
         self.site_readonly = False  # the site model in the store is the fleet's own copy
+        # FleetSlot for ModelSlot, keyed by store name: what this class keeps of
+        # ModelRegistry (classify) uses only what both slots have (current(), lock)
         self.users: OrderedDict[str, FleetSlot] = OrderedDict()  # type: ignore[assignment]
         self.users_lock = threading.Lock()
         self.outage = Outage(redacted(settings.store))
         self.versions: dict[str, str] | None = None  # the table, as the watcher last read it
         self.seed_path = resolve_model_path(settings.filter.model)
-        self.site: FleetSlot = self._load_site()  # type: ignore[assignment]
+        self.site: FleetSlot = self._load_site()  # type: ignore[assignment]  # as users
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._resync = False
@@ -254,7 +258,7 @@ class FleetRegistry(ModelRegistry):
             raise DeltaError(f"{name} was made on another training of the site model")
         return FleetSlot(name, apply_delta(site, fields), version, fields, base, made_on)
 
-    def slot_for(self, user: str | None) -> FleetSlot:  # type: ignore[override]
+    def slot_for(self, user: str | None) -> FleetSlot:  # type: ignore[override]  # as users
         """The model that scores ``user``'s mail: theirs when the store has one, else
         the site model (also while Redis is away and theirs is not loaded)."""
         from nnspam.model.delta import DeltaError

@@ -403,7 +403,7 @@ class OnlineFilter:
                 shutil.copyfile(src, target / _OPT_FILE)
         if arrays:
             with open(target / _OPT_FILE, "wb") as fh:
-                np.savez(fh, **arrays)
+                np.savez(fh, allow_pickle=False, **arrays)  # as _load_optimizer reads them
                 fh.flush()
                 os.fsync(fh.fileno())
         meta["settings"] = self.settings

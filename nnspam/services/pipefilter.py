@@ -37,7 +37,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields, tag_subject
@@ -278,7 +278,7 @@ def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
         toks = seen[1] if seen is not None and seen[0] is raw else model.tokens(raw)
         return top_words(model, toks, n, s.ham_factor, s.spam_factor)
 
-    score.explain = explain  # type: ignore[attr-defined]
+    score.explain = explain  # type: ignore[attr-defined]  # function attribute, read by _explained
     return score
 
 
@@ -303,7 +303,14 @@ def _write(out: BinaryIO, data: bytes) -> None:
         raise OutputError(str(exc)) from exc
 
 
-def read_upto(inp: BinaryIO, limit: int) -> bytes:
+class Reader(Protocol):
+    """What the filter reads a message from: standard input's binary stream, or one whose
+    first bytes ``nnspam filter --server`` has read already (:mod:`nnspam.services.spamc`)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def read_upto(inp: Reader, limit: int) -> bytes:
     """Read until EOF or until more than ``limit`` bytes are held (one more byte
     than ``limit`` says the message is over the size cap). Also used by ``nnspam
     filter --server``, which must read the message exactly as the filter does."""
@@ -318,7 +325,7 @@ def read_upto(inp: BinaryIO, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settings],
+def filter_stream(inp: Reader, out: BinaryIO, settings_of: Callable[[], Settings],
                   scorer_of: Callable[[Settings], Callable[[bytes], float]] = _scorer,
                   max_size_fallback: int = 512 * 1024,
                   log: Callable[[str], None] | None = None) -> tuple[str, float | None]:
@@ -327,8 +334,9 @@ def filter_stream(inp: BinaryIO, out: BinaryIO, settings_of: Callable[[], Settin
     when reading fails; every other failure passes the message through
     unchanged with verdict ``error``."""
     err: str | None = None
+    settings: Settings | None
     try:
-        settings: Settings | None = settings_of()
+        settings = settings_of()
         max_size = settings.max_size
     except Exception as exc:  # noqa: BLE001 - a bad config must not lose mail
         settings, max_size = None, max_size_fallback
@@ -418,7 +426,7 @@ VERDICT_EXIT = {"spam": VERDICT_SPAM, "ham": VERDICT_HAM, "unsure": VERDICT_UNSU
                  "skipped": VERDICT_UNSURE, "error": VERDICT_ERROR}
 
 
-def run(args: argparse.Namespace, inp: BinaryIO | None = None,
+def run(args: argparse.Namespace, inp: Reader | None = None,
         out: BinaryIO | None = None) -> int:
     """Run the filter with parsed arguments; returns the exit status."""
     inp = inp if inp is not None else sys.stdin.buffer

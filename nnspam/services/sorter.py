@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
@@ -137,6 +137,28 @@ def _same_file_content(a: Path, b: Path) -> bool:
         return False
 
 
+class Writer(Protocol):
+    """The one writer of a Sorter's model, which it learns through and saves with: a
+    model directory's :class:`nnspam.model.writer.ModelWriter`, or a fleet's
+    :class:`nnspam.services.fleet.StoreWriter`. The latter also has ``remote = True`` (its
+    models are learned by the fleet's learner: the Sorter neither saves nor observes) and
+    ``close()`` (called by the daemon before a reload and at shutdown)."""
+
+    @property
+    def model(self) -> Any: ...
+
+    def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
+                       *, adaptive_inputs: bool = True, save: bool = ...,
+                       source: str = ...) -> list[dict]: ...
+
+    def forget_payloads(self, payloads: Sequence[bytes | str], rule: Any = None, *,
+                        save: bool = ...) -> list[Any]: ...
+
+    def save(self) -> bool: ...
+
+    def sync(self) -> bool: ...
+
+
 class Sorter:
     """Scores and files messages of one or more inbox maildirs, and learns
     from corrections. Not thread-safe: one worker thread owns it."""
@@ -165,7 +187,7 @@ class Sorter:
         source: str = "daemon",
         unsure: tuple[float, float] | None = None,
         unsure_folder: str | None = None,
-        writer: Any = None,
+        writer: Writer | None = None,
         lists: Any = None,
     ) -> None:
         from nnspam.model.writer import ModelWriter
@@ -180,7 +202,7 @@ class Sorter:
         # store, nnspam.services.fleet.StoreWriter: its ``remote`` models are learned by
         # the fleet's learner, not here).
         kw = {} if stamp is None else {"stamp": stamp}
-        self.writer = writer if writer is not None else (
+        self.writer: Writer | None = writer if writer is not None else (
             ModelWriter(model_path, model, prepare=prepare, **kw) if model_path else None)
         self.remote = bool(getattr(writer, "remote", False))
         self._model = model
@@ -217,7 +239,8 @@ class Sorter:
     @classmethod
     def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
                     *, model_name: str | os.PathLike | None, rule: Any = None,
-                    stamp: Any = None, source: str = "daemon", writer: Any = None) -> Sorter:
+                    stamp: Any = None, source: str = "daemon", writer: Writer | None = None
+                    ) -> Sorter:
         """The Sorter for a loaded config: the one wiring of the maildir daemon and the
         SMS store, so that both file and learn alike.
 
@@ -285,7 +308,7 @@ class Sorter:
         try:
             replaced = observe(self.model, [tokens], None if label is None else [label],
                                adaptive_inputs=self.adaptive)
-        except Exception as exc:  # the adaptive inputs must never stop filing mail
+        except Exception as exc:  # noqa: BLE001 - the adaptive inputs must never stop filing mail
             log.error("adaptive: observe failed: %s: %s", exc.__class__.__name__, exc)
             return
         for r in replaced or ():
@@ -306,6 +329,7 @@ class Sorter:
         there since (its model is re-read and our unsaved corrections learned again
         on it). False when nothing was saved."""
         if self.remote:  # a fleet's store: sends what Redis refused before, nothing to save
+            assert self.writer is not None  # remote: the writer given
             self.writer.save()
             self.pending_updates, self.dirty = 0, False
             return False
@@ -387,6 +411,31 @@ class Sorter:
         return maildir, key, uniq, self.state.get(key, uniq)
 
     # -- a message in inbox new/ --------------------------------------------
+    def judge(self, data: bytes) -> tuple[float, str]:
+        """(spamicity, verdict) of one arriving message at this sorter's operating point
+        (the unsure band and the allow/deny lists included), counted for the adaptive
+        inputs and the metrics, and learned when ``learn_on_confident`` says so: what
+        every front that files mail (the maildir daemon, the SMS store, ``nnspam imap``)
+        does with a new message before it decides where the message goes. Raises what
+        scoring raised (the caller logs it and leaves the message where it is)."""
+        t0 = time.perf_counter()
+        try:
+            tokens = self.model.tokens(data)
+            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s,
+                                          lists=self.lists)
+        except Exception:
+            metrics.scored("error")
+            raise
+        if self.unsure is not None:
+            verdict = verdict_of(sp, self.t, self.unsure)
+        metrics.scored(verdict, time.perf_counter() - t0)
+        self.stats["scored"] += 1
+        self._observe(tokens)
+        if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
+            if self.learn([data], verdict):
+                metrics.learned("confident", verdict)
+        return sp, verdict
+
     @_state_locked
     def handle_new(self, maildir: Path, path: Path) -> str:
         """Classify and file one message of the inbox. Returns what was done:
@@ -423,22 +472,7 @@ class Sorter:
             metrics.scored("skipped")
             self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
             return "skipped"
-        t0 = time.perf_counter()
-        try:
-            tokens = self.model.tokens(msg.data)
-            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s,
-                                          lists=self.lists)
-        except Exception:
-            metrics.scored("error")  # the daemon logs it and leaves the message
-            raise
-        if self.unsure is not None:
-            verdict = verdict_of(sp, self.t, self.unsure)
-        metrics.scored(verdict, time.perf_counter() - t0)
-        self.stats["scored"] += 1
-        self._observe(tokens)
-        if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
-            if self.learn([msg.data], verdict):
-                metrics.learned("confident", verdict)
+        sp, verdict = self.judge(msg.data)
         if verdict == HAM or (verdict == UNSURE and not self.unsure_folder):
             self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, verdict,
                                   "inbox", "daemon", None, now, now))
@@ -465,7 +499,11 @@ class Sorter:
         """Move a message recorded as ``moving`` into Junk and record ``junk`` (with
         ``unsure``: into ``daemon.unsure_folder`` and record ``unsure``)."""
         place = "unsure" if unsure else "junk"
-        junk = md.ensure_folder(maildir, self.unsure_folder if unsure else self.junk)
+        folder = self.unsure_folder if unsure else self.junk
+        if folder is None:  # a move into the unsure folder resumed after the config dropped it
+            raise RuntimeError(f"{path}: daemon.unsure_folder is not set: the move into it is "
+                               "left unfinished")
+        junk = md.ensure_folder(maildir, folder)
         sub = path.parent.name if path.parent.name in ("new", "cur") else "new"
         for _ in range(3):
             try:
@@ -517,8 +555,8 @@ class Sorter:
         except FileNotFoundError:
             return "vanished"
         return self._correct_ham(maildir, key, uniq, path, msg,
-                                 came_from=self.unsure_folder if rec.place == "unsure"
-                                 else "Junk")
+                                 came_from=(self.unsure_folder or "the unsure folder")
+                                 if rec.place == "unsure" else "Junk")
 
     def _moved_back(self, maildir: Path, key: str, msg: Read,
                     delivered: bool = False) -> Record | None:

@@ -372,7 +372,7 @@ def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> 
         log(f"nnspam filter: cannot read the input ({exc}); exit {pipefilter.EX_TEMPFAIL}")
         return pipefilter.EX_TEMPFAIL
     if len(raw) > settings.max_size:
-        return pipefilter.run(args, _Prefixed(raw, inp), out)  # type: ignore[arg-type]
+        return pipefilter.run(args, _Prefixed(raw, inp), out)
     got = via_server(raw, addrs, settings, timeout, _user(), log)
     if got is None:
         return pipefilter.run(args, io.BytesIO(raw), out)

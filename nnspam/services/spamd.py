@@ -138,6 +138,14 @@ class Models(Protocol):
     def forget(self, raw: bytes, user: str | None = None,
                deadline: float | None = None) -> tuple[bool, Path]: ...
 
+    def reload(self) -> None: ...  # SIGHUP: load the models again
+
+    # hooks of each worker process as it starts and stops serving (a server calls
+    # neither when a models object lacks start_background)
+    def start_background(self) -> None: ...
+
+    def stop_background(self) -> None: ...
+
 
 class Context:
     """What a connection handler needs: the settings, the models, the allow list."""
@@ -152,8 +160,8 @@ class Context:
             ip = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
             return False
-        if getattr(ip, "ipv4_mapped", None):
-            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
         return ip.is_loopback or any(ip in n for n in self.settings.allowed)
 
     def check_tell(self, peer: str | None) -> None:
@@ -170,8 +178,8 @@ class Context:
             ip = ipaddress.ip_address(peer.split("%")[0])
         except ValueError:
             ip = None
-        if ip is not None and getattr(ip, "ipv4_mapped", None):
-            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
         if ip is None or not any(ip in n for n in st.tell_allowed):
             log.warning("TELL from %s refused: not in serve.tell_allowed", peer)
             raise RequestError(EX_NOPERM, "TELL not allowed from this client "

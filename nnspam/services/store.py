@@ -212,7 +212,7 @@ class Store:
         """Run one client call, its errors as StoreUnavailable / NotRedis / StoreError."""
         try:
             return fn(*args, **kw)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _error sorts it (an unknown one as it is)
             raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> Exception:
@@ -365,7 +365,7 @@ class Store:
         except ex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise StoreError(str(exc)) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _error sorts it (an unknown one as it is)
             raise self._error(exc) from None
 
     def claim_all(self, consumer: str) -> int:
@@ -395,8 +395,11 @@ class Store:
                 self.ensure_group()
                 return []
             raise StoreError(str(exc)) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _error sorts it (an unknown one as it is)
             raise self._error(exc) from None
+        # RESP2, the protocol of these clients: [[stream, [(id, fields), ...]]], or None
+        # when the block timed out (RESP3 would answer a dict)
+        assert not isinstance(got, dict)
         out = []
         for _, entries in got or []:
             for eid, fields in entries:

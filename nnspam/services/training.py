@@ -125,7 +125,8 @@ def fit_members(net_settings: dict[str, Any], fit_one: FitOne,
     k = member_count(net_settings)
     cfgs = [{**net_settings, "seed": int(net_settings.get("seed", 1)) + i} for i in range(k)]
     use_map = member_map is not None and (k > 1 or getattr(member_map, "always", False))
-    fitted = member_map(fit_one, cfgs) if use_map else [fit_one(cfg) for cfg in cfgs]
+    fitted = (member_map(fit_one, cfgs) if member_map is not None and use_map
+              else [fit_one(cfg) for cfg in cfgs])
     nets, runs = [], []
     for cfg, (net, history, best, refit_info) in zip(cfgs, fitted, strict=True):
         nets.append(net)
@@ -280,11 +281,13 @@ def train_model(
                           or backend != "numpy" or balance != "none"):
         raise ValueError("counts made apart (a cluster) are for the plain nnspam recipe only")
     if augment == "text-only" and kind == "email":
+        assert toks is not None  # not counted apart (refused above)
         toks, y = _with_text_only_copies(samples, toks, y, max_part_bytes)
     t_tok = time.perf_counter() - t0
     if arch != "nnspam" or backend != "numpy" or balance != "none":
         from nnspam.config import DEFAULTS
 
+        assert toks is not None and counted is not None  # not counted apart (refused above)
         model = _train_arch(
             toks, y, kind, settings, arch_settings or DEFAULTS["arch"], arch, backend,
             balance, wordlist, progress,
@@ -302,6 +305,7 @@ def train_model(
                                               wcfg.get("min_df"))
         wl_method = wcfg["method"]
     elif wordlist is None:
+        assert toks is not None  # counted apart comes with its counts
         spam_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 1]
         ham_docs = [t for t, lab in zip(toks, y, strict=True) if lab == 0]
         wordlist = wl.build(spam_docs, ham_docs, int(wcfg["size"]), wcfg["method"],
@@ -323,7 +327,11 @@ def train_model(
     t1 = time.perf_counter()
     # the feature matrix of these words (``features``: built already, in blocks on a
     # Dask cluster, nnspam.services.distributed; the same values)
-    X = model.features(toks, sparse=sparse) if features is None else features
+    if features is None:
+        assert toks is not None  # counted apart comes with its features
+        X = model.features(toks, sparse=sparse)
+    else:
+        X = features
 
     def fit_one(cfg: dict[str, Any], data: Any = None
                 ) -> tuple[Network, list[dict[str, float]], int | None, dict[str, Any] | None]:
@@ -358,6 +366,7 @@ def train_model(
     if wide_counts is not None:
         model.ensure_wide().add_counts(*wide_counts)
     else:
+        assert counted is not None  # counted apart comes with its wide counts
         model.ensure_wide().observe(counted)
     return model
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 __all__ = ["SPAM", "HAM", "UNSURE", "VERDICTS", "is_spam", "verdict", "score_tokens",
            "sa_threshold", "sa_points", "SCORE_MODES", "SenderLists"]
@@ -169,7 +169,15 @@ class SenderLists:
         return None
 
 
-def score_tokens(model: Any, token_lists: Sequence[Sequence[str]], threshold: float,
+class ScoringModel(Protocol):
+    """What :func:`score_tokens` scores with (:class:`nnspam.model.core.Model`)."""
+
+    def spamicity_of_tokens(self, token_lists: Sequence[Sequence[str]],
+                            ham_factor: float | None = None,
+                            spam_factor: float | None = None) -> Iterable[float]: ...
+
+
+def score_tokens(model: ScoringModel, token_lists: Sequence[Sequence[str]], threshold: float,
                  ham_factor: float | None = None, spam_factor: float | None = None,
                  unsure: tuple[float, float] | None = None,
                  lists: SenderLists | None = None) -> list[tuple[float, str]]:

@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fig, scores = run_batch(peer, train, test, args.per_process)
                     else:
                         fig, scores = run_online(peer, stream)
-                except Exception as exc:  # a broken peer must not hide the others
+                except Exception as exc:  # noqa: BLE001 - a broken peer must not hide the others
                     print(f"   {name}: FAILED: {exc}", file=sys.stderr, flush=True)
                     report["filters"][name] = {"skipped": f"failed: {exc}"}
                     status = 1

@@ -817,7 +817,7 @@ class Bench:
         def safe(name: str) -> Any:
             try:
                 return fn(name)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken filter must not hide the others
                 return exc
         if self.pool is None:
             return {n: safe(n) for n in names}

@@ -81,7 +81,7 @@ def _error_line(exc: BaseException) -> str:
     status = getattr(exc, "status", None)  # TwilioRestException (first page, fetches)
     code, msg = getattr(exc, "code", None), getattr(exc, "msg", None)
     resp = exc.args[1] if len(exc.args) > 1 else None
-    if status is None and hasattr(resp, "status_code"):
+    if status is None and resp is not None and hasattr(resp, "status_code"):
         # TwilioException("Unable to fetch page", response): a later page failed.
         status = resp.status_code
         try:
