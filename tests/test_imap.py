@@ -267,6 +267,15 @@ def test_tls_is_verified_and_a_password_never_reaches_the_log(tmp_path, own_mode
         r = once()
         assert r.returncode == 0, r.stderr
         assert "connected to localhost" in r.stderr and "secret" not in r.stderr
+        # STARTTLS on the plain port, verified the same way
+        cfg.write_text(base.replace(f"port: {server.ssl_port}", f"port: {server.port}")
+                       + "      tls: starttls\n")
+        r = once()
+        assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
+        cfg.write_text(base.replace(f"port: {server.ssl_port}", f"port: {server.port}")
+                       + f"      tls: starttls\n      ca_file: {server.d / 'cert.pem'}\n")
+        r = once()
+        assert r.returncode == 0 and f"connected to localhost:{server.port}" in r.stderr, r.stderr
     finally:
         server.stop()
 
@@ -378,3 +387,30 @@ def test_junk_keywords_set_by_a_client_are_corrections(dovecot, own_model, tmp_p
     finally:
         assert imap.stop() == 0
     assert imap.log().count("learned as") == 2
+
+
+def test_a_recreated_junk_folder_is_a_new_start_not_a_lesson(dovecot, own_model, tmp_path):
+    """Junk deleted and made again (a new UIDVALIDITY) with mail in it: nothing in it is
+    learned; a move into the new Junk afterwards is."""
+    imap = Imap(tmp_path, dovecot, own_model)
+    try:
+        imap.wait_log("watching INBOX")
+        user = dovecot.client()
+        a = make_message("note a", "the plan for friday, nothing else", sender="a@corp.example")
+        b = make_message("note b", "the minutes of monday, see attached",
+                         sender="b@corp.example").replace(b"<1@example.org>", b"<2@x.example>")
+        assert imap.stop() == 0  # the server's mail is moved or restored meanwhile
+        user.delete_folder("Junk")
+        user.create_folder("Junk")
+        user.append("Junk", a)  # e.g. restored from a backup
+        imap.start()
+        imap.wait_log("has a new UIDVALIDITY")
+        user.append("INBOX", b)
+        imap.wait_log("action=kept")
+        user.select_folder("INBOX")
+        user.move(user.search(["ALL"]), "Junk")
+        imap.wait_log("moved into Junk by the user, learned as spam")
+        user.logout()
+    finally:
+        assert imap.stop() == 0
+    assert imap.log().count("learned as") == 1
