@@ -436,16 +436,16 @@ class ImapFiler:
                 client.create_folder(folder)
 
     # moving
-    def _move(self, client: Any, uid: int, dest: str) -> None:
-        """MOVE, else COPY + \\Deleted + UID EXPUNGE of this message (never a plain
+    def _move(self, client: Any, uids: list[int], dest: str) -> None:
+        """MOVE, else COPY + \\Deleted + UID EXPUNGE of these messages (never a plain
         EXPUNGE: that would remove every message the user marked \\Deleted)."""
         if client.has_capability("MOVE"):
-            client.move([uid], dest)
+            client.move(uids, dest)
             return
-        client.copy([uid], dest)
-        client.add_flags([uid], [b"\\Deleted"], silent=True)
+        client.copy(uids, dest)
+        client.add_flags(uids, [b"\\Deleted"], silent=True)
         if client.has_capability("UIDPLUS"):
-            client.uid_expunge([uid])
+            client.uid_expunge(uids)
         else:
             log.warning("%s: the server has neither MOVE nor UIDPLUS: the inbox copy of the "
                         "message is left marked \\Deleted", self.account.name)
@@ -537,12 +537,16 @@ class ImapFiler:
         if new is None:
             return
         uv, uids, _ = new
-        bodies = self._fetch(client, uids)
-        for uid in uids:
-            raw = bodies.get(uid)
-            if raw is not None:
+        for i in range(0, len(uids), FETCH_BATCH):
+            block = uids[i:i + FETCH_BATCH]
+            bodies = self._fetch(client, block)
+            moving: dict[str, list[tuple[int, int, str, str | None, float]]] = {}
+            for uid in block:
+                raw = bodies.get(uid)
+                if raw is None:
+                    continue
                 try:
-                    self._arrived_in_inbox(client, uid, uv, raw)
+                    self._arrived_in_inbox(client, uid, uv, raw, moving)
                 except OSError:
                     raise  # the connection: the session ends, the UID is handled again
                 except Exception as exc:  # noqa: BLE001 - one message must not stop the rest
@@ -550,7 +554,27 @@ class ImapFiler:
                         raise
                     log.error("%s: %s UID %d left where it is: %s: %s", name,
                               self.account.inbox, uid, exc.__class__.__name__, exc)
-            self.state.set_folder(name, self.account.inbox, uv, uid)
+            self._file(client, moving)
+            self.state.set_folder(name, self.account.inbox, uv, block[-1])
+
+    def _file(self, client: Any, moving: dict[str, list[tuple[int, int, str, str | None,
+                                                            float]]]) -> None:
+        """Move a block's spam (and unsure mail) with one MOVE per folder, each message
+        recorded as ``moving`` before (:meth:`_arrived_in_inbox`): one round trip for up to
+        FETCH_BATCH messages instead of two per message (400 messages delivered at once to
+        one account were filed at 113 a second one by one)."""
+        name = self.account.name
+        for dest, items in moving.items():
+            uids = [uid for uid, *_ in items]
+            if dest == self.junk and self.account.keywords:
+                client.add_flags(uids, [JUNK], silent=True)
+            self._move(client, uids, dest)
+            for _uid, rid, verdict, mid, sp in items:
+                self.state.update(rid, place="junk" if verdict == "spam" else "unsure",
+                                  folder_uid=None, uidvalidity=None)
+                self.stats[verdict] += 1
+                log.info("%s: decision message-id=%s spamicity=%.6f action=moved to %s", name,
+                         mid, sp, dest)
 
     def _left(self, client: Any, rec: Filed) -> bool:
         """Whether a message nnspam filed has left the folder it filed it into (checked
@@ -572,15 +596,22 @@ class ImapFiler:
             self.state.update(rec.id, gone_at=self.clock())
         return not still
 
-    def _arrived_in_inbox(self, client: Any, uid: int, uv: int, raw: bytes) -> str:
+    def _arrived_in_inbox(self, client: Any, uid: int, uv: int, raw: bytes,
+                          moving: dict[str, list[tuple[int, int, str, str | None, float]]]
+                          ) -> str:
+        """Decide one new inbox message; spam and unsure mail are recorded as ``moving``
+        and added to ``moving`` (destination -> messages), which :meth:`_file` moves."""
         name, inbox = self.account.name, self.account.inbox
         sha = hashlib.sha256(raw).hexdigest()
         mid = _message_id(raw)
         rec = self.state.latest(name, sha)
+        if rec is not None and rec.place == "inbox" and rec.origin == "nnspam" \
+                and rec.folder_uid == uid and rec.uidvalidity == uv:
+            return "known"  # decided before a crash cut the block short: kept, as it was
         if rec is not None and rec.place == "moving" and rec.folder_uid == uid \
                 and rec.uidvalidity == uv:
             # a move cut short by a crash: finish it
-            self._move(client, uid, rec.folder or self.junk)
+            self._move(client, [uid], rec.folder or self.junk)
             self.state.update(rec.id, place="unsure" if rec.verdict == "unsure" else "junk",
                               folder_uid=None, uidvalidity=None)
             log.info("%s: resumed the move of message-id=%s to %s", name, mid, rec.folder)
@@ -607,14 +638,7 @@ class ImapFiler:
             log.info("%s: decision message-id=%s spamicity=%.6f action=kept", name, mid, sp)
             return verdict
         rid = self.state.add(name, sha, mid, sp, verdict, "moving", "nnspam", dest, uid, uv)
-        if verdict == "spam" and self.account.keywords:
-            client.add_flags([uid], [JUNK], silent=True)
-        self._move(client, uid, dest)
-        self.state.update(rid, place="junk" if verdict == "spam" else "unsure",
-                          folder_uid=None, uidvalidity=None)
-        self.stats[verdict] += 1
-        log.info("%s: decision message-id=%s spamicity=%.6f action=moved to %s", name, mid, sp,
-                 dest)
+        moving.setdefault(dest, []).append((uid, rid, verdict, mid, sp))
         return verdict
 
     def scan_keywords(self, client: Any) -> None:
