@@ -16,8 +16,8 @@ Where the table differs from the sketch, the code taught otherwise:
 * ``services.verdict`` (the one rule, spamicity -> spam/unsure/ham, and a model's
   score plus that rule) is standard library only, so every service and front imports
   it cheaply; the model layer answers with spamicities and leaves the verdict to it.
-* ``services.training`` (the batch trainer, corpus -> fitted model) and
-  ``services.evaluate`` (the figures of a test run) are the "train/test runs": the
+* ``services.runs.training`` (the batch trainer, corpus -> fitted model) and
+  ``services.runs.evaluate`` (the figures of a test run) are the "train/test runs": the
   trainer reads corpora and builds a :class:`~nnspam.model.core.Model`. ``learning``
   is the networks and their inputs alone (``fit``, ``partial_fit``,
   ``predict_proba``; no I/O).
@@ -26,11 +26,21 @@ Where the table differs from the sketch, the code taught otherwise:
 
 A new module goes into the folder of its layer; a name ending in ``.*`` is a package
 and every module below it.
+
+Inside ``services`` the sub-packages are ranked the same way (:data:`SERVICES`): the
+shared modules at the top of ``services/`` (the verdict rule, the scoring every front
+shares, the errors, metrics, explanations, systemd and BLAS helpers) rank lowest, then
+``models`` (where served models come from: one host or a Redis fleet), then the three
+siblings ``delivery``, ``spamd`` and ``runs``. A module imports only its own
+sub-package or a lower one; siblings never import each other (the daemon and the
+server meet in ``models`` and the shared modules, never directly).
+:func:`services_rule` is that rule for one import, and ``tests/test_layers.py`` applies
+it to every import of the package, naming the file and line.
 """
 
 from __future__ import annotations
 
-__all__ = ["LAYERS", "layer_of"]
+__all__ = ["LAYERS", "SERVICES", "layer_of", "services_rule", "sublayer_of"]
 
 #: (layer, what belongs there, module names), lowest layer first.
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -44,7 +54,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
               "inputs, the wide path, the one correction routine",
      ("nnspam.model.*",)),
     ("services", "the verdict rule, sorter, daemon, pipe filter, spamc client, server, "
-                 "online and stream learners, train/test runs, their state and system helpers",
+                 "online and stream learners, train/test runs, their state and system helpers "
+                 "(ranked inside by SERVICES)",
      ("nnspam.services.*",)),
     ("front", "the command line and the SMS webhook, poller and dashboard",
      ("nnspam.front.*", "nnspam.__main__")),
@@ -59,4 +70,54 @@ def layer_of(module: str) -> tuple[int, str] | None:
             if module == entry or (entry.endswith(".*") and (
                     module == entry[:-2] or module.startswith(entry[:-1]))):
                 return rank, name
+    return None
+
+
+#: The sub-layers of ``services``: (rank, room, what belongs there, module names),
+#: lowest first. Rooms of the same rank are siblings: neither imports the other.
+SERVICES: tuple[tuple[int, str, str, tuple[str, ...]], ...] = (
+    (0, "shared", "what every room uses: the verdict rule, scoring, errors, metrics, "
+                  "explanations, systemd and BLAS helpers",
+     ("nnspam.services", "nnspam.services.blas", "nnspam.services.errors",
+      "nnspam.services.explanation", "nnspam.services.metrics", "nnspam.services.scoring",
+      "nnspam.services.systemd", "nnspam.services.verdict")),
+    (1, "models", "where served models come from: one host's registry or a Redis fleet, "
+                  "and the server's settings that say which",
+     ("nnspam.services.models.*",)),
+    (2, "delivery", "the sorter, daemon, pipe filter, spamc client, IMAP and their state",
+     ("nnspam.services.delivery.*",)),
+    (2, "spamd", "the scoring server: protocol, listeners, workers",
+     ("nnspam.services.spamd.*",)),
+    (2, "runs", "batch and distributed training, online and stream learners, test runs",
+     ("nnspam.services.runs.*",)),
+)
+
+
+def _places(module: str, entry: str) -> bool:
+    return module == entry or (entry.endswith(".*") and (
+        module == entry[:-2] or module.startswith(entry[:-1])))
+
+
+def sublayer_of(module: str) -> tuple[int, str] | None:
+    """(rank, room) of a module of ``services`` in :data:`SERVICES` (0 is the lowest),
+    or None for a module outside ``services`` or one the table does not place."""
+    for rank, room, _, modules in SERVICES:
+        if any(_places(module, entry) for entry in modules):
+            return rank, room
+    return None
+
+
+def services_rule(importer: str, imported: str) -> str | None:
+    """Why ``importer`` may not import ``imported`` inside ``services`` (an import of a
+    higher room, or of a sibling room), or None when it may. Imports that leave
+    ``services`` are :data:`LAYERS`' business, not this rule's."""
+    mine, theirs = sublayer_of(importer), sublayer_of(imported)
+    if mine is None or theirs is None or mine[1] == theirs[1]:
+        return None
+    if theirs[0] > mine[0]:
+        return (f"services.{mine[1]} (rank {mine[0]}) imports the higher "
+                f"services.{theirs[1]} (rank {theirs[0]})")
+    if theirs[0] == mine[0]:
+        return (f"services.{mine[1]} imports its sibling services.{theirs[1]}; share the "
+                "piece through a lower room (models or the shared services modules)")
     return None

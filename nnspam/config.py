@@ -220,7 +220,7 @@ DEFAULTS: dict[str, Any] = {
         "user_lists": None,
         "spamassassin_headers": False,  # PROCESS/HEADERS also add X-Spam-Flag/X-Spam-Status
     },
-    # nnspam imap (nnspam/services/imap.py): filing and learning on IMAP accounts.
+    # nnspam imap (nnspam/services/delivery/imap.py): filing and learning on IMAP accounts.
     "imap": {
         "accounts": [],  # each a mapping: name, host, user, a secret source, ... (config.yaml)
         "state": "~/.local/state/nnspam/imap.sqlite3",
@@ -234,9 +234,9 @@ DEFAULTS: dict[str, Any] = {
     "metrics": None,
     # A fleet's model store: redis://HOST:PORT/DB. nnspam serve keeps the site and
     # per-user models there and learns TELLs through one learner; nnspam learn sends
-    # its corrections there (nnspam/services/fleet.py). null = models on disk.
+    # its corrections there (nnspam/services/models/fleet.py). null = models on disk.
     "store": None,
-    # Online learning, the TREC protocol (nnspam/services/online.py, scripts/trec/):
+    # Online learning, the TREC protocol (nnspam/services/runs/online.py, scripts/trec/):
     # every message is classified, then learned with its true label.
     "online": {
         "inputs": None,  # n of an untrained network; null = wordlist.size (sms: sms.wordlist.size)
@@ -278,7 +278,7 @@ FAITHFUL: dict[str, Any] = {
 # NumPy traceback later, or a silently wrong filter (threshold: 5 made every
 # message ham; daemon.maildirs: /path was read as the list of its characters).
 # The modules that use a setting may keep their own checks (correct.py checks
-# learn:, server.py serve:, pipefilter.py filter:) for settings that come from
+# learn:, models/serve_settings.py serve:, scoring.py filter:) for settings that come from
 # elsewhere (the command line, a dict built in code); the loader rejects a bad
 # file first, in the same wording: "<file>: learn.optimizer must be sgd or adam,
 # not 'rmsprop'".
@@ -330,7 +330,7 @@ def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = Fa
     return Spec(kind + rng + (" or null" if null else ""), test)
 
 
-# -- the store: URL (nnspam.services.store), checked here in the base layer so that every
+# -- the store: URL (nnspam.services.models.store), checked here in the base layer so that every
 # command refuses a bad one as a config error, before redis-py would raise on it
 
 _STORE_SHAPE = "must be null or a URL redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
@@ -354,7 +354,7 @@ _STORE_BOOLS = {"", "0", "1", "f", "t", "n", "y", "false", "true", "no", "yes"}
 def redact_url(url: str) -> str:
     """``url`` with the password of its user part replaced by ``***``, for messages and
     logs; also for a URL too malformed to parse (unlike
-    :func:`nnspam.services.fleet.redacted`, which needs a valid one)."""
+    :func:`nnspam.services.models.fleet.redacted`, which needs a valid one)."""
     scheme, sep, rest = url.partition("://")
     at = rest.rfind("@")  # the last: a password may hold an unescaped '/', '#' or '@'
     if not sep or at < 0 or ":" not in rest[:at]:
@@ -446,7 +446,7 @@ def store_url_problem(url: Any) -> str | None:
     """What is wrong with a ``store`` setting, or None: a ``redis://``, ``rediss://``
     or ``unix://`` URL (``redis://HOST:PORT/DB``) that redis-py can use as it stands.
     Here, in the base layer, for the config's validation; the store applies it too
-    (:func:`nnspam.services.store.check_url`).
+    (:func:`nnspam.services.models.store.check_url`).
 
     The answer completes "store ...": "must be null or a URL ..., not 'URL': why"
     (the URL's password redacted). Checked as redis-py's ``from_url`` reads the URL, and
@@ -736,7 +736,7 @@ SCHEMA: dict[str, Any] = {
                                p in v for p in ("%u", "%l", "%d")))),
         "spamassassin_headers": _bool(),
     },
-    # Each account's settings are checked by nnspam.services.imap.accounts_from_config.
+    # Each account's settings are checked by nnspam.services.delivery.imap.accounts_from_config.
     "imap": {
         "accounts": Spec("a list of accounts (mappings with name, host, user, ...)",
                          lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)),

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
-from nnspam.services.training import train_model  # noqa: E402
+from nnspam.services.runs.training import train_model  # noqa: E402
 
 
 def sha256(path: Path) -> str:

@@ -343,7 +343,7 @@ class Mail:
         return None
 
     def record(self, uniq: str):
-        from nnspam.services.state import State
+        from nnspam.services.delivery.state import State
 
         st = State(self.state)
         try:
@@ -352,7 +352,7 @@ class Mail:
             st.close()
 
     def corrections(self) -> list[tuple[str, str, str]]:
-        from nnspam.services.state import State
+        from nnspam.services.delivery.state import State
 
         st = State(self.state)
         try:
@@ -374,8 +374,8 @@ def build_mail(tmp_path: Path, sa_corpus: Path, *, shipped: bool = False, page_s
     filed by the daemon's Sorter; decision times ``spread`` seconds apart, the newest an
     hour before :data:`NOW`. ``shipped``: the read-only shipped model, else a copy."""
     from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     if shipped:
         model = "default"
@@ -643,7 +643,7 @@ def train_tiny(**network: object) -> Model:
     """An email model trained on :func:`tiny_samples` in a moment: 40 words, up to 30
     epochs, a quarter held out; ``network`` overrides the network settings."""
     from nnspam import config as C
-    from nnspam.services.training import train_model
+    from nnspam.services.runs.training import train_model
 
     settings = C.email_training(C.DEFAULTS)
     settings["wordlist"].update(size=40, min_df=2)

@@ -14,7 +14,7 @@ from nnspam.mail.corpus import Sample, iter_messages
 from nnspam.model import adaptive
 from nnspam.model.core import Model
 from nnspam.model.correct import correct, correct_payloads
-from nnspam.services.training import tokenize_samples, train_model
+from nnspam.services.runs.training import tokenize_samples, train_model
 
 from conftest import make_message
 
@@ -206,7 +206,7 @@ def test_stream_on_corpus_slice(sa_corpus):
         [t for s, t in zip(stream, toks[len(train):], strict=True) if s.label == "spam"])
     ham_scores = model.spamicity_of_tokens(
         [t for s, t in zip(stream, toks[len(train):], strict=True) if s.label == "ham"])
-    from nnspam.services.evaluate import roc_auc
+    from nnspam.services.runs.evaluate import roc_auc
 
     y = np.r_[np.ones(len(spam_scores)), np.zeros(len(ham_scores))]
     assert roc_auc(y, np.r_[spam_scores, ham_scores]) > 0.97

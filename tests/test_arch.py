@@ -14,8 +14,8 @@ from nnspam.learning.arch import MLP, SequenceEncoder, dbb_oversample
 from nnspam.learning.features import NGRAM_JOIN, Vectorizer, idf_weights, with_ngrams
 from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model, ModelError
-from nnspam.services.evaluate import roc_auc
-from nnspam.services.training import train_model
+from nnspam.services.runs.evaluate import roc_auc
+from nnspam.services.runs.training import train_model
 
 SMALL_ARCH = {
     "deep": {"ngram": 2, "size": 60, "layers": [16, 8], "dropout": 0.2, "l2": 1e-5},

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam.services.evaluate import roc_auc
+from nnspam.services.runs.evaluate import roc_auc
 
 from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 

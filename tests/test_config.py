@@ -126,7 +126,7 @@ def _leaves(tree: dict):
 def test_the_schema_choices_are_the_ones_the_code_accepts():
     from nnspam.learning import features, network, wordlist
     from nnspam.model import adaptive
-    from nnspam.services import training
+    from nnspam.services.runs import training
 
     s = C.SCHEMA
     assert s["wordlist"]["method"].choices == wordlist.METHODS

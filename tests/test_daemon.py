@@ -283,8 +283,8 @@ def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
     """Sorter.handle_new decides through nnspam.services.verdict: exactly at the threshold is spam
     (moved to Junk), as the X-NNSpam headers say; a NaN spamicity is ham and stays in the
     inbox, as the pipe filter never files mail on one (the Sorter once moved it to Junk)."""
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     st = State(tmp_path / "s.sqlite3")
     for sp, want in ((0.6, "spam"), (0.59999, "ham"), (float("nan"), "ham")):
@@ -300,8 +300,8 @@ def test_the_not_junk_rule_in_time(tmp_path, box):
     Junk are a "Not junk" move only near the time it left (MOVE_WINDOW); a going not seen
     live is taken as now, or, for an arrival from before (a rescan after the daemon was
     down), as a move only if the arrival kept the message's date, as IMAP copies do."""
-    from nnspam.services.sorter import MOVE_WINDOW, Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import MOVE_WINDOW, Sorter
+    from nnspam.services.delivery.state import State
 
     st = State(tmp_path / "s.sqlite3")
     sorter = Sorter(FixedModel(0.99), st, adaptive=False)
@@ -490,8 +490,8 @@ def test_user_unit_passes_systemd_analyze_verify(tmp_path):
 def test_a_move_cut_short_by_a_crash_is_finished_without_scoring_again(tmp_path, box):
     """The state says 'moving' (written before the rename) but the file is still
     in the inbox: the restart finishes the move and does not score it again."""
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import Record, State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import Record, State
 
     class NoModel:  # scoring would fail loudly
         def tokens(self, payload):
@@ -525,8 +525,8 @@ def test_inotify_overflow_queues_a_rescan(tmp_path, box):
     import logging
 
     from nnspam.config import DEFAULTS
-    from nnspam.services.daemon import Daemon as D
-    from nnspam.services.daemon import settings_from_config
+    from nnspam.services.delivery.daemon import Daemon as D
+    from nnspam.services.delivery.daemon import settings_from_config
 
     d = D(settings_from_config(DEFAULTS, [str(box)]))
     wd_log = logging.getLogger("watchdog")
@@ -541,8 +541,8 @@ def test_inotify_overflow_queues_a_rescan(tmp_path, box):
 
 def test_learn_files_trains_and_checkpoints(tmp_path, model, sa_burst):
     """The by-hand path (nnspam learn) through the same Sorter.learn."""
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     m = Model.load(model)
     ham, = pick(sa_burst, m, spam=False)

@@ -2,11 +2,11 @@
 
 * fault 11: a file in ``new/`` whose name is not UTF-8 made every rescan fail
   (``UnicodeEncodeError`` from the SQLite state) and was never filed; now it is filed
-  like any other, its name kept byte for byte (nnspam/services/state.py), and a file
-  that fails is logged once, not at every rescan (nnspam/services/daemon.py);
+  like any other, its name kept byte for byte (nnspam/services/delivery/state.py), and a file
+  that fails is logged once, not at every rescan (nnspam/services/delivery/daemon.py);
 * fault 12: a spam deleted from Junk and delivered again within ``MOVE_WINDOW`` was taken
   as the user's "Not junk" move and learned as ham; now a file written into ``new/``
-  after the first copy was decided is a delivery (nnspam/services/sorter.py,
+  after the first copy was decided is a delivery (nnspam/services/delivery/sorter.py,
   ``Sorter._moved_back`` rule 4), while real moves are still learned.
 
 Driven as tests/test_daemon.py drives the daemon: the Sorter and the daemon's rescan in
@@ -26,10 +26,10 @@ import pytest
 from nnspam.config import DEFAULTS
 from nnspam.mail import maildir as md
 from nnspam.model.core import Model
-from nnspam.services.daemon import Daemon as D
-from nnspam.services.daemon import settings_from_config
-from nnspam.services.sorter import MOVE_WINDOW, Sorter
-from nnspam.services.state import State
+from nnspam.services.delivery.daemon import Daemon as D
+from nnspam.services.delivery.daemon import settings_from_config
+from nnspam.services.delivery.sorter import MOVE_WINDOW, Sorter
+from nnspam.services.delivery.state import State
 
 from helpers import (
     Daemon,

@@ -243,8 +243,8 @@ def served_email(tmp_path, sa_corpus):
     from werkzeug.serving import make_server
 
     from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     mail = build_mail(tmp_path, sa_corpus, n_ham=20, n_spam=12, spread=36000.0)
     daemon = Sorter.from_config(mail.cfg, Model.load(mail.model), State(mail.state),

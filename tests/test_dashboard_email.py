@@ -280,8 +280,8 @@ def test_spam_moves_the_file_into_junk_and_the_correction_is_learned_and_saved(e
 def test_the_daemon_then_sees_the_dashboards_move_as_known(email_dash):
     """A daemon's Sorter that notices the same move afterwards does not learn it again."""
     from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     app, side, mail = email_dash
     c = logged_in(app)
@@ -304,8 +304,8 @@ def test_a_dashboard_move_learns_what_the_daemon_learns_from_the_same_move(
     import numpy as np
 
     from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     a = build_mail(tmp_path / "a", sa_corpus, n_ham=2, n_spam=1)
     b = build_mail(tmp_path / "b", sa_corpus, n_ham=2, n_spam=1)

@@ -11,8 +11,8 @@ import numpy as np
 
 from nnspam.mail.corpus import load_split_samples
 from nnspam.model.core import Model
-from nnspam.services.evaluate import evaluate
-from nnspam.services.training import labels_of, tokenize_samples
+from nnspam.services.runs.evaluate import evaluate
+from nnspam.services.runs.training import labels_of, tokenize_samples
 
 from conftest import SA_SPLIT, SA_TAR, SMS_FILE, SMS_SPLIT, needs_corpora
 

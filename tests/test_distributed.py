@@ -1,4 +1,4 @@
-"""Archive training on a Dask cluster (nnspam/services/distributed.py): a LocalCluster of
+"""Archive training on a Dask cluster (nnspam/services/runs/distributed.py): a LocalCluster of
 two worker processes gives the word list and the model of one process.
 
 The word list comes from counts summed over shards (nnspam.learning.wordlist.DocCounts), so
@@ -17,7 +17,7 @@ import pytest
 
 from nnspam import config as C
 from nnspam.learning import wordlist as wl
-from nnspam.services.distributed import DistributedError, parse_address
+from nnspam.services.runs.distributed import DistributedError, parse_address
 
 from conftest import SA_SPLIT, SA_TAR, needs_corpora
 
@@ -40,7 +40,7 @@ def small_settings() -> dict:
 
 
 def test_counts_of_shards_add_up_to_the_word_list_of_one_pass(parts):
-    from nnspam.services.training import labels_of, tokenize_samples
+    from nnspam.services.runs.training import labels_of, tokenize_samples
 
     train, _ = parts
     toks = tokenize_samples([s.payload for s in train])
@@ -69,8 +69,8 @@ def test_bad_addresses_are_one_line_errors(spec):
 
 @pytest.mark.slow
 def test_a_local_cluster_of_two_trains_the_model_of_one_process(parts):
-    from nnspam.services.distributed import cluster, train_on_cluster
-    from nnspam.services.training import tokenize_samples, train_model
+    from nnspam.services.runs.distributed import cluster, train_on_cluster
+    from nnspam.services.runs.training import tokenize_samples, train_model
 
     train, test = parts
     settings = small_settings()

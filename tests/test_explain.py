@@ -23,7 +23,8 @@ from nnspam.learning.network import Network
 from nnspam.model import adaptive
 from nnspam.model.core import Model
 from nnspam.model.explain import _wide_without, explain
-from nnspam.services import explanation, pipefilter
+from nnspam.services import explanation
+from nnspam.services.delivery import pipefilter
 
 from conftest import SA_SPLIT, Server, make_message, need, needs_corpora
 

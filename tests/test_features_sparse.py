@@ -224,7 +224,7 @@ def test_train_model_on_csr_equals_train_model_on_dense():
     members), the same verdicts."""
     from nnspam import config as C
     from nnspam.mail.corpus import Sample
-    from nnspam.services.training import train_model
+    from nnspam.services.runs.training import train_model
     from tests.conftest import make_message
 
     rng = np.random.default_rng(0)
@@ -252,7 +252,7 @@ def test_train_model_on_csr_equals_train_model_on_dense():
 def test_deep_architecture_with_dbb_trains_alike_on_csr_and_dense():
     """tf-idf n-gram inputs, the training part balanced (DBB on CSR gives the dense rows),
     the MLP trained on CSR: the same idf, words and, to float32 rounding, weights."""
-    from nnspam.services.training import train_model
+    from nnspam.services.runs.training import train_model
     from tests.test_arch import SMALL_ARCH, _settings, _sms_samples
 
     samples = _sms_samples()

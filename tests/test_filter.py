@@ -14,16 +14,8 @@ from hypothesis import strategies as st
 
 from nnspam import __version__
 from nnspam.mail.headers import find_header_section, set_header_fields, strip_header_fields
-from nnspam.services.pipefilter import (
-    EX_TEMPFAIL,
-    FLAG,
-    STATUS,
-    Settings,
-    classify,
-    filter_stream,
-    mark,
-    status_fields,
-)
+from nnspam.services.delivery.pipefilter import EX_TEMPFAIL, filter_stream
+from nnspam.services.scoring import FLAG, STATUS, Settings, classify, mark, status_fields
 
 from conftest import ROOT
 from helpers import NNSPAM
@@ -198,7 +190,7 @@ def test_size_cap_skips_and_streams_the_rest_byte_for_byte():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from nnspam.services.pipefilter import _scorer
+    from nnspam.services.delivery.pipefilter import _scorer
 
     return _scorer(_settings())
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from nnspam.services import pipefilter, spamc
+from nnspam.services import scoring
+from nnspam.services.delivery import pipefilter, spamc
 
 from conftest import Server, free_port
 from helpers import NNSPAM
@@ -95,7 +96,7 @@ def filter_run(argv: list[str], raw: bytes) -> tuple[int, bytes]:
 
 
 def in_process(argv: list[str], raw: bytes) -> tuple[int, bytes]:
-    """The in-process filter alone (nnspam.services.pipefilter), the reference."""
+    """The in-process filter alone (nnspam.services.delivery.pipefilter), the reference."""
     out = io.BytesIO()
     rc = pipefilter.run(pipefilter.build_parser().parse_args(argv), io.BytesIO(raw), out)
     return rc, out.getvalue()
@@ -202,7 +203,7 @@ def test_unsure_band_exit_codes_match(server, sa_corpus, tmp_path):
 
 
 def test_unsure_band_edge_is_decided_in_process():
-    s = pipefilter.Settings("default", 0.5, 0.9, 0.1, 1000, (0.3, 0.7))
+    s = scoring.Settings("default", 0.5, 0.9, 0.1, 1000, (0.3, 0.7))
     raw = b"Subject: x\n\nhello\n"
     for sp, want in (("0.300", None), ("0.700", None), ("0.301", "unsure"), ("0.299", "ham"),
                      ("0.800", "spam")):
@@ -210,9 +211,9 @@ def test_unsure_band_edge_is_decided_in_process():
         word = "Unsure" if 0.3 <= float(sp) < 0.7 else "Yes" if yes else "No"  # the server's
         value = (f"{word}, spamicity={sp}, threshold=0.500, "
                  f"version={spamc.__version__}")
-        fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")]
+        fields = [(scoring.STATUS, value)] + ([(scoring.FLAG, "YES")]
                                                  if word == "Yes" else [])
-        body = pipefilter.mark(raw, fields)
+        body = scoring.mark(raw, fields)
         rep = spamc._parse(ok_answer(body, f"{yes} ; 1.0 / 5.0"))
         got = spamc._check(raw, rep, s)
         assert (got[1] if got else None) == want, sp

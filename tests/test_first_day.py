@@ -11,7 +11,7 @@ import pytest
 from nnspam.front import cli
 from nnspam.mail import maildir as md
 from nnspam.model.core import Model
-from nnspam.services.first_day import FirstDayError, delivered_at, mailbox_items
+from nnspam.services.runs.first_day import FirstDayError, delivered_at, mailbox_items
 
 from conftest import make_message
 

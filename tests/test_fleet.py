@@ -1,5 +1,5 @@
 """A fleet of ``nnspam serve`` instances sharing their models through Redis (config
-``store:``; nnspam/services/fleet.py, store.py, nnspam/model/delta.py): per-user models
+``store:``; nnspam/services/models/fleet.py, store.py, nnspam/model/delta.py): per-user models
 stored as deltas, one learner, new versions seen by every server, Redis going away and
 coming back, a server killed mid-run. Driven by a real ``redis-server`` (Debian's
 package) and SpamAssassin's ``spamc``."""
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspam.services import pipefilter
+from nnspam.services.delivery import pipefilter
 
 from conftest import Server, free_port, need
 from helpers import Redis
@@ -165,7 +165,7 @@ def redis_server(tmp_path_factory):
 
 
 def test_store_versions_lease_and_fencing(redis_server):
-    from nnspam.services.store import LeaseLost, Store, StoreUnavailable, VersionMoved
+    from nnspam.services.models.store import LeaseLost, Store, StoreUnavailable, VersionMoved
 
     redis_server.client().flushdb()
     a, b = Store(redis_server.url), Store(redis_server.url)

@@ -1,5 +1,5 @@
 """The maildir daemon on a fleet's model store (config ``store:``;
-nnspam/services/fleet.py StoreWriter): two daemons on two mailboxes share the site
+nnspam/services/models/fleet.py StoreWriter): two daemons on two mailboxes share the site
 model in a real ``redis-server``; a correction made in one mailbox files the next
 copy of that message in the other; a correction made while Redis is away is kept and
 learned when it returns."""

@@ -19,7 +19,7 @@ from nnspam.learning import keras_backend
 from nnspam.learning.arch import MLP
 from nnspam.learning.network import Network
 from nnspam.mail.corpus import load_split_samples
-from nnspam.services.training import tokenize_samples, train_model
+from nnspam.services.runs.training import tokenize_samples, train_model
 
 from conftest import ROOT, SMS_FILE, SMS_SPLIT, make_message, needs_corpora
 
@@ -85,7 +85,7 @@ def test_numpy_forward_matches_keras_predict_on_every_test_message(monkeypatch, 
     assert ours.shape == theirs.shape == (len(test), 2)
     assert np.max(np.abs(ours - theirs)) < 1e-5
     # the model learned something: spam ranks above ham
-    from nnspam.services.evaluate import roc_auc
+    from nnspam.services.runs.evaluate import roc_auc
 
     y = np.array([s.label == "spam" for s in test])
     assert roc_auc(y, ours[:, 0]) > 0.9
@@ -141,12 +141,12 @@ from nnspam.model.core import Model
 sys.stdin = io.TextIOWrapper(io.BytesIO(Path({str(tmp_path / 'msg.eml')!r}).read_bytes()))
 main(['filter', '-m', {str(out)!r}])
 main(['classify', '-m', {str(out)!r}, {str(tmp_path / 'msg.eml')!r}])
-from nnspam.services.registry import ModelRegistry
-from nnspam.services.serve_settings import serve_settings
+from nnspam.services.models.registry import ModelRegistry
+from nnspam.services.models.serve_settings import serve_settings
 reg = ModelRegistry(serve_settings(load_config(None), model={str(out)!r}))
 reg.classify(Path({str(tmp_path / 'msg.eml')!r}).read_bytes())
-from nnspam.services.sorter import Sorter
-from nnspam.services.state import State
+from nnspam.services.delivery.sorter import Sorter
+from nnspam.services.delivery.state import State
 md = Path({str(tmp_path / 'Maildir')!r})
 for d in ('new', 'cur', 'tmp'):
     (md / d).mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 Every module of the package is parsed with :mod:`ast` and every ``import`` and
 ``from ... import`` is collected wherever it is: at the top of the file, inside a
 function, under ``if TYPE_CHECKING:``. A deferred import still couples two modules,
-so it counts. The layers are the table in :mod:`nnspam._layers` (lowest first).
+so it counts. The layers are the table in :mod:`nnspam._layers` (lowest first), and
+inside ``services`` its sub-packages are ranked by ``SERVICES`` there: shared modules,
+then ``models``, then the siblings ``delivery``, ``spamd`` and ``runs``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspam._layers import LAYERS, layer_of
+from nnspam._layers import LAYERS, SERVICES, layer_of, services_rule, sublayer_of
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnspam"
 ROOT = PACKAGE.parent
@@ -111,8 +113,8 @@ def cycles(edges: Edges) -> list[list[str]]:
     return sorted(out)
 
 
-def where(module: str, lines: list[int], files: dict[str, Path]) -> str:
-    path = files[module].relative_to(ROOT)
+def where(module: str, lines: list[int], files: dict[str, Path], root: Path = ROOT) -> str:
+    path = files[module].relative_to(root)
     return ", ".join(f"{path}:{n}" for n in sorted(set(lines)))
 
 
@@ -179,15 +181,55 @@ def test_no_import_cycle():
                     + "\n".join(report), pytrace=False)
 
 
+def services_violations(edges: Edges, files: dict[str, Path], root: Path = ROOT
+                        ) -> list[str]:
+    """One line per import inside ``services`` that breaks :func:`services_rule` (a higher
+    room, or a sibling room), with its file and line."""
+    bad = []
+    for m, targets in sorted(edges.items()):
+        for t, lines in sorted(targets.items()):
+            if (why := services_rule(m, t)) is not None:
+                bad.append(f"  {where(m, lines, files, root)}: {m} imports {t}: {why}")
+    return bad
+
+
+def test_every_services_module_has_a_room():
+    missing = [f"  {m} ({FILES[m].relative_to(ROOT)})" for m in sorted(FILES)
+               if m.startswith("nnspam.services") and sublayer_of(m) is None]
+    if missing:
+        pytest.fail("services modules with no room (add each to SERVICES in "
+                    "nnspam/_layers.py):\n" + "\n".join(missing), pytrace=False)
+
+
+def test_every_services_entry_names_a_module():
+    entries = [e for _, _, _, mods in SERVICES for e in mods]
+    stale = [e for e in entries
+             if (e[:-2] if e.endswith(".*") else e) not in FILES]
+    dup = sorted({e for e in entries if entries.count(e) > 1})
+    assert not stale, f"SERVICES in nnspam/_layers.py names modules that do not exist: {stale}"
+    assert not dup, f"SERVICES in nnspam/_layers.py places a module twice: {dup}"
+
+
+def test_services_rooms_import_only_down():
+    """Shared services modules < models < delivery, spamd, runs; the three siblings
+    never import each other (no spamd module imports delivery, nor the reverse)."""
+    bad = services_violations(GRAPH, FILES)
+    if bad:
+        pytest.fail("imports across the rooms of services (a room imports only itself or a "
+                    f"lower one, never a sibling; {TABLE_HINT}):\n" + "\n".join(bad),
+                    pytrace=False)
+
+
 @pytest.mark.parametrize("entry", [
-    "nnspam.model.correct", "nnspam.services.daemon", "nnspam.services.server",
-    "nnspam.services.sorter", "nnspam.services.pipefilter", "nnspam.front.sms.store",
+    "nnspam.model.correct", "nnspam.services.delivery.daemon", "nnspam.services.spamd.server",
+    "nnspam.services.delivery.sorter", "nnspam.services.delivery.pipefilter",
+    "nnspam.front.sms.store",
     "nnspam.front.sms.webhook", "nnspam.front.dashboard.app", "nnspam.front.sms.poller"])
 def test_serving_paths_never_reach_the_batch_trainer(entry):
     """The correction routine, the daemon, the server and SMS learn through
     ``nnspam.model.correct``; none of them needs the batch trainer or the corpus readers."""
     reached = closure(GRAPH, [entry])
-    bad = [" -> ".join(reached[m]) for m in ("nnspam.services.training", "nnspam.mail.corpus")
+    bad = [" -> ".join(reached[m]) for m in ("nnspam.services.runs.training", "nnspam.mail.corpus")
            if m in reached]
     assert not bad, f"{entry} reaches the batch trainer or corpus readers: {bad}"
 
@@ -215,3 +257,45 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
     assert g["p.sub.d"] == {"p": [1], "p.sub": [2]}
     assert cycles(g) == [["p.a", "p.b"]]
     assert closure(g, ["p.b"])["p.c"] == ["p.b", "p.a", "p.c"]
+
+
+def test_the_services_rule():
+    shared, models = "nnspam.services.verdict", "nnspam.services.models.fleet"
+    daemon, server = "nnspam.services.delivery.daemon", "nnspam.services.spamd.server"
+    training = "nnspam.services.runs.training"
+    for ok in ((models, shared), (daemon, models), (server, models), (server, shared),
+               (training, shared), (daemon, "nnspam.services.delivery.sorter"),
+               (daemon, "nnspam.model.core"), ("nnspam.front.commands", server)):
+        assert services_rule(*ok) is None, ok
+    for bad, word in (((shared, models), "higher"), ((models, daemon), "higher"),
+                      (("nnspam.services.scoring", server), "higher"),
+                      ((server, daemon), "sibling"), ((daemon, server), "sibling"),
+                      ((training, daemon), "sibling"), ((server, training), "sibling")):
+        assert word in (services_rule(*bad) or ""), bad
+
+
+def test_the_services_check_names_file_and_line(tmp_path):
+    """A synthetic package with a sibling import and an upward one: both reported, each
+    with its file and line (the check can fail)."""
+    pkg = tmp_path / "nnspam"
+    for d in ("services/spamd", "services/delivery", "services/models"):
+        (pkg / d).mkdir(parents=True)
+    for f in ("__init__.py", "services/__init__.py", "services/verdict.py",
+              "services/spamd/__init__.py", "services/delivery/__init__.py",
+              "services/delivery/daemon.py", "services/models/__init__.py",
+              "services/models/fleet.py"):
+        (pkg / f).write_text("")
+    (pkg / "services/spamd/server.py").write_text(
+        "import os\n"
+        "from nnspam.services.models import fleet\n"
+        "def f():\n"
+        "    from nnspam.services.delivery.daemon import Daemon\n")
+    (pkg / "services/verdict.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from nnspam.services.models.fleet import Store\n")
+    files = module_files(pkg)
+    bad = services_violations(import_graph(files), files, tmp_path)
+    assert len(bad) == 2, bad
+    assert bad[0].startswith("  nnspam/services/spamd/server.py:4: ") and "sibling" in bad[0]
+    assert bad[1].startswith("  nnspam/services/verdict.py:3: ") and "higher" in bad[1]

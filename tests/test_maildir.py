@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nnspam.mail import maildir as md
-from nnspam.services.state import Record, State
+from nnspam.services.delivery.state import Record, State
 
 
 def test_deliver_rename_and_link_end_in_new_with_the_same_bytes(tmp_path):

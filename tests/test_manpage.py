@@ -65,7 +65,7 @@ def test_page_is_current(builder: ModuleType, page: str,
 
 def _filter_fast_path() -> argparse.ArgumentParser:
     """The parser ``nnspam filter`` really runs (cli.main's fast path)."""
-    from nnspam.services import spamc
+    from nnspam.services.delivery import spamc
 
     return spamc.build_parser()
 

@@ -458,7 +458,7 @@ def test_multiprocess_mode_adds_up_forked_processes_in_process(tmp_path):
 
 
 def test_instrumented_models_time_and_count(tmp_path):
-    from nnspam.services.pipefilter import Result
+    from nnspam.services.scoring import Result
 
     class Models:
         def classify(self, raw, user=None):

@@ -12,7 +12,7 @@ import pytest
 from nnspam import config as C
 from nnspam.model.core import Model, ModelError, spamicity
 from nnspam.model.correct import Rule, correct_payloads
-from nnspam.services.training import train_model
+from nnspam.services.runs.training import train_model
 
 from conftest import make_message, needs_corpora
 from helpers import tiny_samples, train_tiny

@@ -23,7 +23,7 @@ from nnspam.config import load_config
 from nnspam.front import cli
 from nnspam.model.core import Model
 from nnspam.model.correct import correct, rule_from_config
-from nnspam.services.stream import start_model
+from nnspam.services.runs.stream import start_model
 
 from conftest import ROOT, make_message
 from helpers import train_tiny
@@ -80,8 +80,8 @@ def test_nnspam_learn(setup):
 
 def test_daemon_sorter_junk_move(setup):
     from nnspam.mail import maildir as md
-    from nnspam.services.daemon import Daemon, settings_from_config
-    from nnspam.services.state import State
+    from nnspam.services.delivery.daemon import Daemon, settings_from_config
+    from nnspam.services.delivery.state import State
 
     tmp, base, cfg_file, cfg, msg, ref = setup
     m = _copy(base, tmp / "daemon")
@@ -103,8 +103,8 @@ def test_daemon_sorter_junk_move(setup):
 
 
 def test_server_tell(setup):
-    from nnspam.services.registry import ModelRegistry
-    from nnspam.services.serve_settings import serve_settings
+    from nnspam.services.models.registry import ModelRegistry
+    from nnspam.services.models.serve_settings import serve_settings
 
     tmp, base, _, cfg, _, ref = setup
     m = _copy(base, tmp / "serve")
@@ -114,7 +114,7 @@ def test_server_tell(setup):
 
 
 def test_online_learner_and_trec_train(setup):
-    from nnspam.services.online import OnlineFilter
+    from nnspam.services.runs.online import OnlineFilter
 
     tmp, base, cfg_file, cfg, msg, ref = setup
     f = OnlineFilter.create(tmp / "online", str(base), cfg)

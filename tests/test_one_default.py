@@ -99,7 +99,7 @@ def test_the_sorter_corrects_at_its_own_operating_point(tmp_path):
     corrections at 0.9: the rule's point is the sorter's."""
     from nnspam.model.core import Model
     from nnspam.model.delta import private_copy
-    from nnspam.services.sorter import Sorter
+    from nnspam.services.delivery.sorter import Sorter
 
     sorter = Sorter(private_copy(Model.load("default")), None, threshold=0.9,
                     rule=rule_from_config({}))

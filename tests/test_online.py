@@ -1,10 +1,10 @@
-"""OnlineFilter (nnspam/services/online.py): classify-then-train, persistence, SMS flavour."""
+"""OnlineFilter (nnspam/services/runs/online.py): classify-then-train, persistence, SMS flavour."""
 
 from __future__ import annotations
 
 import pytest
 
-from nnspam.services.online import FREE_PREFIX, OnlineError, OnlineFilter, online_settings
+from nnspam.services.runs.online import FREE_PREFIX, OnlineError, OnlineFilter, online_settings
 
 from conftest import make_message
 

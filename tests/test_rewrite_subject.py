@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nnspam.mail.headers import tag_subject
-from nnspam.services.pipefilter import classify, settings
+from nnspam.services.scoring import classify, settings
 
 from conftest import Server, make_message
 

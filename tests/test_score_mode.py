@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from nnspam.services.pipefilter import spamassassin_fields
-from nnspam.services.spamd import score_line
+from nnspam.services.scoring import spamassassin_fields
+from nnspam.services.spamd.protocol import score_line
 from nnspam.services.verdict import sa_points
 
 from conftest import Server, make_message

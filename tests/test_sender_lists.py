@@ -7,7 +7,7 @@ import pytest
 
 from nnspam.config import DEFAULTS, ConfigError, load_config, merge
 from nnspam.front import cli
-from nnspam.services.pipefilter import classify, model_scorer, settings
+from nnspam.services.scoring import classify, model_scorer, settings
 from nnspam.services.verdict import HAM, SPAM, SenderLists, score_tokens
 
 from conftest import Server, make_message
@@ -71,8 +71,8 @@ def test_classify_and_serve_use_the_lists(tmp_path, capsys):
 def test_the_daemon_s_sorter_files_by_the_lists(shipped, tmp_path):
     """A ham from a denied domain goes to Junk; a spammy message from an allowed one stays."""
     from nnspam.mail import maildir as md
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     cfg = merge(DEFAULTS, {"lists": {"deny": ["corp.example"], "allow": ["friends.example"]}})
     box = md.ensure_maildir(tmp_path / "Maildir")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from nnspam.services.registry import user_model_path
-from nnspam.services.spamd import EX_NOUSER, RequestError
+from nnspam.services.errors import EX_NOUSER, RequestError
+from nnspam.services.models.registry import user_model_path
 
 from conftest import Server, make_message, need
 
@@ -488,9 +488,9 @@ def test_a_tell_on_a_full_disk_answers_74_logs_one_line_and_keeps_the_model(
 
     from nnspam.config import DEFAULTS, merge
     from nnspam.model.core import Model
-    from nnspam.services.registry import ModelRegistry
-    from nnspam.services.serve_settings import serve_settings
-    from nnspam.services.spamd import EX_IOERR
+    from nnspam.services.errors import EX_IOERR
+    from nnspam.services.models.registry import ModelRegistry
+    from nnspam.services.models.serve_settings import serve_settings
 
     model = _model_copy(tmp_path / "model")
     before = _tree_digest(model)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspam.services import pipefilter
+from nnspam.services.delivery import pipefilter
 
 from conftest import Server, need
 from helpers import sa_sample, spamd_request
@@ -151,8 +151,8 @@ def test_tell_learns_into_a_model_of_ones_own_named_default_something(tmp_path,
     server once refused (77) every model whose name started with "default"."""
     from nnspam.config import DEFAULTS
     from nnspam.model.core import resolve_model_path
-    from nnspam.services.registry import ModelRegistry
-    from nnspam.services.serve_settings import serve_settings
+    from nnspam.services.models.registry import ModelRegistry
+    from nnspam.services.models.serve_settings import serve_settings
 
     shutil.copytree(resolve_model_path("default-sms"), tmp_path / "defaults-mine")
     weights = (tmp_path / "defaults-mine" / "weights.npz").read_bytes()
@@ -301,7 +301,7 @@ def test_one_blas_thread_also_after_numpy_is_loaded():
     scored on every core; a BLAS already loaded is limited too now, and the variables
     are set for what starts later."""
     code = ("import json, os; from nnspam.config import DEFAULTS; "
-            "from nnspam.services.serve_settings import serve_settings; "
+            "from nnspam.services.models.serve_settings import serve_settings; "
             "serve_settings(DEFAULTS, listen='127.0.0.1:0'); "
             "from nnspam.services.blas import one_blas_thread; one_blas_thread(); "
             "from threadpoolctl import threadpool_info; "
@@ -317,7 +317,8 @@ def test_one_blas_thread_also_after_numpy_is_loaded():
 
 def test_non_loopback_listen_needs_an_allow_list():
     from nnspam.config import DEFAULTS
-    from nnspam.services.serve_settings import ServerError, serve_settings
+    from nnspam.services.errors import ServerError
+    from nnspam.services.models.serve_settings import serve_settings
 
     with pytest.raises(ServerError, match="allow list"):
         serve_settings(DEFAULTS, listen="0.0.0.0:7830")
@@ -326,7 +327,7 @@ def test_non_loopback_listen_needs_an_allow_list():
 
 
 def test_score_line_mapping():
-    from nnspam.services.spamd import score_line
+    from nnspam.services.spamd.protocol import score_line
 
     assert score_line(0.97, 0.5, 10) == b"Spam: True ; 9.7 / 5.0"
     assert score_line(0.5, 0.5, 10) == b"Spam: True ; 5.0 / 5.0"  # at the threshold: spam
@@ -335,7 +336,7 @@ def test_score_line_mapping():
 
 
 def test_spamassassin_fields_replace_forged_ones_and_keep_the_body():
-    from nnspam.services.spamd import spamassassin_fields
+    from nnspam.services.spamd.protocol import spamassassin_fields
 
     raw = (b"From: a@example.org\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes,\r\n score=99\r\n"
            b"Subject: hi\r\n\r\nbody \xff\r\n")
@@ -443,7 +444,8 @@ def test_bad_listen_address_is_one_line_exit_2(tmp_path, listen, named):
 
 def test_bad_serve_settings_in_the_config_are_server_errors():
     from nnspam.config import DEFAULTS, merge
-    from nnspam.services.serve_settings import ServerError, serve_settings
+    from nnspam.services.errors import ServerError
+    from nnspam.services.models.serve_settings import serve_settings
 
     for serve, named in [({"listen": "127.0.0.1:70000"}, "serve.listen '127.0.0.1:70000'"),
                          ({"listen": 783}, "serve.listen must be HOST:PORT"),

@@ -130,8 +130,8 @@ def test_sigterm_drains_the_request_in_flight(tmp_path, sa_corpus, workers):
 # -- per-user models -----------------------------------------------------------------
 
 def test_user_model_path_substitutions(tmp_path):
-    from nnspam.services.registry import user_model_path
-    from nnspam.services.spamd import RequestError
+    from nnspam.services.errors import RequestError
+    from nnspam.services.models.registry import user_model_path
 
     assert user_model_path("/var/lib/nnspam/users/%u/model", "alice") == Path(
         "/var/lib/nnspam/users/alice/model")

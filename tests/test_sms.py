@@ -154,7 +154,7 @@ def test_daemon_and_sms_store_build_one_sorter_from_the_config(tmp_path):
     from the config, as the filter, the server and nnspam classify do)."""
     from nnspam.front.sms.store import open_store
     from nnspam.model.core import Model
-    from nnspam.services.daemon import Daemon, settings_from_config
+    from nnspam.services.delivery.daemon import Daemon, settings_from_config
 
     model = Model.load("default-sms")
     assert (model.ham_factor, model.spam_factor, model.threshold) == (0.9, 0.1, 0.5)
@@ -309,8 +309,9 @@ def test_flask_and_twilio_stay_off_the_filter_and_daemon_path():
     import sys
 
     code = ("import sys, nnspam.front.cli as c; c.build_parser(); "
-            "import nnspam.services.daemon, nnspam.services.sorter, nnspam.model.core; "
-            "import nnspam.services.pipefilter; "
+            "import nnspam.services.delivery.daemon, nnspam.services.delivery.sorter; "
+            "import nnspam.model.core; "
+            "import nnspam.services.delivery.pipefilter; "
             "import nnspam.front.sms.store; "
             "nnspam.model.core.Model.load('default-sms').score(['hello']);"
             "print(sorted(m for m in ('flask', 'twilio', 'werkzeug', 'waitress') "

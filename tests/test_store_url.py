@@ -1,7 +1,7 @@
 """A ``store:`` URL that cannot work is said in one line, by every command (issue 22,
 fault 7): a URL redis-py cannot parse is a config error (exit 2), a server that is not
 Redis is named as such, and an address that never answers is reported within seconds
-(nnspam/services/store.py: check_url, Store's timeouts; nnspam/config.py)."""
+(nnspam/services/models/store.py: check_url, Store's timeouts; nnspam/config.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from nnspam import config
 from nnspam.config import ConfigError, load_config
-from nnspam.services import store as S
+from nnspam.services.models import store as S
 
 from conftest import make_message
 

@@ -1,4 +1,4 @@
-"""nnspam stream (nnspam/services/stream.py) and corrections that stick, on real mail."""
+"""nnspam stream (nnspam/services/runs/stream.py) and corrections that stick, on real mail."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from nnspam.front import cli
 from nnspam.model.core import Model
 from nnspam.model.correct import correct, rule_from_config
-from nnspam.services.stream import (
+from nnspam.services.runs.stream import (
     StreamError,
     load_messages,
     read_index,
@@ -148,7 +148,7 @@ def enron_errors():
 @needs_corpora
 def test_fifty_corrections_stick_and_do_not_undo_the_model(enron_errors):
     from nnspam.mail.corpus import load_split_samples
-    from nnspam.services.training import tokenize_samples
+    from nnspam.services.runs.training import tokenize_samples
 
     test = load_split_samples(str(SA_SPLIT), str(SA_TAR), "test")
     toks = tokenize_samples([s.payload for s in test])

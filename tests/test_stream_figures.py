@@ -1,6 +1,6 @@
 """Figures of a stream (issue 23, parts 3-5): a score written with full resolution
 (``nnspam stream --out``), the spam missed at a fixed ham loss
-(:func:`nnspam.services.evaluate.spam_missed_at_ham_loss`), and the TREC reference learner
+(:func:`nnspam.services.runs.evaluate.spam_missed_at_ham_loss`), and the TREC reference learner
 as a peer of ``scripts/bench/stream.py``, on small hand-made streams."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from nnspam.front import cli
-from nnspam.services import stream as nn_stream
-from nnspam.services.evaluate import (
+from nnspam.services.runs import stream as nn_stream
+from nnspam.services.runs.evaluate import (
     HAM_LOSS_POINTS,
     ham_loss_threshold,
     roc_auc,
     spam_missed_at_ham_loss,
 )
-from nnspam.services.stream import Step, ham_loss_key, summarize
+from nnspam.services.runs.stream import Step, ham_loss_key, summarize
 
 from conftest import ROOT, make_message
 

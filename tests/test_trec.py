@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from nnspam.mail.corpus import read_split
-from nnspam.services.evaluate import roc_auc
+from nnspam.services.runs.evaluate import roc_auc
 
 from conftest import SA_SPLIT, needs_corpora
 
@@ -90,7 +90,7 @@ def test_trec_protocol_untrained_learns(sa_corpus, tmp_path):
     cfg.write_text("online:\n  inputs: 2000\n")
     env["NNSPAM_TREC_CONFIG"] = str(cfg)
     scores, gold = drive(_stream(sa_corpus, 100), env, cwd)
-    from nnspam.services.online import OnlineFilter
+    from nnspam.services.runs.online import OnlineFilter
 
     assert OnlineFilter.load(env["NNSPAM_TREC_DIR"]).model.network.n_inputs == 2000
     y, s = np.array(gold), np.array(scores)
@@ -152,7 +152,7 @@ def test_trec_scripts_load_no_heavy_modules(tmp_path):
 def test_trec_classify_prints_the_logit_in_full(tmp_path):
     """score= is the spamicity's logit, printed so that it reads back as the very float the
     filter computed (the ranking is kept where spamicities round to 0 or 1)."""
-    from nnspam.services.online import OnlineFilter
+    from nnspam.services.runs.online import OnlineFilter
 
     env = _env(tmp_path, "default")
     _run([str(TREC / "initialize")], env, tmp_path)
@@ -180,7 +180,7 @@ def test_trec_untrained_sms(tmp_path, kind):
     out = _run([str(TREC / "classify"), str(msg)], env, tmp_path)
     assert LINE.match(out)
     _run([str(TREC / "train"), "spam", str(msg), "ham", "-"], env, tmp_path)
-    from nnspam.services.online import OnlineFilter
+    from nnspam.services.runs.online import OnlineFilter
 
     assert OnlineFilter.load(env["NNSPAM_TREC_DIR"]).kind == "sms"
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from nnspam.services.pipefilter import SA_FIELDS, classify, spamassassin_fields
+from nnspam.services.scoring import SA_FIELDS, classify, spamassassin_fields
 
 from conftest import Server, need, needs_corpora
 from helpers import FixedModel, SieveEnv, sa_sample
@@ -118,8 +118,8 @@ def test_the_daemon_files_unsure_mail_apart_and_learns_where_the_user_moves_it(t
     from nnspam.config import DEFAULTS
     from nnspam.mail import maildir as md
     from nnspam.model.core import Model
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     box = md.ensure_maildir(tmp_path / "Maildir")
     st = State(tmp_path / "s.sqlite3")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from nnspam.front import cli
-from nnspam.services.spamd import score_line
+from nnspam.services.spamd.protocol import score_line
 from nnspam.services.verdict import sa_threshold
 
 from conftest import Server, make_message

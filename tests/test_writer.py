@@ -167,8 +167,8 @@ def test_sorters_of_two_processes_keep_all_corrections(tmp_path, sms_model):
     """The Sorter (daemon, SMS store) learns through the writer: a checkpoint every
     N corrections re-reads another writer's save and keeps both sides' corrections."""
     from nnspam.model.writer import ModelWriter, load_with_stamp
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     model, stamp = load_with_stamp(sms_model)
     sorter = Sorter(model, State(tmp_path / "s.sqlite3"), model_path=str(sms_model),

@@ -455,12 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=4, help="waitress worker threads (4)")
     sp.set_defaults(func=commands.cmd_dashboard)
 
-    from nnspam.services import pipefilter
+    from nnspam.services.delivery import pipefilter
 
     sp = sub.add_parser("filter", help="pipe filter: add X-NNSpam headers to one message",
                         description=textwrap.fill(pipefilter.DESCRIPTION, 78))
     pipefilter.add_arguments(sp)
-    from nnspam.services import spamc
+    from nnspam.services.delivery import spamc
 
     spamc.add_arguments(sp)
     sp.set_defaults(func=commands.cmd_filter)
@@ -472,9 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["filter"]:
         # The pipe filter runs once per delivered message: dispatch before the
         # full parser is built and anything but the filter's own code is loaded.
-        # nnspam.services.spamc classifies through filter.server when one answers, else
-        # in-process (nnspam.services.pipefilter).
-        from nnspam.services.spamc import main as filter_main
+        # nnspam.services.delivery.spamc classifies through filter.server when one answers, else
+        # in-process (nnspam.services.delivery.pipefilter).
+        from nnspam.services.delivery.spamc import main as filter_main
 
         return filter_main(argv[1:])
     from nnspam.front import commands

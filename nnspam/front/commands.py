@@ -67,8 +67,8 @@ def _point(args: argparse.Namespace, cfg: dict[str, Any]
            ) -> tuple[float, float, float, tuple[float, float] | None]:
     """The operating point of a command: (ham factor, spam factor, threshold, unsure
     band), the config's with the command line's --ham-factor/--spam-factor/--threshold
-    over it, checked as every front checks it (:func:`nnspam.services.pipefilter.settings`)."""
-    from nnspam.services.pipefilter import settings
+    over it, checked as every front checks it (:func:`nnspam.services.scoring.settings`)."""
+    from nnspam.services.scoring import settings
 
     h = args.ham_factor if getattr(args, "ham_factor", None) is not None else cfg["ham_factor"]
     s = args.spam_factor if getattr(args, "spam_factor", None) is not None else cfg["spam_factor"]
@@ -141,10 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nnspam import config as C
     from nnspam.learning.wordlist import read_wordlist
     from nnspam.mail.corpus import iter_messages
-    from nnspam.services.training import train_model
+    from nnspam.services.runs.training import train_model
 
     if args.dask:  # a bad --dask value is told before the corpus is read
-        from nnspam.services.distributed import DistributedError, parse_address
+        from nnspam.services.runs.distributed import DistributedError, parse_address
 
         try:
             parse_address(args.dask)
@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stream = None
     if args.dask and args.split and args.corpus and not args.sms:
         # on a cluster, the archive is read a shard at a time and each shard sent on as it
-        # is read (nnspam.services.distributed); here only the names and labels are held
+        # is read (nnspam.services.runs.distributed); here only the names and labels are held
         from nnspam.mail.corpus import Sample, iter_split_samples, read_split
 
         samples = [Sample(p, b"", label) for p, label, _ in read_split(args.split, "train")]
@@ -208,8 +208,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               provenance=provenance, arch=args.arch, backend=args.backend,
               balance=args.balance, arch_settings=cfg["arch"])
     if args.dask:
-        # the expensive parts on a Dask cluster (nnspam.services.distributed); same model
-        from nnspam.services.distributed import cluster, train_on_cluster
+        # the expensive parts on a Dask cluster (nnspam.services.runs.distributed); same model
+        from nnspam.services.runs.distributed import cluster, train_on_cluster
 
         try:
             with cluster(args.dask) as client:
@@ -235,7 +235,7 @@ def _classify_stream(model, samples, h: float, s: float, t: float, chunk: int = 
     """Yield (sample, spamicity, verdict) over an iterable of samples, scored and judged
     by the one routine of every front (:func:`nnspam.services.verdict.score_tokens`, the
     unsure band included), chunked so that memory stays bounded on big maildirs."""
-    from nnspam.services.training import tokenize_samples
+    from nnspam.services.runs.training import tokenize_samples
     from nnspam.services.verdict import score_tokens
 
     buf: list[Sample] = []
@@ -295,7 +295,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from nnspam.model.core import Model
     from nnspam.model.explain import explain
     from nnspam.services.explanation import explain_json, explain_text
-    from nnspam.services.pipefilter import settings
+    from nnspam.services.scoring import settings
     from nnspam.services.verdict import verdict
 
     if args.words < 1:
@@ -374,8 +374,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     import numpy as np
 
     from nnspam.mail.corpus import iter_messages
-    from nnspam.services.evaluate import evaluate, format_table, plot
-    from nnspam.services.training import labels_of
+    from nnspam.services.runs.evaluate import evaluate, format_table, plot
+    from nnspam.services.runs.training import labels_of
 
     if args.plot:  # before minutes of scoring, not after
         try:
@@ -546,7 +546,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise UsageError("--epochs must be at least 1")
         rule = rule.with_(passes=args.epochs, max_passes=max(args.epochs, rule.max_passes))
     if cfg.get("store"):  # a fleet's models (config store:): through its stream, one learner
-        from nnspam.services.fleet_admin import learn_command
+        from nnspam.services.models.fleet_admin import learn_command
 
         samples = list(iter_messages(args.paths))
         if not samples:
@@ -601,8 +601,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    """``nnspam store list|push|pull`` (:mod:`nnspam.services.fleet_admin`)."""
-    from nnspam.services import fleet_admin
+    """``nnspam store list|push|pull`` (:mod:`nnspam.services.models.fleet_admin`)."""
+    from nnspam.services.models import fleet_admin
 
     cfg = _config(args)
     if not cfg.get("store"):
@@ -623,8 +623,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from nnspam.services.evaluate import HAM_LOSS_POINTS
-    from nnspam.services.stream import (
+    from nnspam.services.runs.evaluate import HAM_LOSS_POINTS
+    from nnspam.services.runs.stream import (
         StreamError,
         ham_loss_key,
         load_messages,
@@ -709,12 +709,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """``nnspam init MAILDIR -m DIR``: the first day (nnspam/services/first_day.py)."""
+    """``nnspam init MAILDIR -m DIR``: the first day (nnspam/services/runs/first_day.py)."""
     import os
     from pathlib import Path
 
     from nnspam.model.writer import replace_model
-    from nnspam.services.first_day import FirstDayError, learn_mailbox, mailbox_items
+    from nnspam.services.runs.first_day import FirstDayError, learn_mailbox, mailbox_items
 
     cfg = _config(args)
     dest = Path(args.model).expanduser()
@@ -767,7 +767,7 @@ def cmd_build_wordlist(args: argparse.Namespace) -> int:
     from nnspam.config import load_config
     from nnspam.learning.wordlist import build, write_wordlist
     from nnspam.mail.corpus import iter_messages
-    from nnspam.services.training import tokenize_samples
+    from nnspam.services.runs.training import tokenize_samples
 
     cfg = load_config(args.config)
     method = args.method or ("freq" if not args.ham else cfg["wordlist"]["method"])
@@ -799,15 +799,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     """Normally reached through the fast path in :func:`main`."""
-    from nnspam.services.spamc import run
+    from nnspam.services.delivery.spamc import run
 
     return run(args)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    """Run the maildir daemon until SIGTERM (see nnspam/services/daemon.py)."""
+    """Run the maildir daemon until SIGTERM (see nnspam/services/delivery/daemon.py)."""
     from nnspam.services import metrics
-    from nnspam.services.daemon import Daemon, DaemonError, settings_from_config, setup_logging
+    from nnspam.services.delivery.daemon import (
+        Daemon,
+        DaemonError,
+        settings_from_config,
+        setup_logging,
+    )
 
     setup_logging()
     cfg = _config(args)
@@ -820,13 +825,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
-    """Run nnspam imap until SIGTERM (see nnspam/services/imap.py)."""
+    """Run nnspam imap until SIGTERM (see nnspam/services/delivery/imap.py)."""
     import signal
     import threading
 
     from nnspam.model.core import ModelError
-    from nnspam.services.daemon import setup_logging
-    from nnspam.services.imap import ImapError, run
+    from nnspam.services.delivery.daemon import setup_logging
+    from nnspam.services.delivery.imap import ImapError, run
     from nnspam.services.systemd import sd_notify
 
     setup_logging()
@@ -848,12 +853,13 @@ def cmd_imap(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the SPAMC/SPAMD scoring server until SIGTERM (see nnspam/services/server.py)."""
+    """Run the SPAMC/SPAMD scoring server until SIGTERM (see nnspam/services/spamd/server.py)."""
     import logging
 
     from nnspam.services import metrics
-    from nnspam.services.serve_settings import ServerError, serve_settings
-    from nnspam.services.server import run_server
+    from nnspam.services.errors import ServerError
+    from nnspam.services.models.serve_settings import serve_settings
+    from nnspam.services.spamd.server import run_server
     from nnspam.services.systemd import log_format
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # pid: which worker

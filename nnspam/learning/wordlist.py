@@ -88,7 +88,7 @@ class DocCounts:
     spam and ham messages that hold it and its total count in each class, and the
     number of messages of each class. Counts of parts of a corpus add up (``a + b``) to
     the counts of the whole, so shards counted apart (on a Dask cluster,
-    :mod:`nnspam.services.distributed`) give exactly the word list of one pass."""
+    :mod:`nnspam.services.runs.distributed`) give exactly the word list of one pass."""
 
     df_spam: dict[str, int] = field(default_factory=dict)
     df_ham: dict[str, int] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """A model as bytes, and a per-user model as its difference from the site model.
 
 A fleet of ``nnspam serve`` instances keeps its models in a shared store
-(:mod:`nnspam.services.store`), never pickled: the site model as the bytes of its
+(:mod:`nnspam.services.models.store`), never pickled: the site model as the bytes of its
 files (``model.json``, ``weights.npz``, ``journal.npz``: :func:`model_files`,
 :func:`model_from_files`), and each per-user model as what it has that the site
 model does not (:func:`make_delta`, :func:`apply_delta`).

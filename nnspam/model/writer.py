@@ -3,7 +3,8 @@
 Every front that saves a learned model goes through this module: the daemon's
 checkpoints (also the one before a SIGHUP reload and at shutdown), ``nnspam
 learn``, the server's TELL, the SMS store and dashboard (all three through
-:class:`nnspam.services.sorter.Sorter` or the server's :class:`nnspam.services.registry.ModelSlot`),
+:class:`nnspam.services.delivery.sorter.Sorter` or the server's
+:class:`nnspam.services.models.registry.ModelSlot`),
 and the whole-model saves of ``nnspam train`` and ``nnspam stream --save``
 (:func:`replace_model`). Two of them running at once on one directory then
 never lose each other's lessons; before, the daemon's checkpoint saved the

@@ -16,7 +16,7 @@ below shows both.
     punctuation (space, ``,``, ``=``, ``(``, ``)``, ``;``, ``"``, ``\\``, ``%``), so the
     value is one line of ASCII; it is cut to :data:`HEADER_MAX` characters.
 SYMBOLS
-    the verdict's symbol (``NNSPAM_SPAM``, ``NNSPAM_HAM``, ``NNSPAM_UNSURE``: spamd.py),
+    the verdict's symbol (``NNSPAM_SPAM``, ``NNSPAM_HAM``, ``NNSPAM_UNSURE``: spamd/protocol.py),
     then one symbol per word:
     ``NNSPAM_SPAMMY_CLICK`` for a word that pushed towards spam, ``NNSPAM_HAMMY_WROTE``
     towards ham (SpamAssassin's names for Bayes tokens), the word in upper case with

@@ -67,7 +67,7 @@ __all__ = ["METRICS", "VERDICTS", "PATHS", "ERROR_KINDS", "BUCKETS", "MetricsErr
 log = logging.getLogger("nnspam.metrics")
 
 FRONTS = ("serve", "daemon")
-#: The verdicts a message is counted under (pipefilter.Result.verdict, the daemon's).
+#: The verdicts a message is counted under (scoring.Result.verdict, the daemon's).
 VERDICTS = ("spam", "ham", "unsure", "skipped", "error")
 #: The paths a correction is learned by, per front.
 PATHS = {"serve": ("tell",), "daemon": ("daemon", "confident")}
@@ -134,10 +134,10 @@ class MetricsError(Exception):
 def address(cfg: dict[str, Any], option: str | None) -> tuple[str, int] | None:
     """The address to serve ``/metrics`` on: ``--metrics`` (``option``) when given, else
     the config's ``metrics`` setting; None when both are unset (metrics off). Checked
-    as ``serve.listen`` is (:func:`nnspam.services.serve_settings.parse_listen`: IP:PORT
+    as ``serve.listen`` is (:func:`nnspam.services.errors.parse_listen`: IP:PORT
     or [IPv6]:PORT, port 0..65535), and prometheus_client must be installed (the
     ``metrics`` extra), so that either mistake is one line before anything starts."""
-    from nnspam.services.serve_settings import ServerError, parse_listen
+    from nnspam.services.errors import ServerError, parse_listen
 
     value = option if option is not None else cfg.get("metrics")
     if value is None:
@@ -318,7 +318,7 @@ def worker_ended(pid: int, expected: bool) -> None:
 
 
 class _InstrumentedModels:
-    """The server's models (:class:`nnspam.services.spamd.Models`) with every
+    """The server's models (:class:`nnspam.services.spamd.protocol.Models`) with every
     classification timed and counted by verdict, and every TELL learned counted."""
 
     def __init__(self, models: Any, metrics: Metrics) -> None:

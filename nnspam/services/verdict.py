@@ -2,10 +2,10 @@
 
 Every front decides the same way through this module: the pipe filter and the scoring
 server (the X-NNSpam and spamd answers), the maildir daemon and the SMS store (through
-:class:`nnspam.services.sorter.Sorter`), ``nnspam classify``/``test``, ``nnspam stream``, the
-online learner and the evaluation tables. A message is spam when its spamicity is at or
-above the threshold (``spamicity >= threshold``: exactly at the threshold is spam, as
-the ``X-NNSpam-Status`` header always said); a NaN spamicity is never spam.
+:class:`nnspam.services.delivery.sorter.Sorter`), ``nnspam classify``/``test``,
+``nnspam stream``, the online learner and the evaluation tables. A message is spam when
+its spamicity is at or above the threshold (``spamicity >= threshold``: exactly at the
+threshold is spam, as the ``X-NNSpam-Status`` header always said); a NaN spamicity is never spam.
 
 Why one module: the comparison was written inline at seven sites in four files, and a
 change of rule (an ``unsure`` band, a different side for the tie) has to reach all of

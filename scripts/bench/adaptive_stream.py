@@ -31,7 +31,7 @@ from nnspam import config as C
 from nnspam.mail.corpus import Sample, iter_messages
 from nnspam.model import adaptive
 from nnspam.model.correct import Rule, correct, observe, rule_from_config
-from nnspam.services.training import tokenize_samples, train_model
+from nnspam.services.runs.training import tokenize_samples, train_model
 
 TRAIN_PARTS = {"spam": "spam", "easy_ham": "ham"}
 STREAM_PARTS = {"spam_2": "spam", "easy_ham_2": "ham"}

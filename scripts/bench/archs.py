@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
-from nnspam.services.evaluate import evaluate  # noqa: E402
-from nnspam.services.training import labels_of, tokenize_samples, train_model  # noqa: E402
+from nnspam.services.runs.evaluate import evaluate  # noqa: E402
+from nnspam.services.runs.training import labels_of, tokenize_samples, train_model  # noqa: E402
 
 DEFAULT_RUNS = ("nnspam:numpy,nnspam:keras,deep:numpy,deep:keras,deep:keras:dbb,"
                 "sms-embedding:numpy,sms-embedding:keras")

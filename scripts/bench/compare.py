@@ -24,7 +24,7 @@ How each filter is run, and where its verdict comes from:
 nnspam        ``nnspam train --kind email|sms`` with the built-in defaults,
               ``nnspam classify`` (bulk), ``nnspam filter`` (one process per message);
               verdict: spamicity >= 0.5 (the default ham bias h=0.9, s=0.1). Online:
-              :class:`nnspam.services.online.OnlineFilter` (partial_fit and adaptive inputs),
+              :class:`nnspam.services.runs.online.OnlineFilter` (partial_fit and adaptive inputs),
               starting from an untrained network.
 bogofilter    ``bogofilter -C -d DB`` (compiled-in defaults, no config file), ``-s/-n``
               to register, ``-v -B`` to score; verdict: "Spam" (spamicity >= 0.99, its
@@ -72,7 +72,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
-from nnspam.services.evaluate import roc_auc, roc_curve  # noqa: E402
+from nnspam.services.runs.evaluate import roc_auc, roc_curve  # noqa: E402
 
 PEERS = ("nnspam", "bogofilter", "spamassassin", "spamprobe", "crm114")
 CRM_CLASSIFY = ("-{ isolate (:s:); { classify <osb unique microgroom> "

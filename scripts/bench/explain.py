@@ -13,7 +13,7 @@ with the shipped model, per message:
 
 * tokenizing, scoring (``Model.judge_tokens``) and explaining (``explain``: one
   occlusion row per input word of the message), with the number of input words;
-* the filter path in-process: :func:`nnspam.services.pipefilter.classify` with the
+* the filter path in-process: :func:`nnspam.services.scoring.classify` with the
   model's scorer, ``filter.words`` 0 against ``--words`` (each message timed in turn
   with and without, best of 3, so that load on the host hits both alike), and the
   ratio of the two;
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from nnspam.config import load_config  # noqa: E402
 from nnspam.model.core import Model  # noqa: E402
 from nnspam.model.explain import explain  # noqa: E402
-from nnspam.services import pipefilter  # noqa: E402
+from nnspam.services import scoring  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from filter_startup import find_corpus, pick  # noqa: E402  (the same corpus and sample)
@@ -72,9 +72,9 @@ def main() -> None:
         raws = [p.read_bytes() for p in paths]
         model = Model.load("default")
         cfg = load_config(None)
-        off = pipefilter.settings(cfg, "default")
+        off = scoring.settings(cfg, "default")
         cfg["filter"]["words"] = args.words
-        on = pipefilter.settings(cfg, "default")
+        on = scoring.settings(cfg, "default")
         for raw in raws[:5]:  # warm-up (imports, first allocations)
             explain(model, model.tokens(raw))
 
@@ -87,8 +87,8 @@ def main() -> None:
             expl_t.append(best_of(lambda toks=toks: explain(model, toks)))
             inputs.append(len(explain(model, toks).words))
 
-        def classify(raw: bytes, s: pipefilter.Settings) -> None:
-            res = pipefilter.classify(raw, pipefilter.model_scorer(model, s), s.threshold,
+        def classify(raw: bytes, s: scoring.Settings) -> None:
+            res = scoring.classify(raw, scoring.model_scorer(model, s), s.threshold,
                                       s.unsure, s.words)
             assert (b"X-NNSpam-Words: " in res.output) == (s.words > 0)
 
@@ -105,7 +105,7 @@ def main() -> None:
         print(f"tokenize              {ms(tok_t)}")
         print(f"score (judge_tokens)  {ms(score_t)}")
         print(f"explain               {ms(expl_t)}")
-        print("filter path in-process (pipefilter.classify: tokenize, score, headers):")
+        print("filter path in-process (scoring.classify: tokenize, score, headers):")
         print(f"  filter.words: 0     {ms(t_off)}")
         print(f"  filter.words: {args.words:<5} {ms(t_on)}")
         ratio = statistics.median(t_on) / statistics.median(t_off)

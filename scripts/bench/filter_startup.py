@@ -127,7 +127,7 @@ t0 = time.perf_counter()
 import numpy
 t1 = time.perf_counter()
 from nnspam import config
-from nnspam.services import pipefilter
+from nnspam.services.delivery import pipefilter
 from nnspam.model.core import Model, spamicity
 import nnspam.mail.tokens
 t2 = time.perf_counter()

@@ -7,7 +7,7 @@ sorts every message filed as unsure. Compared, on that rest:
 
 * ``shipped``: the shipped model, corrections only, no first day (what the README's
   corrections-only tables measure, here on the rest only);
-* ``init``: ``nnspam init`` on the first 10% (:func:`nnspam.services.first_day.learn_mailbox`:
+* ``init``: ``nnspam init`` on the first 10% (:func:`nnspam.services.runs.first_day.learn_mailbox`:
   an untrained network learning the mailbox in order), then corrections only;
 * ``init + unsure``: the same with the unsure band ``filter.unsure [0.5, 0.99]`` the
   first day recommends: unsure mail is filed apart and sorted by the user (learned), not
@@ -40,8 +40,8 @@ from stream import StreamBogofilter, load_index_stream  # noqa: E402
 
 from nnspam import config as C  # noqa: E402
 from nnspam.model.correct import correct, observe, rule_from_config  # noqa: E402
-from nnspam.services.first_day import learn_mailbox  # noqa: E402
-from nnspam.services.stream import start_model, tokenized  # noqa: E402
+from nnspam.services.runs.first_day import learn_mailbox  # noqa: E402
+from nnspam.services.runs.stream import start_model, tokenized  # noqa: E402
 from nnspam.services.verdict import verdict as verdict_of  # noqa: E402
 
 STREAMS = ("enron1", "enron2", "enron3", "enron4", "enron5", "enron6", "spamassassin-by-date")

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
-from nnspam.services.evaluate import evaluate  # noqa: E402
-from nnspam.services.training import labels_of, tokenize_samples, train_model  # noqa: E402
+from nnspam.services.runs.evaluate import evaluate  # noqa: E402
+from nnspam.services.runs.training import labels_of, tokenize_samples, train_model  # noqa: E402
 
 WL_KEYS = {"method", "size", "min_df"}
 FEAT_KEYS = {"scaling"}

@@ -29,8 +29,8 @@ from nnspam.learning import wordlist as wl  # noqa: E402
 from nnspam.learning.network import network_from_settings, stratified_split  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
 from nnspam.model.core import Model, spamicity  # noqa: E402
-from nnspam.services.evaluate import roc_auc  # noqa: E402
-from nnspam.services.training import labels_of, tokenize_samples  # noqa: E402
+from nnspam.services.runs.evaluate import roc_auc  # noqa: E402
+from nnspam.services.runs.training import labels_of, tokenize_samples  # noqa: E402
 
 
 def main() -> int:

@@ -73,8 +73,8 @@ def child(corpus: str, mode: str, corpora: Path, members: int | None,
     """One measurement, in this (fresh) process; returns the figures as a dict."""
     from nnspam import config as C
     from nnspam.mail.corpus import load_split_samples
-    from nnspam.services.evaluate import evaluate
-    from nnspam.services.training import labels_of, tokenize_samples, train_model
+    from nnspam.services.runs.evaluate import evaluate
+    from nnspam.services.runs.training import labels_of, tokenize_samples, train_model
 
     split_name, tar_name, unpacked = CORPORA[corpus]
     split = corpora / "splits" / split_name

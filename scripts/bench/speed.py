@@ -89,7 +89,7 @@ def per_message(payloads: list[bytes], repeat: int) -> None:
     """Section 3 of the module docstring."""
     sys.path.insert(0, str(ROOT))
     from nnspam.model.correct import correct, rule_from_config
-    from nnspam.services.stream import start_model
+    from nnspam.services.runs.stream import start_model
 
     model = start_model("default")
     rule = rule_from_config({})

@@ -38,14 +38,15 @@ trained the peers are first trained on the train part of ``splits/spamassassin.t
         shipped one regardless). The train part holds most of ``spamassassin-by-date`` and
         of the SMS collection: the reports give that overlap.
 empty   every filter starts from an empty database; nnspam from an untrained network whose
-        free input slots the stream fills (:func:`nnspam.services.stream.start_model` with None).
+        free input slots the stream fills (:func:`nnspam.services.runs.stream.start_model`
+        with None).
 
 How each filter is driven (each keeps its database in a temporary directory, never in ~):
 
-nnspam      in this process: :func:`nnspam.services.stream.replay` with the config's ``learn:`` rule
-            (:func:`nnspam.model.correct.rule_from_config`) and adaptive inputs on, as ``nnspam
-            stream`` and the daemon; score: the spamicity's logit; verdict: spamicity >=
-            the model's threshold (0.5 at the ham bias h=0.9, s=0.1).
+nnspam      in this process: :func:`nnspam.services.runs.stream.replay` with the config's
+            ``learn:`` rule (:func:`nnspam.model.correct.rule_from_config`) and adaptive
+            inputs on, as ``nnspam stream`` and the daemon; score: the spamicity's logit;
+            verdict: spamicity >= the model's threshold (0.5 at the ham bias h=0.9, s=0.1).
 bogofilter  one process per step: ``bogofilter -C -d DB -v -I FILE`` to classify (score: its
             spamicity; verdict: "Spam"; "Unsure" counts as not spam, as in compare.py, so an
             unsure spam is a miss and is learned in errors mode), ``-s``/``-n -I FILE`` to
@@ -75,7 +76,7 @@ Per stream and filter it writes (``--out DIR``): ``stream-<name>-<feedback>-<sta
 ``.md`` and ``.png`` (cumulative ham lost and spam missed against messages, one line per
 filter): ham lost, spam missed (counts and %), 1-ROCA % from each filter's per-message scores,
 the spam missed at the thresholds that lose at most 0.05% and 0.1% of the ham (from the same
-scores: :func:`nnspam.services.evaluate.spam_missed_at_ham_loss`; "at 0.05% ham"),
+scores: :func:`nnspam.services.runs.evaluate.spam_missed_at_ham_loss`; "at 0.05% ham"),
 corrections (messages learned) and messages per second (classify and learn, the whole stream
 over its wall time; with ``--jobs`` > 1 the filters share the cores, so their rates are lower
 than alone). ``stream-summary-<feedback>-<start>.md`` and ``.json`` hold all streams of a run.
@@ -138,8 +139,8 @@ from peers.reference_lr import ReferenceLR, features  # noqa: E402
 from nnspam.config import load_config  # noqa: E402
 from nnspam.mail.corpus import load_split_samples, read_sms, read_split  # noqa: E402
 from nnspam.model.correct import rule_from_config  # noqa: E402
-from nnspam.services import stream as nn_stream  # noqa: E402
-from nnspam.services.evaluate import (  # noqa: E402
+from nnspam.services.runs import stream as nn_stream  # noqa: E402
+from nnspam.services.runs.evaluate import (  # noqa: E402
     HAM_LOSS_POINTS,
     spam_missed_at_ham_loss,
 )
@@ -157,7 +158,7 @@ def nnspam_start_model(spec: str | None, cfg: dict[str, Any], kind: str) -> Any:
     """nnspam's start model: ``spec`` is a model name ("default", "default-sms") or a model
     directory, loaded into memory and never written; None is an untrained network of
     ``kind``. The config's ``adaptive:`` section applies
-    (:func:`nnspam.services.stream.start_model`)."""
+    (:func:`nnspam.services.runs.stream.start_model`)."""
     model = nn_stream.start_model(spec, cfg, kind)
     if model.kind != kind:
         raise ValueError(f"model {spec} is an {model.kind} model; this stream is {kind}")
@@ -553,7 +554,7 @@ def run_peer(peer: Any, stream: Stream, feedback: str, start_db: Path | None) ->
 
 
 def run_nnspam(stream: Stream, feedback: str, spec: str | None, cfg: dict[str, Any]) -> Run:
-    """nnspam's pass, in this process, through :func:`nnspam.services.stream.replay`."""
+    """nnspam's pass, in this process, through :func:`nnspam.services.runs.stream.replay`."""
     from nnspam import __version__
 
     run = Run(version=f"nnspam {__version__}")

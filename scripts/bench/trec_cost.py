@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from nnspam.mail.corpus import load_split_samples
-from nnspam.services.evaluate import evaluate
-from nnspam.services.online import OnlineFilter
+from nnspam.services.runs.evaluate import evaluate
+from nnspam.services.runs.online import OnlineFilter
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "corpora"

@@ -10,7 +10,7 @@ repository, and a corpus's messages never leave that folder):
                                message's class, its first 3,000 bytes and its tokens
                                (NAME.json.gz)
     record NAME [--feedback all|errors]
-                               nnspam's own replay (services/stream.py, the config's
+                               nnspam's own replay (services/runs/stream.py, the config's
                                learn: rule, untrained start for `all`, the shipped model
                                for `errors`), each message's logit in full (NAME-nnspam-
                                FEEDBACK.npy)
@@ -27,7 +27,7 @@ repository, and a corpus's messages never leave that folder):
 
 Each line: 1-ROCA (%) over the stream and per 5,000-message window, (ham lost, spam
 missed) at the learner's own threshold, and spam missed (%) at 0.05% and 0.1% of ham lost
-(nnspam.services.evaluate).
+(nnspam.services.runs.evaluate).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nnspam.services.evaluate import roc_auc, spam_missed_at_ham_loss  # noqa: E402
+from nnspam.services.runs.evaluate import roc_auc, spam_missed_at_ham_loss  # noqa: E402
 
 BITS = 22
 HAM_BIAS = math.log(0.1 / 0.9)  # nnspam's ham bias as a logit: log(s / h)
@@ -182,7 +182,7 @@ def load(work: Path, name: str) -> tuple[list[int], list[bytes], list[list[str]]
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from nnspam.services.stream import load_messages, read_index, start_model
+    from nnspam.services.runs.stream import load_messages, read_index, start_model
 
     items = read_index(args.index)
     read = load_messages([p for _, p in items], args.corpus)
@@ -202,7 +202,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def cmd_record(args: argparse.Namespace) -> None:
     from nnspam import config as C
     from nnspam.model.correct import rule_from_config
-    from nnspam.services.stream import replay, start_model
+    from nnspam.services.runs.stream import replay, start_model
 
     labels, _, toks = load(args.work, args.name)
     untrained = args.feedback == "all"
@@ -269,7 +269,7 @@ def cmd_joint(args: argparse.Namespace) -> None:
     from nnspam.learning import network
     from nnspam.model import wide as wide_mod
     from nnspam.model.correct import rule_from_config
-    from nnspam.services.stream import replay, start_model
+    from nnspam.services.runs.stream import replay, start_model
 
     network.LAZY_PARTIAL_FIT = True
     labels, raws, toks = load(args.work, args.name)

@@ -20,7 +20,7 @@ spamicity reaches the model's threshold (0.5 by default: a logit of 0).
 Environment:
 
 ``NNSPAM_TREC_DIR``     the state directory (an ``OnlineFilter``, see
-                        ``nnspam/services/online.py``); default ``./nnspam-trec``
+                        ``nnspam/services/runs/online.py``); default ``./nnspam-trec``
                         (relative to the directory run.sh runs the commands in).
 ``NNSPAM_TREC_MODEL``   initialize only: the model to start from (a model
                         directory, ``default`` or ``default-sms``); unset: an
@@ -66,7 +66,7 @@ def _ensure_nnspam(argv: list[str]) -> None:
     """Import nnspam (and NumPy, which it needs), or re-execute this script
     with a Python that has them."""
     try:
-        import nnspam.services.online  # noqa: F401
+        import nnspam.services.runs.online  # noqa: F401
         return
     except ImportError:
         pass
@@ -96,7 +96,7 @@ def main(command: str, argv: list[str]) -> int:
     args = argv
     if len(args) != _NARGS[command]:
         return _fail(f"usage: {USAGE[command]}")
-    from nnspam.services.online import OnlineError, OnlineFilter
+    from nnspam.services.runs.online import OnlineError, OnlineFilter
 
     directory = state_dir()
     try:

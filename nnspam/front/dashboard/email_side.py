@@ -1,7 +1,7 @@
 """The maildir daemon's decisions, as the dashboard's email pages read and act on them.
 
 The daemon (``nnspam daemon``) records every message it files in its state file
-(``daemon.state``, :mod:`nnspam.services.state`); the messages themselves stay in the
+(``daemon.state``, :mod:`nnspam.services.delivery.state`); the messages themselves stay in the
 maildirs it watches (``daemon.maildirs``). :class:`EmailSide` reads both for the
 dashboard, in another process beside a running daemon:
 
@@ -16,9 +16,9 @@ dashboard, in another process beside a running daemon:
 
 It acts as the user would: "Spam" and "Not spam" move the file and tell the Sorter
 (:func:`nnspam.front.dashboard.moves.move_message`), "Forget" undoes the message's
-last lesson (:meth:`nnspam.services.sorter.Sorter.forget`) and saves the model. The
+last lesson (:meth:`nnspam.services.delivery.sorter.Sorter.forget`) and saves the model. The
 Sorter is built from the config as the daemon builds its own
-(:meth:`~nnspam.services.sorter.Sorter.from_config`, ``source="dashboard"``), on the
+(:meth:`~nnspam.services.delivery.sorter.Sorter.from_config`, ``source="dashboard"``), on the
 same model and the same state file: the SQLite file takes both processes' writes (WAL),
 and the model writer (:mod:`nnspam.model.writer`) learns each correction on top of the
 directory's latest save under its lock, so the daemon's checkpoints and the dashboard's
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from nnspam.front.dashboard.moves import Moved, locate, move_message
-from nnspam.services.state import Record
+from nnspam.services.delivery.state import Record
 
 __all__ = ["EmailSide", "EmailRow", "EmailView", "Day", "EmailUnavailable",
            "open_email_side", "BODY_MAX", "WORDS", "web_name", "disk_name", "shown_name"]
@@ -254,7 +254,7 @@ class EmailSide:
         from nnspam.mail.message import parse_message
         from nnspam.model.explain import explain
         from nnspam.model.journal import message_key
-        from nnspam.services.sorter import read_message
+        from nnspam.services.delivery.sorter import read_message
         from nnspam.services.verdict import verdict
 
         row = self.find(box, uniq)
@@ -322,7 +322,7 @@ class EmailSide:
         the model. Returns (what happened, how many lessons were undone): ``read-only``,
         ``missing`` (no such decision or no file), ``too-big``, ``forgotten`` or
         ``not-in-journal``."""
-        from nnspam.services.sorter import read_message
+        from nnspam.services.delivery.sorter import read_message
 
         row = self.find(box, uniq)
         if row is None or row.path is None:
@@ -384,9 +384,9 @@ def open_email_side(cfg: dict[str, Any], model: str | None = None
     for every server: the caller refuses to start.
     """
     from nnspam.model.writer import load_with_stamp
-    from nnspam.services.daemon import DaemonError, settings_from_config
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.daemon import DaemonError, settings_from_config
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     if not cfg["daemon"].get("maildirs"):
         return EmailUnavailable(

@@ -3,8 +3,8 @@
 Email and SMS alike: the message file is moved the way a mail client moves it
 (:func:`nnspam.mail.maildir.move`, one ``rename``), then the Sorter is told what a
 user did, through the routine the daemon runs when it sees that move
-(:meth:`~nnspam.services.sorter.Sorter.handle_junk` for a message put into Junk,
-:meth:`~nnspam.services.sorter.Sorter.handle_inbox_cur` for one moved back into the
+(:meth:`~nnspam.services.delivery.sorter.Sorter.handle_junk` for a message put into Junk,
+:meth:`~nnspam.services.delivery.sorter.Sorter.handle_inbox_cur` for one moved back into the
 inbox's ``cur/``). So the correction is recorded in the state and learned by the one
 correction routine exactly as a move in a mail client would be, and the model is saved
 at once (through the one model writer, :mod:`nnspam.model.writer`).
@@ -13,11 +13,12 @@ Flask-free. The caller holds the thread lock that serialises its Sorter (the SMS
 store's, the email side's); the state file's lock below is the one between processes.
 
 A daemon watching the same maildir sees the rename too, and runs the same handler for
-it. The move is made under the state file's lock (:meth:`nnspam.services.state.State.locked`),
-held from before the rename until the handler has recorded it; the Sorter's handlers
-take that lock too, so the daemon's handler waits and then finds the move recorded
-(``known``): one move is one correction, learned once. (Without the lock both read the
-record before either wrote it, and both learned the move.)
+it. The move is made under the state file's lock
+(:meth:`nnspam.services.delivery.state.State.locked`), held from before the rename until
+the handler has recorded it; the Sorter's handlers take that lock too, so the daemon's
+handler waits and then finds the move recorded (``known``): one move is one correction,
+learned once. (Without the lock both read the record before either wrote it, and both
+learned the move.)
 """
 
 from __future__ import annotations

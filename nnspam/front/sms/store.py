@@ -4,12 +4,12 @@
 the poller:
 
 1. ``MessageSid`` is the idempotency key. The ``sms`` table (in the same
-   SQLite file as the :class:`~nnspam.services.state.State` the Sorter keeps) has one
+   SQLite file as the :class:`~nnspam.services.delivery.state.State` the Sorter keeps) has one
    row per sid; a second delivery of a sid stores nothing.
 2. The row is written *before* the file, with the file's unique name chosen
    up front. The message is then delivered by the maildir protocol
    (:func:`nnspam.mail.maildir.deliver`: ``tmp/``, fsync, rename into ``new/``)
-   and filed by :meth:`nnspam.services.sorter.Sorter.handle_new`: spam is moved into
+   and filed by :meth:`nnspam.services.delivery.sorter.Sorter.handle_new`: spam is moved into
    ``.Junk/``, ham stays. A crash anywhere is finished by the next delivery
    of the same sid (Twilio retries webhooks; the poller lists again): a row
    whose file is missing is delivered again under the same name, a file
@@ -191,8 +191,8 @@ class SmsStore:
 
 def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     """The SMS store for a loaded config: the model named by ``sms.model``
-    (or ``model``), filed by the :class:`~nnspam.services.sorter.Sorter` the daemon uses,
-    built from the config the same way (:meth:`~nnspam.services.sorter.Sorter.from_config`:
+    (or ``model``), filed by the :class:`~nnspam.services.delivery.sorter.Sorter` the daemon uses,
+    built from the config the same way (:meth:`~nnspam.services.delivery.sorter.Sorter.from_config`:
     threshold and ham bias from the config, ``daemon:``, ``adaptive:``, ``learn:``),
     into ``sms.maildir``, state in ``sms.state``.
 
@@ -205,8 +205,8 @@ def open_store(cfg: dict[str, Any], model: str | None = None) -> SmsStore:
     file and the maildir created, so a bad setting leaves nothing behind.
     """
     from nnspam.model.writer import load_with_stamp
-    from nnspam.services.sorter import Sorter
-    from nnspam.services.state import State
+    from nnspam.services.delivery.sorter import Sorter
+    from nnspam.services.delivery.state import State
 
     s = cfg["sms"]
     name = str(model or s["model"])

@@ -1,6 +1,6 @@
 """nnspam's online learner as a line-protocol process, for scripts/bench/compare.py.
 
-Runs :class:`nnspam.services.online.OnlineFilter` from an untrained network (the TREC start) in
+Runs :class:`nnspam.services.runs.online.OnlineFilter` from an untrained network (the TREC start) in
 one process, so that its memory is measured like a peer's. One answer line per request:
 
     score PATH           -> "<spamicity, full precision> spam|ham"
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from nnspam.services.online import OnlineFilter  # noqa: E402
+from nnspam.services.runs.online import OnlineFilter  # noqa: E402
 
 
 def main() -> int:

@@ -35,9 +35,7 @@ from nnspam.model.writer import (
     model_lock,
     model_stamp,
 )
-from nnspam.services.pipefilter import Result, classify, model_scorer
-from nnspam.services.serve_settings import ServeSettings
-from nnspam.services.spamd import (
+from nnspam.services.errors import (
     EX_CANTCREAT,
     EX_IOERR,
     EX_NOPERM,
@@ -45,6 +43,8 @@ from nnspam.services.spamd import (
     EX_TEMPFAIL,
     RequestError,
 )
+from nnspam.services.models.serve_settings import ServeSettings
+from nnspam.services.scoring import Result, classify, model_scorer
 
 __all__ = ["ModelRegistry", "ModelSlot", "user_model_path"]
 
@@ -219,7 +219,7 @@ class ModelRegistry:
     def start_background(self) -> None:
         """Hook run by each worker process when it starts serving: nothing for models on
         disk (a ``stat`` per request finds new saves); a fleet's registry starts its
-        watcher and learner threads here (:mod:`nnspam.services.fleet`)."""
+        watcher and learner threads here (:mod:`nnspam.services.models.fleet`)."""
 
     def stop_background(self) -> None:
         """Hook run by each worker process when it stops serving (see start_background)."""

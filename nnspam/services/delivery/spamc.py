@@ -7,10 +7,11 @@ milliseconds; a running ``nnspam serve`` answers in a few. So when
 ``filter.server`` (or ``--server``) names a server, ``nnspam filter`` sends
 the message there with a ``PROCESS`` request and writes what comes back.
 This module imports only the standard library and the filter's own lean
-modules (``nnspam.services.pipefilter``, ``nnspam.mail.headers``); never NumPy.
+modules (``nnspam.services.delivery.pipefilter``, ``nnspam.services.scoring``,
+``nnspam.mail.headers``); never NumPy.
 
 The output is the same either way. The server runs the same
-:func:`nnspam.services.pipefilter.classify` as the filter; the answer is used only
+:func:`nnspam.services.scoring.classify` as the filter; the answer is used only
 if it is exactly the input with one ``X-NNSpam-Status`` (and, for spam,
 ``X-NNSpam-Flag: YES``) field inserted by the filter's own header code, with
 the filter's threshold and nnspam version, and with ``Spam: True|False``
@@ -50,7 +51,8 @@ from typing import Any, BinaryIO
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields, tag_subject
-from nnspam.services import pipefilter
+from nnspam.services import scoring
+from nnspam.services.delivery import pipefilter
 from nnspam.services.verdict import HAM, SPAM, UNSURE, sa_points, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
@@ -231,7 +233,7 @@ _SA_LEVEL = re.compile(rb"(?:^|\n)X-Spam-Level: (\**)\r?\n")
 _WORDS = re.compile(rb"(?:^|\n)X-NNSpam-Words: ([ -~]+)\r?\n")
 
 
-def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: pipefilter.Settings,
+def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: scoring.Settings,
                timeout: float, user: str | None = None,
                log: Any = None) -> tuple[bytes, str] | None:
     """(output, verdict) for ``raw`` from the first server that gives an
@@ -253,7 +255,7 @@ def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: pipefilte
     return None
 
 
-def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] | None:
+def _check(raw: bytes, rep: Reply, s: scoring.Settings) -> tuple[bytes, str] | None:
     if rep.code != 0 or rep.spam is None or "content-length" not in rep.headers:
         return None
     m = _STATUS.search(rep.body)
@@ -272,13 +274,13 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
     inside = s.unsure is not None and verdict_of(sp, s.threshold, s.unsure) == UNSURE
     if word != ("Unsure" if inside else "Yes" if rep.spam else "No"):
         return None
-    fields = [(pipefilter.STATUS, value)] + ([(pipefilter.FLAG, "YES")] if word == "Yes" else [])
+    fields = [(scoring.STATUS, value)] + ([(scoring.FLAG, "YES")] if word == "Yes" else [])
     if s.words > 0:  # the server's X-NNSpam-Words, of at most filter.words words
         w = _WORDS.search(rep.body)
         if w is None or w.group(1).count(b"), ") >= s.words:
             return None
-        fields.append((pipefilter.WORDS, w.group(1).decode("ascii")))
-    want = pipefilter.mark(raw, fields)
+        fields.append((scoring.WORDS, w.group(1).decode("ascii")))
+    want = scoring.mark(raw, fields)
     if s.spamassassin is not None:  # SpamAssassin's fields, from the unrounded score:
         sa, level = _SA_STATUS.search(rep.body), _SA_LEVEL.search(rep.body)
         if sa is None or level is None:  # checked against ours, then taken as they are
@@ -298,7 +300,7 @@ def _check(raw: bytes, rep: Reply, s: pipefilter.Settings) -> tuple[bytes, str] 
             return None
         sa_fields = ([("X-Spam-Flag", "YES")] if yes == "Yes" else []) + [
             ("X-Spam-Status", sa_value), ("X-Spam-Level", "*" * stars)]
-        want = set_header_fields(want, sa_fields, pipefilter.SA_FIELDS)
+        want = set_header_fields(want, sa_fields, scoring.SA_FIELDS)
     if s.rewrite_subject and word == "Yes":  # as the in-process filter tags a spam
         want = tag_subject(want, s.rewrite_subject)
     if want != rep.body:
@@ -339,7 +341,7 @@ def add_arguments(p: Any) -> None:
 
 def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> int:
     """``nnspam filter`` with parsed arguments: through the server when one is
-    configured and answers, else :func:`nnspam.services.pipefilter.run` (in-process)."""
+    configured and answers, else :func:`nnspam.services.delivery.pipefilter.run` (in-process)."""
     inp = inp if inp is not None else sys.stdin.buffer
     out = out if out is not None else sys.stdout.buffer
 
@@ -354,7 +356,7 @@ def run(args: Any, inp: BinaryIO | None = None, out: BinaryIO | None = None) -> 
         from nnspam.config import load_config
 
         cfg = load_config(args.config)
-        settings = pipefilter.settings(cfg, args.model)
+        settings = scoring.settings(cfg, args.model)
         if server is None and args.model is not None:
             server = "none"  # -m names a model the configured server may not serve
         addrs = parse_addresses(server if server is not None else cfg["filter"]["server"])

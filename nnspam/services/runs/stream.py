@@ -94,12 +94,12 @@ def start_model(spec: str | None, config: dict[str, Any] | None = None,
     """The model a replay starts from: ``spec`` names a model (``default``,
     ``default-sms`` or a directory), loaded into memory (the files are never written);
     None is an untrained network of ``kind`` whose free input slots the stream fills
-    (:func:`nnspam.services.online.untrained_model`). The config's ``adaptive:`` section is
+    (:func:`nnspam.services.runs.online.untrained_model`). The config's ``adaptive:`` section is
     applied, as the daemon does."""
     from nnspam import config as C
     from nnspam.model import adaptive
     from nnspam.model.core import Model
-    from nnspam.services.online import online_settings, untrained_model
+    from nnspam.services.runs.online import online_settings, untrained_model
 
     cfg = C.merge(C.DEFAULTS, config or {})
     if spec is None:
@@ -188,8 +188,8 @@ def summarize(steps: Sequence[Step]) -> dict[str, Any]:
     """Ham lost, spam missed, corrections and 1-ROCA (%) of a replay, and the spam missed
     (%) at the thresholds that lose at most 0.05% and 0.1% of ham
     (``spam_missed_at_ham_loss_0.05_percent``, ``..._0.1_percent``; from the logits,
-    :func:`nnspam.services.evaluate.spam_missed_at_ham_loss`)."""
-    from nnspam.services.evaluate import HAM_LOSS_POINTS, roc_auc, spam_missed_at_ham_loss
+    :func:`nnspam.services.runs.evaluate.spam_missed_at_ham_loss`)."""
+    from nnspam.services.runs.evaluate import HAM_LOSS_POINTS, roc_auc, spam_missed_at_ham_loss
 
     y = np.array([1 if s.judge == "spam" else 0 for s in steps])
     score = np.array([s.score for s in steps], dtype=np.float64)

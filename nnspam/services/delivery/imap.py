@@ -5,7 +5,7 @@ For each configured account (config ``imap.accounts``) a thread keeps a connecti
 waits for new mail in the inbox with IDLE (a poll every ``imap.poll_interval`` seconds
 where the server lacks IDLE), fetches each new message without marking it read
 (``BODY.PEEK[]``), scores it through the daemon's own verdict
-(:meth:`nnspam.services.sorter.Sorter.judge`: the threshold, the unsure band, the
+(:meth:`nnspam.services.delivery.sorter.Sorter.judge`: the threshold, the unsure band, the
 allow/deny lists) and files spam into the account's Junk folder (SPECIAL-USE ``\\Junk``,
 or ``junk:``) and unsure mail into ``unsure:`` when set, with MOVE (COPY, ``\\Deleted`` and
 UID EXPUNGE of that message alone where MOVE is missing; never a plain EXPUNGE, which
@@ -13,7 +13,7 @@ would remove what the user marked deleted). Optionally it sets the ``$Junk`` key
 mail clients read.
 
 It learns from the user's moves, through the daemon's correction path
-(:meth:`~nnspam.services.sorter.Sorter.learn`, the one correction routine and the model's
+(:meth:`~nnspam.services.delivery.sorter.Sorter.learn`, the one correction routine and the model's
 writer lock):
 
 * a message that appears in Junk and was not filed there by nnspam: spam;
@@ -394,14 +394,14 @@ class ImapState:
 
 # -- the filer -----------------------------------------------------------------------------
 def _message_id(raw: bytes) -> str | None:
-    from nnspam.services.sorter import message_id_of
+    from nnspam.services.delivery.sorter import message_id_of
 
     return message_id_of(raw) or None
 
 
 class ImapFiler:
     """One account's filing and learning over an open connection (:meth:`sync`), with the
-    account's :class:`~nnspam.services.sorter.Sorter` (shared by accounts of one model,
+    account's :class:`~nnspam.services.delivery.sorter.Sorter` (shared by accounts of one model,
     under ``lock``) and the :class:`ImapState`."""
 
     def __init__(self, account: Account, sorter: Any, lock: threading.Lock,
@@ -758,7 +758,7 @@ def run(cfg: dict[str, Any], model_name: str | None, *, only: Sequence[str] = ()
     ``ready``: called once the settings are checked, the model is loaded and the accounts'
     threads run (systemd's READY=1)."""
     from nnspam.model.writer import load_with_stamp
-    from nnspam.services.sorter import Sorter
+    from nnspam.services.delivery.sorter import Sorter
 
     settings = imap_settings(cfg, only)
     name = model_name or cfg["model"]

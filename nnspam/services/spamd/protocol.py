@@ -16,7 +16,7 @@ SpamAssassin and ``spamc -c`` prints e.g. ``9.7/5.0`` and exits 1 for spam,
 spamicity (``spamicity >= threshold``), as the X-NNSpam headers are.
 
 PROCESS and HEADERS return exactly what ``nnspam filter`` writes: the same
-:func:`nnspam.services.pipefilter.classify` inserts the X-NNSpam headers into the raw
+:func:`nnspam.services.scoring.classify` inserts the X-NNSpam headers into the raw
 bytes. Messages over ``serve.max_size`` come back unchanged and unclassified
 (spamd semantics; ``Spam: False ; 0.0 / 5.0``). With
 ``serve.spamassassin_headers`` they also carry SpamAssassin's ``X-Spam-Flag``
@@ -48,7 +48,7 @@ EX_NOPERM (TELL on the read-only shipped model),
 74 EX_IOERR (the model could not be saved), 67 EX_NOUSER (a user name refused
 for serve.user_model), 69 EX_UNAVAILABLE (TELL without ``serve.allow_tell``), 73
 EX_CANTCREAT (a user model that cannot be created), 75 EX_TEMPFAIL (a TELL while the
-model store of a fleet is unreachable: ``store:``, :mod:`nnspam.services.fleet`; a TELL
+model store of a fleet is unreachable: ``store:``, :mod:`nnspam.services.models.fleet`; a TELL
 whose model stayed locked until the request's deadline; a client's slow connection
 beyond ``serve.max_per_client``; a worker holding too many large messages at once),
 65 EX_DATAERR also for a message over ``serve.max_request``, answered before its body
@@ -58,7 +58,7 @@ This module is the protocol alone, no sockets: :func:`read_head` and :func:`chec
 turn a request's lines into a :class:`Request` (or a :class:`RequestError`), and
 :func:`respond` turns a whole request into the answer's bytes. Reading a request under
 its deadline, the per-client limits and writing the answer are
-:mod:`nnspam.services.server`'s.
+:mod:`nnspam.services.spamd.server`'s.
 
 Who may teach (issue 22): TELL is refused with 69 EX_UNAVAILABLE unless the server
 runs with ``serve.allow_tell`` (``--allow-tell``, as spamd's), and then with 77
@@ -83,32 +83,25 @@ from typing import Protocol
 
 from nnspam.mail.headers import set_header_fields
 from nnspam.services import metrics
+from nnspam.services.errors import (
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_PROTOCOL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    RequestError,
+)
 from nnspam.services.explanation import REPORT_WORDS, TopWords, report_table, symbols
-from nnspam.services.pipefilter import SA_FIELDS, Result
-from nnspam.services.pipefilter import spamassassin_fields as sa_fields
-from nnspam.services.serve_settings import ServeSettings
+from nnspam.services.models.serve_settings import ServeSettings
+from nnspam.services.scoring import SA_FIELDS, Result
+from nnspam.services.scoring import spamassassin_fields as sa_fields
 from nnspam.services.verdict import is_spam, sa_points, sa_threshold
 from nnspam.services.verdict import verdict as verdict_of
 
-__all__ = ["Context", "Models", "Request", "RequestError", "check_head", "error_answer",
-           "read_head", "respond", "score_line", "spamassassin_fields",
-           "PROTO", "CHUNK", "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOUSER", "EX_UNAVAILABLE",
-           "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR", "EX_TEMPFAIL", "EX_PROTOCOL",
-           "EX_NOPERM"]
+__all__ = ["Context", "Models", "Request", "check_head", "error_answer", "read_head",
+           "respond", "score_line", "spamassassin_fields", "PROTO", "CHUNK"]
 
 log = logging.getLogger("nnspam.serve")
-
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_IOERR = 74
-EX_TEMPFAIL = 75  # a fleet's TELL while its model store (Redis) is away: try again later
-EX_PROTOCOL = 76
-EX_NOPERM = 77
 
 PROTO = b"SPAMD/1.5"
 VERBS = {"PING", "CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "HEADERS", "PROCESS", "TELL",
@@ -118,17 +111,9 @@ MAX_HEADERS = 64  # most header lines in one request
 CHUNK = 1 << 16
 
 
-class RequestError(Exception):
-    """A bad request: answered ``SPAMD/1.5 code message``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class Models(Protocol):
-    """What a handler scores and learns with (:class:`nnspam.services.registry.ModelRegistry`)."""
+    """What a handler scores and learns with
+    (:class:`nnspam.services.models.registry.ModelRegistry`)."""
 
     def classify(self, raw: bytes, user: str | None = None, words: int = 0) -> Result: ...
 
@@ -405,7 +390,7 @@ def spamassassin_fields(marked: bytes, spamicity: float, threshold: float,
                         scale: float, mode: str = "spamicity") -> bytes:
     """``marked`` (nnspam filter's output) with SpamAssassin's ``X-Spam-Flag: YES`` (spam
     only), ``X-Spam-Status`` and ``X-Spam-Level`` fields
-    (:func:`nnspam.services.pipefilter.spamassassin_fields`, the one definition) added,
+    (:func:`nnspam.services.scoring.spamassassin_fields`, the one definition) added,
     any earlier ones (forged or from another filter) removed: what spamass-milter copies
     into the message and rejects on (``serve.spamassassin_headers``). Scores use the
     ``Spam:`` line's mapping."""

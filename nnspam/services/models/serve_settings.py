@@ -11,14 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnspam.services.pipefilter import Settings
-from nnspam.services.pipefilter import settings as filter_settings
+from nnspam.services.errors import ServerError, parse_listen
+from nnspam.services.scoring import Settings
+from nnspam.services.scoring import settings as filter_settings
 
-__all__ = ["ServeSettings", "ServerError", "serve_settings", "parse_listen"]
-
-
-class ServerError(Exception):
-    """A setting that prevents the server from starting."""
+__all__ = ["ServeSettings", "serve_settings"]
 
 
 @dataclass
@@ -38,7 +35,7 @@ class ServeSettings:
     user_cache: int = 16  # per-user models kept loaded per worker (LRU)
     spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
     rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), for TELL
-    store: str | None = None  # config store: the fleet's Redis (nnspam.services.fleet)
+    store: str | None = None  # config store: the fleet's Redis (nnspam.services.models.fleet)
     allow_tell: bool = False  # TELL (spamc -L) accepted at all (spamd's --allow-tell)
     # TCP clients whose TELL is accepted (Unix socket clients: the socket's file mode)
     tell_allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
@@ -48,48 +45,6 @@ class ServeSettings:
     max_per_client: int = 32  # connections open at once from one client, per worker
     score_mode: str = "spamicity"  # SpamAssassin points: verdict.sa_points
     user_lists: str | None = None  # per-user allow/deny list file pattern (%u, %l, %d, ~)
-
-
-def parse_listen(value: Any, what: str) -> tuple[str, int]:
-    """The TCP address of ``--listen`` or ``serve.listen`` (``what``): ``IP:PORT``
-    or ``[IPv6]:PORT``. Every check of the address is made here, before the
-    model is loaded, so that a bad one is one line naming it (``nnspam serve``
-    exits 2) and never a traceback from ``int()`` or ``bind()`` (port 99999
-    raised OverflowError there). The port: ASCII digits, 0..65535 (0: the
-    kernel picks a free port, named on the start line). The host: an IP
-    address (a name could resolve to another interface than meant) and never
-    empty: ``:783`` means every address to some programs and loopback to
-    others, so it has to be said which."""
-    if not isinstance(value, str):
-        raise ServerError(f"{what} must be HOST:PORT, not {value!r}")
-
-    def bad(problem: str) -> ServerError:
-        return ServerError(f"{what} {value!r}: {problem}")
-
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise bad("not [IPv6]:PORT")
-        port = rest[1:]
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep:
-            host, port = port, ""
-    if not port:
-        raise bad("no port (HOST:PORT)")
-    if not (port.isascii() and port.isdigit()):
-        raise bad(f"port {port[:20]!r} is not a number")
-    if len(port) > 5 or int(port) > 65535:
-        raise bad(f"port {port if len(port) <= 12 else port[:12] + '...'} is out of range "
-                  "(0..65535)")
-    if not host:
-        raise bad("no host: give an IP address (127.0.0.1 loopback, 0.0.0.0 or [::] every "
-                  "address)")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise bad(f"{host[:60]!r} is not an IP address (IPv6: [ADDRESS]:PORT)") from None
-    return host, int(port)
 
 
 def _number(s: dict[str, Any], key: str, kind: type, minimum: float, default: Any = None,
@@ -173,7 +128,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         raise ServerError("serve.user_lists must be null or a path pattern with %u, %l or %d")
     store = cfg.get("store")
     if store is not None:
-        from nnspam.services.store import check_url
+        from nnspam.services.models.store import check_url
 
         if (problem := check_url(store)) is not None:
             raise ServerError(f"store {problem}")

@@ -48,13 +48,13 @@ from typing import Any, Protocol
 
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
-from nnspam.services.state import Record, State
+from nnspam.services.delivery.state import Record, State
 from nnspam.services.verdict import HAM, SPAM, UNSURE, SenderLists, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
-log = logging.getLogger("nnspam.services.daemon")
+log = logging.getLogger("nnspam.services.delivery.daemon")
 
 # Seconds between a message leaving Junk and its bytes appearing in the inbox
 # within which that is one "Not junk" move (see Sorter._moved_back). IMAP MOVE
@@ -140,7 +140,7 @@ def _same_file_content(a: Path, b: Path) -> bool:
 class Writer(Protocol):
     """The one writer of a Sorter's model, which it learns through and saves with: a
     model directory's :class:`nnspam.model.writer.ModelWriter`, or a fleet's
-    :class:`nnspam.services.fleet.StoreWriter`. The latter also has ``remote = True`` (its
+    :class:`nnspam.services.models.fleet.StoreWriter`. The latter also has ``remote = True`` (its
     models are learned by the fleet's learner: the Sorter neither saves nor observes) and
     ``close()`` (called by the daemon before a reload and at shutdown)."""
 
@@ -199,7 +199,7 @@ class Sorter:
         # None: now); ``prepare``: what a model re-read from disk needs (the config's
         # adaptive: section).
         # ``writer``: another writer of the same interface, used instead (a fleet's model
-        # store, nnspam.services.fleet.StoreWriter: its ``remote`` models are learned by
+        # store, nnspam.services.models.fleet.StoreWriter: its ``remote`` models are learned by
         # the fleet's learner, not here).
         kw = {} if stamp is None else {"stamp": stamp}
         self.writer: Writer | None = writer if writer is not None else (
@@ -257,7 +257,7 @@ class Sorter:
         ``stamp`` is the model directory's stamp when ``model`` was read
         (:func:`nnspam.model.writer.load_with_stamp`), so that a save by another process
         after that read is re-read, not overwritten, by the first correction. ``writer``:
-        a writer of a fleet's model store (:class:`nnspam.services.fleet.StoreWriter`)
+        a writer of a fleet's model store (:class:`nnspam.services.models.fleet.StoreWriter`)
         instead of the model directory's."""
         from nnspam.model import adaptive as adaptive_mod
         from nnspam.model.core import is_shipped

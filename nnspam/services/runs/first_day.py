@@ -102,7 +102,7 @@ def learn_mailbox(items: Sequence[tuple[str, Path]], cfg: dict[str, Any],
     import time
 
     from nnspam.model.correct import rule_from_config
-    from nnspam.services.stream import replay, start_model
+    from nnspam.services.runs.stream import replay, start_model
 
     model = start_model(None, cfg, "email")
     rule = rule_from_config(cfg, untrained=True)

@@ -3,10 +3,11 @@ protocol, so that ``spamc`` (and everything built on it: procmail and
 maildrop recipes, Exim's ``spam =`` condition, spamass-milter, IMAPSieve
 learning with ``spamc -L``) uses nnspam without a Python start per message.
 
-The request side is :mod:`nnspam.services.spamd` (protocol, verbs, errors), the
-models :mod:`nnspam.services.registry` (site and per-user models), the sockets
-:mod:`nnspam.services.listeners` and the settings :mod:`nnspam.services.serve_settings`;
-this module runs them: the workers, their supervisor and the signals.
+The request side is :mod:`nnspam.services.spamd.protocol` (protocol, verbs, errors), the
+models :mod:`nnspam.services.models.registry` (site and per-user models), the sockets
+:mod:`nnspam.services.spamd.listeners` and the settings
+:mod:`nnspam.services.models.serve_settings`; this module runs them: the workers, their
+supervisor and the signals.
 
 Workers (pre-fork): the supervisor process loads the model, binds the
 sockets (or takes them from systemd socket activation: ``LISTEN_FDS`` /
@@ -24,7 +25,7 @@ worker, or by ``nnspam learn``, is loaded on the next request, no signal
 needed. With ``workers: 1`` the supervisor serves by itself.
 
 A fleet (config ``store: redis://...``): the models live in Redis instead, and each
-worker runs a watcher and a learner thread (:mod:`nnspam.services.fleet`, started
+worker runs a watcher and a learner thread (:mod:`nnspam.services.models.fleet`, started
 and stopped by the registry's ``start_background``/``stop_background`` hooks).
 
 Metrics (``--metrics HOST:PORT``, off by default): the supervisor serves Prometheus'
@@ -59,19 +60,16 @@ from typing import Any
 
 from nnspam.services import metrics
 from nnspam.services.blas import one_blas_thread
-from nnspam.services.listeners import Listener, bind_listeners, close_listeners
-from nnspam.services.registry import ModelRegistry
-from nnspam.services.serve_settings import ServerError, ServeSettings
-from nnspam.services.spamd import (
+from nnspam.services.errors import EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, RequestError, ServerError
+from nnspam.services.models.registry import ModelRegistry
+from nnspam.services.models.serve_settings import ServeSettings
+from nnspam.services.spamd.listeners import Listener, bind_listeners, close_listeners
+from nnspam.services.spamd.protocol import (
     CHUNK,
-    EX_PROTOCOL,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
     MAX_HEADERS,
     MAX_LINE,
     Context,
     Request,
-    RequestError,
     check_head,
     error_answer,
     read_head,
@@ -389,7 +387,7 @@ class Worker:
 async def _head_lines(reader: asyncio.StreamReader) -> list[bytes]:
     """The request line and header lines up to the empty one, each with its newline
     (a line longer than ``MAX_LINE``, more than ``MAX_HEADERS`` lines, or the end of
-    the input stop the reading: :func:`~nnspam.services.spamd.read_head` names the
+    the input stop the reading: :func:`~nnspam.services.spamd.protocol.read_head` names the
     error)."""
     lines: list[bytes] = []
     while len(lines) < MAX_HEADERS + 2:
@@ -425,7 +423,7 @@ def _too_many() -> RequestError:
 
 
 def _respond(ctx: Context, req: Request) -> bytes:
-    """:func:`~nnspam.services.spamd.respond` in a handler thread: an error answered as
+    """:func:`~nnspam.services.spamd.protocol.respond` in a handler thread: an error answered as
     spamd would, a bug logged and the connection closed without an answer."""
     with metrics.in_progress():
         try:
@@ -519,8 +517,8 @@ def run_server(st: ServeSettings, metrics_at: tuple[str, int] | None = None) -> 
     # thread, 20 ms with two, load average 10). The forked workers inherit it.
     one_blas_thread()
     try:
-        if st.store:  # a fleet: the models live in Redis (nnspam.services.fleet)
-            from nnspam.services.fleet import FleetRegistry
+        if st.store:  # a fleet: the models live in Redis (nnspam.services.models.fleet)
+            from nnspam.services.models.fleet import FleetRegistry
 
             models: ModelRegistry = FleetRegistry(st)
         else:
@@ -528,7 +526,7 @@ def run_server(st: ServeSettings, metrics_at: tuple[str, int] | None = None) -> 
     except ServerError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load problem is fatal at start
-        from nnspam.services.store import NotRedis
+        from nnspam.services.models.store import NotRedis
 
         if isinstance(exc, NotRedis):  # the store's address is wrong, not the model
             raise ServerError(f"store: {exc}") from None

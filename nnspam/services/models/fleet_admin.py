@@ -9,7 +9,7 @@
 ``nnspam store push DIR``
     install a newly trained site model (``nnspam train ... -m DIR``) in a running fleet,
     as a new generation: every per-user model is rebased on it by learning its
-    correction journal again (:func:`nnspam.services.fleet.replace_site`). The fleet's
+    correction journal again (:func:`nnspam.services.models.fleet.replace_site`). The fleet's
     learner does it, in its place among the corrections; with no learner running (no
     server or daemon), this command takes the learner's lease and does it itself.
 ``nnspam store push --user NAME DIR``
@@ -24,7 +24,7 @@
 Exit status: 0 done, 1 a refusal (no such model, a push the learner rejected, a
 version that moved meanwhile: run it again), 2 a usage error (also a ``store:`` address
 where a server that is not Redis answers), 75 Redis unreachable or not answering (within
-:data:`~nnspam.services.store.COMMAND_TIMEOUT` seconds) or (push) the learner did not
+:data:`~nnspam.services.models.store.COMMAND_TIMEOUT` seconds) or (push) the learner did not
 answer in time: the push stays queued.
 """
 
@@ -38,7 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from nnspam.services.fleet import (
+from nnspam.services.errors import EX_TEMPFAIL, RequestError
+from nnspam.services.models.fleet import (
     LEASE_MS,
     files_of,
     generation_of,
@@ -46,8 +47,7 @@ from nnspam.services.fleet import (
     replace_site,
     rule_json,
 )
-from nnspam.services.spamd import EX_TEMPFAIL, RequestError
-from nnspam.services.store import (
+from nnspam.services.models.store import (
     SITE,
     NotRedis,
     Store,
@@ -159,7 +159,7 @@ def push_user(cfg: dict[str, Any], user: str, src: str | None, *,
               err: TextIO = sys.stderr) -> int:
     """``nnspam store push --user NAME [DIR]``: a per-user model directory into the store."""
     from nnspam.model.delta import delta_size, make_delta, model_from_files
-    from nnspam.services.registry import user_model_path
+    from nnspam.services.models.registry import user_model_path
 
     store = _store(cfg)
     name = _name(cfg, user)

@@ -102,7 +102,7 @@ FitOne = Callable[..., tuple[Network, list[dict[str, float]], "int | None",
 
 #: How the members are trained: ``member_map(fit_one, member_settings)`` returns
 #: ``[fit_one(s) for s in member_settings]`` (the default, one after the other); a Dask
-#: cluster trains them at once (:mod:`nnspam.services.distributed`), and where the
+#: cluster trains them at once (:mod:`nnspam.services.runs.distributed`), and where the
 #: feature matrix stays on the cluster it calls ``fit_one(s, X)`` with the matrix there
 #: (and is used for one member too: its ``always`` attribute is true).
 MemberMap = Callable[[FitOne, list[dict[str, Any]]], list[Any]]
@@ -246,7 +246,7 @@ def train_model(
 
     ``counts``, ``features`` and ``wide_counts`` (the word list's document counts, the
     feature matrix, the wide path's counts: :class:`~nnspam.model.wide.Wide`'s ``df``
-    and ``docs``) made elsewhere, on a Dask cluster (:mod:`nnspam.services.distributed`):
+    and ``docs``) made elsewhere, on a Dask cluster (:mod:`nnspam.services.runs.distributed`):
     given all three, the messages are not tokenized here at all.
     """
     from nnspam.learning.arch import ARCHS, BALANCES
@@ -326,7 +326,7 @@ def train_model(
     )
     t1 = time.perf_counter()
     # the feature matrix of these words (``features``: built already, in blocks on a
-    # Dask cluster, nnspam.services.distributed; the same values)
+    # Dask cluster, nnspam.services.runs.distributed; the same values)
     if features is None:
         assert toks is not None  # counted apart comes with its features
         X = model.features(toks, sparse=sparse)

@@ -4,7 +4,7 @@ A batch training spends its time in four places, and each one splits into indepe
 pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
 
 1. **Tokenizing**: the messages are cut into shards (``SHARD`` messages each), sent to
-   the workers and tokenized there, each shard by :func:`nnspam.services.training.
+   the workers and tokenized there, each shard by :func:`nnspam.services.runs.training.
    tokenize_samples` as in one process. The token lists stay on the workers.
 2. **The word list**: each worker counts its shards' tokens by class
    (:func:`nnspam.learning.wordlist.count_docs`: documents holding a token, its
@@ -19,7 +19,7 @@ pieces that a cluster (Dask's ``distributed`` scheduler) runs at once:
 4. **Members**: the ``network.members`` networks (3 for email) are trained on workers
    at once, each with its own seed as in one process, each worker fetching the matrix
    from the one that holds it, and merged here as always
-   (:func:`nnspam.services.training.fit_members`).
+   (:func:`nnspam.services.runs.training.fit_members`).
 
 5. **The wide path's counts**: each shard's token document counts per hashed slot
    (:meth:`nnspam.model.wide.Wide.observe` on the worker), summed pairwise like the word
@@ -152,7 +152,7 @@ def _roomy_malloc() -> None:
 
 
 def _tokenize(payloads: list[bytes | str], kind: str, max_part_bytes: int) -> list[list[str]]:
-    from nnspam.services.training import tokenize_samples
+    from nnspam.services.runs.training import tokenize_samples
 
     _roomy_malloc()
     return tokenize_samples(payloads, kind, max_part_bytes, jobs=1)
@@ -195,7 +195,7 @@ def _stack(blocks: Sequence[Any], perm: np.ndarray | None = None) -> Any:
 
 
 class OnCluster:
-    """What :func:`nnspam.services.training.train_model` holds for a feature matrix that
+    """What :func:`nnspam.services.runs.training.train_model` holds for a feature matrix that
     stays on the cluster: its shape only. The members' tasks get the matrix itself."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
@@ -245,7 +245,7 @@ def _member_map(client: Any, data: Any = None) -> Callable[[Callable, list[dict[
 def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
                      settings: dict[str, Any], *, shard: int = SHARD,
                      order: Sequence[str] | None = None, **train_kwargs: Any) -> Model:
-    """:func:`nnspam.services.training.train_model` with its expensive parts on the
+    """:func:`nnspam.services.runs.training.train_model` with its expensive parts on the
     cluster behind ``client`` (see the module docstring); the same arguments, the same
     model (up to the members' floating-point sums, which do not depend on the worker).
 
@@ -259,7 +259,7 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
     With a recipe other than the plain one (text-only copies, another architecture or
     backend, a balance, a given word list) the samples are held here, only the
     tokenizing runs on the cluster, and the token lists come back."""
-    from nnspam.services.training import labels_of, train_model
+    from nnspam.services.runs.training import labels_of, train_model
 
     augment = (settings.get("features") or {}).get("augment", "none") or "none"
     plain = (augment == "none" or kind != "email") and train_kwargs.get(

@@ -2,7 +2,7 @@
 
 Watches the inbox maildirs named in the config with inotify (watchdog) and
 files every message that arrives in ``new/``: spam is moved into the Maildir++
-Junk folder, ham stays (see :mod:`nnspam.services.sorter`). It also watches Junk and
+Junk folder, ham stays (see :mod:`nnspam.services.delivery.sorter`). It also watches Junk and
 the inbox's ``cur/`` to learn from the user's corrections, and notes when a
 message leaves Junk (deleted, or moved away), so that only bytes appearing in
 the inbox at about that time count as a "Not junk" move: the same spam
@@ -23,7 +23,7 @@ delivered again after the user deleted it is scored like any new message.
   (:data:`FAILED_KEPT` such files remembered): the log says it once, the daemon
   goes on with the other messages.
 * A file name need not be UTF-8 (``b'\\xff\\xfe.host'``): it is filed like any
-  other and kept byte for byte (:mod:`nnspam.services.state` stores such names as
+  other and kept byte for byte (:mod:`nnspam.services.delivery.state` stores such names as
   their bytes).
 * Signals are blocked in every thread and taken by the main thread with
   ``sigtimedwait``: SIGTERM/SIGINT finish the message in hand, checkpoint the
@@ -66,7 +66,7 @@ from nnspam.services.systemd import Watchdog, sd_notify
 
 __all__ = ["Daemon", "DaemonError", "settings_from_config"]
 
-log = logging.getLogger("nnspam.services.daemon")
+log = logging.getLogger("nnspam.services.delivery.daemon")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FAILED_KEPT = 10_000  # files whose last error is remembered, not to log it at every rescan
@@ -81,8 +81,8 @@ class Settings:
     """What the daemon needs from the config and the command line.
 
     ``config`` is the whole loaded config: the Sorter is built from it
-    (:meth:`nnspam.services.sorter.Sorter.from_config`, as the SMS store builds its own), so
-    the daemon keeps only what it uses itself beside it."""
+    (:meth:`nnspam.services.delivery.sorter.Sorter.from_config`, as the SMS store builds its
+    own), so the daemon keeps only what it uses itself beside it."""
 
     maildirs: list[Path]
     model: str
@@ -185,8 +185,8 @@ class Daemon:
         """(Re)load the model and build the sorter for the current settings."""
         from nnspam.model.core import is_shipped
         from nnspam.model.writer import load_with_stamp
-        from nnspam.services.sorter import Sorter
-        from nnspam.services.state import State
+        from nnspam.services.delivery.sorter import Sorter
+        from nnspam.services.delivery.state import State
 
         s = self.settings
         writer = None
@@ -234,14 +234,14 @@ class Daemon:
 
     @staticmethod
     def _store_writer(s: Settings) -> Any:
-        """The fleet store's writer (:class:`nnspam.services.fleet.StoreWriter`) for the
+        """The fleet store's writer (:class:`nnspam.services.models.fleet.StoreWriter`) for the
         config's ``store:``; a bad setting, a missing client or a store that refuses us
         (something other than Redis at that address: a wrong ``store:``) is a
         DaemonError, one line. A store that does not answer is not: the registry logs
         the outage and the daemon files with the model on disk until Redis is back."""
-        from nnspam.services.fleet import store_writer
-        from nnspam.services.serve_settings import ServerError
-        from nnspam.services.store import NotRedis, StoreError, redact
+        from nnspam.services.errors import ServerError
+        from nnspam.services.models.fleet import store_writer
+        from nnspam.services.models.store import NotRedis, StoreError, redact
 
         try:
             writer = store_writer(s.config, s.model)

@@ -19,7 +19,7 @@ be (``place``):
 ``gone``    was in Junk and left it (deleted, or moved away): ``updated_at`` is
             when the daemon saw it go. Its bytes appearing in the inbox soon
             after are the user's "Not junk" move; later, a new delivery
-            (:meth:`nnspam.services.sorter.Sorter._moved_back`).
+            (:meth:`nnspam.services.delivery.sorter.Sorter._moved_back`).
 
 With this a restart never scores or moves a message twice, and user
 corrections are recognised: a message in Junk the daemon did not put there
@@ -157,7 +157,7 @@ class State:
         handler, as the daemon does when it sees the move). Reading the record and
         writing it back are apart by the time a correction takes to learn, so both
         processes read "not corrected yet" and both learned the one move. The Sorter's
-        handlers run under this lock (:mod:`nnspam.services.sorter`), and the dashboard
+        handlers run under this lock (:mod:`nnspam.services.delivery.sorter`), and the dashboard
         holds it from before its rename until its handler has recorded the move: the
         daemon's handler, woken by the rename, then finds the move recorded."""
         with self._lock:

@@ -17,7 +17,8 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from nnspam.services.serve_settings import ServerError, ServeSettings
+from nnspam.services.errors import ServerError
+from nnspam.services.models.serve_settings import ServeSettings
 
 __all__ = ["Listener", "inherited_sockets", "bind_listeners", "unix_listener", "close_listeners"]
 

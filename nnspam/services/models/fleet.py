@@ -1,5 +1,5 @@
 """A fleet of ``nnspam serve`` instances sharing their models through Redis (config
-``store: redis://HOST:PORT/DB``; the keys: :mod:`nnspam.services.store`).
+``store: redis://HOST:PORT/DB``; the keys: :mod:`nnspam.services.models.store`).
 
 Scoring (:class:`FleetRegistry`, the server's model registry when a store is
 configured): every worker process holds the site model and up to
@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from nnspam.services.registry import ModelRegistry, user_model_path
-from nnspam.services.serve_settings import ServerError, ServeSettings
-from nnspam.services.spamd import EX_IOERR, EX_NOUSER, EX_TEMPFAIL, RequestError
-from nnspam.services.store import (
+from nnspam.services.errors import EX_IOERR, EX_NOUSER, EX_TEMPFAIL, RequestError, ServerError
+from nnspam.services.models.registry import ModelRegistry, user_model_path
+from nnspam.services.models.serve_settings import ServeSettings
+from nnspam.services.models.store import (
     SITE,
     LeaseLost,
     Outage,
@@ -180,7 +180,7 @@ class FleetSlot:
 
 class FleetRegistry(ModelRegistry):
     """The server's models when they live in the store (see the module docstring):
-    classify as :class:`~nnspam.services.registry.ModelRegistry` does, with models
+    classify as :class:`~nnspam.services.models.registry.ModelRegistry` does, with models
     the watcher keeps current; learn and forget through the stream."""
 
     def __init__(self, settings: ServeSettings) -> None:
@@ -688,7 +688,7 @@ class Learner:
 
 class StoreWriter:
     """The model writer of the maildir daemon when its models live in the store
-    (``store:`` in the config; :class:`nnspam.services.sorter.Sorter` takes it instead of a
+    (``store:`` in the config; :class:`nnspam.services.delivery.sorter.Sorter` takes it instead of a
     model directory's :class:`~nnspam.model.writer.ModelWriter`).
 
     The daemon then works as one more server of the fleet: it scores with the model of
@@ -799,7 +799,7 @@ def store_writer(cfg: dict[str, Any], model: str | None = None) -> StoreWriter:
     """The daemon's :class:`StoreWriter` for its config (``store``, ``daemon.user``,
     ``serve.user_model``, ``learn:``), with the registry's watcher and learner started.
     ``model``: the model that seeds an empty store (``-m`` or ``model:``)."""
-    from nnspam.services.serve_settings import serve_settings
+    from nnspam.services.models.serve_settings import serve_settings
 
     settings = serve_settings(cfg, model, sock="")  # no listener: the daemon serves none
     user = cfg["daemon"].get("user")
