@@ -12,7 +12,8 @@ loads the rest of it.
 Where the table differs from the sketch, the code taught otherwise:
 
 * ``base`` holds what every layer may use: the package itself (``__version__``),
-  ``config`` (settings and their one check) and this table.
+  ``config`` (settings and their one check), ``settings`` (the typed, frozen objects
+  constructors take, read from the config) and this table.
 * ``services.verdict`` (the one rule, spamicity -> spam/unsure/ham, and a model's
   score plus that rule) is standard library only, so every service and front imports
   it cheaply; the model layer answers with spamicities and leaves the verdict to it.
@@ -45,7 +46,7 @@ __all__ = ["LAYERS", "SERVICES", "layer_of", "services_rule", "sublayer_of"]
 #: (layer, what belongs there, module names), lowest layer first.
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("base", "usable by every layer: the package (__version__), settings, this table",
-     ("nnspam", "nnspam._layers", "nnspam.config")),
+     ("nnspam", "nnspam._layers", "nnspam.config", "nnspam.settings")),
     ("mail", "bytes, MIME, tokens, headers, maildir, atomic writes, corpora",
      ("nnspam.mail.*",)),
     ("learning", "word lists, features, networks and their optimisers, the Keras backend",
