@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Spec", "load_config", "merge", "validate",
-           "email_training", "sms_training", "store_url_problem", "redact_url"]
+__all__ = ["DEFAULTS", "SCHEMA", "IMAP_ACCOUNT_DEFAULTS", "ConfigError", "Spec", "load_config",
+           "merge", "validate", "email_training", "sms_training", "store_url_problem",
+           "redact_url"]
 
 
 class ConfigError(Exception):
@@ -246,6 +247,16 @@ DEFAULTS: dict[str, Any] = {
         "input_dropout": 0.0,  # input dropout during online updates from an untrained start
         "admit_min": 2,  # untrained start: a token gets a free input once seen this often
     },
+}
+
+#: An IMAP account's settings that its entry in ``imap.accounts`` leaves out (the list's
+#: items have no place in DEFAULTS, which holds the empty list; config.yaml documents
+#: them). ``port`` null: 993 with implicit TLS, else 143.
+IMAP_ACCOUNT_DEFAULTS: dict[str, Any] = {
+    "tls": "implicit", "port": None, "verify": True, "ca_file": None,
+    "password_file": None, "password_command": None, "oauth2_token_command": None,
+    "oauth2_mechanism": "xoauth2", "inbox": "INBOX", "junk": None, "unsure": None,
+    "keywords": True,
 }
 
 # The original NNSpam design, selectable with --faithful: spam-only top-n

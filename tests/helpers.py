@@ -1,8 +1,8 @@
 """What several test modules share beside tests/conftest.py (which holds the fixtures, the
-corpus paths, ``need``, ``free_port`` and the ``nnspam serve`` harness): spamd requests,
-the ``nnspam daemon`` harness, a throwaway Redis, the SMS and email dashboards built over
-test data, the mail programs' recipe checks and Sieve environment, SMS texts, and a tiny
-trained model.
+corpus paths, ``need``, ``free_port`` and the ``nnspam serve`` harness): spamd requests
+and stand-in servers, a hand-made ``nnspam stream`` corpus, the ``nnspam daemon`` harness,
+a throwaway Redis, the SMS and email dashboards built over test data, the mail programs'
+recipe checks and Sieve environment, SMS texts, and a tiny trained model.
 
 Nothing here is a fixture. Test modules import it as ``from helpers import ...`` (tests/
 is on ``sys.path``, as for ``from conftest import ...``); no test module imports another.
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,6 +35,8 @@ from nnspam.mail import maildir as md
 from conftest import ROOT, free_port, make_message, need
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nnspam.mail.corpus import Sample
     from nnspam.model.core import Model
 
@@ -57,6 +59,37 @@ def spamd_request(verb: str, body: bytes, **headers: str) -> bytes:
     return (f"{verb} SPAMC/1.5\r\nContent-length: {len(body)}\r\n{hdr}\r\n").encode() + body
 
 
+def exchange(port: int, data: bytes, *, source: str | None = None, half_close: bool = True,
+             timeout: float = 30) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port`` (from ``source``, a local address), shut the
+    writing side unless ``half_close`` is false, and read the answer to its end."""
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        if source:
+            s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        parts = []
+        while chunk := s.recv(65536):
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def serve_each(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """A stand-in server's loop: accept a connection on the listening ``sock``, give it to
+    ``handle`` (with a 30 s timeout) and close it, until ``sock`` is closed."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(30)
+            handle(conn)
+
+
 def wait_listening(proc: subprocess.Popen, port: int) -> None:
     """Until 127.0.0.1:``port`` accepts a connection (a readiness loop, not a timing check);
     fails with ``proc``'s stderr (a pipe, text) if it exits first."""
@@ -75,6 +108,26 @@ def run_nnspam(*args: str, cfg: Path | None = None) -> subprocess.CompletedProce
     cmd, *rest = args
     return subprocess.run([sys.executable, "-m", "nnspam", cmd, *extra, *rest],
                           capture_output=True, text=True, timeout=300)
+
+
+# -- nnspam stream: a hand-made corpus --------------------------------------------------------
+
+def stream_corpus(tmp_path: Path, n: int) -> Path:
+    """``tmp_path/corpus``: ``n`` spam and ``n`` ham made by hand, alike within each class,
+    and an ``index`` of them (``spam spam/0``, ``ham ham/0``, ... alternating)."""
+    box = tmp_path / "corpus"
+    (box / "spam").mkdir(parents=True)
+    (box / "ham").mkdir()
+    lines = []
+    for i in range(n):
+        (box / "spam" / f"{i}").write_bytes(make_message(
+            f"cheap pills offer {i}", "buy cheap viagra pills now, best price, click here",
+            sender=f"deals{i}@pharma.biz"))
+        (box / "ham" / f"{i}").write_bytes(make_message(
+            f"meeting notes {i}", "hi bob, the notes from the project meeting, thanks alice"))
+        lines += [f"spam spam/{i}", f"ham ham/{i}"]
+    (box / "index").write_text("\n".join(lines) + "\n")
+    return box
 
 
 # -- nnspam daemon ----------------------------------------------------------------------------
@@ -152,6 +205,16 @@ class Daemon:
     def settled(self, n: int) -> bool:
         rows = self.rows()
         return len(rows) >= n and all(r[2] != "moving" for r in rows)
+
+
+def file_then_delete(d: Daemon, box: Path, spam: bytes) -> None:
+    """Deliver ``spam`` to the running daemon ``d``, wait until it is filed into Junk, and
+    delete it there as the user would."""
+    junk = box / ".Junk"
+    first = md.deliver(box, spam)
+    wait_until(lambda: (junk / "new" / first.name).exists() and d.settled(1), 30,
+               "the spam filed into Junk", d)
+    os.unlink(junk / "new" / first.name)  # the user deletes it from Junk
 
 
 def pick(messages: list[bytes], model: Model, spam: bool, n: int = 1) -> list[bytes]:
@@ -643,9 +706,23 @@ def train_tiny(**network: object) -> Model:
     """An email model trained on :func:`tiny_samples` in a moment: 40 words, up to 30
     epochs, a quarter held out; ``network`` overrides the network settings."""
     from nnspam import config as C
-    from nnspam.services.runs.training import train_model
+    from nnspam.services.runs.training import Recipe, train_model
 
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update({"max_epochs": 30, "validation_fraction": 0.25, **network})
-    return train_model(tiny_samples(), "email", settings)
+    return train_model(tiny_samples(), Recipe.from_config(C.DEFAULTS, "email", overrides={
+        "wordlist": {"size": 40, "min_df": 2},
+        "network": {"max_epochs": 30, "validation_fraction": 0.25, **network}}))
+
+
+def sorter_settings(**changes: Any) -> Any:
+    """The built-in SorterSettings with ``changes`` (an OperatingPoint field such as
+    ``threshold`` or ``unsure`` goes into ``point``)."""
+    import dataclasses
+
+    from nnspam.settings import OperatingPoint, SorterSettings, defaults
+
+    base = defaults(SorterSettings)
+    point_names = {f.name for f in dataclasses.fields(OperatingPoint)}
+    point = dataclasses.replace(base.point, **{k: v for k, v in changes.items()
+                                               if k in point_names})
+    return dataclasses.replace(base, point=point, **{k: v for k, v in changes.items()
+                                                     if k not in point_names})

@@ -29,7 +29,7 @@ from nnspam.mail import maildir as md
 from nnspam.model.core import Model, resolve_model_path
 
 from conftest import ROOT, need
-from helpers import BURST, Daemon, FixedModel, pick, wait_until
+from helpers import BURST, Daemon, FixedModel, file_then_delete, pick, sorter_settings, wait_until
 
 
 def sha(data: bytes) -> str:
@@ -212,10 +212,7 @@ def test_a_spam_deleted_from_junk_and_delivered_again_is_scored_not_learned_as_h
     junk = box / ".Junk"
     d = Daemon(tmp_path, box, model).start()
     try:
-        first = md.deliver(box, spam)
-        wait_until(lambda: (junk / "new" / first.name).exists() and d.settled(1), 30,
-                   "the spam filed into Junk", d)
-        os.unlink(junk / "new" / first.name)  # the user deletes it from Junk
+        file_then_delete(d, box, spam)
         # The daemon takes events in order: once a message delivered after the
         # deletion is decided, the deletion has been seen too.
         later = md.deliver(box, ham)
@@ -288,7 +285,7 @@ def test_the_sorter_files_by_the_one_verdict_rule(tmp_path, box):
 
     st = State(tmp_path / "s.sqlite3")
     for sp, want in ((0.6, "spam"), (0.59999, "ham"), (float("nan"), "ham")):
-        sorter = Sorter(FixedModel(sp), st, threshold=0.6, adaptive=False)
+        sorter = Sorter(FixedModel(sp), st, sorter_settings(threshold=0.6, adaptive=False))
         p = md.deliver(box, f"Subject: {sp}\n\nbody\n".encode())
         assert sorter.handle_new(box, p) == want
         assert p.exists() == (want == "ham")
@@ -304,7 +301,7 @@ def test_the_not_junk_rule_in_time(tmp_path, box):
     from nnspam.services.delivery.state import State
 
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(FixedModel(0.99), st, adaptive=False)
+    sorter = Sorter(FixedModel(0.99), st, sorter_settings(adaptive=False))
     key, junk = sorter.key(box), box / ".Junk"
 
     def filed(n: int) -> tuple[Path, bytes]:
@@ -549,7 +546,8 @@ def test_learn_files_trains_and_checkpoints(tmp_path, model, sa_burst):
     f = tmp_path / "msg.eml"
     f.write_bytes(ham)
     before = m.score([ham])[0]
-    sorter = Sorter(m, State(tmp_path / "s.sqlite3"), model_path=str(model), checkpoint_every=1)
+    sorter = Sorter(m, State(tmp_path / "s.sqlite3"), sorter_settings(checkpoint_every=1),
+                    model_path=str(model))
     assert sorter.learn_files([f, tmp_path / "gone.eml"], "spam") == 1
     assert sorter.pending_updates == 0  # checkpointed after one learned message
     assert Model.load(model).score([ham])[0] > before

@@ -36,11 +36,13 @@ from helpers import (
     FixedModel,
     build_mail,
     csrf_of,
+    file_then_delete,
     logged_in,
     make_app,
     pick,
     post,
     rows_of,
+    sorter_settings,
     wait_until,
 )
 
@@ -60,7 +62,7 @@ def in_process(tmp_path: Path, box: Path, sp: float) -> tuple[D, Sorter, State]:
     """The daemon's handling code without its watcher: its rescan, on a Sorter with a
     stand-in model that scores everything ``sp``."""
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(FixedModel(sp), st, adaptive=False)
+    sorter = Sorter(FixedModel(sp), st, sorter_settings(adaptive=False))
     d = D(settings_from_config(DEFAULTS, [str(box)]))
     d.sorter, d.state = sorter, st
     return d, sorter, st
@@ -195,7 +197,7 @@ def filed(sorter: Sorter, box: Path, n: int) -> tuple[Path, bytes]:
 
 def test_a_spam_delivered_again_within_the_window_is_scored_not_learned(tmp_path, box):
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(FixedModel(0.99), st, adaptive=False)
+    sorter = Sorter(FixedModel(0.99), st, sorter_settings(adaptive=False))
     key, junk = sorter.key(box), box / ".Junk"
     # Deleted (the going seen live), delivered again at once: scored, filed into Junk.
     j, data = filed(sorter, box, 1)
@@ -229,7 +231,7 @@ def test_real_moves_out_of_junk_are_still_learned_as_ham(tmp_path, box):
     (Dovecot across filesystems, mutt), a rename under a new name, and a sync tool's
     fresh read copy in cur/."""
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(FixedModel(0.99), st, adaptive=False)
+    sorter = Sorter(FixedModel(0.99), st, sorter_settings(adaptive=False))
     key = sorter.key(box)
     j, _ = filed(sorter, box, 1)
     linked = box / "new" / md.unique_name()
@@ -267,10 +269,7 @@ def test_the_daemon_scores_a_spam_deleted_and_delivered_again_at_once(tmp_path, 
     junk = box / ".Junk"
     d = Daemon(tmp_path, box, model).start()
     try:
-        first = md.deliver(box, spam)
-        wait_until(lambda: (junk / "new" / first.name).exists() and d.settled(1), 30,
-                   "the spam filed into Junk", d)
-        os.unlink(junk / "new" / first.name)  # the user deletes it from Junk
+        file_then_delete(d, box, spam)
         again = md.deliver(box, spam)  # delivered again, well within MOVE_WINDOW
         wait_until(lambda: (junk / "new" / again.name).exists() and d.settled(2), 30,
                    "the copy filed into Junk", d)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nnspam import __version__
 from nnspam.mail.headers import find_header_section, set_header_fields, strip_header_fields
 from nnspam.services.delivery.pipefilter import EX_TEMPFAIL, filter_stream
-from nnspam.services.scoring import FLAG, STATUS, Settings, classify, mark, status_fields
+from nnspam.services.scoring import FLAG, STATUS, FilterSettings, classify, mark, status_fields
 
 from conftest import ROOT
 from helpers import NNSPAM
@@ -123,8 +123,8 @@ def test_header_section_offsets():
 
 # -- classify / filter_stream with stand-in scorers ------------------------------
 
-def _settings(max_size=512 * 1024, unsure=None) -> Settings:
-    return Settings("default", 0.5, 0.9, 0.1, max_size, unsure)
+def _settings(max_size=512 * 1024, unsure=None) -> FilterSettings:
+    return FilterSettings("default", 0.5, 0.9, 0.1, max_size, unsure)
 
 
 def run_stream(raw: bytes, score=lambda raw: 0.9, **kw):

@@ -21,7 +21,7 @@ from nnspam.services import scoring
 from nnspam.services.delivery import pipefilter, spamc
 
 from conftest import Server, free_port
-from helpers import NNSPAM
+from helpers import NNSPAM, serve_each
 
 
 class FakeServer:
@@ -36,35 +36,29 @@ class FakeServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(8)
-        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread = threading.Thread(target=serve_each, args=(self.sock, self._handle),
+                                       daemon=True)
         self.thread.start()
 
-    def _loop(self) -> None:
-        while True:
+    def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
+        data = b""
+        try:
+            while chunk := conn.recv(65536):
+                data += chunk
+        except OSError:
+            return
+        reply = self.answer(data)
+        if reply is None:
             try:
-                conn, _ = self.sock.accept()
+                conn.recv(1)  # until the client closes
             except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.settimeout(30)
-                data = b""
-                try:
-                    while chunk := conn.recv(65536):
-                        data += chunk
-                except OSError:
-                    continue
-                reply = self.answer(data)
-                if reply is None:
-                    try:
-                        conn.recv(1)  # until the client closes
-                    except OSError:
-                        pass
-                    continue
-                try:
-                    conn.sendall(reply)
-                except OSError:
-                    pass
+                pass
+            return
+        try:
+            conn.sendall(reply)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.sock.close()
@@ -203,7 +197,7 @@ def test_unsure_band_exit_codes_match(server, sa_corpus, tmp_path):
 
 
 def test_unsure_band_edge_is_decided_in_process():
-    s = scoring.Settings("default", 0.5, 0.9, 0.1, 1000, (0.3, 0.7))
+    s = scoring.FilterSettings("default", 0.5, 0.9, 0.1, 1000, (0.3, 0.7))
     raw = b"Subject: x\n\nhello\n"
     for sp, want in (("0.300", None), ("0.700", None), ("0.301", "unsure"), ("0.299", "ham"),
                      ("0.800", "spam")):

@@ -10,6 +10,8 @@ from nnspam.front import cli
 from nnspam.learning import wordlist as wl
 from nnspam.model.correct import Rule, rule_from_config
 
+from helpers import sorter_settings
+
 
 @pytest.mark.parametrize("argv, want", [
     (["store", "-c", "fleet.yaml", "push", "DIR"], "fleet.yaml"),
@@ -101,8 +103,8 @@ def test_the_sorter_corrects_at_its_own_operating_point(tmp_path):
     from nnspam.model.delta import private_copy
     from nnspam.services.delivery.sorter import Sorter
 
-    sorter = Sorter(private_copy(Model.load("default")), None, threshold=0.9,
-                    rule=rule_from_config({}))
+    sorter = Sorter(private_copy(Model.load("default")), None,
+                    sorter_settings(threshold=0.9), rule=rule_from_config({}))
     assert sorter.rule.threshold == 0.9 and sorter.rule.point(sorter.model)[0] == 0.9
 
 

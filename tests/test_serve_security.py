@@ -25,6 +25,7 @@ from nnspam.services.errors import EX_NOUSER, RequestError
 from nnspam.services.models.registry import user_model_path
 
 from conftest import Server, make_message, need
+from helpers import exchange
 
 SPAM = make_message("FREE money now", "Click here to claim your prize, buy viagra cheap, "
                     "act now, limited offer, winner, cash, casino, lottery " * 3,
@@ -44,23 +45,6 @@ def _tree_digest(root: Path) -> dict[str, str]:
     """Every file under ``root`` and the digest of its bytes."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
-
-
-def _send(port: int, data: bytes, *, source: str | None = None, half_close: bool = True,
-          timeout: float = 30) -> bytes:
-    """Send ``data`` to the server (from ``source``, a local address) and read to the end."""
-    with socket.socket() as s:
-        s.settimeout(timeout)
-        if source:
-            s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(data)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
-        parts = []
-        while chunk := s.recv(65536):
-            parts.append(chunk)
-    return b"".join(parts)
 
 
 def _tell(raw: bytes, label: str, user: str | None = None, remove: bool = False) -> bytes:
@@ -153,12 +137,12 @@ def test_tell_only_from_the_allowed_clients(tmp_path):
         "serve:\n  allowed: [\"127.0.0.0/8\"]\n  tell_allowed: [\"127.0.0.1/32\"]\n"))
     try:
         before = _tree_digest(model)
-        got = _send(srv.port, _tell(SPAM, "spam"), source="127.0.0.2")
+        got = exchange(srv.port, _tell(SPAM, "spam"), source="127.0.0.2")
         assert got.startswith(b"SPAMD/1.5 77 "), got
         assert _tree_digest(model) == before
         check = (f"CHECK SPAMC/1.5\r\nContent-length: {len(HAM)}\r\n\r\n").encode() + HAM
-        assert _send(srv.port, check, source="127.0.0.2").startswith(b"SPAMD/1.5 0 EX_OK")
-        assert b"DidSet: local" in _send(srv.port, _tell(SPAM, "spam"), source="127.0.0.1")
+        assert exchange(srv.port, check, source="127.0.0.2").startswith(b"SPAMD/1.5 0 EX_OK")
+        assert b"DidSet: local" in exchange(srv.port, _tell(SPAM, "spam"), source="127.0.0.1")
         assert b"DidSet: local" in srv.request(_tell(HAM, "ham"), unix=True)
     finally:
         assert srv.stop() == 0
@@ -361,7 +345,7 @@ def test_an_8mb_message_from_a_write_then_read_client_comes_back_at_once(tmp_pat
         # a plain client that writes it all before reading, without half-closing
         req = (f"PROCESS SPAMC/1.5\r\nContent-length: {len(raw)}\r\n\r\n").encode() + raw
         t0 = time.monotonic()
-        out = _send(srv.port, req, half_close=False)
+        out = exchange(srv.port, req, half_close=False)
         assert out.endswith(b"\r\n\r\n" + raw) and out.startswith(b"SPAMD/1.5 0 EX_OK")
         assert time.monotonic() - t0 < 5
     finally:
@@ -375,7 +359,7 @@ def test_a_message_over_the_hard_limit_is_refused_at_once_without_a_reset(tmp_pa
     try:
         req = (f"PROCESS SPAMC/1.5\r\nContent-length: {len(raw)}\r\n\r\n").encode() + raw
         t0 = time.monotonic()
-        out = _send(srv.port, req, half_close=False)  # write all, then read: no reset
+        out = exchange(srv.port, req, half_close=False)  # write all, then read: no reset
         assert out.startswith(b"SPAMD/1.5 65 "), out[:100]
         assert time.monotonic() - t0 < 5
         got = srv.spamc(["-s", str(16 * 1024 * 1024)], raw)  # spamc gives it back unfiltered
@@ -425,7 +409,7 @@ def test_hostile_clients_against_a_real_server(tmp_path):
                 attacks_ok.append(user)
 
     def not_allowed() -> None:
-        got = _send(srv.port, _tell(SPAM, "spam", user="alice@example.org"), source="127.0.0.2")
+        got = exchange(srv.port, _tell(SPAM, "spam", user="alice@example.org"), source="127.0.0.2")
         if got.startswith(b"SPAMD/1.5 77 "):
             attacks_ok.append("127.0.0.2")
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Server
-from helpers import sa_sample, spamd_request
+from helpers import exchange, sa_sample, spamd_request
 
 CODES = {0, 64, 65, 67, 69, 73, 74, 76, 77}  # 70 (EX_SOFTWARE) would be a bug of ours
 
@@ -68,14 +68,7 @@ def send(srv: Server, data: bytes, half_close: bool = True, timeout: float = 20)
     """Send ``data``; the answer, or None when the server closed the connection
     on us (reset, broken pipe: the endless-line case)."""
     try:
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
-            s.sendall(data)
-            if half_close:
-                s.shutdown(socket.SHUT_WR)
-            parts = []
-            while chunk := s.recv(65536):
-                parts.append(chunk)
-            return b"".join(parts)
+        return exchange(srv.port, data, half_close=half_close, timeout=timeout)
     except TimeoutError:
         raise  # the server neither answered nor closed: a failure
     except OSError:  # reset, broken pipe, not connected: closed on us

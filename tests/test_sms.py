@@ -168,14 +168,14 @@ def test_daemon_and_sms_store_build_one_sorter_from_the_config(tmp_path):
     daemon = Daemon(settings_from_config(cfg, [str(box)], "default-sms"))
     daemon._load()
     try:
-        names = ("h", "s", "t", "junk", "model_path", "max_message_bytes",
-                 "learn_from_corrections", "checkpoint_every", "adaptive",
-                 "learn_on_confident", "confident_margin", "rule")
+        names = ("settings", "model_path", "rule")
         sms = {k: getattr(store.sorter, k) for k in names}
         assert sms == {k: getattr(daemon.sorter, k) for k in names}
-        assert (sms["h"], sms["s"], sms["t"]) == (0.7, 0.3, 0.6)
-        assert (sms["junk"], sms["checkpoint_every"], sms["max_message_bytes"]) == (
-            ".Spam", 3, 4096)
+        got = sms["settings"]
+        assert (got.point.ham_factor, got.point.spam_factor, got.point.threshold) == (
+            0.7, 0.3, 0.6)
+        assert (got.junk, got.checkpoint_every, got.max_message_bytes) == (".Spam", 3, 4096)
+        assert (got.learn_on_confident, got.confident_margin) == (True, 0.3)
         assert sms["model_path"] is None  # default-sms is read-only for both
         for sorter in (store.sorter, daemon.sorter):  # the adaptive: section applied
             assert sorter.model.adaptive.settings["half_life"] == 250

@@ -30,7 +30,14 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, free_port, need
-from helpers import FILTERS, check_delivery, files_in, strip_from_line, without_our_headers
+from helpers import (
+    FILTERS,
+    check_delivery,
+    files_in,
+    serve_each,
+    strip_from_line,
+    without_our_headers,
+)
 
 
 def spamc_flags(port: int) -> str:
@@ -445,27 +452,21 @@ class SpamdStandIn:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._loop, daemon=True).start()
+        threading.Thread(target=serve_each, args=(self.sock, self._handle), daemon=True).start()
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(30)
-                data = b""
-                while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
-                        re.search(rb"Content-length: (\d+)", data).group(1)):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                body = data.split(b"\r\n\r\n", 1)[1]
-                out = b"X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=9.7 required=5.0\r\n" + body
-                conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 9.7 / 5.0\r\nContent-length: "
-                             + str(len(out)).encode() + b"\r\n\r\n" + out)
+    @staticmethod
+    def _handle(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+                re.search(rb"Content-length: (\d+)", data).group(1)):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        body = data.split(b"\r\n\r\n", 1)[1]
+        out = b"X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=9.7 required=5.0\r\n" + body
+        conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 9.7 / 5.0\r\nContent-length: "
+                     + str(len(out)).encode() + b"\r\n\r\n" + out)
 
     def close(self) -> None:
         self.sock.close()

@@ -21,30 +21,15 @@ from nnspam.services.runs.stream import (
     summarize,
 )
 
-from conftest import CORPORA, SA_SPLIT, SA_TAR, make_message, needs_corpora
+from conftest import CORPORA, SA_SPLIT, SA_TAR, needs_corpora
+from helpers import stream_corpus
 
 ENRON_TAR = CORPORA / "enron-spam.tar.xz"
 STREAMS = CORPORA / "streams"
 
 
-def _corpus(tmp_path, n=12):
-    box = tmp_path / "corpus"
-    (box / "spam").mkdir(parents=True)
-    (box / "ham").mkdir()
-    lines = []
-    for i in range(n):
-        (box / "spam" / f"{i}").write_bytes(make_message(
-            f"cheap pills offer {i}", "buy cheap viagra pills now, best price, click here",
-            sender=f"deals{i}@pharma.biz"))
-        (box / "ham" / f"{i}").write_bytes(make_message(
-            f"meeting notes {i}", "hi bob, the notes from the project meeting, thanks alice"))
-        lines += [f"spam spam/{i}", f"ham ham/{i}"]
-    (box / "index").write_text("\n".join(lines) + "\n")
-    return box
-
-
 def test_stream_command_writes_lines_and_a_summary(tmp_path, capsys):
-    box = _corpus(tmp_path)
+    box = stream_corpus(tmp_path, 12)
     out = tmp_path / "out.tsv"
     assert cli.main(["stream", "--index", str(box / "index"), "--feedback", "errors",
                      "--out", str(out), "--limit", "10", "--save", str(tmp_path / "m")]) == 0
@@ -61,7 +46,7 @@ def test_stream_command_writes_lines_and_a_summary(tmp_path, capsys):
 
 
 def test_feedback_none_learns_nothing_and_all_learns_everything(tmp_path):
-    box = _corpus(tmp_path, 4)
+    box = stream_corpus(tmp_path, 4)
     items = read_index(box / "index")
     read = load_messages([p for _, p in items], box)
     m = start_model("default")
@@ -76,7 +61,7 @@ def test_feedback_none_learns_nothing_and_all_learns_everything(tmp_path):
 
 
 def test_an_untrained_start_learns_from_the_stream(tmp_path):
-    box = _corpus(tmp_path, 12)
+    box = stream_corpus(tmp_path, 12)
     items = read_index(box / "index")
     read = load_messages([p for _, p in items], box)
     cfg = {"online": {"inputs": 200}}
@@ -88,7 +73,7 @@ def test_an_untrained_start_learns_from_the_stream(tmp_path):
 
 
 def test_corpus_may_be_a_tar_archive(tmp_path):
-    box = _corpus(tmp_path, 2)
+    box = stream_corpus(tmp_path, 2)
     tar = tmp_path / "c.tar.xz"
     with tarfile.open(tar, "w:xz") as t:
         t.add(box, arcname="top")
@@ -200,7 +185,7 @@ def test_one_learn_moves_the_message_and_its_sender_s_other_mail(sa_corpus, tmp_
 def test_stream_untrained_learns_with_the_online_rule(tmp_path):
     """--untrained takes the online learner's network steps (rule_from_config(untrained=True)):
     the saved network differs from a fresh one, and its free input slots were filled."""
-    box = _corpus(tmp_path, 6)
+    box = stream_corpus(tmp_path, 6)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("online:\n  inputs: 200\n")
     assert cli.main(["stream", "-c", str(cfg), "--index", str(box / "index"), "--untrained",

@@ -25,6 +25,7 @@ from nnspam.services.runs.evaluate import (
 from nnspam.services.runs.stream import Step, ham_loss_key, summarize
 
 from conftest import ROOT, make_message
+from helpers import stream_corpus
 
 SCRIPT = ROOT / "scripts" / "bench" / "stream.py"
 
@@ -112,22 +113,6 @@ def test_summarize_gives_both_fixed_ham_loss_figures():
 
 # -- a score that ranks: nnspam stream --out ------------------------------------------------
 
-def _box(tmp_path, n=6):
-    box = tmp_path / "corpus"
-    (box / "spam").mkdir(parents=True)
-    (box / "ham").mkdir()
-    lines = []
-    for i in range(n):
-        (box / "spam" / f"{i}").write_bytes(make_message(
-            f"cheap pills offer {i}", "buy cheap viagra pills now, best price, click here",
-            sender=f"deals{i}@pharma.biz"))
-        (box / "ham" / f"{i}").write_bytes(make_message(
-            f"meeting notes {i}", "hi bob, the notes from the project meeting, thanks alice"))
-        lines += [f"spam spam/{i}", f"ham ham/{i}"]
-    (box / "index").write_text("\n".join(lines) + "\n")
-    return box
-
-
 def _read_out(path):
     rows = [line.split("\t") for line in path.read_text().splitlines()]
     assert all(len(r) == 5 for r in rows)
@@ -145,7 +130,7 @@ def test_stream_out_writes_the_logit_in_full(tmp_path, capsys, monkeypatch):
     """Two spams whose spamicities both round to 1.000000 get distinct printed scores, and
     1-ROCA from the printed file equals the replay's own, to the last bit (the SPAMICITY
     column, 6 decimals, gives another)."""
-    box = _box(tmp_path, 4)
+    box = stream_corpus(tmp_path, 4)
     items = nn_stream.read_index(box / "index")
 
     def fake_replay(model, items_, read, feedback="errors", rule=None, adaptive=True,
@@ -180,7 +165,7 @@ def test_stream_out_writes_the_logit_in_full(tmp_path, capsys, monkeypatch):
 def test_stream_out_scores_are_the_replay_s_own(tmp_path, monkeypatch):
     """With the real replay (shipped model, corrections): every printed score reads back as
     the replay's Step.score, and 1-ROCA from the file is the summary's."""
-    box = _box(tmp_path, 6)
+    box = stream_corpus(tmp_path, 6)
     seen: list[Step] = []
     real = nn_stream.replay
 
@@ -207,7 +192,7 @@ def test_tokenizing_ahead_gives_the_same_replay(tmp_path, monkeypatch):
     from nnspam import config as C
     from nnspam.model.correct import rule_from_config
 
-    box = _box(tmp_path, 8)
+    box = stream_corpus(tmp_path, 8)
     items = nn_stream.read_index(box / "index")
     read = nn_stream.load_messages([p for _, p in items], box)
     monkeypatch.setattr(nn_stream, "TOKENIZE_BLOCK", 5)
@@ -249,7 +234,7 @@ def test_reference_step_is_the_logistic_gradient():
 
 def _stream(tmp_path, n=30):
     """A hand-made stream, alternately spam and ham, written to files."""
-    box = _box(tmp_path, n)
+    box = stream_corpus(tmp_path, n)
     items = nn_stream.read_index(box / "index")
     read = nn_stream.load_messages([p for _, p in items], box)
     return box, bench.Stream(name="hand", kind="email", source="-", corpus=str(box),
@@ -316,7 +301,7 @@ def test_reference_in_the_bench_reports_and_trained_start(tmp_path):
 def test_stream_progress_shows_rate_and_running_figures(tmp_path, capsys):
     """Issue 23, part 6: ``nnspam stream --progress`` says every 500 messages how fast it
     goes and how it does so far (ham lost, spam missed, 1-ROCA)."""
-    box = _box(tmp_path, 260)  # 520 messages
+    box = stream_corpus(tmp_path, 260)  # 520 messages
     out = tmp_path / "out.tsv"
     assert cli.main(["stream", "--index", str(box / "index"), "--feedback", "errors",
                      "--progress", "--tokenizers", "1", "--out", str(out)]) == 0

@@ -18,7 +18,7 @@ import pytest
 from nnspam.services.scoring import SA_FIELDS, classify, spamassassin_fields
 
 from conftest import Server, need, needs_corpora
-from helpers import FixedModel, SieveEnv, sa_sample
+from helpers import FixedModel, SieveEnv, sa_sample, sorter_settings
 
 
 def _filter(args: list[str], raw: bytes) -> subprocess.CompletedProcess:
@@ -123,8 +123,8 @@ def test_the_daemon_files_unsure_mail_apart_and_learns_where_the_user_moves_it(t
 
     box = md.ensure_maildir(tmp_path / "Maildir")
     st = State(tmp_path / "s.sqlite3")
-    sorter = Sorter(FixedModel(0.4), st, adaptive=False, unsure=(0.3, 0.7),
-                    unsure_folder=".Unsure")
+    sorter = Sorter(FixedModel(0.4), st, sorter_settings(adaptive=False, unsure=(0.3, 0.7),
+                                                        unsure_folder=".Unsure"))
     key = sorter.key(box)
     a = md.deliver(box, b"Subject: a\n\nmaybe\n")
     b = md.deliver(box, b"Subject: b\n\nmaybe not\n")
@@ -142,7 +142,7 @@ def test_the_daemon_files_unsure_mail_apart_and_learns_where_the_user_moves_it(t
     assert sorter.handle_inbox_cur(box, ib) == "corrected"
     assert st.get(key, b.name).place == "inbox"
     # no folder: unsure mail stays where it was delivered
-    keep = Sorter(FixedModel(0.4), st, adaptive=False, unsure=(0.3, 0.7))
+    keep = Sorter(FixedModel(0.4), st, sorter_settings(adaptive=False, unsure=(0.3, 0.7)))
     c = md.deliver(box, b"Subject: c\n\nhmm\n")
     assert keep.handle_new(box, c) == "unsure" and c.exists()
     st.close()
@@ -152,5 +152,5 @@ def test_the_daemon_files_unsure_mail_apart_and_learns_where_the_user_moves_it(t
     cfg["daemon"]["unsure_folder"] = ".Unsure"
     s = Sorter.from_config(cfg, Model.load("default"), State(tmp_path / "t.sqlite3"),
                            model_name="default")
-    assert s.unsure == (0.2, 0.8) and s.unsure_folder == ".Unsure"
+    assert s.settings.point.unsure == (0.2, 0.8) and s.settings.unsure_folder == ".Unsure"
     s.state.close()

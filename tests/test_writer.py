@@ -27,7 +27,7 @@ from nnspam.mail import maildir as md
 from nnspam.model.core import Model, resolve_model_path
 
 from conftest import ROOT, Server, need
-from helpers import HAM_SMS, SPAM_SMS, Daemon, learned, spamd_request, wait_until
+from helpers import HAM_SMS, SPAM_SMS, Daemon, learned, sorter_settings, spamd_request, wait_until
 
 # -- the writer, in one process ----------------------------------------------------------
 
@@ -171,8 +171,8 @@ def test_sorters_of_two_processes_keep_all_corrections(tmp_path, sms_model):
     from nnspam.services.delivery.state import State
 
     model, stamp = load_with_stamp(sms_model)
-    sorter = Sorter(model, State(tmp_path / "s.sqlite3"), model_path=str(sms_model),
-                    checkpoint_every=2, stamp=stamp)
+    sorter = Sorter(model, State(tmp_path / "s.sqlite3"), sorter_settings(checkpoint_every=2),
+                    model_path=str(sms_model), stamp=stamp)
     other = ModelWriter.open(sms_model)
     sorter.learn([SPAM_SMS[0]], "spam")  # kept in memory
     other.learn_payloads([HAM_SMS[0]], "ham")  # saved

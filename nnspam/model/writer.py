@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnspam.mail.atomic import ReentrantFlock
+
 if TYPE_CHECKING:
     from nnspam.model.core import Model
 
@@ -115,18 +117,6 @@ def lock_path(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(_resolve(path)) + ".lock")
 
 
-class _PathLock:
-    """The in-process side of one lock file: a re-entrant thread lock, how
-    deep the holder is in it, and the descriptor that holds the ``flock``
-    (``own``: opened here, closed on release; else inherited, left alone)."""
-
-    def __init__(self) -> None:
-        self.rlock = threading.RLock()
-        self.depth = 0
-        self.fd: int | None = None
-        self.own = True
-
-
 def _inherited_holder(fd: int) -> int | None:
     """Another descriptor of this process on the same file as ``fd`` whose open
     file holds the lock: one inherited from ``flock(1)`` run around this process
@@ -159,7 +149,7 @@ def _inherited_holder(fd: int) -> int | None:
     return None
 
 
-_locks: dict[str, _PathLock] = {}
+_locks: dict[str, ReentrantFlock] = {}
 _locks_guard = threading.Lock()
 
 
@@ -218,43 +208,31 @@ def model_lock(path: str | os.PathLike, deadline: float | None = None) -> Iterat
     learned later behind its back (``nnspam serve``; issue 22)."""
     key = str(lock_path(path))
     with _locks_guard:
-        pl = _locks.setdefault(key, _PathLock())
-    if deadline is None:
-        pl.rlock.acquire()
-    elif not pl.rlock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-        raise LockTimeout("the model is being saved by another thread")
-    try:
-        if pl.depth == 0:
-            Path(key).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # held: by another process, or by our own caller?
-                    held = _inherited_holder(fd)
-                    if held is None:
-                        _flock_until(fd, deadline)
-                    else:
-                        os.close(fd)
-                        fd = -1
-                        pl.fd, pl.own = held, False
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                raise
-            if fd >= 0:
-                pl.fd, pl.own = fd, True
-        pl.depth += 1
+        pl = _locks.setdefault(key, ReentrantFlock())
+
+    def take() -> tuple[int, bool]:
+        Path(key).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            yield
-        finally:
-            pl.depth -= 1
-            if pl.depth == 0 and pl.fd is not None:
-                if pl.own:
-                    os.close(pl.fd)  # closing our descriptor releases the flock
-                pl.fd = None
-    finally:
-        pl.rlock.release()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: by another process, or by our own caller?
+            held = _inherited_holder(fd)
+            if held is not None:
+                os.close(fd)
+                return held, False
+            try:
+                _flock_until(fd, deadline)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, True
+
+    with pl.held(take, None if deadline is None else deadline - time.monotonic(),
+                 lambda: LockTimeout("the model is being saved by another thread")):
+        yield
 
 
 def replace_model(model: Model, path: str | os.PathLike) -> None:
@@ -304,6 +282,10 @@ class ModelWriter:
     #: above that counts them (:mod:`nnspam.services.metrics`) while metrics are on.
     observer: Callable[[str], None] | None = None
 
+    #: Learned here, by this writer (a fleet's store writer is ``remote``: learned by the
+    #: fleet's learner).
+    remote = False
+
     def __init__(self, path: str | os.PathLike, model: Model, *, stamp: Any = _NOW,
                  prepare: Callable[[Model], Any] | None = None) -> None:
         from nnspam.model.core import is_shipped
@@ -330,6 +312,10 @@ class ModelWriter:
     def changed(self) -> bool:
         """Whether the directory holds a save other than the one in memory (one stat)."""
         return _stamp(self.path) != self.stamp
+
+    def close(self) -> None:
+        """Nothing to release: every save is finished when it returns (a fleet's store
+        writer, of the same interface, sends what it holds here)."""
 
     def sync(self) -> bool:
         """Load the directory's model if another writer saved it since our load

@@ -3,7 +3,7 @@
 :func:`classify` scores a whole message and inserts the X-NNSpam header fields
 (:func:`status_fields`, and SpamAssassin's, :func:`spamassassin_fields`, when asked),
 never raising for a bad message or scorer; :func:`model_scorer` is the scorer of a loaded
-model; :class:`Settings` (:func:`settings`) is what the config says about it. The pipe
+model; :class:`FilterSettings` (:func:`settings`) is what the config says about it. The pipe
 filter (:mod:`nnspam.services.delivery.pipefilter`), its client of the scoring server
 (:mod:`nnspam.services.delivery.spamc`), the server (:mod:`nnspam.services.spamd.protocol`) and
 the model registry (:mod:`nnspam.services.models.registry`) all classify through here,
@@ -31,7 +31,7 @@ from nnspam.services.verdict import (
 from nnspam.services.verdict import verdict as verdict_of
 
 __all__ = [
-    "STATUS", "FLAG", "WORDS", "OUR_FIELDS", "SA_FIELDS", "Result", "Settings", "classify",
+    "STATUS", "FLAG", "WORDS", "OUR_FIELDS", "SA_FIELDS", "Result", "FilterSettings", "classify",
     "mark", "model_scorer", "settings", "skipped_fields", "spamassassin_fields",
     "status_fields",
 ]
@@ -171,7 +171,7 @@ def _explained(score: Callable[[bytes], float], raw: bytes, words: int, explain:
 # -- settings ----------------------------------------------------------------
 
 @dataclass
-class Settings:
+class FilterSettings:
     """What the filter needs from the config: the model, the verdict's threshold and
     unsure band, the ham bias, and the size cap (:func:`settings`)."""
 
@@ -194,8 +194,8 @@ class Settings:
     lists: Any = None
 
 
-def settings(cfg: dict[str, Any], model: str | None) -> Settings:
-    """The filter's :class:`Settings` from a loaded config (``-m`` replaces its model),
+def settings(cfg: dict[str, Any], model: str | None) -> FilterSettings:
+    """The filter's :class:`FilterSettings` from a loaded config (``-m`` replaces its model),
     checked: ValueError for a bad unsure band or size cap. Shared with ``nnspam filter
     --server`` (:mod:`nnspam.services.delivery.spamc`) and ``nnspam serve``, so the three
     classify alike."""
@@ -215,7 +215,7 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
     max_size = int(f["max_size"])
     if max_size < 0:
         raise ValueError("filter.max_size must be >= 0")
-    words = f.get("words", 0)
+    words = f["words"]
     if not isinstance(words, int) or isinstance(words, bool) or words < 0:
         raise ValueError(f"filter.words must be a whole number >= 0, not {words!r}")
     tag = f.get("rewrite_subject")
@@ -223,14 +223,14 @@ def settings(cfg: dict[str, Any], model: str | None) -> Settings:
                             or not all(" " <= c <= "~" for c in tag)):
         raise ValueError(f"filter.rewrite_subject must be null or up to 64 printable ASCII "
                          f"characters, e.g. '[SPAM] ', not {tag!r}")
-    return Settings(model or cfg["model"], t, float(cfg["ham_factor"]),
+    return FilterSettings(model or cfg["model"], t, float(cfg["ham_factor"]),
                     float(cfg["spam_factor"]), max_size, band, words,
                     float(cfg["serve"]["score_scale"]) if f.get("spamassassin_headers")
-                    else None, tag, str(cfg["serve"].get("score_mode", "spamicity")),
+                    else None, tag, str(cfg["serve"]["score_mode"]),
                     SenderLists.from_config(cfg))
 
 
-def model_scorer(model: Any, s: Settings) -> Callable[[bytes], float]:
+def model_scorer(model: Any, s: FilterSettings) -> Callable[[bytes], float]:
     """A function raw bytes -> spamicity with ``model`` at the settings' ham bias,
     through the one scoring routine (:func:`nnspam.services.verdict.score_tokens`); the
     verdict is :func:`classify`'s, which knows the unsure band. The scoring server

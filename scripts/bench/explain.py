@@ -87,7 +87,7 @@ def main() -> None:
             expl_t.append(best_of(lambda toks=toks: explain(model, toks)))
             inputs.append(len(explain(model, toks).words))
 
-        def classify(raw: bytes, s: scoring.Settings) -> None:
+        def classify(raw: bytes, s: scoring.FilterSettings) -> None:
             res = scoring.classify(raw, scoring.model_scorer(model, s), s.threshold,
                                       s.unsure, s.words)
             assert (b"X-NNSpam-Words: " in res.output) == (s.words > 0)

@@ -63,9 +63,9 @@ def _box(value: str | None) -> int:
 def folder_label(side: Any, where: str) -> str:
     """How the pages name where a message is."""
     if where == "junk":
-        return side.sorter.junk.lstrip(".") or "Junk"
+        return side.sorter.settings.junk.lstrip(".") or "Junk"
     if where == "unsure":
-        return (side.sorter.unsure_folder or "Unsure").lstrip(".")
+        return (side.sorter.settings.unsure_folder or "Unsure").lstrip(".")
     return {"inbox": "Inbox", "gone": "gone"}.get(where, where)
 
 

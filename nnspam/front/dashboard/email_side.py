@@ -198,7 +198,7 @@ class EmailSide:
     @property
     def learning(self) -> bool:
         """Whether moves are learned (writable model, ``daemon.learn_from_corrections``)."""
-        return not self.readonly and bool(self.sorter.learn_from_corrections)
+        return not self.readonly and self.sorter.settings.learn_from_corrections
 
     def close(self) -> None:
         """Save what was learned and close the state file."""
@@ -265,7 +265,7 @@ class EmailSide:
             return view
         with self.lock:
             try:
-                msg = read_message(row.path, self.sorter.max_message_bytes)
+                msg = read_message(row.path, self.sorter.settings.max_message_bytes)
             except FileNotFoundError:
                 row.where, row.path = "gone", None
                 return view
@@ -285,14 +285,16 @@ class EmailSide:
                 s.writer.sync()  # the daemon may have saved since: explain by the latest
             model = s.model
             tokens = model.tokens(msg.data)
-            expl = explain(model, tokens, s.h, s.s)
+            point = s.settings.point
+            expl = explain(model, tokens, point.ham_factor, point.spam_factor)
             journal = model.journal
             i = journal.find(message_key(tokens))
             view.journal = journal.entries[i] if i is not None else None
         view.explanation = expl
         view.words = list(expl.top(words))
         view.scale = max((abs(w.logit) for w in view.words), default=0.0) or 1.0
-        view.verdict_now = verdict(expl.spamicity, s.t, s.unsure)
+        point = self.sorter.settings.point
+        view.verdict_now = verdict(expl.spamicity, point.threshold, point.unsure)
         return view
 
     @staticmethod
@@ -331,7 +333,7 @@ class EmailSide:
             return "read-only", 0
         with self.lock:
             try:
-                msg = read_message(row.path, self.sorter.max_message_bytes)
+                msg = read_message(row.path, self.sorter.settings.max_message_bytes)
             except FileNotFoundError:
                 return "missing", 0
             if msg.data is None:

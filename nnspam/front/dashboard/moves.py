@@ -61,7 +61,7 @@ def locate(sorter: Any, maildir: Path, uniq: str) -> tuple[str, Path] | None:
     files into one."""
     folders = [("inbox", Path(maildir)), ("junk", sorter.junk_dir(maildir))]
     if getattr(sorter, "unsure_folder", None):
-        folders.append(("unsure", md.folder_path(maildir, sorter.unsure_folder)))
+        folders.append(("unsure", md.folder_path(maildir, sorter.settings.unsure_folder)))
     for name, folder in folders:
         path = md.find_message(folder, uniq)
         if path is not None:
@@ -85,7 +85,7 @@ def move_message(sorter: Any, maildir: Path, uniq: str, to: str) -> Moved:
 
 
 def _move(sorter: Any, maildir: Path, uniq: str, to: str) -> Moved:
-    junk = md.ensure_folder(maildir, sorter.junk)
+    junk = md.ensure_folder(maildir, sorter.settings.junk)
     found = locate(sorter, maildir, uniq)
     if found is None:
         return Moved("missing", False, None)

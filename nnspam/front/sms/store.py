@@ -94,7 +94,7 @@ class SmsStore:
 
     def __init__(self, maildir: str | os.PathLike, sorter: Any) -> None:
         self.maildir = md.ensure_maildir(Path(os.path.expanduser(str(maildir))).resolve())
-        md.ensure_folder(self.maildir, sorter.junk)
+        md.ensure_folder(self.maildir, sorter.settings.junk)
         self.sorter = sorter
         self.key = sorter.key(self.maildir)
         self.db: sqlite3.Connection = sorter.state.db

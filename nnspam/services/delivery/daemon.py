@@ -45,7 +45,6 @@ delivered again after the user deleted it is scored like any new message.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
@@ -54,7 +53,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ from nnspam.config import DEFAULTS
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
 from nnspam.services.blas import one_blas_thread
+from nnspam.services.delivery.state import Place
 from nnspam.services.systemd import Watchdog, sd_notify
 
 __all__ = ["Daemon", "DaemonError", "settings_from_config"]
@@ -77,7 +77,7 @@ class DaemonError(Exception):
 
 
 @dataclass
-class Settings:
+class DaemonSettings:
     """What the daemon needs from the config and the command line.
 
     ``config`` is the whole loaded config: the Sorter is built from it
@@ -86,10 +86,10 @@ class Settings:
 
     maildirs: list[Path]
     model: str
-    state: str = "~/.local/state/nnspam/daemon.sqlite3"
-    rescan_interval: float = 3600.0
-    config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULTS))
-    rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), checked at start
+    state: str  # daemon.state
+    rescan_interval: float  # daemon.rescan_interval
+    config: dict[str, Any]
+    rule: Any  # config learn: (nnspam.model.correct.rule_from_config), checked at start
 
     @property
     def junk(self) -> str:
@@ -112,8 +112,8 @@ def _rule(cfg: dict[str, Any]) -> Any:
 
 
 def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
-                         model: str | None = None) -> Settings:
-    """Build :class:`Settings` from a loaded config; ``--maildir`` replaces
+                         model: str | None = None) -> DaemonSettings:
+    """Build :class:`DaemonSettings` from a loaded config; ``--maildir`` replaces
     the config's list, ``-m`` its model."""
     d = cfg["daemon"]
     dirs = maildirs if maildirs else list(d.get("maildirs") or [])
@@ -126,7 +126,7 @@ def settings_from_config(cfg: dict[str, Any], maildirs: list[str] | None = None,
         if not ((p / "new").is_dir() and (p / "cur").is_dir()):
             raise DaemonError(f"{x}: not a maildir (needs new/ and cur/)")
         paths.append(p)
-    return Settings(
+    return DaemonSettings(
         maildirs=paths,
         model=str(model or cfg["model"]),
         state=str(d["state"]),
@@ -155,7 +155,7 @@ class _OverflowWatch(logging.Handler):
 class Daemon:
     """The watcher, the queue, the worker and the signal loop."""
 
-    def __init__(self, settings: Settings, config_file: str | None = None,
+    def __init__(self, settings: DaemonSettings, config_file: str | None = None,
                  cli_maildirs: list[str] | None = None, cli_model: str | None = None,
                  metrics_at: tuple[str, int] | None = None) -> None:
         self.settings = settings
@@ -207,7 +207,7 @@ class Daemon:
             # daemon.state would start a new, empty memory somewhere unseen. Only the
             # built-in default's own directory (~/.local/state/nnspam) is made, on first run.
             if (not state_path.parent.is_dir()
-                    and state_path != Path(os.path.expanduser(Settings.state))):
+                    and state_path != Path(os.path.expanduser(DEFAULTS["daemon"]["state"]))):
                 raise DaemonError(f"{state_path}: the directory {state_path.parent} does not "
                                   "exist (create it first)")
             if self.state is not None:
@@ -223,7 +223,7 @@ class Daemon:
                                          rule=s.rule, stamp=stamp, writer=writer)
         if stats is not None:  # the stop summary counts from the start, not the last SIGHUP
             self.sorter.stats = stats
-        if old is not None and hasattr(old, "close"):
+        if old is not None:
             old.close()  # the store writer of before a reload
         for m in s.maildirs:
             md.ensure_folder(m, s.junk)
@@ -233,7 +233,7 @@ class Daemon:
                          m, n, s.junk)
 
     @staticmethod
-    def _store_writer(s: Settings) -> Any:
+    def _store_writer(s: DaemonSettings) -> Any:
         """The fleet store's writer (:class:`nnspam.services.models.fleet.StoreWriter`) for the
         config's ``store:``; a bad setting, a missing client or a store that refuses us
         (something other than Redis at that address: a wrong ``store:``) is a
@@ -337,13 +337,13 @@ class Daemon:
         def tally(what: str) -> None:
             counts[what] = counts.get(what, 0) + 1
 
-        for rec in list(state.records(key, "moving")):  # a move cut short by a crash
+        for rec in list(state.records(key, Place.MOVING)):  # a move cut short by a crash
             p = md.find_message(maildir, rec.uniq)
             if p is not None:
                 self._safely(sorter.handle_new, maildir, p, tally)
             else:
-                state.set_place(key, rec.uniq, "junk" if md.find_message(
-                    sorter.junk_dir(maildir), rec.uniq) else "inbox")
+                state.set_place(key, rec.uniq, Place.JUNK if md.find_message(
+                    sorter.junk_dir(maildir), rec.uniq) else Place.INBOX)
         for p in md.list_messages(maildir, ("new",)):
             if self.stopping.is_set():
                 return
@@ -353,8 +353,8 @@ class Daemon:
             if self.stopping.is_set():
                 return
             self._safely(sorter.handle_junk, maildir, p, tally)
-        in_junk = {r.uniq for r in state.records(key, "junk")}
-        in_junk |= {r.uniq for r in state.records(key, "gone")}
+        in_junk = {r.uniq for r in state.records(key, Place.JUNK)}
+        in_junk |= {r.uniq for r in state.records(key, Place.GONE)}
         if in_junk:
             for p in md.list_messages(maildir, ("cur",)):
                 if md.base_name(p.name) in in_junk:
@@ -516,7 +516,7 @@ class Daemon:
                 log.error("checkpoint at shutdown failed: %s", exc)
                 metrics.error("checkpoint")
                 code = 1
-            if self.sorter is not None and hasattr(self.sorter.writer, "close"):
+            if self.sorter is not None and self.sorter.writer is not None:
                 self.sorter.writer.close()  # a fleet store's: send what is left
             log.info("stopped: %s", self._status()[len("STATUS="):])
             if self.state is not None:

@@ -58,6 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnspam.config import IMAP_ACCOUNT_DEFAULTS
+from nnspam.services.delivery.state import Place
+
 log = logging.getLogger("nnspam.imap")
 
 __all__ = ["Account", "ImapError", "ImapState", "ImapFiler", "accounts_from_config",
@@ -83,17 +86,18 @@ class Account:
     host: str
     user: str
     port: int
-    tls: str = "implicit"  # implicit (IMAPS), starttls, none (only to a loopback address)
-    verify: bool = True  # verify the server's certificate and name
-    ca_file: str | None = None
-    password_file: str | None = None
-    password_command: str | None = None
-    oauth2_token_command: str | None = None
-    oauth2_mechanism: str = "xoauth2"
-    inbox: str = "INBOX"
-    junk: str | None = None  # None: the folder with SPECIAL-USE \Junk, else "Junk"
-    unsure: str | None = None  # None: unsure mail stays in the inbox
-    keywords: bool = True  # set $Junk on filed spam; learn from $Junk/$NotJunk
+    # the rest default to nnspam.config.IMAP_ACCOUNT_DEFAULTS (the one place)
+    tls: str  # implicit (IMAPS), starttls, none (only to a loopback address)
+    verify: bool  # verify the server's certificate and name
+    ca_file: str | None
+    password_file: str | None
+    password_command: str | None
+    oauth2_token_command: str | None
+    oauth2_mechanism: str
+    inbox: str
+    junk: str | None  # None: the folder with SPECIAL-USE \Junk, else "Junk"
+    unsure: str | None  # None: unsure mail stays in the inbox
+    keywords: bool  # set $Junk on filed spam; learn from $Junk/$NotJunk
 
     def __repr__(self) -> str:  # never a secret's source in a log line or traceback
         return f"Account({self.name!r}, {self.user}@{self.host}:{self.port})"
@@ -125,10 +129,11 @@ def _account(i: int, d: Any) -> Account:
     for key in ("name", "host", "user"):
         if not isinstance(d.get(key), str) or not d[key].strip():
             raise ImapError(f"{where}.{key} is required (a non-empty string)")
-    tls = d.get("tls", "implicit")
+    d = {**IMAP_ACCOUNT_DEFAULTS, **d}
+    tls = d["tls"]
     if tls not in TLS_MODES:
         raise ImapError(f"{where}.tls must be one of {', '.join(TLS_MODES)}, not {tls!r}")
-    port = d.get("port", 993 if tls == "implicit" else 143)
+    port = d["port"] if d["port"] is not None else 993 if tls == "implicit" else 143
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ImapError(f"{where}.port must be a port number, not {port!r}")
     if tls == "none" and d["host"] not in ("127.0.0.1", "::1", "localhost"):
@@ -143,24 +148,23 @@ def _account(i: int, d: Any) -> Account:
                 "junk", "unsure"):
         if d.get(key) is not None and (not isinstance(d[key], str) or not d[key].strip()):
             raise ImapError(f"{where}.{key} must be a non-empty string or null")
-    mech = d.get("oauth2_mechanism", "xoauth2")
+    mech = d["oauth2_mechanism"]
     if mech not in OAUTH_MECHANISMS:
         raise ImapError(f"{where}.oauth2_mechanism must be xoauth2 or oauthbearer, "
                         f"not {mech!r}")
     for key in ("verify", "keywords"):
-        if not isinstance(d.get(key, True), bool):
+        if not isinstance(d[key], bool):
             raise ImapError(f"{where}.{key} must be true or false")
-    inbox = d.get("inbox", "INBOX")
+    inbox = d["inbox"]
     if not isinstance(inbox, str) or not inbox:
         raise ImapError(f"{where}.inbox must be a folder name")
     return Account(
         name=d["name"].strip(), host=d["host"].strip(), user=d["user"], port=port, tls=tls,
-        verify=d.get("verify", True), ca_file=_path(d.get("ca_file")),
-        password_file=_path(d.get("password_file")),
-        password_command=d.get("password_command"),
-        oauth2_token_command=d.get("oauth2_token_command"), oauth2_mechanism=mech,
-        inbox=inbox, junk=d.get("junk"), unsure=d.get("unsure"),
-        keywords=d.get("keywords", True))
+        verify=d["verify"], ca_file=_path(d["ca_file"]),
+        password_file=_path(d["password_file"]),
+        password_command=d["password_command"],
+        oauth2_token_command=d["oauth2_token_command"], oauth2_mechanism=mech,
+        inbox=inbox, junk=d["junk"], unsure=d["unsure"], keywords=d["keywords"])
 
 
 def _path(v: str | None) -> str | None:
@@ -308,7 +312,7 @@ class Filed:
     message_id: str | None
     spamicity: float | None
     verdict: str | None
-    place: str
+    place: Place
     origin: str
     folder: str | None
     folder_uid: int | None
@@ -316,6 +320,9 @@ class Filed:
     learned: str | None
     at: float
     gone_at: float | None
+
+    def __post_init__(self) -> None:
+        self.place = Place(self.place)
 
 
 class ImapState:
@@ -514,10 +521,10 @@ class ImapFiler:
         rec = self.state.latest(name, sha)
         if rec is not None and rec.origin == "nnspam" and rec.gone_at is None \
                 and rec.folder in (None, self.junk) and (
-                    rec.place == "moving"  # the MOVE done, its record not yet (a crash)
-                    or (rec.place == "junk" and rec.folder_uid in (None, uid))):
+                    rec.place == Place.MOVING  # the MOVE done, its record not yet (a crash)
+                    or (rec.place == Place.JUNK and rec.folder_uid in (None, uid))):
             # nnspam's own filing arriving (or seen again after a restart)
-            self.state.update(rec.id, place="junk", folder=self.junk, folder_uid=uid,
+            self.state.update(rec.id, place=Place.JUNK, folder=self.junk, folder_uid=uid,
                               uidvalidity=uv)
             return
         if rec is not None and rec.learned == "spam" and rec.folder == self.junk \
@@ -526,7 +533,7 @@ class ImapFiler:
         with self.lock:
             learned = self.sorter.learn([raw], "spam")
         self.stats["learned_spam"] += 1
-        self.state.add(name, sha, _message_id(raw), None, "spam", "junk", "user", self.junk,
+        self.state.add(name, sha, _message_id(raw), None, "spam", Place.JUNK, "user", self.junk,
                        uid, uv, "spam" if learned else None)
         log.info("%s: correction: message-id=%s moved into %s by the user, %s", name,
                  _message_id(raw), self.junk, "learned as spam" if learned else "not learned")
@@ -570,7 +577,7 @@ class ImapFiler:
                 client.add_flags(uids, [JUNK], silent=True)
             self._move(client, uids, dest)
             for _uid, rid, verdict, mid, sp in items:
-                self.state.update(rid, place="junk" if verdict == "spam" else "unsure",
+                self.state.update(rid, place=Place.JUNK if verdict == "spam" else Place.UNSURE,
                                   folder_uid=None, uidvalidity=None)
                 self.stats[verdict] += 1
                 log.info("%s: decision message-id=%s spamicity=%.6f action=moved to %s", name,
@@ -605,23 +612,26 @@ class ImapFiler:
         sha = hashlib.sha256(raw).hexdigest()
         mid = _message_id(raw)
         rec = self.state.latest(name, sha)
-        if rec is not None and rec.place == "inbox" and rec.origin == "nnspam" \
+        if rec is not None and rec.place == Place.INBOX and rec.origin == "nnspam" \
                 and rec.folder_uid == uid and rec.uidvalidity == uv:
             return "known"  # decided before a crash cut the block short: kept, as it was
-        if rec is not None and rec.place == "moving" and rec.folder_uid == uid \
+        if rec is not None and rec.place == Place.MOVING and rec.folder_uid == uid \
                 and rec.uidvalidity == uv:
             # a move cut short by a crash: finish it
             self._move(client, [uid], rec.folder or self.junk)
-            self.state.update(rec.id, place="unsure" if rec.verdict == "unsure" else "junk",
+            self.state.update(rec.id,
+                              place=Place.UNSURE if rec.verdict == "unsure" else Place.JUNK,
                               folder_uid=None, uidvalidity=None)
             log.info("%s: resumed the move of message-id=%s to %s", name, mid, rec.folder)
             return "resumed"
-        if rec is not None and rec.place in ("junk", "unsure") and rec.origin == "nnspam" \
+        if rec is not None and rec.place in (Place.JUNK, Place.UNSURE) \
+                and rec.origin == "nnspam" \
                 and self._left(client, rec):
             with self.lock:
                 learned = self.sorter.learn([raw], "ham")
             self.stats["learned_ham"] += 1
-            self.state.update(rec.id, place="inbox", learned="ham" if learned else rec.learned)
+            self.state.update(rec.id, place=Place.INBOX,
+                              learned="ham" if learned else rec.learned)
             if self.account.keywords:
                 client.remove_flags([uid], [JUNK], silent=True)
                 client.add_flags([uid], [NOT_JUNK], silent=True)
@@ -633,11 +643,11 @@ class ImapFiler:
         dest = self.junk if verdict == "spam" else (
             self.account.unsure if verdict == "unsure" else None)
         if dest is None:
-            self.state.add(name, sha, mid, sp, verdict, "inbox", "nnspam", inbox, uid, uv)
+            self.state.add(name, sha, mid, sp, verdict, Place.INBOX, "nnspam", inbox, uid, uv)
             self.stats["ham" if verdict == "ham" else "unsure"] += 1
             log.info("%s: decision message-id=%s spamicity=%.6f action=kept", name, mid, sp)
             return verdict
-        rid = self.state.add(name, sha, mid, sp, verdict, "moving", "nnspam", dest, uid, uv)
+        rid = self.state.add(name, sha, mid, sp, verdict, Place.MOVING, "nnspam", dest, uid, uv)
         moving.setdefault(dest, []).append((uid, rid, verdict, mid, sp))
         return verdict
 

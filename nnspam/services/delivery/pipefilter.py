@@ -39,8 +39,8 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
 
 from nnspam.services.scoring import (
+    FilterSettings,
     Result,
-    Settings,
     classify,
     mark,
     model_scorer,
@@ -58,7 +58,7 @@ VERDICT_SPAM, VERDICT_HAM, VERDICT_UNSURE, VERDICT_ERROR = 0, 1, 2, 3
 CHUNK = 1 << 16
 
 
-def _scorer(s: Settings) -> Callable[[bytes], float]:
+def _scorer(s: FilterSettings) -> Callable[[bytes], float]:
     """Load the model now (so that a missing model fails before any output)
     and return a function raw bytes -> spamicity."""
     from nnspam.model.core import Model
@@ -102,8 +102,8 @@ def read_upto(inp: Reader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def filter_stream(inp: Reader, out: BinaryIO, settings_of: Callable[[], Settings],
-                  scorer_of: Callable[[Settings], Callable[[bytes], float]] = _scorer,
+def filter_stream(inp: Reader, out: BinaryIO, settings_of: Callable[[], FilterSettings],
+                  scorer_of: Callable[[FilterSettings], Callable[[bytes], float]] = _scorer,
                   max_size_fallback: int = 512 * 1024,
                   log: Callable[[str], None] | None = None) -> tuple[str, float | None]:
     """Copy one message from ``inp`` to ``out``, marked; return (verdict,
@@ -111,7 +111,7 @@ def filter_stream(inp: Reader, out: BinaryIO, settings_of: Callable[[], Settings
     when reading fails; every other failure passes the message through
     unchanged with verdict ``error``."""
     err: str | None = None
-    settings: Settings | None
+    settings: FilterSettings | None
     try:
         settings = settings_of()
         max_size = settings.max_size
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace, inp: Reader | None = None,
     inp = inp if inp is not None else sys.stdin.buffer
     out = out if out is not None else sys.stdout.buffer
 
-    def settings_of() -> Settings:
+    def settings_of() -> FilterSettings:
         from nnspam.config import load_config
 
         return settings(load_config(args.config), args.model)

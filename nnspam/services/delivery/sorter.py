@@ -48,9 +48,10 @@ from typing import Any, Protocol
 
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
-from nnspam.services.delivery.state import Record, State
+from nnspam.services.delivery.state import Place, Record, State
 from nnspam.services.verdict import HAM, SPAM, UNSURE, SenderLists, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
+from nnspam.settings import SorterSettings, defaults, from_config
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
@@ -140,9 +141,11 @@ def _same_file_content(a: Path, b: Path) -> bool:
 class Writer(Protocol):
     """The one writer of a Sorter's model, which it learns through and saves with: a
     model directory's :class:`nnspam.model.writer.ModelWriter`, or a fleet's
-    :class:`nnspam.services.models.fleet.StoreWriter`. The latter also has ``remote = True`` (its
+    :class:`nnspam.services.models.fleet.StoreWriter`. The latter is ``remote`` (its
     models are learned by the fleet's learner: the Sorter neither saves nor observes) and
-    ``close()`` (called by the daemon before a reload and at shutdown)."""
+    has something to ``close()`` (called by the daemon before a reload and at shutdown)."""
+
+    remote: bool
 
     @property
     def model(self) -> Any: ...
@@ -158,6 +161,8 @@ class Writer(Protocol):
 
     def sync(self) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 class Sorter:
     """Scores and files messages of one or more inbox maildirs, and learns
@@ -169,63 +174,46 @@ class Sorter:
         self,
         model: Any,
         state: State,
+        settings: SorterSettings | None = None,
         *,
         model_path: str | None = None,
-        junk: str = ".Junk",
-        ham_factor: float = 0.9,
-        spam_factor: float = 0.1,
-        threshold: float = 0.5,
-        max_message_bytes: int = 10485760,
-        learn_from_corrections: bool = True,
-        checkpoint_every: int = 10,
-        adaptive: bool = True,
-        learn_on_confident: bool = False,
-        confident_margin: float = 0.45,
         rule: Any = None,
         stamp: Any = None,
         prepare: Callable[[Any], Any] | None = None,
         source: str = "daemon",
-        unsure: tuple[float, float] | None = None,
-        unsure_folder: str | None = None,
         writer: Writer | None = None,
         lists: Any = None,
     ) -> None:
+        """``settings``: what it files and learns by (:class:`nnspam.settings.SorterSettings`,
+        read from the config by :meth:`from_config`; None: the built-in defaults). The rest
+        is wiring: ``model_path`` the model directory it saves to (None: a read-only model,
+        only scored); ``stamp`` the model_stamp taken when ``model`` was read
+        (:func:`nnspam.model.writer.load_with_stamp`; None: now); ``prepare`` what a model
+        re-read from disk needs (the config's ``adaptive:`` section); ``writer`` another
+        writer of the same interface, used instead (a fleet's model store,
+        :class:`nnspam.services.models.fleet.StoreWriter`: its ``remote`` models are learned
+        by the fleet's learner, not here); ``rule`` how a correction is learned (config
+        ``learn:``, :func:`nnspam.model.correct.rule_from_config`); ``source`` how the
+        correction journal names this front's lessons; ``lists`` the user's allow/deny
+        lists (:class:`nnspam.services.verdict.SenderLists`)."""
+        from nnspam.model.correct import Rule
         from nnspam.model.writer import ModelWriter
 
+        self.settings = settings if settings is not None else defaults(SorterSettings)
+        point = self.settings.point
         self.state = state
         self.model_path = model_path
-        # The one writer of model_path (None: a read-only model, only scored). ``stamp``:
-        # the model_stamp taken when ``model`` was read (nnspam.model.writer.load_with_stamp;
-        # None: now); ``prepare``: what a model re-read from disk needs (the config's
-        # adaptive: section).
-        # ``writer``: another writer of the same interface, used instead (a fleet's model
-        # store, nnspam.services.models.fleet.StoreWriter: its ``remote`` models are learned by
-        # the fleet's learner, not here).
         kw = {} if stamp is None else {"stamp": stamp}
         self.writer: Writer | None = writer if writer is not None else (
             ModelWriter(model_path, model, prepare=prepare, **kw) if model_path else None)
-        self.remote = bool(getattr(writer, "remote", False))
+        self.remote = writer is not None and writer.remote
         self._model = model
-        self.junk = junk
-        self.h, self.s, self.t = ham_factor, spam_factor, threshold
-        self.max_message_bytes = max_message_bytes
-        self.learn_from_corrections = learn_from_corrections
-        self.checkpoint_every = max(1, int(checkpoint_every))
-        self.adaptive = adaptive
-        self.learn_on_confident = learn_on_confident
-        self.confident_margin = confident_margin
-        # how a correction is learned (config learn:, nnspam.model.correct.rule_from_config),
-        # its margins measured at the operating point this sorter files by
-        from nnspam.model.correct import Rule
-
-        self.rule = (rule or Rule()).with_(threshold=threshold, ham_factor=ham_factor,
-                                           spam_factor=spam_factor)
-        self.source = source  # how the correction journal names this front's lessons
-        self.lists = lists  # the user's allow/deny lists (verdict.SenderLists), or None
-        # the unsure band (filter.unsure) and the folder unsure mail is filed into (None:
-        # it stays in the inbox, marked unsure in the state)
-        self.unsure = unsure
-        self.unsure_folder = unsure_folder
+        # the margins of a correction measured at the operating point this sorter files by
+        self.rule = (rule or Rule()).with_(threshold=point.threshold,
+                                           ham_factor=point.ham_factor,
+                                           spam_factor=point.spam_factor)
+        self.source = source
+        self.lists = lists
         self.pending_updates = 0
         self.dirty = False
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
@@ -263,30 +251,16 @@ class Sorter:
         from nnspam.model.core import is_shipped
         from nnspam.model.correct import rule_from_config
 
-        d = cfg["daemon"]
-        ad = dict(cfg.get("adaptive") or {})
+        ad = cfg["adaptive"]
         writable = model_name is not None and not is_shipped(model_name)
-        settings: dict[str, Any] = dict(
-            model_path=str(model_name) if writable else None,
-            junk=str(d["junk"]),
-            ham_factor=float(cfg["ham_factor"]),
-            spam_factor=float(cfg["spam_factor"]),
-            threshold=float(cfg["threshold"]),
-            max_message_bytes=int(d["max_message_bytes"]),
-            learn_from_corrections=bool(d["learn_from_corrections"]),
-            checkpoint_every=int(d["checkpoint_every"]),
-            adaptive=bool(ad.get("enabled", True)),
-            learn_on_confident=bool(ad.get("learn_on_confident", False)),
-            confident_margin=float(ad.get("confident_margin", 0.45)),
-            rule=rule if rule is not None else rule_from_config(cfg),
-            unsure=tuple(cfg["filter"]["unsure"]) if cfg["filter"].get("unsure") else None,
-            lists=SenderLists.from_config(cfg),
-            unsure_folder=d.get("unsure_folder"),
-        )
+        settings = from_config(SorterSettings, cfg)
+        rule = rule if rule is not None else rule_from_config(cfg)
+        lists = SenderLists.from_config(cfg)
         adaptive_mod.configure(model, ad)
-        return cls(model, state() if callable(state) else state, stamp=stamp,
+        return cls(model, state() if callable(state) else state, settings,
+                   model_path=str(model_name) if writable else None, rule=rule, stamp=stamp,
                    prepare=lambda m: adaptive_mod.configure(m, ad), source=source,
-                   writer=writer, **settings)
+                   writer=writer, lists=lists)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -295,7 +269,7 @@ class Sorter:
         return str(Path(maildir).resolve())
 
     def junk_dir(self, maildir: Path) -> Path:
-        return md.folder_path(maildir, self.junk)
+        return md.folder_path(maildir, self.settings.junk)
 
     def _observe(self, tokens: list[str], label: str | None = None) -> None:
         """Feed the adaptive input words, when ``nnspam.model.adaptive`` is installed.
@@ -307,7 +281,7 @@ class Sorter:
             return
         try:
             replaced = observe(self.model, [tokens], None if label is None else [label],
-                               adaptive_inputs=self.adaptive)
+                               adaptive_inputs=self.settings.adaptive)
         except Exception as exc:  # noqa: BLE001 - the adaptive inputs must never stop filing mail
             log.error("adaptive: observe failed: %s: %s", exc.__class__.__name__, exc)
             return
@@ -320,7 +294,7 @@ class Sorter:
 
     def _updated(self, n: int = 1) -> None:
         self.pending_updates += n
-        if self.pending_updates >= self.checkpoint_every:
+        if self.pending_updates >= self.settings.checkpoint_every:
             self.checkpoint()
 
     def checkpoint(self) -> bool:
@@ -352,7 +326,7 @@ class Sorter:
         Returns False when learning is off or the model cannot be saved (the
         shipped default models are read-only).
         """
-        if not self.learn_from_corrections:
+        if not self.settings.learn_from_corrections:
             return False
         if self.writer is None:
             log.warning("not learned: the model is read-only (give a model directory with -m)")
@@ -362,7 +336,7 @@ class Sorter:
         # learns under the model directory's lock, on top of its latest save; the lesson
         # is kept (to learn again on a newer save) until the checkpoint saves it.
         replaced = self.writer.learn_payloads(payloads, label, self.rule,
-                                              adaptive_inputs=self.adaptive, save=False,
+                                              adaptive_inputs=self.settings.adaptive, save=False,
                                               source=self.source)
         for r in replaced or ():
             log.info("adaptive: replaced input %s", " ".join(f"{k}={v}" for k, v in r.items()))
@@ -390,7 +364,7 @@ class Sorter:
         payloads = []
         for p in paths:
             try:
-                payloads.append(read_message(Path(p), self.max_message_bytes).data or b"")
+                payloads.append(read_message(Path(p), self.settings.max_message_bytes).data or b"")
             except FileNotFoundError:
                 log.warning("skipped %s: gone before it was read", p)
         if payloads:
@@ -418,23 +392,55 @@ class Sorter:
         every front that files mail (the maildir daemon, the SMS store, ``nnspam imap``)
         does with a new message before it decides where the message goes. Raises what
         scoring raised (the caller logs it and leaves the message where it is)."""
+        point = self.settings.point
         t0 = time.perf_counter()
         try:
             tokens = self.model.tokens(data)
-            (sp, verdict), = score_tokens(self.model, [tokens], self.t, self.h, self.s,
-                                          lists=self.lists)
+            (sp, verdict), = score_tokens(self.model, [tokens], point.threshold,
+                                          point.ham_factor, point.spam_factor, lists=self.lists)
         except Exception:
             metrics.scored("error")
             raise
-        if self.unsure is not None:
-            verdict = verdict_of(sp, self.t, self.unsure)
+        if point.unsure is not None:
+            verdict = verdict_of(sp, point.threshold, point.unsure)
         metrics.scored(verdict, time.perf_counter() - t0)
         self.stats["scored"] += 1
         self._observe(tokens)
-        if self.learn_on_confident and abs(sp - self.t) >= self.confident_margin:
+        if (self.settings.learn_on_confident
+                and abs(sp - point.threshold) >= self.settings.confident_margin):
             if self.learn([data], verdict):
                 metrics.learned("confident", verdict)
         return sp, verdict
+
+    def _arrival(self, maildir: Path, path: Path, *, delivered: bool
+                 ) -> str | tuple[str, str, Path, Read]:
+        """The opening both inbox handlers share: a message already recorded is handled
+        as known (:meth:`_known_in_inbox`); else it is read (``delivered``, through
+        ``new/``: when it went before it was read, looked for under its unique name, as
+        a mail client moves ``new/`` to ``cur/``) and, when it is a Junk message the user
+        moved back (:meth:`_moved_back`), recorded and learned as ham. Returns what was
+        done, or (state key, unique name, path, message) of a new arrival to decide."""
+        maildir, key, uniq, rec = self._lookup(maildir, path)
+        if rec is not None:
+            return self._known_in_inbox(maildir, path, rec)
+        msg = None
+        for _ in range(2 if delivered else 1):
+            try:
+                msg = read_message(path, self.settings.max_message_bytes)
+                break
+            except FileNotFoundError:
+                moved = md.find_message(maildir, uniq) if delivered else None
+                if moved is None:
+                    break
+                path = moved
+        if msg is None:
+            log.info("skipped file=%s: removed before it was read", path)
+            return "vanished"
+        back = self._moved_back(maildir, key, msg, delivered=delivered)
+        if back is not None:
+            self.state.put(Record.moved_back(key, uniq, msg, back, time.time()))
+            return self._correct_ham(maildir, key, uniq, path, msg)
+        return key, uniq, path, msg
 
     @_state_locked
     def handle_new(self, maildir: Path, path: Path) -> str:
@@ -443,52 +449,31 @@ class Sorter:
         filed into ``daemon.unsure_folder`` when set), ``skipped``,
         ``vanished``, ``resumed`` (a move interrupted by a crash finished) or
         ``corrected`` (a Junk message the user moved back: learned as ham)."""
-        maildir, key, uniq, rec = self._lookup(maildir, path)
-        if rec is not None:
-            return self._known_in_inbox(maildir, path, rec)
-        try:
-            msg = read_message(path, self.max_message_bytes)
-        except FileNotFoundError:
-            moved = md.find_message(maildir, uniq)
-            if moved is None:
-                log.info("skipped file=%s: removed before it was read", path)
-                return "vanished"
-            path = moved
-            try:
-                msg = read_message(path, self.max_message_bytes)
-            except FileNotFoundError:
-                log.info("skipped file=%s: removed before it was read", path)
-                return "vanished"
+        got = self._arrival(maildir, path, delivered=True)
+        if isinstance(got, str):
+            return got
+        key, uniq, path, msg = got
         now = time.time()
-        back = self._moved_back(maildir, key, msg, delivered=True)
-        if back is not None:
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
-                                  back.verdict, "inbox", "user", None, now, now))
-            return self._correct_ham(maildir, key, uniq, path, msg)
         if msg.data is None:
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, None,
-                                  "skipped", "inbox", "daemon", None, now, now))
+            self.state.put(Record.decided(key, uniq, msg, None, "skipped", Place.INBOX, now))
             self.stats["skipped"] += 1
             metrics.scored("skipped")
-            self._decision(path, msg, None, f"skipped-size({msg.size}>{self.max_message_bytes})")
+            self._decision(path, msg, None,
+                           f"skipped-size({msg.size}>{self.settings.max_message_bytes})")
             return "skipped"
         sp, verdict = self.judge(msg.data)
-        if verdict == HAM or (verdict == UNSURE and not self.unsure_folder):
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, verdict,
-                                  "inbox", "daemon", None, now, now))
+        if verdict == HAM or (verdict == UNSURE and not self.settings.unsure_folder):
+            self.state.put(Record.decided(key, uniq, msg, sp, verdict, Place.INBOX, now))
             self.stats[verdict] = self.stats.get(verdict, 0) + 1
             self._decision(path, msg, sp, "kept" if verdict == HAM else "kept (unsure)")
             return verdict
         if verdict == UNSURE:
-            self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, UNSURE,
-                                  "moving", "daemon", None, now, now))
+            self.state.put(Record.decided(key, uniq, msg, sp, UNSURE, Place.MOVING, now))
             dest = self._to_junk(maildir, key, uniq, path, unsure=True)
             self.stats["unsure"] = self.stats.get("unsure", 0) + 1
             self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
             return UNSURE
-        rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, sp, SPAM, "moving",
-                     "daemon", None, now, now)
-        self.state.put(rec)
+        self.state.put(Record.decided(key, uniq, msg, sp, SPAM, Place.MOVING, now))
         dest = self._to_junk(maildir, key, uniq, path)
         self.stats["spam"] += 1
         self._decision(path, msg, sp, f"moved to {dest}" if dest else "kept (move failed)")
@@ -498,8 +483,8 @@ class Sorter:
                  unsure: bool = False) -> Path | None:
         """Move a message recorded as ``moving`` into Junk and record ``junk`` (with
         ``unsure``: into ``daemon.unsure_folder`` and record ``unsure``)."""
-        place = "unsure" if unsure else "junk"
-        folder = self.unsure_folder if unsure else self.junk
+        place = Place.UNSURE if unsure else Place.JUNK
+        folder = self.settings.unsure_folder if unsure else self.settings.junk
         if folder is None:  # a move into the unsure folder resumed after the config dropped it
             raise RuntimeError(f"{path}: daemon.unsure_folder is not set: the move into it is "
                                "left unfinished")
@@ -515,7 +500,7 @@ class Sorter:
                         self.state.set_place(key, uniq, place)
                         return junk
                     log.info("skipped file=%s: removed before it was moved", path)
-                    self.state.set_place(key, uniq, "inbox")
+                    self.state.set_place(key, uniq, Place.INBOX)
                     return None
                 path = found
                 sub = path.parent.name
@@ -532,18 +517,18 @@ class Sorter:
                     return there
                 log.error("error file=%s: another message named %s is in %s; left in the "
                           "inbox", path, path.name, junk / sub)
-                self.state.set_place(key, uniq, "inbox")
+                self.state.set_place(key, uniq, Place.INBOX)
                 return None
             self.state.set_place(key, uniq, place)
             return dest
-        self.state.set_place(key, uniq, "inbox")
+        self.state.set_place(key, uniq, Place.INBOX)
         return None
 
     def _known_in_inbox(self, maildir: Path, path: Path, rec: Record) -> str:
         key, uniq = rec.maildir, rec.uniq
-        if rec.place == "inbox":
+        if rec.place == Place.INBOX:
             return "known"
-        if rec.place == "moving":
+        if rec.place == Place.MOVING:
             dest = self._to_junk(maildir, key, uniq, path, unsure=rec.verdict == UNSURE)
             log.info("resumed file=%s: finished the interrupted move to %s", path, dest)
             return "resumed"
@@ -551,12 +536,12 @@ class Sorter:
         # yet the message is in the inbox under its own unique name: the user moved it
         # back, however long it took (a new delivery always gets a new name): ham.
         try:
-            msg = read_message(path, self.max_message_bytes)
+            msg = read_message(path, self.settings.max_message_bytes)
         except FileNotFoundError:
             return "vanished"
         return self._correct_ham(maildir, key, uniq, path, msg,
-                                 came_from=(self.unsure_folder or "the unsure folder")
-                                 if rec.place == "unsure" else "Junk")
+                                 came_from=(self.settings.unsure_folder or "the unsure folder")
+                                 if rec.place == Place.UNSURE else "Junk")
 
     def _moved_back(self, maildir: Path, key: str, msg: Read,
                     delivered: bool = False) -> Record | None:
@@ -622,9 +607,9 @@ class Sorter:
         junk = self.junk_dir(maildir)
         now = self.clock()
         for rec in self.state.by_sha(key, msg.sha256):
-            if rec.place == "gone":
+            if rec.place == Place.GONE:
                 left, unseen = rec.updated_at, False
-            elif rec.place == "junk" and md.find_message(junk, rec.uniq) is None:
+            elif rec.place == Place.JUNK and md.find_message(junk, rec.uniq) is None:
                 left, unseen = now, True
             else:  # still in Junk (a second delivery), or not a Junk message
                 continue
@@ -632,7 +617,7 @@ class Sorter:
             if delivered and not kept_date:  # rule 4: a file written since: a delivery
                 continue
             if abs(msg.arrived - left) <= MOVE_WINDOW or (unseen and kept_date):
-                self.state.set_place(key, rec.uniq, "inbox", learned="ham")
+                self.state.set_place(key, rec.uniq, Place.INBOX, learned="ham")
                 return rec
         return None
 
@@ -645,11 +630,11 @@ class Sorter:
         :meth:`_moved_back`), else ``ignored`` (new/ -> cur/ inside Junk, or a
         message that is already back in the inbox)."""
         maildir, key, uniq, rec = self._lookup(maildir, path)
-        if rec is None or rec.place != "junk":
+        if rec is None or rec.place != Place.JUNK:
             return "ignored"
         if md.find_message(self.junk_dir(maildir), uniq) is not None:
             return "ignored"
-        self.state.set_place(key, uniq, "gone", at=self.clock() if at is None else at)
+        self.state.set_place(key, uniq, Place.GONE, at=self.clock() if at is None else at)
         log.info("left Junk file=%s message-id=%s: deleted or moved away", path,
                  rec.message_id or "-")
         return "gone"
@@ -665,9 +650,9 @@ class Sorter:
         junk = self.junk_dir(maildir)
         there = {md.base_name(p.name) for p in md.list_messages(junk)}
         n = 0
-        for rec in list(self.state.records(key, "junk")):
+        for rec in list(self.state.records(key, Place.JUNK)):
             if rec.uniq not in there and md.find_message(junk, rec.uniq) is None:
-                self.state.set_place(key, rec.uniq, "gone", at=self.clock())
+                self.state.set_place(key, rec.uniq, Place.GONE, at=self.clock())
                 n += 1
         return n
 
@@ -676,7 +661,7 @@ class Sorter:
         learned = msg.data is not None and self.learn([msg.data], "ham")
         if learned:
             metrics.learned("daemon", "ham")
-        self.state.set_place(key, uniq, "inbox", learned="ham")
+        self.state.set_place(key, uniq, Place.INBOX, learned="ham")
         self.state.add_correction(key, uniq, "ham", str(path))
         log.info("correction file=%s message-id=%s: moved out of %s by the user, %s as ham",
                  path, msg.message_id or "-", came_from, "learned" if learned else "recorded")
@@ -687,20 +672,8 @@ class Sorter:
     def handle_inbox_cur(self, maildir: Path, path: Path) -> str:
         """A message in the inbox's ``cur/``: a Junk message moved back is
         learned as ham; anything else is left alone (``cur/`` is read mail)."""
-        maildir, key, uniq, rec = self._lookup(maildir, path)
-        if rec is not None:
-            return self._known_in_inbox(maildir, path, rec)
-        try:
-            msg = read_message(path, self.max_message_bytes)
-        except FileNotFoundError:
-            return "vanished"
-        back = self._moved_back(maildir, key, msg)
-        if back is None:
-            return "ignored"
-        now = time.time()
-        self.state.put(Record(key, uniq, msg.message_id, msg.size, msg.sha256, back.spamicity,
-                              back.verdict, "inbox", "user", None, now, now))
-        return self._correct_ham(maildir, key, uniq, path, msg)
+        got = self._arrival(maildir, path, delivered=False)
+        return got if isinstance(got, str) else "ignored"
 
     # -- a message in Junk ---------------------------------------------------
     @_state_locked
@@ -712,28 +685,26 @@ class Sorter:
         key = self.key(maildir)
         uniq = md.base_name(path.name)
         rec = self.state.get(key, uniq)
-        if rec is not None and rec.place in ("junk", "moving", "gone"):
-            if rec.place != "junk":  # a move finished, or back in Junk under its own name
-                self.state.set_place(key, uniq, "junk")
+        if rec is not None and rec.place in (Place.JUNK, Place.MOVING, Place.GONE):
+            if rec.place != Place.JUNK:  # a move finished, or back in Junk under its own name
+                self.state.set_place(key, uniq, Place.JUNK)
             return "known"
         try:
-            msg = read_message(path, self.max_message_bytes)
+            msg = read_message(path, self.settings.max_message_bytes)
         except FileNotFoundError:
             return "vanished"
         now = time.time()
         if rec is None:
             # Renamed on the way (a mail store that gives copies new names)?
-            for old in self.state.by_sha(key, msg.sha256, "inbox"):
+            for old in self.state.by_sha(key, msg.sha256, Place.INBOX):
                 if md.find_message(maildir, old.uniq) is None:
-                    self.state.set_place(key, old.uniq, "junk", learned="spam")
+                    self.state.set_place(key, old.uniq, Place.JUNK, learned="spam")
                     break
-            rec = Record(key, uniq, msg.message_id, msg.size, msg.sha256, None, "spam", "junk",
-                         "user", None, now, now)
-            self.state.put(rec)
+            self.state.put(Record.put_in_junk(key, uniq, msg, now))
         learned = msg.data is not None and self.learn([msg.data], "spam")
         if learned:
             metrics.learned("daemon", "spam")
-        self.state.set_place(key, uniq, "junk", learned="spam")
+        self.state.set_place(key, uniq, Place.JUNK, learned="spam")
         self.state.add_correction(key, uniq, "spam", str(path))
         log.info("correction file=%s message-id=%s: put in Junk by the user, %s as spam", path,
                  msg.message_id or "-", "learned" if learned else "recorded")
@@ -753,8 +724,7 @@ class Sorter:
         for p in md.list_messages(self.junk_dir(maildir)):
             uniq = md.base_name(p.name)
             if self.state.get(key, uniq) is None:
-                self.state.put(Record(key, uniq, None, None, None, None, "spam", "junk",
-                                      "existing", None, now, now))
+                self.state.put(Record.existing(key, uniq, now))
                 n += 1
         self.state.add_maildir(key)
         return n

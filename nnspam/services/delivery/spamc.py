@@ -233,7 +233,7 @@ _SA_LEVEL = re.compile(rb"(?:^|\n)X-Spam-Level: (\**)\r?\n")
 _WORDS = re.compile(rb"(?:^|\n)X-NNSpam-Words: ([ -~]+)\r?\n")
 
 
-def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: scoring.Settings,
+def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: scoring.FilterSettings,
                timeout: float, user: str | None = None,
                log: Any = None) -> tuple[bytes, str] | None:
     """(output, verdict) for ``raw`` from the first server that gives an
@@ -255,7 +255,7 @@ def via_server(raw: bytes, addrs: Sequence[tuple[int, Any]], settings: scoring.S
     return None
 
 
-def _check(raw: bytes, rep: Reply, s: scoring.Settings) -> tuple[bytes, str] | None:
+def _check(raw: bytes, rep: Reply, s: scoring.FilterSettings) -> tuple[bytes, str] | None:
     if rep.code != 0 or rep.spam is None or "content-length" not in rep.headers:
         return None
     m = _STATUS.search(rep.body)

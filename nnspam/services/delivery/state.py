@@ -44,15 +44,47 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["State", "Record", "PLACES", "db_name", "name_of"]
+from nnspam.mail.atomic import ReentrantFlock
 
-PLACES = ("inbox", "moving", "junk", "gone", "unsure")  # unsure: in daemon.unsure_folder
+__all__ = ["State", "Record", "Place", "Origin", "PLACES", "db_name", "name_of"]
+
+
+class Place(StrEnum):
+    """Where a message is meant to be (the module docstring says what each means). A
+    ``str``: stored in SQLite and compared as the word itself."""
+
+    INBOX = "inbox"
+    MOVING = "moving"
+    JUNK = "junk"
+    GONE = "gone"
+    UNSURE = "unsure"  # in daemon.unsure_folder
+
+
+class Origin(StrEnum):
+    """Who decided a message's place: the daemon's verdict, the user's move, or it was
+    already in Junk when the daemon first ran."""
+
+    DAEMON = "daemon"
+    USER = "user"
+    EXISTING = "existing"
+
+
+PLACES = tuple(Place)
+
+
+class Identity(Protocol):
+    """What a record keeps of a message file (:class:`nnspam.services.delivery.sorter.Read`)."""
+
+    message_id: str
+    size: int
+    sha256: str
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -117,7 +149,7 @@ class Record:
     sha256: str | None
     spamicity: float | None
     verdict: str
-    place: str
+    place: Place
     origin: str
     learned: str | None
     decided_at: float
@@ -126,6 +158,35 @@ class Record:
     def __post_init__(self) -> None:
         self.maildir = name_of(self.maildir)
         self.uniq = name_of(self.uniq)
+        self.place = Place(self.place)
+
+    # The named ways a record comes to be (the Sorter's decisions); ``now`` is when.
+    @classmethod
+    def decided(cls, key: str, uniq: str, msg: Identity, spamicity: float | None,
+                verdict: str, place: Place, now: float) -> Record:
+        """The daemon scored (or skipped) a new message: kept in the inbox, or about to
+        be moved (``Place.MOVING``, written before the rename)."""
+        return cls(key, uniq, msg.message_id, msg.size, msg.sha256, spamicity, verdict,
+                   place, Origin.DAEMON, None, now, now)
+
+    @classmethod
+    def moved_back(cls, key: str, uniq: str, msg: Identity, was: Record, now: float) -> Record:
+        """A message the user moved out of Junk (``was``, its Junk record) into the
+        inbox, under a new name."""
+        return cls(key, uniq, msg.message_id, msg.size, msg.sha256, was.spamicity,
+                   was.verdict, Place.INBOX, Origin.USER, None, now, now)
+
+    @classmethod
+    def put_in_junk(cls, key: str, uniq: str, msg: Identity, now: float) -> Record:
+        """A message the user put in Junk: spam by their word."""
+        return cls(key, uniq, msg.message_id, msg.size, msg.sha256, None, "spam",
+                   Place.JUNK, Origin.USER, None, now, now)
+
+    @classmethod
+    def existing(cls, key: str, uniq: str, now: float) -> Record:
+        """A message already in Junk on the daemon's first run (recorded, not learned)."""
+        return cls(key, uniq, None, None, None, None, "spam", Place.JUNK, Origin.EXISTING,
+                   None, now, now)
 
 
 class State:
@@ -139,9 +200,7 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        self._lock = threading.RLock()  # see locked()
-        self._lock_depth = 0
-        self._lock_fd: int | None = None
+        self._lock = ReentrantFlock()  # see locked()
 
     def close(self) -> None:
         self.db.close()
@@ -160,23 +219,17 @@ class State:
         handlers run under this lock (:mod:`nnspam.services.delivery.sorter`), and the dashboard
         holds it from before its rename until its handler has recorded the move: the
         daemon's handler, woken by the rename, then finds the move recorded."""
-        with self._lock:
-            if self._lock_depth == 0:
-                fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._lock_fd = fd
-            self._lock_depth += 1
+        def take() -> tuple[int, bool]:
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                yield
-            finally:
-                self._lock_depth -= 1
-                if self._lock_depth == 0 and self._lock_fd is not None:
-                    fd, self._lock_fd = self._lock_fd, None
-                    os.close(fd)  # releases the flock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, True
+
+        with self._lock.held(take):
+            yield
 
     # -- maildirs ---------------------------------------------------------
     def known_maildir(self, maildir: str) -> bool:
@@ -218,6 +271,7 @@ class State:
         """Record where a message is now; ``at`` is when it got there (default: now)."""
         if place not in PLACES:
             raise ValueError(f"unknown place {place!r}")
+        place = Place(place)
         when = time.time() if at is None else at
         where = (db_name(maildir), db_name(uniq))
         if learned is None:

@@ -17,7 +17,7 @@ Learning: a TELL (``spamc -L``) or ``nnspam learn`` appends the message to the
 stream ``nnspam:corrections`` and answers once Redis has it (``Set``: at once;
 ``Remove`` waits for the learner's answer, which says whether the journal held the
 message). Exactly one learner in the fleet consumes the stream: every worker
-process runs a :class:`Learner` thread that tries to take the lease
+process runs a :class:`FleetLearner` thread that tries to take the lease
 ``nnspam:learner`` (10 s, renewed while it works); its holder learns each
 correction through the one correction routine (:func:`nnspam.model.correct.correct`
 and :func:`~nnspam.model.correct.forget`) into its own copy of the model, publishes
@@ -66,7 +66,7 @@ from nnspam.services.models.store import (
     VersionMoved,
 )
 
-__all__ = ["FleetRegistry", "FleetSlot", "Learner", "StoreWriter", "files_of",
+__all__ = ["FleetRegistry", "FleetSlot", "FleetLearner", "StoreWriter", "files_of",
            "generation_of", "model_name", "new_site_meta", "redacted", "replace_site",
            "rule_json", "store_writer"]
 
@@ -206,7 +206,7 @@ class FleetRegistry(ModelRegistry):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._resync = False
-        self.learner: Learner | None = None
+        self.learner: FleetLearner | None = None
 
     # -- loading -------------------------------------------------------------
     def _load_site(self) -> FleetSlot:
@@ -351,7 +351,7 @@ class FleetRegistry(ModelRegistry):
         """Start this process's watcher and learner threads (each worker after the fork)."""
         _fixed_mmap_threshold()
         self._stop.clear()
-        self.learner = Learner(self)
+        self.learner = FleetLearner(self)
         self._threads = [threading.Thread(target=self._watch, name="nnspam-fleet-watch",
                                           daemon=True),
                          threading.Thread(target=self.learner.run, args=(self._stop,),
@@ -465,7 +465,7 @@ class _Held:
     generation: str = ""
 
 
-class Learner:
+class FleetLearner:
     """The fleet's one learner, when this process holds the lease (see the module
     docstring). Runs in a thread of every worker; only the lease holder learns."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnspam.services.errors import ServerError, parse_listen
-from nnspam.services.scoring import Settings
+from nnspam.services.scoring import FilterSettings
 from nnspam.services.scoring import settings as filter_settings
 
 __all__ = ["ServeSettings", "serve_settings"]
@@ -22,7 +22,7 @@ __all__ = ["ServeSettings", "serve_settings"]
 class ServeSettings:
     """The server's settings (``serve:`` in the config, overlaid by options)."""
 
-    filter: Settings
+    filter: FilterSettings
     socket: str | None
     listen: tuple[str, int] | None
     allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
@@ -117,7 +117,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
     n = s.get("workers") if workers is None else workers
     if n is not None and (not isinstance(n, int) or n < 0):
         raise ServerError(f"serve.workers must be a number >= 0 or null, not {n!r}")
-    maxc = s.get("max_connections", 32)
+    maxc = s["max_connections"]
     if not isinstance(maxc, int) or maxc < 1:
         raise ServerError(f"serve.max_connections must be a number >= 1, not {maxc!r}")
     user_model = s.get("user_model")

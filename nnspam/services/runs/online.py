@@ -188,7 +188,7 @@ def untrained_model(s: dict[str, Any]) -> Model:
 
     n = s["inputs"]
     net_cfg = {**s["network"], "learning_rate": s["learning_rate"], "dropout": s["dropout"],
-               "input_dropout": s.get("input_dropout", 0.0)}
+               "input_dropout": s["input_dropout"]}
     net = network_from_settings(n, net_cfg)
     # The initial weights, optimiser state and random streams of a new network
     # (what partial_fit would make on its first call), so it can score at once.
