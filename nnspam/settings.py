@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 __all__ = ["setting", "section", "from_config", "defaults", "keys_of", "lookup",
-           "OperatingPoint", "SorterSettings", "ALL"]
+           "OperatingPoint", "SorterSettings", "WordlistSettings", "FeatureSettings",
+           "NetworkSettings", "DeepSettings", "EmbeddingSettings", "ArchSettings",
+           "TrainingSettings", "ALL"]
 
 T = TypeVar("T")
 
@@ -127,5 +129,117 @@ class SorterSettings:
     confident_margin: float = setting("adaptive.confident_margin", float)
 
 
+def _optional_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _widths(v: Any) -> tuple[int, ...]:
+    return tuple(int(h) for h in v)
+
+
+# -- training (nnspam.services.runs.training.Recipe) ----------------------------------
+#
+# Read from the *training view* of a config: the top-level ``wordlist:``, ``features:``
+# and ``network:`` sections as :func:`nnspam.config.email_training` gives them, or as
+# :func:`nnspam.config.sms_training` gives them for an SMS model (the ``sms:`` overlay
+# merged in), with ``--faithful`` and the command line's options over them
+# (:meth:`nnspam.services.runs.training.Recipe.from_config` builds that view).
+
+
+@dataclass(frozen=True)
+class WordlistSettings:
+    """How the input words are chosen from the training messages."""
+
+    method: str = setting("wordlist.method", str)  # freq | ig | chi2
+    size: int = setting("wordlist.size", int)  # input words
+    min_df: int = setting("wordlist.min_df", int)  # ig/chi2: in at least this many messages
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a message becomes an input vector, and the training copies made of it."""
+
+    scaling: str = setting("features.scaling", str)
+    augment: str = setting("features.augment", str)  # none | text-only (email training)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The ``network:`` section: the network's shape and training, and the training
+    procedures around it (``refit``, ``members``). The field names are the section's
+    keys, so :meth:`as_dict` is the section as
+    :func:`nnspam.learning.network.network_from_settings` takes it."""
+
+    hidden: int | None = setting("network.hidden", _optional_int)  # None: as many as inputs
+    hidden_activation: str = setting("network.hidden_activation", str)
+    output: str = setting("network.output", str)
+    loss: str = setting("network.loss", str)
+    optimizer: str = setting("network.optimizer", str)
+    learning_rate: float = setting("network.learning_rate", float)
+    momentum: float = setting("network.momentum", float)
+    l2: float = setting("network.l2", float)
+    dropout: float = setting("network.dropout", float)
+    input_dropout: float = setting("network.input_dropout", float)
+    batch_size: int = setting("network.batch_size", int)
+    max_epochs: int = setting("network.max_epochs", int)
+    patience: int = setting("network.patience", int)
+    validation_fraction: float = setting("network.validation_fraction", float)
+    seed: int = setting("network.seed", int)
+    refit: str = setting("network.refit")  # none | swa (checked by the recipe)
+    members: int = setting("network.members")  # >= 1 (checked by the recipe, not rounded)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as a dict (``network_from_settings``, a model's provenance)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DeepSettings:
+    """``arch.deep``: tf-idf word n-grams into several ReLU layers."""
+
+    ngram: int = setting("arch.deep.ngram", int)
+    size: int = setting("arch.deep.size", int)
+    layers: tuple[int, ...] = setting("arch.deep.layers", _widths)
+    dropout: float = setting("arch.deep.dropout", float)
+    l2: float = setting("arch.deep.l2", float)
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """``arch.sms_embedding``: word indices, an embedding and dense layers."""
+
+    vocabulary: int = setting("arch.sms_embedding.vocabulary", int)
+    length_sms: int = setting("arch.sms_embedding.length_sms", int)
+    length_email: int = setting("arch.sms_embedding.length_email", int)
+    embedding: int = setting("arch.sms_embedding.embedding", int)
+    layers: tuple[int, ...] = setting("arch.sms_embedding.layers", _widths)
+    dropout: float = setting("arch.sms_embedding.dropout", float)
+    l2: float = setting("arch.sms_embedding.l2", float)
+
+
+@dataclass(frozen=True)
+class ArchSettings:
+    """The ``arch:`` section: the architectures other than nnspam's own network."""
+
+    deep: DeepSettings = section(DeepSettings)
+    sms_embedding: EmbeddingSettings = section(EmbeddingSettings)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Every setting a batch training reads, from the training view of a config: the
+    word list, features and network, the other architectures, the operating point the
+    model stores and the MIME part cut of its tokenizer."""
+
+    wordlist: WordlistSettings = section(WordlistSettings)
+    features: FeatureSettings = section(FeatureSettings)
+    network: NetworkSettings = section(NetworkSettings)
+    architectures: ArchSettings = section(ArchSettings)
+    point: OperatingPoint = section(OperatingPoint)
+    max_part_bytes: int = setting("max_part_bytes", int)
+
+
 #: Every settings class (the test checks each against the schema).
-ALL: tuple[type, ...] = (OperatingPoint, SorterSettings)
+ALL: tuple[type, ...] = (OperatingPoint, SorterSettings, WordlistSettings, FeatureSettings,
+                         NetworkSettings, DeepSettings, EmbeddingSettings, ArchSettings,
+                         TrainingSettings)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
-from nnspam.services.runs.training import train_model  # noqa: E402
+from nnspam.services.runs.training import Recipe, train_model  # noqa: E402
 
 
 def sha256(path: Path) -> str:
@@ -54,7 +54,7 @@ def main() -> int:
         train = load_split_samples(str(split), str(tar) if tar else None, "train",
                                    sms_file=str(sms) if sms else None)
         prov = dict(prov, command="python scripts/train_default_models.py", settings=settings)
-        model = train_model(train, kind, settings, provenance=prov)
+        model = train_model(train, Recipe.from_config(cfg, kind), provenance=prov)
         out = Path(args.out) / kind
         model.save(out)
         size = sum(p.stat().st_size for p in out.iterdir())

@@ -14,7 +14,7 @@ from nnspam.mail.corpus import Sample, iter_messages
 from nnspam.model import adaptive
 from nnspam.model.core import Model
 from nnspam.model.correct import correct, correct_payloads
-from nnspam.services.runs.training import tokenize_samples, train_model
+from nnspam.services.runs.training import Recipe, tokenize_samples, train_model
 
 from conftest import make_message
 
@@ -186,10 +186,9 @@ def test_stream_on_corpus_slice(sa_corpus):
     train = part("spam", "spam", 200) + part("easy_ham", "ham", 300)
     stream = part("spam_2", "spam", 200) + part("easy_ham_2", "ham", 200)
     random.Random(1).shuffle(stream)
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"]["size"] = 1000
+    recipe = Recipe.from_config(C.DEFAULTS, "email", overrides={"wordlist": {"size": 1000}})
     toks = tokenize_samples([s.payload for s in train + stream], jobs=1)
-    model = train_model(train, "email", settings, token_lists=toks[:len(train)])
+    model = train_model(train, recipe, token_lists=toks[:len(train)])
     adaptive.configure(model, {"cadence": 50, "max_replacements": 20})
     done = []
     for s, t in zip(stream, toks[len(train):], strict=True):

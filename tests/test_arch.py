@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam.config import DEFAULTS, email_training, sms_training
+from nnspam.config import DEFAULTS, merge
 from nnspam.learning.arch import MLP, SequenceEncoder, dbb_oversample
 from nnspam.learning.features import NGRAM_JOIN, Vectorizer, idf_weights, with_ngrams
 from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model, ModelError
 from nnspam.services.runs.evaluate import roc_auc
-from nnspam.services.runs.training import train_model
+from nnspam.services.runs.training import Recipe, train_model
 
 SMALL_ARCH = {
     "deep": {"ngram": 2, "size": 60, "layers": [16, 8], "dropout": 0.2, "l2": 1e-5},
@@ -40,12 +40,11 @@ def _sms_samples(n: int = 120, seed: int = 0) -> list[Sample]:
     return out
 
 
-def _settings(kind: str = "sms") -> dict:
-    cfg = sms_training(DEFAULTS) if kind == "sms" else email_training(DEFAULTS)
-    cfg["wordlist"]["size"] = 30
-    cfg["wordlist"]["min_df"] = 1
-    cfg["network"].update(hidden=8, max_epochs=30, patience=5)
-    return cfg
+def _recipe(kind: str = "sms", **choices) -> Recipe:
+    """A small recipe: 30 words, 8 hidden units, the SMALL_ARCH architectures."""
+    return Recipe.from_config(merge(DEFAULTS, {"arch": SMALL_ARCH}), kind, overrides={
+        "wordlist": {"size": 30, "min_df": 1},
+        "network": {"hidden": 8, "max_epochs": 30, "patience": 5}}, **choices)
 
 
 def _gradient_error(net: MLP, X: np.ndarray, y: np.ndarray, eps: float = 1e-3) -> float:
@@ -165,8 +164,7 @@ def test_dbb_on_binary_inputs_duplicates_minority_rows():
 @pytest.mark.parametrize("arch", ["deep", "sms-embedding"])
 def test_numpy_training_save_load_and_scores(tmp_path, arch):
     samples = _sms_samples()
-    m = train_model(samples, "sms", _settings(), arch=arch, arch_settings=SMALL_ARCH,
-                    balance="dbb" if arch == "deep" else "none")
+    m = train_model(samples, _recipe(arch=arch, balance="dbb" if arch == "deep" else "none"))
     assert m.arch == arch and m.backend == "numpy" and m.libraries["numpy"] == np.__version__
     test = _sms_samples(60, seed=9)
     y = np.array([s.label == "spam" for s in test])
@@ -187,7 +185,7 @@ def test_learn_corrects_deep_and_embedding_models():
     from nnspam.model.correct import Rule, correct
 
     for arch in ("deep", "sms-embedding"):
-        m = train_model(_sms_samples(), "sms", _settings(), arch=arch, arch_settings=SMALL_ARCH)
+        m = train_model(_sms_samples(), _recipe(arch=arch))
         m.adaptive = None
         toks = [m.tokens("win free cash prize now")]
         before = m.outputs(toks)[0, 0]
@@ -206,7 +204,7 @@ def test_shipped_models_still_load_as_nnspam_arch():
 
 
 def test_unknown_arch_or_missing_arrays_are_model_errors(tmp_path):
-    m = train_model(_sms_samples(), "sms", _settings(), arch="deep", arch_settings=SMALL_ARCH)
+    m = train_model(_sms_samples(), _recipe(arch="deep"))
     m.save(tmp_path / "m")
     jpath = tmp_path / "m" / "model.json"
     meta = json.loads(jpath.read_text())
@@ -223,8 +221,7 @@ def test_unknown_arch_or_missing_arrays_are_model_errors(tmp_path):
 def test_numpy_architectures_never_import_tensorflow(tmp_path):
     import subprocess
 
-    m = train_model(_sms_samples(), "sms", _settings(), arch="sms-embedding",
-                    arch_settings=SMALL_ARCH)
+    m = train_model(_sms_samples(), _recipe(arch="sms-embedding"))
     m.save(tmp_path / "m")
     code = ("import sys\nfrom nnspam.model.core import Model\n"
             f"m = Model.load({str(tmp_path / 'm')!r})\nm.score(['win a prize now'])\n"

@@ -33,8 +33,10 @@ def parts(sa_corpus):
     return train[::3], test[::2]  # every third training message: a quick, mixed sample
 
 
-def small_settings() -> dict:
-    return C.merge(C.email_training(C.DEFAULTS), {
+def small_recipe():
+    from nnspam.services.runs.training import Recipe
+
+    return Recipe.from_config(C.DEFAULTS, "email", overrides={
         "wordlist": {"size": 1000},
         "network": {"hidden": 32, "max_epochs": 5, "members": 2}})
 
@@ -73,14 +75,14 @@ def test_a_local_cluster_of_two_trains_the_model_of_one_process(parts):
     from nnspam.services.runs.training import tokenize_samples, train_model
 
     train, test = parts
-    settings = small_settings()
-    alone = train_model(train, "email", settings)
+    recipe = small_recipe()
+    alone = train_model(train, recipe)
     with cluster("local:2") as client:
         assert len(client.scheduler_info()["workers"]) == 2
-        spread = train_on_cluster(client, train, "email", settings, shard=300)
+        spread = train_on_cluster(client, train, recipe, shard=300)
         # read as a stream in another order (a tar's), put back in the given order
         shuffled = [train[i] for i in np.random.default_rng(7).permutation(len(train))]
-        streamed = train_on_cluster(client, iter(shuffled), "email", settings, shard=300,
+        streamed = train_on_cluster(client, iter(shuffled), recipe, shard=300,
                                     order=[x.name for x in train])
     assert streamed.words == spread.words
     probe = tokenize_samples([s.payload for s in test])

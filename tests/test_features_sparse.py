@@ -224,7 +224,7 @@ def test_train_model_on_csr_equals_train_model_on_dense():
     members), the same verdicts."""
     from nnspam import config as C
     from nnspam.mail.corpus import Sample
-    from nnspam.services.runs.training import train_model
+    from nnspam.services.runs.training import Recipe, train_model
     from tests.conftest import make_message
 
     rng = np.random.default_rng(0)
@@ -237,11 +237,11 @@ def test_train_model_on_csr_equals_train_model_on_dense():
         pool = spam_w if label == "spam" else ham_w
         body = " ".join(rng.choice(pool + filler, size=30).tolist())
         samples.append(Sample(f"m{i}", make_message(f"s{i}", body), label))
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=60, min_df=2)
-    settings["network"].update(hidden=16, max_epochs=5, members=2)
-    a = train_model(samples, "email", settings)
-    b = train_model(samples, "email", settings, sparse=False)
+    overrides = {"wordlist": {"size": 60, "min_df": 2},
+                 "network": {"hidden": 16, "max_epochs": 5, "members": 2}}
+    a = train_model(samples, Recipe.from_config(C.DEFAULTS, "email", overrides=overrides))
+    b = train_model(samples, Recipe.from_config(C.DEFAULTS, "email", overrides=overrides,
+                                                sparse=False))
     assert a.words == b.words
     for k, v in a.network.get_weights().items():
         np.testing.assert_allclose(v, b.network.get_weights()[k], rtol=1e-3, atol=1e-5)
@@ -253,12 +253,11 @@ def test_deep_architecture_with_dbb_trains_alike_on_csr_and_dense():
     """tf-idf n-gram inputs, the training part balanced (DBB on CSR gives the dense rows),
     the MLP trained on CSR: the same idf, words and, to float32 rounding, weights."""
     from nnspam.services.runs.training import train_model
-    from tests.test_arch import SMALL_ARCH, _settings, _sms_samples
+    from tests.test_arch import _recipe, _sms_samples
 
     samples = _sms_samples()
-    kw = dict(arch="deep", arch_settings=SMALL_ARCH, balance="dbb")
-    a = train_model(samples, "sms", _settings(), **kw)
-    b = train_model(samples, "sms", _settings(), sparse=False, **kw)
+    a = train_model(samples, _recipe(arch="deep", balance="dbb"))
+    b = train_model(samples, _recipe(arch="deep", balance="dbb", sparse=False))
     assert a.words == b.words and a.summary["trained_on"] == b.summary["trained_on"]
     np.testing.assert_array_equal(a.idf, b.idf)
     for k, v in a.network.get_weights().items():

@@ -14,12 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from nnspam.config import DEFAULTS, sms_training
+from nnspam.config import DEFAULTS, merge
 from nnspam.learning import keras_backend
 from nnspam.learning.arch import MLP
 from nnspam.learning.network import Network
 from nnspam.mail.corpus import load_split_samples
-from nnspam.services.runs.training import tokenize_samples, train_model
+from nnspam.services.runs.training import Recipe, tokenize_samples, train_model
 
 from conftest import ROOT, SMS_FILE, SMS_SPLIT, make_message, needs_corpora
 
@@ -42,11 +42,12 @@ def sms_parts():
     return train[:900], test
 
 
-def _settings() -> dict:
-    cfg = sms_training(DEFAULTS)
-    cfg["wordlist"]["size"] = 400
-    cfg["network"].update(hidden=32, max_epochs=4, patience=2)
-    return cfg
+def _recipe(network: dict | None = None, **choices) -> Recipe:
+    """A small SMS recipe trained by Keras: 400 words, 32 hidden units, SMALL_ARCH."""
+    return Recipe.from_config(merge(DEFAULTS, {"arch": SMALL_ARCH}), "sms", overrides={
+        "wordlist": {"size": 400},
+        "network": {"hidden": 32, "max_epochs": 4, "patience": 2, **(network or {})}},
+        backend="keras", **choices)
 
 
 def test_keras_starts_from_the_numpy_initial_weights():
@@ -72,8 +73,7 @@ def test_numpy_forward_matches_keras_predict_on_every_test_message(monkeypatch, 
         return captured["model"]
 
     monkeypatch.setattr(keras_backend, "fit", spy)
-    m = train_model(train, "sms", _settings(), arch=arch, backend="keras",
-                    arch_settings=SMALL_ARCH)
+    m = train_model(train, _recipe(arch=arch))
     assert m.backend == "keras" and m.arch == arch
     assert set(m.libraries) == {"tensorflow", "keras", "numpy"}
     X = m.features(tokenize_samples([s.payload for s in test], "sms"))
@@ -101,9 +101,8 @@ def test_keras_members_merge_into_the_mean_of_the_keras_models(monkeypatch, sms_
         return models[-1]
 
     monkeypatch.setattr(keras_backend, "fit", spy)
-    settings = _settings()
-    settings["network"].update(members=2, refit="none", hidden=16, max_epochs=2)
-    m = train_model(train, "sms", settings, backend="keras")
+    m = train_model(train, _recipe({"members": 2, "refit": "none", "hidden": 16,
+                                    "max_epochs": 2}))
     assert len(models) == 2 and m.network.hidden_size == 32
     assert [r["seed"] for r in m.summary["members"]] == [1, 2]
     X = m.features(tokenize_samples([s.payload for s in test], "sms"))

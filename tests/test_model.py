@@ -12,7 +12,7 @@ import pytest
 from nnspam import config as C
 from nnspam.model.core import Model, ModelError, spamicity
 from nnspam.model.correct import Rule, correct_payloads
-from nnspam.services.runs.training import train_model
+from nnspam.services.runs.training import Recipe, train_model
 
 from conftest import make_message, needs_corpora
 from helpers import tiny_samples, train_tiny
@@ -212,10 +212,9 @@ def test_score_tokens_is_the_models_spamicity_and_the_verdict(tiny_model):
 
 
 def test_swa_refit_keeps_the_shape_and_records_itself():
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=30, validation_fraction=0.25, refit="swa", members=1)
-    m = train_model(tiny_samples(), "email", settings)
+    overrides = {"wordlist": {"size": 40, "min_df": 2}, "network": {
+        "max_epochs": 30, "validation_fraction": 0.25, "refit": "swa", "members": 1}}
+    m = train_model(tiny_samples(), Recipe.from_config(C.DEFAULTS, "email", overrides=overrides))
     info = m.summary["refit"]
     assert info["method"] == "swa" and info["epochs"] == 2 * m.summary["best_epoch"]
     w = m.network.get_weights()
@@ -224,20 +223,20 @@ def test_swa_refit_keeps_the_shape_and_records_itself():
             make_message("notes", "agenda for the meeting tomorrow")]
     s = m.score(msgs)
     assert s[0] > s[1]
-    settings["network"]["refit"] = "magic"
+    overrides["network"]["refit"] = "magic"
     with pytest.raises(ValueError, match="refit"):
-        train_model(tiny_samples(), "email", settings)
+        Recipe.from_config(C.DEFAULTS, "email", overrides=overrides)
 
 
 def test_members_train_with_consecutive_seeds_and_merge_into_one_network():
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"].update(size=40, min_df=2)
-    settings["network"].update(max_epochs=6, validation_fraction=0.25, hidden=8, members=1,
-                               seed=4)
-    single = {s: train_model(tiny_samples(), "email", {**settings, "network": {
-        **settings["network"], "seed": s}}) for s in (4, 5)}
-    settings["network"]["members"] = 2
-    m = train_model(tiny_samples(), "email", settings)
+    def recipe(**network: object) -> Recipe:
+        return Recipe.from_config(C.DEFAULTS, "email", overrides={
+            "wordlist": {"size": 40, "min_df": 2},
+            "network": {"max_epochs": 6, "validation_fraction": 0.25, "hidden": 8,
+                        "members": 1, "seed": 4, **network}})
+
+    single = {s: train_model(tiny_samples(), recipe(seed=s)) for s in (4, 5)}
+    m = train_model(tiny_samples(), recipe(members=2))
     w = m.network.get_weights()
     assert w["W1"].shape == (len(m.words), 16)
     assert [r["seed"] for r in m.summary["members"]] == [4, 5]
@@ -251,9 +250,45 @@ def test_members_train_with_consecutive_seeds_and_merge_into_one_network():
     s2 = m.score(msgs)
     assert s2[0] > s2[1]
     for bad in (0, -1, 1.5, "3", True):
-        settings["network"]["members"] = bad
         with pytest.raises(ValueError, match="members"):
-            train_model(tiny_samples(), "email", settings)
+            recipe(members=bad)
+
+
+def test_a_recipe_reads_the_training_view_of_the_config_and_names_its_path():
+    sms = Recipe.from_config(C.DEFAULTS, "sms")  # the sms: sections over the top-level ones
+    assert sms.settings.wordlist.size == C.DEFAULTS["sms"]["wordlist"]["size"]
+    assert (sms.settings.network.refit, sms.settings.network.members) == ("swa", 1)
+    assert sms.settings.network.hidden == C.DEFAULTS["network"]["hidden"]
+    faithful = Recipe.from_config(C.DEFAULTS, "email", faithful=True, overrides={
+        "network": {"hidden": 7}, "threshold": 0.6})  # the command line's, over FAITHFUL
+    assert faithful.settings.wordlist.method == C.FAITHFUL["wordlist"]["method"]
+    assert faithful.settings.network.hidden == 7 and faithful.settings.point.threshold == 0.6
+    assert (faithful.path, faithful.is_plain) == ("plain", True)
+    assert Recipe.from_config(C.DEFAULTS, "email", backend="keras").path == "keras"
+    assert Recipe.from_config(C.DEFAULTS, "email", balance="dbb").path == "architectures"
+    assert Recipe.from_config(C.DEFAULTS, "sms", arch="deep").path == "architectures"
+    # plain, but not countable apart: a given word list, or text-only copies of email
+    given = Recipe.from_config(C.DEFAULTS, "email", wordlist=[(3, "free")])
+    assert given.path == "plain" and not given.is_plain
+    copies = {"features": {"augment": "text-only"}}
+    assert not Recipe.from_config(C.DEFAULTS, "email", overrides=copies).is_plain
+    assert Recipe.from_config(C.DEFAULTS, "sms", overrides=copies).is_plain  # no SMS copies
+    with pytest.raises(ValueError, match="sms-embedding"):
+        Recipe.from_config(C.DEFAULTS, "sms", arch="sms-embedding", balance="dbb")
+    with pytest.raises(ValueError, match="architecture"):
+        Recipe.from_config(C.DEFAULTS, "sms", arch="transformer")
+
+
+def test_the_training_settings_cover_every_setting_of_their_sections():
+    """A setting added to the schema's wordlist/features/network/arch sections reaches
+    the recipe (and the network's constructor: NetworkSettings.as_dict)."""
+    from nnspam import settings as S
+    from nnspam.config import SCHEMA, _dotted
+
+    read = set(S.keys_of(S.TrainingSettings))
+    for name in ("wordlist", "features", "network", "arch"):
+        assert {f"{name}.{k}" for k in _dotted(SCHEMA[name])} <= read
+    assert S.defaults(S.NetworkSettings).as_dict() == C.DEFAULTS["network"]
 
 
 @needs_corpora

@@ -138,10 +138,9 @@ TRAIN_OVERRIDES = {"size": ("wordlist", "size"), "method": ("wordlist", "method"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nnspam import config as C
     from nnspam.learning.wordlist import read_wordlist
     from nnspam.mail.corpus import iter_messages
-    from nnspam.services.runs.training import train_model
+    from nnspam.services.runs.training import Recipe, train_model
 
     if args.dask:  # a bad --dask value is told before the corpus is read
         from nnspam.services.runs.distributed import DistributedError, parse_address
@@ -179,16 +178,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     kind = args.kind or ("sms" if args.sms else "email")
     if args.sms and kind != "sms":
         raise UsageError("--sms trains an SMS model; --kind email does not apply")
-    settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
-    if args.faithful:
-        settings = C.merge(settings, C.FAITHFUL)
+    # the command line's options over the config's training settings (Recipe.from_config)
+    overrides: dict[str, Any] = {"ham_factor": h, "spam_factor": s, "threshold": t}
     for option, (section, key) in TRAIN_OVERRIDES.items():
         if getattr(args, option) is not None:
-            settings[section][key] = getattr(args, option)
+            overrides.setdefault(section, {})[key] = getattr(args, option)
     if args.members is not None:
         if args.members < 1:
             raise UsageError(f"--members must be at least 1, not {args.members}")
-        settings["network"]["members"] = args.members
+        overrides.setdefault("network", {})["members"] = args.members
     if args.backend == "keras":
         from nnspam.learning.keras_backend import available
 
@@ -198,30 +196,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.arch == "sms-embedding" and args.balance != "none":
         raise UsageError("--balance dbb needs feature vectors: not with --arch sms-embedding")
     wordlist = read_wordlist(args.wordlist) if args.wordlist else None
+    try:
+        recipe = Recipe.from_config(cfg, kind, faithful=args.faithful, overrides=overrides,
+                                    arch=args.arch, backend=args.backend,
+                                    balance=args.balance, wordlist=wordlist)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     n_spam = sum(1 for x in samples if x.label == "spam")
     print(f"nnspam: training a {kind} model on {len(samples) - n_spam} ham and {n_spam} spam"
           + (" (tokenizing first)" if show else ""), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     provenance = {"command": "nnspam " + " ".join(sys.argv[1:]) if sys.argv else ""}
-    kw = dict(wordlist=wordlist, ham_factor=h, spam_factor=s, threshold=t,
-              max_part_bytes=int(cfg["max_part_bytes"]), progress=_progress_printer(show),
-              provenance=provenance, arch=args.arch, backend=args.backend,
-              balance=args.balance, arch_settings=cfg["arch"])
+    progress = _progress_printer(show)
     if args.dask:
         # the expensive parts on a Dask cluster (nnspam.services.runs.distributed); same model
         from nnspam.services.runs.distributed import cluster, train_on_cluster
 
         try:
             with cluster(args.dask) as client:
-                if stream is not None:
-                    model = train_on_cluster(client, stream, kind, settings,
-                                             order=[x.name for x in samples], **kw)
-                else:
-                    model = train_on_cluster(client, samples, kind, settings, **kw)
+                model = train_on_cluster(
+                    client, samples if stream is None else stream, recipe,
+                    order=None if stream is None else [x.name for x in samples],
+                    progress=progress, provenance=provenance)
         except DistributedError as exc:
             raise UsageError(str(exc)) from None
     else:
-        model = train_model(samples, kind, settings, **kw)
+        model = train_model(samples, recipe, progress=progress, provenance=provenance)
     from nnspam.model.writer import replace_model
 
     replace_model(model, args.model)  # under the model writers' lock (nnspam.model.writer)

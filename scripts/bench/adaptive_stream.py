@@ -31,7 +31,7 @@ from nnspam import config as C
 from nnspam.mail.corpus import Sample, iter_messages
 from nnspam.model import adaptive
 from nnspam.model.correct import Rule, correct, observe, rule_from_config
-from nnspam.services.runs.training import tokenize_samples, train_model
+from nnspam.services.runs.training import Recipe, tokenize_samples, train_model
 
 TRAIN_PARTS = {"spam": "spam", "easy_ham": "ham"}
 STREAM_PARTS = {"spam_2": "spam", "easy_ham_2": "ham"}
@@ -126,15 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     train_toks, all_stream_toks = toks[:len(train)], toks[len(train):]
     t_load = time.perf_counter() - t0
 
-    settings = C.email_training(C.DEFAULTS)
-    settings["wordlist"]["size"] = args.size
+    network_defaults = C.email_training(C.DEFAULTS)["network"]
+    network = {}
     for kv in args.net:
         k, _, v = kv.partition("=")
-        if k not in settings["network"]:
+        if k not in network_defaults:
             raise SystemExit(f"--net {kv}: no network setting {k!r}")
-        settings["network"][k] = type(settings["network"][k])(v)
+        network[k] = type(network_defaults[k])(v)
+    recipe = Recipe.from_config(C.DEFAULTS, "email", overrides={
+        "wordlist": {"size": args.size}, "network": network})
     t1 = time.perf_counter()
-    base = train_model(train, "email", settings, token_lists=train_toks)
+    base = train_model(train, recipe, token_lists=train_toks)
     # as after loading the model from disk: no optimiser state (Adam moments are not saved)
     base.network.set_weights(base.network.get_weights())
     t_train = time.perf_counter() - t1

@@ -32,7 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
 from nnspam.services.runs.evaluate import evaluate  # noqa: E402
-from nnspam.services.runs.training import labels_of, tokenize_samples, train_model  # noqa: E402
+from nnspam.services.runs.training import (  # noqa: E402
+    Recipe,
+    labels_of,
+    tokenize_samples,
+    train_model,
+)
 
 DEFAULT_RUNS = ("nnspam:numpy,nnspam:keras,deep:numpy,deep:keras,deep:keras:dbb,"
                 "sms-embedding:numpy,sms-embedding:keras")
@@ -43,12 +48,10 @@ def dir_size(path: Path) -> int:
 
 
 def run_one(name, kind, train, tok_train, test, y_test, cfg, arch, backend, balance, seed=None):
-    settings = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
-    if seed is not None:
-        settings["network"]["seed"] = seed
+    recipe = Recipe.from_config(cfg, kind, overrides=None if seed is None else {
+        "network": {"seed": seed}}, arch=arch, backend=backend, balance=balance)
     t0 = time.perf_counter()
-    model = train_model(train, kind, settings, token_lists=tok_train, arch=arch,
-                        backend=backend, balance=balance, arch_settings=cfg["arch"])
+    model = train_model(train, recipe, token_lists=tok_train)
     t_train = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         model.save(Path(d) / "m")
@@ -60,7 +63,7 @@ def run_one(name, kind, train, tok_train, test, y_test, cfg, arch, backend, bala
     ev = evaluate(y_test, sp, 0.5, 0.9, 0.1)
     row = {
         "corpus": name, "arch": arch, "backend": backend, "balance": balance,
-        "seed": settings["network"]["seed"],
+        "seed": recipe.settings.network.seed,
         "ham_lost": ev.false_positives, "n_ham": ev.n_ham,
         "spam_missed": ev.false_negatives, "n_spam": ev.n_spam,
         "ham_lost_pct": 100.0 * ev.false_positives / ev.n_ham,

@@ -38,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nnspam import config as C  # noqa: E402
 from nnspam.mail.corpus import load_split_samples  # noqa: E402
 from nnspam.services.runs.evaluate import evaluate  # noqa: E402
-from nnspam.services.runs.training import labels_of, tokenize_samples, train_model  # noqa: E402
+from nnspam.services.runs.training import (  # noqa: E402
+    Recipe,
+    labels_of,
+    tokenize_samples,
+    train_model,
+)
 
 WL_KEYS = {"method", "size", "min_df"}
 FEAT_KEYS = {"scaling"}
@@ -85,9 +90,6 @@ def main() -> int:
 
     kind = "sms" if args.sms else "email"
     cfg = C.DEFAULTS
-    base = C.sms_training(cfg) if kind == "sms" else C.email_training(cfg)
-    if args.faithful:
-        base = C.merge(base, C.FAITHFUL)
     t0 = time.perf_counter()
     train = load_split_samples(args.split, args.corpus, "train", sms_file=args.sms)
     test = load_split_samples(args.split, args.corpus, "test", sms_file=args.sms)
@@ -103,12 +105,13 @@ def main() -> int:
     keys = [g.split("=", 1)[0] for g in args.grid]
     values = [[parse_value(v) for v in g.split("=", 1)[1].split(",")] for g in args.grid]
     for combo in itertools.product(*values) if values else [()]:
-        settings = json.loads(json.dumps(base))
+        overrides: dict[str, dict[str, object]] = {}
         for k, v in zip(keys, combo, strict=True):
             section = "wordlist" if k in WL_KEYS else "features" if k in FEAT_KEYS else "network"
-            settings[section][k] = v
+            overrides.setdefault(section, {})[k] = v
+        recipe = Recipe.from_config(cfg, kind, faithful=args.faithful, overrides=overrides)
         t1 = time.perf_counter()
-        model = train_model(train, kind, settings, token_lists=tok_train)
+        model = train_model(train, recipe, token_lists=tok_train)
         t_train = time.perf_counter() - t1
         sp = model.spamicity_of_tokens(tok_test)
         ev = evaluate(y_test, sp, 0.5, 0.9, 0.1)

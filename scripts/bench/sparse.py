@@ -8,8 +8,9 @@ For the train part of the SpamAssassin split and of the Enron-Spam split (splits
 over enron-spam.tar.xz), the email model is trained with the default settings (the shipped
 recipe: 8000 input words, three merged members) twice, each time in a fresh child process:
 
-* ``dense``: ``train_model(..., sparse=False)``, the dense (m, n) float32 feature matrix
-  of earlier versions (the way to force the dense path; the values are the same);
+* ``dense``: ``train_model`` of a ``Recipe.from_config(..., sparse=False)``, the dense (m, n)
+  float32 feature matrix of earlier versions (the way to force the dense path; the values are
+  the same);
 * ``sparse``: ``train_model(...)``, the default: a SciPy CSR matrix, trained batch by batch.
 
 Each child loads and tokenizes the messages first (the same work for both, not measured),
@@ -74,22 +75,24 @@ def child(corpus: str, mode: str, corpora: Path, members: int | None,
     from nnspam import config as C
     from nnspam.mail.corpus import load_split_samples
     from nnspam.services.runs.evaluate import evaluate
-    from nnspam.services.runs.training import labels_of, tokenize_samples, train_model
+    from nnspam.services.runs.training import Recipe, labels_of, tokenize_samples, train_model
 
     split_name, tar_name, unpacked = CORPORA[corpus]
     split = corpora / "splits" / split_name
     root = unpacked if Path(unpacked).is_dir() else str(corpora / tar_name)
     train = load_split_samples(str(split), root, "train")
     toks = tokenize_samples([s.payload for s in train], "email")
-    settings = C.email_training(C.DEFAULTS)
+    network: dict[str, int] = {}
     if members is not None:
-        settings["network"]["members"] = members
+        network["members"] = members
     if max_epochs is not None:
-        settings["network"]["max_epochs"] = max_epochs
+        network["max_epochs"] = max_epochs
+    recipe = Recipe.from_config(C.DEFAULTS, "email", overrides={"network": network},
+                                sparse=mode == "sparse")
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak()
     t0 = time.perf_counter()
-    model = train_model(train, "email", settings, token_lists=toks, sparse=mode == "sparse")
+    model = train_model(train, recipe, token_lists=toks)
     seconds = time.perf_counter() - t0
     peak_kb = _status_kb("VmHWM") if reset else None
     out = {

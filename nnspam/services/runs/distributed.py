@@ -47,13 +47,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nnspam.learning import wordlist as wl
 from nnspam.mail.corpus import Sample
 from nnspam.model.core import Model
+from nnspam.settings import NetworkSettings
+
+if TYPE_CHECKING:
+    from nnspam.services.runs.training import Progress, Recipe
 
 __all__ = ["DistributedError", "SHARD", "cluster", "parse_address", "train_on_cluster"]
 
@@ -216,7 +220,7 @@ def _tree_sum(client: Any, futures: list[Any], add: Callable[[Any, Any], Any] = 
     return futures[0].result()
 
 
-def _fit(fit_one: Callable, cfg: dict[str, Any], blas: int | None, data: Any = None) -> Any:
+def _fit(fit_one: Callable, cfg: NetworkSettings, blas: int | None, data: Any = None) -> Any:
     """One member on a worker, with ``blas`` BLAS threads (None: as the worker has) and
     ``data``: the feature matrix, when it stayed on the cluster."""
     _roomy_malloc()
@@ -229,25 +233,26 @@ def _fit(fit_one: Callable, cfg: dict[str, Any], blas: int | None, data: Any = N
         return fit_one(*args)
 
 
-def _member_map(client: Any, data: Any = None) -> Callable[[Callable, list[dict[str, Any]]],
+def _member_map(client: Any, data: Any = None) -> Callable[[Callable, list[NetworkSettings]],
                                                            list[Any]]:
     """Members trained at once on the cluster; ``data``: the future of the feature
     matrix on the cluster (each member's worker fetches it from the worker that holds it)."""
     blas = getattr(client, "nnspam_blas_threads", None)
 
-    def run(fit_one: Callable, cfgs: list[dict[str, Any]]) -> list[Any]:
+    def run(fit_one: Callable, cfgs: list[NetworkSettings]) -> list[Any]:
         return client.gather(client.map(_fit, [fit_one] * len(cfgs), cfgs,
                                         [blas] * len(cfgs), [data] * len(cfgs), pure=False))
     run.always = data is not None  # type: ignore[attr-defined]  # read by fit_members (getattr)
     return run
 
 
-def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
-                     settings: dict[str, Any], *, shard: int = SHARD,
-                     order: Sequence[str] | None = None, **train_kwargs: Any) -> Model:
-    """:func:`nnspam.services.runs.training.train_model` with its expensive parts on the
-    cluster behind ``client`` (see the module docstring); the same arguments, the same
-    model (up to the members' floating-point sums, which do not depend on the worker).
+def train_on_cluster(client: Any, samples: Iterable[Sample], recipe: Recipe, *,
+                     shard: int = SHARD, order: Sequence[str] | None = None,
+                     progress: Progress | None = None,
+                     provenance: dict[str, Any] | None = None) -> Model:
+    """:func:`nnspam.services.runs.training.train_model` of ``recipe`` with its expensive
+    parts on the cluster behind ``client`` (see the module docstring); the same model (up
+    to the members' floating-point sums, which do not depend on the worker).
 
     ``samples`` may be an iterator (:func:`nnspam.mail.corpus.iter_split_samples`): it
     is read a shard at a time and each shard is sent to the cluster as soon as it is
@@ -256,18 +261,14 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
     another (a tar archive's); the feature rows are put back in that order, so the model
     is the one of the samples in that order.
 
-    With a recipe other than the plain one (text-only copies, another architecture or
-    backend, a balance, a given word list) the samples are held here, only the
-    tokenizing runs on the cluster, and the token lists come back."""
-    from nnspam.services.runs.training import labels_of, train_model
+    With a recipe other than the plain one (:attr:`~nnspam.services.runs.training.Recipe.
+    is_plain`: text-only copies, another architecture or backend, a balance, a given word
+    list) the samples are held here, only the tokenizing runs on the cluster, and the
+    token lists come back."""
+    from nnspam.services.runs.training import Apart, labels_of, train_model
 
-    augment = (settings.get("features") or {}).get("augment", "none") or "none"
-    plain = (augment == "none" or kind != "email") and train_kwargs.get(
-        "arch", "nnspam") == "nnspam" and train_kwargs.get("balance", "none") == "none" \
-        and train_kwargs.get("backend", "numpy") == "numpy" \
-        and train_kwargs.get("wordlist") is None
-    mpb = int(train_kwargs.get("max_part_bytes", 262144))
-    if not plain:
+    kind, mpb = recipe.kind, recipe.settings.max_part_bytes
+    if not recipe.is_plain:
         held = list(samples)
         if order is not None:
             where = {s.name: s for s in held}
@@ -275,8 +276,8 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
         futures = [client.submit(_tokenize, [s.payload for s in held[i:i + shard]], kind,
                                  mpb, pure=False) for i in range(0, len(held), shard)]
         toks = [t for part in client.gather(futures) for t in part]
-        return train_model(held, kind, settings, token_lists=toks,
-                           member_map=_member_map(client), **train_kwargs)
+        return train_model(held, recipe, token_lists=toks, member_map=_member_map(client),
+                           progress=progress, provenance=provenance)
     # read and send a shard at a time; keep only names and labels here
     stubs: list[Sample] = []
     tok_futures, count_futures = [], []
@@ -289,11 +290,10 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
     if not stubs:
         raise ValueError("no messages to train on")
     counts = _tree_sum(client, count_futures)
-    wcfg = settings["wordlist"]
-    chosen = wl.from_counts(counts, int(wcfg["size"]), wcfg["method"],
-                            wcfg.get("min_df"))
-    words = [w for _, w in chosen]
-    scaling = settings["features"]["scaling"]
+    w = recipe.settings.wordlist
+    chosen = wl.from_counts(counts, w.size, w.method, w.min_df)
+    words = [word for _, word in chosen]
+    scaling = recipe.settings.features.scaling
     perm = None
     if order is not None and [s.name for s in stubs] != list(order):
         at = {s.name: i for i, s in enumerate(stubs)}
@@ -306,11 +306,11 @@ def train_on_cluster(client: Any, samples: Iterable[Sample], kind: str,
                       perm)
     wide = _tree_sum(client, [client.submit(_wide_count, f) for f in tok_futures], _wide_add)
     del tok_futures  # the token lists are no longer needed on the workers
-    train_kwargs["wordlist"] = chosen
     # everything counted on the cluster: the token lists and the matrix never come here
-    return train_model(stubs, kind, settings, counts=counts,
-                       features=OnCluster((len(stubs), len(words))), wide_counts=wide,
-                       member_map=_member_map(client, X), **train_kwargs)
+    apart = Apart(wordlist=chosen, features=OnCluster((len(stubs), len(words))),
+                  wide_counts=wide)
+    return train_model(stubs, recipe, apart=apart, member_map=_member_map(client, X),
+                       progress=progress, provenance=provenance)
 
 
 def _chunks(samples: Iterable[Sample], n: int) -> Iterator[list[Sample]]:
