@@ -25,7 +25,8 @@ the NumPy forward pass: TensorFlow is never imported to classify. ``deep``
 models keep their idf weights in ``weights.npz`` (``idf``) and their n-gram
 length in ``model.json`` (``ngram``); ``sms-embedding`` models keep their
 vocabulary as ``words`` (word i has index i; padding is the last row of
-the embedding ``W1``).
+the embedding ``W1``). What each architecture writes and reads, and how its network
+is built from these files: :mod:`nnspam.model.codec`.
 
 Never pickled: both files are plain data and are loaded without executing
 anything. Saving writes a new directory beside the target and renames it into
@@ -52,28 +53,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from nnspam import __version__
 from nnspam.learning.arch import ARCHS, MLP, SequenceEncoder
-from nnspam.learning.features import SCALINGS, Vectorizer
+from nnspam.learning.features import Vectorizer
 from nnspam.learning.network import Network
 from nnspam.mail.atomic import fsync_dir
 from nnspam.model import journal as journal_mod
+from nnspam.model.codec import CODECS, ArchCodec, CodecError, codec_of
 from nnspam.model.grams import Grams, combine
 from nnspam.model.wide import Wide
 
 if TYPE_CHECKING:
     from nnspam.model.adaptive import AdaptiveState
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Model", "ModelError", "spamicity", "resolve_model_path",
-           "is_shipped"]
+__all__ = ["FORMAT_VERSION", "FREE_PREFIX", "KINDS", "Model", "ModelError", "spamicity",
+           "resolve_model_path", "is_shipped"]
 
 FORMAT_VERSION = 1
 KINDS = ("email", "sms")
-_WEIGHT_NAMES = ("W1", "b1", "W2", "b2")
+
+#: Words of input slots that no token holds yet (an untrained network learning its word
+#: list from the stream: :func:`nnspam.model.correct.admit_free_inputs`). The tokenizers
+#: never emit a NUL.
+FREE_PREFIX = "\x00free:"
 
 #: Up to this many messages get dense feature rows (:meth:`Model.features`), more a CSR
 #: matrix. One message, as the pipe filter, daemon, server and a correction score it, is
@@ -280,22 +286,28 @@ class Model:
     libraries: dict[str, str] = field(default_factory=dict)
     wide: Wide | None = None  # the hashed-token path corrections teach (nnspam/model/wide.py)
     grams: Grams | None = None  # byte 4-grams and tokens, by AROW (nnspam/model/grams.py)
+    #: The input slots still free (:data:`FREE_PREFIX`) as a stack, the lowest on top:
+    #: found in ``words`` when a free slot is first asked for (:meth:`free_slot_left`),
+    #: then only taken from. A slot that an adaptive replacement gives a word meanwhile
+    #: stays on it until :meth:`fill_free_slot` comes to it. Not saved, and not carried
+    #: over to a copy made by ``dataclasses.replace``: it is this model's word list's.
+    _free_slots: list[int] | None = field(default=None, init=False, repr=False,
+                                          compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r} (use one of {ARCHS})")
-        if self.arch == "sms-embedding":
-            if not isinstance(self.network, MLP) or self.network.length is None:
-                raise ValueError("an sms-embedding model needs an MLP with an embedding")
-            self.vectorizer: Vectorizer | SequenceEncoder = SequenceEncoder(
-                self.words, self.network.length)
-        else:
-            self.vectorizer = Vectorizer(self.words, self.scaling, self.ngram, self.idf)
+        self.vectorizer: Vectorizer | SequenceEncoder = codec_of(self.arch).vectorizer(
+            self.words, self.network, self.scaling, self.ngram, self.idf)
         # the correction journal (nnspam.model.journal): read on first use, from here
         self._journal: journal_mod.Journal | None = None
         self._journal_file: Path | None = None
+
+    @property
+    def codec(self) -> ArchCodec:
+        """How the network of the model's architecture is saved and loaded
+        (:mod:`nnspam.model.codec`)."""
+        return CODECS[self.arch]
 
     @property
     def journal(self) -> journal_mod.Journal:
@@ -451,6 +463,43 @@ class Model:
                 vec.idf[index] = self.idf[index]
         self.network.reset_inputs([index])
 
+    # -- free input slots (an untrained network's, nnspam.model.correct) ---
+    def free_inputs(self) -> list[int]:
+        """Input slots that no word holds yet (:data:`FREE_PREFIX`), lowest first."""
+        return [i for i, w in enumerate(self.words) if w.startswith(FREE_PREFIX)]
+
+    def free_slot_left(self) -> bool:
+        """Whether a slot is left on the free-slot stack (made from :meth:`free_inputs`
+        on the first call)."""
+        if self._free_slots is None:
+            free = self.free_inputs()
+            free.reverse()  # pop() hands out the lowest slot first
+            self._free_slots = free
+        return bool(self._free_slots)
+
+    def handing_out_free_slots(self) -> bool:
+        """Whether free slots are being handed out: the stack was made and is not empty
+        (no call makes it)."""
+        return bool(self._free_slots)
+
+    def fill_free_slot(self, word: str) -> int | None:
+        """Take the lowest slot off the free-slot stack (:meth:`free_slot_left` must have
+        said one is left) and put ``word`` on it, in the word list and the vectorizer,
+        keeping the slot's weights. Returns the slot, or None when an adaptive
+        replacement gave it a word meanwhile (it is gone from the stack then, and
+        ``word`` was not placed)."""
+        assert self._free_slots is not None
+        idx = self._free_slots.pop()
+        old = self.words[idx]
+        if not old.startswith(FREE_PREFIX):
+            return None
+        self.words[idx] = word
+        vec = self.vectorizer
+        vec.words[idx] = word
+        vec.index.pop(old, None)
+        vec.index[word] = idx
+        return idx
+
     # -- persistence -----------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
@@ -498,9 +547,7 @@ class Model:
         moved: Path | None = None  # the old model while renamed away
         try:
             buf = io.BytesIO()
-            weights = self.network.get_weights()
-            names = _WEIGHT_NAMES if self.arch == "nnspam" else tuple(weights)
-            arrays = {k: np.asarray(weights[k], dtype=np.float32) for k in names}
+            arrays = self.codec.saved_arrays(self.network)
             if self.idf is not None:
                 arrays["idf"] = np.asarray(self.idf, dtype=np.float32)
             if self.adaptive is not None:
@@ -599,18 +646,16 @@ class Model:
         if kind not in KINDS:
             raise ModelError(f"{jpath}: unknown kind {kind!r}")
         arch = meta.get("arch", "nnspam")
-        if arch not in ARCHS:
+        codec = CODECS.get(arch)
+        if codec is None:
             raise ModelError(f"{jpath}: unknown architecture {arch!r} (this nnspam has {ARCHS})")
-        if scaling not in SCALINGS and not (arch == "sms-embedding" and scaling == "index"):
+        if not codec.allows(scaling):
             raise ModelError(f"{jpath}: unknown scaling {scaling!r}")
-        names: tuple[str, ...] = _WEIGHT_NAMES
-        mlp = None
-        if arch != "nnspam":
-            try:
-                mlp = MLP(**{**dict(net_cfg), "n_inputs": len(words)})
-            except (TypeError, ValueError) as exc:
-                raise ModelError(f"{jpath}: bad network for arch {arch} ({exc})") from None
-            names = tuple(mlp.param_shapes()) + (("idf",) if scaling == "tfidf" else ())
+        n_in = len(words)
+        try:
+            plan = codec.plan(net_cfg, n_in, scaling)
+        except CodecError as exc:
+            raise ModelError(f"{jpath}: {exc}") from None
         want = meta.get("weights_sha256")
         crcs = meta.get("weights_crc32")
         try:
@@ -637,17 +682,15 @@ class Model:
                                          "(truncated or replaced)")
                     fh.seek(0)
                 with np.load(fh, allow_pickle=False) as npz:
-                    weights = {k: npz[k] for k in names}
+                    weights = {k: npz[k] for k in plan.names}
                     activity = (npz["adaptive_activity"] if "adaptive_activity" in npz.files
                                 else None)
                     by_class = (npz["adaptive_by_class"] if "adaptive_by_class" in npz.files
                                 else None)
-                    wide_arrays = ({k: npz[k] for k in ("wide_index", "wide_value",
-                                                        "wide_df_index", "wide_df")}
-                                   if meta.get("wide") is not None else None)
-                    grams_arrays = ({k: npz[k] for k in ("grams_index", "grams_value",
-                                                         "grams_sig_index", "grams_sig")}
-                                    if meta.get("grams") is not None else None)
+                    # the wide path's and the grams part's sparse arrays, if model.json
+                    # says the part was saved
+                    saved = {part.PART: {k: npz[k] for k in part.saved_names()}
+                             for part in (Wide, Grams) if meta.get(part.PART) is not None}
         except FileNotFoundError:
             raise ModelError(f"{wpath}: missing") from None
         except KeyError as exc:
@@ -656,28 +699,11 @@ class Model:
             raise ModelError(f"{wpath}: unreadable ({exc.__class__.__name__}: {exc})") from None
         except OSError as exc:
             raise ModelError(f"{wpath}: {exc.strerror or exc}") from None
-        n_in = len(words)
         idf = weights.pop("idf", None)
-        if mlp is not None:
-            try:
-                mlp.set_weights(weights)
-            except ValueError as exc:
-                raise ModelError(f"{wpath}: does not fit the {arch} network ({exc})") from None
-        elif weights["W1"].ndim != 2 or weights["W1"].shape[0] != n_in:
-            raise ModelError(
-                f"{wpath}: W1 has shape {weights['W1'].shape}, but model.json lists {n_in} words"
-            )
         try:
-            if mlp is not None:
-                net: Network | MLP = mlp
-            else:
-                cfg = dict(net_cfg)
-                cfg["n_inputs"] = n_in
-                net = Network(**cfg)
-                # the arrays were just read for this network alone: no second copy
-                net.set_weights(weights, copy=False)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{wpath}: does not fit the network in model.json ({exc})") from None
+            net = codec.network(plan, net_cfg, n_in, weights)
+        except CodecError as exc:
+            raise ModelError(f"{wpath}: {exc}") from None
         adaptive = None
         if meta.get("adaptive") is not None:
             from nnspam.model.adaptive import AdaptiveState
@@ -688,18 +714,8 @@ class Model:
                 adaptive = AdaptiveState.from_json(meta["adaptive"], activity, by_class)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ModelError(f"{jpath}: bad 'adaptive' object ({exc})") from None
-        wide = None
-        if wide_arrays is not None:
-            try:
-                wide = Wide.from_arrays(meta["wide"], wide_arrays)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ModelError(f"{wpath}: bad wide path ({exc})") from None
-        grams = None
-        if grams_arrays is not None:
-            try:
-                grams = Grams.from_arrays(meta["grams"], grams_arrays)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ModelError(f"{wpath}: bad grams part ({exc})") from None
+        wide = _load_part(Wide, meta, saved, wpath, "bad wide path")
+        grams = _load_part(Grams, meta, saved, wpath, "bad grams part")
         try:
             model = cls(
                 words=words,
@@ -725,3 +741,20 @@ class Model:
             raise ModelError(f"{jpath}: bad value ({exc})") from None
         model._journal_file = base / journal_mod.FILE
         return model
+
+
+_Part = TypeVar("_Part", Wide, Grams)
+
+
+def _load_part(cls: type[_Part], meta: dict[str, Any], saved: dict[str, dict[str, np.ndarray]],
+               wpath: Path, what: str) -> _Part | None:
+    """The wide path or the grams part (``cls``) from its entry in model.json and its
+    arrays read from weights.npz (``saved``, by :attr:`cls.PART`), or None where the
+    model has none; ModelError naming ``wpath``, ``what`` is wrong, if they do not fit."""
+    arrays = saved.get(cls.PART)
+    if arrays is None:
+        return None
+    try:
+        return cls.from_arrays(meta[cls.PART], arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{wpath}: {what} ({exc})") from None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from nnspam.model import journal as journal_mod
+from nnspam.model.core import FREE_PREFIX  # (re-exported: nnspam.services.runs.online)
 from nnspam.model.grams import GRAMS_WEIGHT, STICK_MARGIN
 from nnspam.model.grams import KINDS as GRAMS_KINDS
 from nnspam.model.journal import DEFAULT_LIMIT, Entry, message_key, subject_of
@@ -181,14 +182,9 @@ def margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
     return z if label == "spam" else -z
 
 
-#: Words of input slots that no token holds yet (an untrained network learning its word
-#: list from the stream). The tokenizers never emit a NUL.
-FREE_PREFIX = "\x00free:"
-
-
 def free_inputs(model: Any) -> list[int]:
-    """Input slots that no word holds yet, lowest first."""
-    return [i for i, w in enumerate(model.words) if w.startswith(FREE_PREFIX)]
+    """Input slots that no word holds yet (:data:`FREE_PREFIX`), lowest first."""
+    return model.free_inputs()
 
 
 def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
@@ -199,24 +195,17 @@ def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
     ``adaptive.half_life`` messages, hence the 0.5 slack). The slot keeps the initial
     weights it was given. Returns how many were admitted."""
     st = model.adaptive
-    if st is None:
-        return 0
-    free = getattr(model, "_free_slots", None)
-    if free is None:
-        free = free_inputs(model)
-        free.reverse()  # pop() hands out the lowest slot first
-        model._free_slots = free
-    if not free:
+    if st is None or not model.free_slot_left():
         return 0
     index = model.vectorizer.index
     need = float(admit_min) - 1.0
     g = st.gain
     cands = st.candidates
-    vec = model.vectorizer
     n = 0
+    left = True  # a slot is left (only taking one can change that)
     for toks in token_lists:
         for t in dict.fromkeys(toks):
-            if not free:
+            if not left:
                 break
             if t in index or t.startswith("\x00"):  # an input, or the grams part's head
                 continue
@@ -224,14 +213,10 @@ def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
             seen = e[0] / g if e is not None else 0.0
             if seen + 0.5 <= need:
                 continue
-            idx = free.pop()
-            if not model.words[idx].startswith(FREE_PREFIX):
+            idx = model.fill_free_slot(t)
+            left = model.free_slot_left()
+            if idx is None:
                 continue  # taken by an adaptive replacement meanwhile
-            old = model.words[idx]
-            model.words[idx] = t
-            vec.words[idx] = t
-            index.pop(old, None)
-            index[t] = idx
             n += 1
             if e is not None:
                 del cands[t]
@@ -255,7 +240,7 @@ def observe(model: Any, token_lists: list[list[str]], labels: list[str] | None =
     if not adaptive_inputs:
         return []
     done = adaptive.observe(model, token_lists, labels, outputs=outputs)
-    if done and getattr(model, "_free_slots", None):
+    if done and model.handing_out_free_slots():
         cands = model.adaptive.candidates
         for r in done:  # an evicted free-slot name is not a word to remember
             if str(r["old"]).startswith(FREE_PREFIX):
@@ -379,7 +364,8 @@ class _Recorder:
         self.steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.grams: dict[int, tuple[float, float, float]] = {}  # learn's (a, beta), push
         self.net_before = (model.network.get_weights()
-                           if (rule.passes or rule.max_passes) and model.arch == "nnspam"
+                           if (rule.passes or rule.max_passes)
+                           and model.codec.journal_network
                            else None)
         model.journal.limit = rule.journal
 

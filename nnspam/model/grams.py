@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nnspam.mail.tokens import HEAD_MARK
-from nnspam.model.slots import sorted_unique, word_hashes
+from nnspam.model.slots import Spread, SpreadSlots, sorted_unique, word_hashes
 
 __all__ = ["Grams", "DEFAULT_BITS", "HEAD_BYTES", "NNSPAM_CAP", "GRAMS_WEIGHT", "GRAMS_BIAS",
            "GRAMS_CAP", "combine", "max_logit"]
@@ -116,8 +116,12 @@ def head_of(tokens: Sequence[str]) -> bytes:
     return b""
 
 
-class Grams:
+class Grams(SpreadSlots):
     """Hashed byte 4-grams and tokens, learned by AROW (see the module docstring)."""
+
+    PART = "grams"
+    SPREAD = (Spread("_w", "grams_index", "grams_value", 0.0),
+              Spread("_sig", "grams_sig_index", "grams_sig", 1.0))
 
     def __init__(self, bits: int = DEFAULT_BITS) -> None:
         if not 8 <= int(bits) <= 26:
@@ -130,33 +134,16 @@ class Grams:
         self._saved: dict[str, np.ndarray] | None = None
         self._memo: tuple[object, np.ndarray] | None = None
 
-    # -- the arrays, made on first use --------------------------------------------
-    def _spread(self) -> None:
-        size = 1 << self.bits
-        if self._w is None:
-            self._w = np.zeros(size, dtype=np.float32)
-        if self._sig is None:
-            self._sig = np.ones(size, dtype=np.float32)
-        saved, self._saved = self._saved, None
-        if saved:
-            self._w[saved["grams_index"]] = saved["grams_value"]
-            self._sig[saved["grams_sig_index"]] = saved["grams_sig"]
-
+    # -- the arrays, made on first use (SpreadSlots) ------------------------------
     @property
     def w(self) -> np.ndarray:
         """The weights, one per hashed slot."""
-        if self._w is None or self._saved is not None:
-            self._spread()
-        assert self._w is not None
-        return self._w
+        return self._dense("_w")
 
     @property
     def sig(self) -> np.ndarray:
         """AROW's per-slot variance (1 for a slot never learned)."""
-        if self._sig is None or self._saved is not None:
-            self._spread()
-        assert self._sig is not None
-        return self._sig
+        return self._dense("_sig")
 
     @property
     def active(self) -> bool:
@@ -252,16 +239,7 @@ class Grams:
         """The part from :meth:`meta` and :meth:`arrays` (ValueError, KeyError or
         TypeError if they do not fit)."""
         out = cls(int(meta["bits"]))
-        size = 1 << out.bits
-        for idx_name, val_name in (("grams_index", "grams_value"),
-                                   ("grams_sig_index", "grams_sig")):
-            index, value = arrays[idx_name], arrays[val_name]
-            if index.shape != value.shape or index.ndim != 1:
-                raise ValueError(f"{idx_name} and {val_name} differ in shape")
-            if index.size and (index.min() < 0 or index.max() >= size):
-                raise ValueError(f"{idx_name} out of range")
-        out._saved = {k: arrays[k] for k in ("grams_index", "grams_value", "grams_sig_index",
-                                            "grams_sig")}
+        out._keep_saved(arrays)
         out.updates = int(meta.get("updates", 0))
         return out
 

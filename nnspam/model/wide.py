@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nnspam.model.slots import hashes, sorted_unique, word_hashes, words_of
+from nnspam.model.slots import Spread, SpreadSlots, hashes, sorted_unique, word_hashes, words_of
 
 __all__ = ["Wide", "DEFAULT_BITS", "IDENTITY_PREFIXES"]
 
@@ -52,8 +52,12 @@ IDENTITY_PREFIXES = ("from:addr:", "sender:addr:", "reply-to:addr:", "from:domai
 _IDENTITY_MARK = "\x00id:"
 
 
-class Wide:
+class Wide(SpreadSlots):
     """Hashed linear weights over all tokens (see the module docstring)."""
+
+    PART = "wide"
+    SPREAD = (Spread("_w", "wide_index", "wide_value", 0.0),
+              Spread("_df", "wide_df_index", "wide_df", 0.0))
 
     def __init__(self, bits: int = DEFAULT_BITS, weights: np.ndarray | None = None) -> None:
         if not 8 <= int(bits) <= 26:
@@ -75,30 +79,15 @@ class Wide:
         self._saved: dict[str, np.ndarray] | None = None
         self._memo: tuple[object, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
-    def _spread(self) -> None:
-        size = 1 << self.bits
-        self._w = np.zeros(size, dtype=np.float32) if self._w is None else self._w
-        self._df = np.zeros(size, dtype=np.float32) if self._df is None else self._df
-        saved, self._saved = self._saved, None
-        if saved:
-            self._w[saved["wide_index"]] = saved["wide_value"]
-            self._df[saved["wide_df_index"]] = saved["wide_df"]
-
     @property
     def w(self) -> np.ndarray:
         """The weights, one per hashed slot."""
-        if self._w is None or self._saved is not None:
-            self._spread()
-        assert self._w is not None
-        return self._w
+        return self._dense("_w")
 
     @property
     def df(self) -> np.ndarray:
         """Messages counted per hashed slot."""
-        if self._df is None or self._saved is not None:
-            self._spread()
-        assert self._df is not None
-        return self._df
+        return self._dense("_df")
 
     def indices(self, tokens: Sequence[str]) -> np.ndarray:
         """The distinct hashed slots of a message's tokens (every part)."""
@@ -224,15 +213,7 @@ class Wide:
         TypeError if they do not fit)."""
         out = cls(int(meta["bits"]))
         out._w = None
-        size = 1 << out.bits
-        for idx_name, val_name in (("wide_index", "wide_value"), ("wide_df_index", "wide_df")):
-            index, value = arrays[idx_name], arrays[val_name]
-            if index.shape != value.shape or index.ndim != 1:
-                raise ValueError(f"{idx_name} and {val_name} differ in shape")
-            if index.size and (index.min() < 0 or index.max() >= size):
-                raise ValueError(f"{idx_name} out of range")
-        out._saved = {k: arrays[k] for k in ("wide_index", "wide_value", "wide_df_index",
-                                            "wide_df")}
+        out._keep_saved(arrays)
         out.updates = int(meta.get("updates", 0)) if arrays["wide_index"].size else 0
         out.docs = int(meta.get("docs", 0))
         return out
