@@ -17,7 +17,8 @@ Per filter it prints and writes (``--out DIR``: ``compare-<corpus>-<mode>.json``
 missed by the best threshold that loses no ham (the same per-message scores), training
 time, messages per second in bulk (one process for the whole test part) and with one
 process per message, and peak memory (the largest resident set of any process the
-filter ran, measured by GNU time, Debian package ``time``).
+filter ran, measured by GNU time, Debian package ``time``). The Markdown names the command
+line that made it and its JSON ("Made by: ...").
 
 How each filter is run, and where its verdict comes from:
 
@@ -538,6 +539,8 @@ def run_online(peer: Peer, stream: Sequence[Item]) -> tuple[dict[str, Any], list
 # -- reports --------------------------------------------------------------------------------
 
 def markdown(report: dict[str, Any]) -> str:
+    """The table of one corpus and mode, then the command line that made it and its JSON
+    (``compare-<corpus>-<mode>.json``, written beside the page)."""
     rows = report["filters"]
     if report["mode"] == "batch":
         head = ("| filter | ham lost (FP) | spam missed (FN) | accuracy | 1-ROCA | "
@@ -564,6 +567,10 @@ def markdown(report: dict[str, Any]) -> str:
             cells += [f"{r['msgs_per_s']:.1f}"]
         cells.append(f"{r['peak_mb']:.0f} MB")
         lines.append("| " + " | ".join(cells) + " |")
+    name = f"compare-{report['corpus']}-{report['mode']}.json"
+    cmd = report["command"]
+    code = f"`` {cmd} ``" if "`" in cmd else f"`{cmd}`"
+    lines += ["", f"Made by: {code} (JSON: [{name}]({name}))."]
     skipped = [f"{n}: {r['skipped']}" for n, r in rows.items() if "skipped" in r]
     if skipped:
         lines.append("")

@@ -80,6 +80,8 @@ scores: :func:`nnspam.services.runs.evaluate.spam_missed_at_ham_loss`; "at 0.05%
 corrections (messages learned) and messages per second (classify and learn, the whole stream
 over its wall time; with ``--jobs`` > 1 the filters share the cores, so their rates are lower
 than alone). ``stream-summary-<feedback>-<start>.md`` and ``.json`` hold all streams of a run.
+Every Markdown table is followed by the command line that measured it and the JSON it came
+from ("Made by: ..."; for reports merged by ``stream_merge.py``, each filter's own run).
 
 Usage:
     python scripts/bench/stream.py --index ../shared/corpora/streams/enron{1,2,3,4,5,6}.index \\
@@ -653,8 +655,56 @@ def describe(report: dict[str, Any]) -> str:
             f"{report['spam']:,} spam), feedback {report['feedback']}, start {report['start']}")
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The per-stream table."""
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span (a longer fence when it holds backticks)."""
+    fence = "``" if "`" in text else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def json_name(report: dict[str, Any]) -> str:
+    """The name of a per-stream report's JSON beside its page, for a caller that does not
+    give it (``stream_merge.py``): ``stream-<name>-<feedback>-<start>.json``, with
+    ``-header-break`` for a header-break report (the ``--tag`` docs/stream/ gives those;
+    a dead link fails the docs build). :func:`write_reports` gives the name it wrote."""
+    tag = "-header-break" if report.get("header_break") else ""
+    return f"stream-{report['stream']}-{report['feedback']}-{report['start']}{tag}.json"
+
+
+def measured_by(report: dict[str, Any]) -> dict[str, str]:
+    """The command line that measured each filter of ``report`` (not the skipped ones):
+    the report's ``command``, or, in a report merged by ``stream_merge.py``, the last of its
+    ``runs`` that drove the filter (the merge keeps the last run's figures)."""
+    out: dict[str, str] = {}
+    for name, r in report["filters"].items():
+        if "skipped" in r:
+            continue
+        cmd = report.get("command") or ""
+        for run in report.get("runs") or []:
+            if name in run.get("filters", ()) and run.get("command"):
+                cmd = run["command"]
+        out[name] = cmd
+    return out
+
+
+def made_by(commands: dict[str, list[str]], json_links: str) -> list[str]:
+    """The "Made by" lines under a table: ``commands`` maps each command line to what it
+    measured (e.g. ["bogofilter, crm114", "nnspam (sms)"]); ``json_links`` is Markdown."""
+    def code(cmd: str) -> str:
+        return _code(cmd) if cmd else "command not recorded"
+
+    if len(commands) == 1:
+        (cmd,) = commands
+        return [f"Made by: {code(cmd)} (JSON: {json_links})."]
+    lines = [f"Made by these runs, each filter's figures from the run that measured them, "
+             f"merged by `scripts/bench/stream_merge.py` (JSON: {json_links}):", ""]
+    lines += [f"- {'; '.join(what)}: {code(cmd)}" for cmd, what in commands.items()]
+    return lines
+
+
+def markdown(report: dict[str, Any], json_file: str | None = None) -> str:
+    """The per-stream table, and the command line(s) that made it; ``json_file`` is the name
+    of the report's JSON beside the page (default: :func:`json_name`)."""
     lines = [f"### {describe(report)}", "",
              f"| filter | ham lost | spam missed | 1-ROCA | {_AT_HAM_LOSS_HEAD} | corrections "
              "| msg/s | peak memory |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -667,6 +717,12 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_pct(r, 'ham_lost', 'ham')} | {_pct(r, 'spam_missed', 'spam')} | "
                      f"{_roca(r)} | {_at_ham_loss(r)} | {r['corrections']:,} | {_rate(r)} | "
                      f"{mem} |")
+    names: dict[str, list[str]] = {}
+    for name, cmd in measured_by(report).items():
+        names.setdefault(cmd, []).append(name)
+    commands = {cmd: [", ".join(what)] for cmd, what in names.items()}
+    json_file = json_file or json_name(report)
+    lines += [""] + made_by(commands, f"[{json_file}]({json_file})")
     notes = []
     start = report.get("start_detail") or {}
     if start.get("peers_trained_on"):
@@ -691,8 +747,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(reports: Sequence[dict[str, Any]]) -> str:
-    """One table over every stream of the run."""
+def summary_markdown(reports: Sequence[dict[str, Any]], json_file: str | None = None) -> str:
+    """One table over every stream of the run, and the command line(s) that made it;
+    ``json_file`` is the summary's JSON beside the page (default: each stream's JSON,
+    :func:`json_name`, as ``stream_merge.py`` writes no summary JSON)."""
     lines = [f"| stream | filter | ham lost | spam missed | 1-ROCA | {_AT_HAM_LOSS_HEAD} | "
              "corrections | msg/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     skipped: list[str] = []
@@ -705,6 +763,25 @@ def summary_markdown(reports: Sequence[dict[str, Any]]) -> str:
                          f"{_pct(r, 'ham_lost', 'ham')} | {_pct(r, 'spam_missed', 'spam')} | "
                          f"{_roca(r)} | {_at_ham_loss(r)} | {r['corrections']:,} | "
                          f"{_rate(r)} |")
+    by_cmd: dict[str, dict[str, list[str]]] = {}  # command -> filter -> streams
+    for rep in reports:
+        for name, cmd in measured_by(rep).items():
+            by_cmd.setdefault(cmd, {}).setdefault(name, []).append(rep["stream"])
+    every = [rep["stream"] for rep in reports]
+    commands: dict[str, list[str]] = {}
+    for cmd, filters in by_cmd.items():
+        groups: dict[tuple[str, ...], list[str]] = {}  # the same streams: one group
+        for name, streams in filters.items():
+            groups.setdefault(tuple(streams), []).append(name)
+        commands[cmd] = [", ".join(names) + ("" if list(streams) == every else
+                                             f" ({', '.join(streams)})")
+                         for streams, names in groups.items()]
+    if json_file:
+        links = f"[{json_file}]({json_file})"
+    else:
+        links = "per stream, " + ", ".join(
+            f"[{rep['stream']}]({json_name(rep)})" for rep in reports)
+    lines += [""] + made_by(commands, links)
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"
@@ -914,7 +991,7 @@ def write_reports(out_dir: Path, report: dict[str, Any], labels: Sequence[str],
     """``stream-<name>-<feedback>-<start>.json``, ``.md`` and ``.png``."""
     stem = out_dir / f"stream-{report['stream']}-{report['feedback']}-{report['start']}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
+    md = markdown(report, stem.with_suffix(".json").name)
     stem.with_suffix(".md").write_text(md)
     say(md)
     if runs and plot_too:
@@ -935,7 +1012,7 @@ def write_summary(out_dir: Path, args: argparse.Namespace, command: str,
     summary = {"feedback": args.feedback, "start": args.start, "command": command,
                "machine": machine(), "streams": streams}
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    md = summary_markdown(reports)
+    md = summary_markdown(reports, stem.with_suffix(".json").name)
     stem.with_suffix(".md").write_text(md)
     say(f"== all streams, feedback {args.feedback}, start {args.start}\n{md}")
 
