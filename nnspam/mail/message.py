@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote
 
+from nnspam.config import DEFAULTS
+
 __all__ = [
     "Attachment",
     "ParsedMessage",
@@ -793,7 +795,8 @@ def _fallback_text(raw: bytes) -> str:
     return _guess_decode(body)
 
 
-def parse_message(raw: bytes, max_part_bytes: int = 262144, max_parts: int = 64) -> ParsedMessage:
+def parse_message(raw: bytes, max_part_bytes: int = DEFAULTS["max_part_bytes"],
+                  max_parts: int = 64) -> ParsedMessage:
     """Parse one email's raw bytes into a ``ParsedMessage``. Never raises.
 
     ``max_part_bytes`` caps each text part's decoded payload (``part-truncated``);

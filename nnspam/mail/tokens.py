@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from email.utils import getaddresses, parseaddr
 
+from nnspam.config import DEFAULTS
 from nnspam.mail.message import ParsedMessage, parse_message
 
 __all__ = ["text_only_copy", "tokenize_email", "tokenize_parsed",
@@ -270,12 +271,13 @@ def tokenize_parsed(msg: ParsedMessage) -> list[str]:
     return out
 
 
-def tokenize_email(raw: bytes, max_part_bytes: int = 262144) -> list[str]:
+def tokenize_email(raw: bytes, max_part_bytes: int = DEFAULTS["max_part_bytes"]) -> list[str]:
     """Bytes of an email -> tokens. Never raises on bad mail (see message.py)."""
     return tokenize_parsed(parse_message(raw, max_part_bytes=max_part_bytes))
 
 
-def text_only_copy(raw: bytes, separator: bool = True, max_part_bytes: int = 262144) -> bytes:
+def text_only_copy(raw: bytes, separator: bool = True,
+                   max_part_bytes: int = DEFAULTS["max_part_bytes"]) -> bytes:
     """The message as a text-only archive or gateway hands it on: its Subject line, then
     its decoded text, with every other header, the MIME structure and the attachments
     gone; ``separator=False`` leaves out the blank line after the Subject, as some

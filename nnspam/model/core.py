@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from nnspam import __version__
+from nnspam.config import DEFAULTS
 from nnspam.learning.arch import ARCHS, MLP, SequenceEncoder
 from nnspam.learning.features import Vectorizer
 from nnspam.learning.network import Network
@@ -272,10 +273,11 @@ class Model:
     network: Network | MLP
     kind: str = "email"
     scaling: str = "log"
-    ham_factor: float = 0.9
-    spam_factor: float = 0.1
-    threshold: float = 0.5
-    max_part_bytes: int = 262144
+    # a model made without them (a test's, an older file's) has the config's defaults
+    ham_factor: float = DEFAULTS["ham_factor"]
+    spam_factor: float = DEFAULTS["spam_factor"]
+    threshold: float = DEFAULTS["threshold"]
+    max_part_bytes: int = DEFAULTS["max_part_bytes"]
     summary: dict[str, Any] = field(default_factory=dict)
     wordlist_counts: list[int] | None = None
     adaptive: AdaptiveState | None = None
@@ -722,10 +724,10 @@ class Model:
                 network=net,
                 kind=kind,
                 scaling=scaling,
-                ham_factor=float(meta.get("ham_factor", 0.9)),
-                spam_factor=float(meta.get("spam_factor", 0.1)),
-                threshold=float(meta.get("threshold", 0.5)),
-                max_part_bytes=int(meta.get("max_part_bytes", 262144)),
+                ham_factor=float(meta.get("ham_factor", DEFAULTS["ham_factor"])),
+                spam_factor=float(meta.get("spam_factor", DEFAULTS["spam_factor"])),
+                threshold=float(meta.get("threshold", DEFAULTS["threshold"])),
+                max_part_bytes=int(meta.get("max_part_bytes", DEFAULTS["max_part_bytes"])),
                 summary=meta.get("summary") or {},
                 wordlist_counts=meta.get("wordlist_counts"),
                 adaptive=adaptive,

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from nnspam.config import DEFAULTS
 from nnspam.model import journal as journal_mod
 from nnspam.model.core import FREE_PREFIX  # (re-exported: nnspam.services.runs.online)
 from nnspam.model.grams import GRAMS_WEIGHT, STICK_MARGIN
 from nnspam.model.grams import KINDS as GRAMS_KINDS
-from nnspam.model.journal import DEFAULT_LIMIT, Entry, message_key, subject_of
+from nnspam.model.journal import Entry, message_key, subject_of
 
 __all__ = ["FREE_PREFIX", "Rule", "CorrectionError", "correct", "correct_payloads", "observe",
            "rule_from_config", "margin_of", "forget", "learn", "SOURCES", "LEARNED",
@@ -52,6 +53,9 @@ class CorrectionError(ValueError):
     """A bad ``learn:`` setting or a bad label."""
 
 
+_LEARN = DEFAULTS["learn"]
+
+
 @dataclass(frozen=True)
 class Rule:
     """How a correction is learned (config ``learn:``).
@@ -66,17 +70,22 @@ class Rule:
     ``max_passes == passes`` turns the "until" part off.
     """
 
-    optimizer: str | None = "sgd"
-    learning_rate: float | None = 0.003
-    passes: int = 0
-    max_passes: int = 0
-    margin: float = 4.0
-    ham_margin: float | None = 16.0  # a corrected ham's margin; None: ``margin``
-    confirm_margin: float = 1.0  # margin asked of a message already on its side
+    # Each default is the config's (config.DEFAULTS["learn"], the one place a setting's
+    # default is written): Rule() is the rule of the built-in settings, at the model's own
+    # operating point (threshold etc. None, below).
+    optimizer: str | None = "sgd" if _LEARN["optimizer"] == "sgd" else None
+    learning_rate: float | None = _LEARN["learning_rate"]
+    passes: int = _LEARN["passes"]
+    max_passes: int = _LEARN["max_passes"]
+    margin: float = _LEARN["margin"]
+    ham_margin: float | None = _LEARN["ham_margin"]  # a corrected ham's margin; None: margin
+    confirm_margin: float = _LEARN["confirm_margin"]  # asked of a message on its side
+    # a correction's token gets a free input once seen this often (no setting: the online
+    # learner's is online.admit_min)
     admit_min: float = 2.0
-    wide: bool = True
-    wide_max: float = 20.0
-    grams: bool = True  # teach the grams part (nnspam/model/grams.py)
+    wide: bool = _LEARN["wide"]
+    wide_max: float = _LEARN["wide_max"]
+    grams: bool = _LEARN["grams"]  # teach the grams part (nnspam/model/grams.py)
     # The operating point the verdicts are made at, which the margins are measured from:
     # the config's (rule_from_config), as every front scores with it; None: the model's own.
     # (A correction measured against the model's 0.5 while the daemon filed at 0.8 could
@@ -84,7 +93,7 @@ class Rule:
     threshold: float | None = None
     ham_factor: float | None = None
     spam_factor: float | None = None
-    journal: int = DEFAULT_LIMIT  # corrections kept in the journal, to be forgotten
+    journal: int = _LEARN["journal"]  # corrections kept in the journal, to be forgotten
 
     def with_(self, **kw: Any) -> Rule:
         """A copy with some fields changed (e.g. the online learner's optimiser)."""
@@ -121,10 +130,8 @@ def rule_from_config(cfg: dict[str, Any], untrained: bool = False) -> Rule:
     the network's own optimiser (Adam, whose state that learner keeps) at
     ``online.learning_rate`` for ``online.epochs`` passes. Plain steps at a correction's
     rate barely move a network that has not learned anything yet."""
-    from nnspam.config import DEFAULTS
-
     sec = {**DEFAULTS["learn"], **(cfg.get("learn") or {})}
-    opt = sec.get("optimizer", "sgd")
+    opt = sec["optimizer"]
     if opt not in ("sgd", "adam"):
         raise CorrectionError(f"learn.optimizer must be sgd or adam, not {opt!r}")
     rate = _number(sec, "learning_rate", allow_none=True)
@@ -137,11 +144,11 @@ def rule_from_config(cfg: dict[str, Any], untrained: bool = False) -> Rule:
                               f"({passes})")
     margin = _number(sec, "margin")
     ham_margin = _number(sec, "ham_margin", allow_none=True)
-    wide = sec.get("wide", True)
+    wide = sec["wide"]
     if not isinstance(wide, bool):
         raise CorrectionError(f"learn.wide must be true or false, not {wide!r}")
     wide_max = _number(sec, "wide_max")
-    grams = sec.get("grams", True)
+    grams = sec["grams"]
     if not isinstance(grams, bool):
         raise CorrectionError(f"learn.grams must be true or false, not {grams!r}")
     confirm = _number(sec, "confirm_margin")

@@ -51,10 +51,12 @@ from typing import IO, Any
 
 import numpy as np
 
+from nnspam.config import DEFAULTS
+
 __all__ = ["DEFAULT_LIMIT", "FILE", "Entry", "Journal", "JournalError", "message_key"]
 
 #: Corrections kept (config ``learn.journal``).
-DEFAULT_LIMIT = 500
+DEFAULT_LIMIT: int = DEFAULTS["learn"]["journal"]  # the config's learn.journal
 #: The journal's file in a model directory.
 FILE = "journal.npz"
 _NET_PARTS = ("W1", "b1", "W2", "b2")

@@ -38,6 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
 
+from nnspam.config import DEFAULTS
 from nnspam.services.scoring import (
     FilterSettings,
     Result,
@@ -104,7 +105,7 @@ def read_upto(inp: Reader, limit: int) -> bytes:
 
 def filter_stream(inp: Reader, out: BinaryIO, settings_of: Callable[[], FilterSettings],
                   scorer_of: Callable[[FilterSettings], Callable[[bytes], float]] = _scorer,
-                  max_size_fallback: int = 512 * 1024,
+                  max_size_fallback: int = DEFAULTS["filter"]["max_size"],
                   log: Callable[[str], None] | None = None) -> tuple[str, float | None]:
     """Copy one message from ``inp`` to ``out``, marked; return (verdict,
     spamicity). Raises :class:`OutputError` when writing fails and OSError

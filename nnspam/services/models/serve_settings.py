@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from nnspam.services.errors import ServerError, parse_listen
@@ -25,36 +25,34 @@ class ServeSettings:
     filter: FilterSettings
     socket: str | None
     listen: tuple[str, int] | None
-    allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-    max_size: int = 524288
-    timeout: float = 30.0  # seconds for a whole request: reading it and answering it
-    score_scale: float = 10.0
-    workers: int | None = None  # None/0: one per core
-    max_connections: int = 32  # requests served at once per worker
-    user_model: str | None = None  # per-user model path pattern (%u, %l, %d, ~)
-    user_cache: int = 16  # per-user models kept loaded per worker (LRU)
-    spamassassin_headers: bool = False  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
-    rule: Any = None  # config learn: (nnspam.model.correct.rule_from_config), for TELL
-    store: str | None = None  # config store: the fleet's Redis (nnspam.services.models.fleet)
-    allow_tell: bool = False  # TELL (spamc -L) accepted at all (spamd's --allow-tell)
+    allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    max_size: int
+    timeout: float  # seconds for a whole request: reading it and answering it
+    score_scale: float
+    workers: int | None  # None/0: one per core
+    max_connections: int  # requests served at once per worker
+    user_model: str | None  # per-user model path pattern (%u, %l, %d, ~)
+    user_cache: int  # per-user models kept loaded per worker (LRU)
+    spamassassin_headers: bool  # add X-Spam-Flag/X-Spam-Status (spamass-milter)
+    rule: Any  # config learn: (nnspam.model.correct.rule_from_config), for TELL
+    store: str | None  # config store: the fleet's Redis (nnspam.services.models.fleet)
+    allow_tell: bool  # TELL (spamc -L) accepted at all (spamd's --allow-tell)
     # TCP clients whose TELL is accepted (Unix socket clients: the socket's file mode)
-    tell_allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
-        default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"),
-                                 ipaddress.ip_network("::1/128")])
-    max_request: int = 33554432  # bytes: a longer message is refused before it is read
-    max_per_client: int = 32  # connections open at once from one client, per worker
-    score_mode: str = "spamicity"  # SpamAssassin points: verdict.sa_points
-    user_lists: str | None = None  # per-user allow/deny list file pattern (%u, %l, %d, ~)
+    tell_allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    max_request: int  # bytes: a longer message is refused before it is read
+    max_per_client: int  # connections open at once from one client, per worker
+    score_mode: str  # SpamAssassin points: verdict.sa_points
+    user_lists: str | None  # per-user allow/deny list file pattern (%u, %l, %d, ~)
 
 
-def _number(s: dict[str, Any], key: str, kind: type, minimum: float, default: Any = None,
+def _number(s: dict[str, Any], key: str, kind: type, minimum: float,
             above: bool = False) -> Any:
     """``serve.KEY`` from the config as ``kind`` (int or float), at least
     ``minimum`` (more than it with ``above``): a bad value is one line naming
     the setting, not a traceback from ``int()``/``float()`` or a server that
     misbehaves later (a timeout of 0 would make every client socket
     non-blocking)."""
-    v = s.get(key, default)
+    v = s[key]
     try:
         n = kind(v) if not isinstance(v, bool) else None
     except (TypeError, ValueError, OverflowError):
@@ -95,9 +93,8 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         raise ServerError("nothing to listen on: give --socket PATH and/or --listen HOST:PORT")
     allowed = _networks(allow if allow is not None else s["allowed"],
                         "serve.allowed" if allow is None else "--allow")
-    tell_allowed = _networks(s.get("tell_allowed", ["127.0.0.1/32", "::1/128"]),
-                             "serve.tell_allowed")
-    tell = bool(s.get("allow_tell", False)) if allow_tell is None else allow_tell
+    tell_allowed = _networks(s["tell_allowed"], "serve.tell_allowed")
+    tell = bool(s["allow_tell"]) if allow_tell is None else allow_tell
     if sock_path is not None and not isinstance(sock_path, str):
         raise ServerError(f"serve.socket must be a path, not {sock_path!r}")
     addr = (parse_listen(listen_s, "serve.listen" if listen is None else "--listen")
@@ -114,16 +111,16 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         rule = rule_from_config(cfg)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
-    n = s.get("workers") if workers is None else workers
+    n = s["workers"] if workers is None else workers
     if n is not None and (not isinstance(n, int) or n < 0):
         raise ServerError(f"serve.workers must be a number >= 0 or null, not {n!r}")
     maxc = s["max_connections"]
     if not isinstance(maxc, int) or maxc < 1:
         raise ServerError(f"serve.max_connections must be a number >= 1, not {maxc!r}")
-    user_model = s.get("user_model")
+    user_model = s["user_model"]
     if user_model is not None and (not isinstance(user_model, str) or "%" not in user_model):
         raise ServerError("serve.user_model must be null or a path pattern with %u, %l or %d")
-    user_lists = s.get("user_lists")
+    user_lists = s["user_lists"]
     if user_lists is not None and (not isinstance(user_lists, str) or "%" not in user_lists):
         raise ServerError("serve.user_lists must be null or a path pattern with %u, %l or %d")
     store = cfg.get("store")
@@ -133,7 +130,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
         if (problem := check_url(store)) is not None:
             raise ServerError(f"store {problem}")
     max_size = _number(s, "max_size", int, 0)
-    max_request = _number(s, "max_request", int, 0, 33554432)
+    max_request = _number(s, "max_request", int, 0)
     if max_request < max_size:
         raise ServerError(f"serve.max_request ({max_request}) must be at least serve.max_size "
                           f"({max_size})")
@@ -141,7 +138,7 @@ def serve_settings(cfg: dict[str, Any], model: str | None = None, sock: str | No
                          max_size,
                          _number(s, "timeout", float, 0, above=True),
                          _number(s, "score_scale", float, 0, above=True), n, maxc, user_model,
-                         _number(s, "user_cache", int, 0, 16),
-                         bool(s.get("spamassassin_headers", False)), rule, store,
+                         _number(s, "user_cache", int, 0),
+                         bool(s["spamassassin_headers"]), rule, store,
                          tell, tell_allowed, max_request,
-                         _number(s, "max_per_client", int, 1, 32), f.score_mode, user_lists)
+                         _number(s, "max_per_client", int, 1), f.score_mode, user_lists)
