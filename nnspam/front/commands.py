@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nnspam.mail.corpus import Sample
+    from nnspam.model.core import Model
 
 
 class UsageError(Exception):
@@ -432,7 +433,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_journal(model: Any, n: int) -> None:
+def _print_journal(model: Model, n: int) -> None:
     """The latest ``n`` corrections of the model's journal, newest first."""
     journal = model.journal
     print(f"Correction journal: {len(journal)} of at most {journal.limit} kept; latest "

@@ -32,7 +32,7 @@ import numpy as np
 
 from nnspam.config import DEFAULTS
 from nnspam.model import journal as journal_mod
-from nnspam.model.core import FREE_PREFIX  # (re-exported: nnspam.services.runs.online)
+from nnspam.model.core import FREE_PREFIX, Model  # FREE_PREFIX re-exported (runs.online)
 from nnspam.model.grams import GRAMS_WEIGHT, STICK_MARGIN
 from nnspam.model.grams import KINDS as GRAMS_KINDS
 from nnspam.model.journal import Entry, message_key, subject_of
@@ -99,7 +99,7 @@ class Rule:
         """A copy with some fields changed (e.g. the online learner's optimiser)."""
         return replace(self, **kw)
 
-    def point(self, model: Any) -> tuple[float, float, float]:
+    def point(self, model: Model) -> tuple[float, float, float]:
         """(threshold, ham factor, spam factor) of the verdicts: the rule's, else the
         model's own."""
         return (float(model.threshold if self.threshold is None else self.threshold),
@@ -178,7 +178,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+def margin_of(model: Model, token_lists: Sequence[Sequence[str]], label: str,
               rule: Rule | None = None) -> np.ndarray:
     """How far each message sits on ``label``'s side of the threshold, in logits of the
     spamicity of the network and wide path (negative: on the wrong side), at the rule's
@@ -189,12 +189,12 @@ def margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
     return z if label == "spam" else -z
 
 
-def free_inputs(model: Any) -> list[int]:
+def free_inputs(model: Model) -> list[int]:
     """Input slots that no word holds yet (:data:`FREE_PREFIX`), lowest first."""
     return model.free_inputs()
 
 
-def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
+def admit_free_inputs(model: Model, token_lists: Sequence[Sequence[str]],
                       admit_min: float = 2.0) -> int:
     """Give free input slots (an untrained network's) to the messages' tokens that are not
     inputs and were seen in at least ``admit_min - 1`` earlier learned messages (aged
@@ -232,7 +232,7 @@ def admit_free_inputs(model: Any, token_lists: Sequence[Sequence[str]],
     return n
 
 
-def observe(model: Any, token_lists: list[list[str]], labels: list[str] | None = None,
+def observe(model: Model, token_lists: list[list[str]], labels: list[str] | None = None,
             adaptive_inputs: bool = True, outputs: Any = None) -> list[dict]:
     """Let the model count arriving messages: the adaptive input statistics (with their
     replacement steps) and the wide path's token counts. Every front calls this for a
@@ -248,6 +248,7 @@ def observe(model: Any, token_lists: list[list[str]], labels: list[str] | None =
         return []
     done = adaptive.observe(model, token_lists, labels, outputs=outputs)
     if done and model.handing_out_free_slots():
+        assert model.adaptive is not None  # it made the replacements
         cands = model.adaptive.candidates
         for r in done:  # an evicted free-slot name is not a word to remember
             if str(r["old"]).startswith(FREE_PREFIX):
@@ -255,7 +256,7 @@ def observe(model: Any, token_lists: list[list[str]], labels: list[str] | None =
     return done
 
 
-def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | None = None,
+def correct(model: Model, token_lists: list[list[str]], label: str, rule: Rule | None = None,
             *, adaptive_inputs: bool = True, source: str = "") -> list[dict]:
     """Teach ``model`` that the tokenized messages are of class ``label`` ('spam' or
     'ham'), by ``rule`` (default :class:`Rule`'s defaults). Returns the adaptive input
@@ -314,7 +315,7 @@ def correct(model: Any, token_lists: list[list[str]], label: str, rule: Rule | N
     return done
 
 
-def whole_margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+def whole_margin_of(model: Model, token_lists: Sequence[Sequence[str]], label: str,
                     rule: Rule | None = None) -> np.ndarray:
     """As :func:`margin_of`, on the whole score (the grams part included)."""
     t, h, s = (rule or Rule()).point(model)
@@ -323,7 +324,7 @@ def whole_margin_of(model: Any, token_lists: Sequence[Sequence[str]], label: str
     return z if label == "spam" else -z
 
 
-def _learn_grams(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+def _learn_grams(model: Model, token_lists: Sequence[Sequence[str]], label: str,
                  before: np.ndarray | None, need: float, rec: _Recorder | None,
                  rule: Rule) -> None:
     """The grams part learns each message (its own AROW step, whatever the other parts
@@ -346,7 +347,7 @@ def _learn_grams(model: Any, token_lists: Sequence[Sequence[str]], label: str,
             rec.grams[i] = (a, beta, push)
 
 
-def _count_learned(model: Any, label: str, n: int) -> None:
+def _count_learned(model: Model, label: str, n: int) -> None:
     """The model's tally of messages learned since training (``n`` < 0: forgotten)."""
     model.summary["learned_messages"] = max(
         int(model.summary.get("learned_messages", 0)) + n, 0)
@@ -362,7 +363,7 @@ class _Recorder:
     (exactly what :func:`observe` adds), and, when the rule may take network passes,
     a copy of the network's weights (the only costly part, and only then)."""
 
-    def __init__(self, model: Any, token_lists: Sequence[Sequence[str]], label: str,
+    def __init__(self, model: Model, token_lists: Sequence[Sequence[str]], label: str,
                  rule: Rule, source: str) -> None:
         self.model, self.label, self.source = model, label, source
         self.tokens = [list(t) for t in token_lists]
@@ -412,7 +413,7 @@ class _Recorder:
                 rows=rows, net=net, token_list=toks))
 
 
-def _undo(model: Any, e: Entry) -> None:
+def _undo(model: Model, e: Entry) -> None:
     """Subtract what the journal entry ``e`` changed (see :func:`forget`)."""
     wide = model.ensure_wide()
     if e.wide_index.size:
@@ -433,7 +434,7 @@ def _undo(model: Any, e: Entry) -> None:
     _count_learned(model, e.label, -1)
 
 
-def forget(model: Any, token_lists: Sequence[Sequence[str]], rule: Rule | None = None
+def forget(model: Model, token_lists: Sequence[Sequence[str]], rule: Rule | None = None
            ) -> list[Entry | None]:
     """Undo the latest journalled correction of each tokenized message, as if it had
     never been learned. Returns each message's entry, None for a message the journal
@@ -472,7 +473,7 @@ def forget(model: Any, token_lists: Sequence[Sequence[str]], rule: Rule | None =
     return out
 
 
-def learn(model: Any, token_lists: Sequence[Sequence[str]], label: str,
+def learn(model: Model, token_lists: Sequence[Sequence[str]], label: str,
           rule: Rule | None = None, *, adaptive_inputs: bool = True, source: str = ""
           ) -> tuple[list[str], list[dict]]:
     """A user's lesson, with sa-learn's and bogofilter's habits: a message the journal holds
@@ -503,7 +504,7 @@ def learn(model: Any, token_lists: Sequence[Sequence[str]], label: str,
     return statuses, done
 
 
-def correct_payloads(model: Any, payloads: Sequence[bytes | str], label: str,
+def correct_payloads(model: Model, payloads: Sequence[bytes | str], label: str,
                      rule: Rule | None = None, *, source: str = "") -> list[dict]:
     """:func:`correct` on raw messages (email bytes or SMS text)."""
     if label not in ("spam", "ham"):

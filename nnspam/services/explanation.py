@@ -37,8 +37,11 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = ["HEADER_MAX", "REPORT_WORDS", "TopWords", "top_words", "header_value", "symbols",
            "report_table", "explain_text", "explain_json"]
@@ -57,7 +60,7 @@ _NOT_SYMBOL = re.compile(r"[^A-Z0-9]+")
 _SYMBOL_WORD = 30  # characters of a word kept in its symbol
 
 
-def top_words(model: Any, tokens: Sequence[str], n: int, ham_factor: float | None = None,
+def top_words(model: Model, tokens: Sequence[str], n: int, ham_factor: float | None = None,
               spam_factor: float | None = None) -> TopWords:
     """The ``n`` words of a tokenized message with the biggest effect on its spamicity
     at the ham bias given (:func:`nnspam.model.explain.explain`)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnspam import __version__
 from nnspam.mail.headers import set_header_fields, tag_subject
@@ -29,6 +29,9 @@ from nnspam.services.verdict import (
     score_tokens,
 )
 from nnspam.services.verdict import verdict as verdict_of
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = [
     "STATUS", "FLAG", "WORDS", "OUR_FIELDS", "SA_FIELDS", "Result", "FilterSettings", "classify",
@@ -230,7 +233,7 @@ def settings(cfg: dict[str, Any], model: str | None) -> FilterSettings:
                     SenderLists.from_config(cfg))
 
 
-def model_scorer(model: Any, s: FilterSettings) -> Callable[[bytes], float]:
+def model_scorer(model: Model, s: FilterSettings) -> Callable[[bytes], float]:
     """A function raw bytes -> spamicity with ``model`` at the settings' ham bias,
     through the one scoring routine (:func:`nnspam.services.verdict.score_tokens`); the
     verdict is :func:`classify`'s, which knows the unsure band. The scoring server

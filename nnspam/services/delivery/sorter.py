@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nnspam.mail import maildir as md
 from nnspam.services import metrics
@@ -52,6 +52,9 @@ from nnspam.services.delivery.state import Place, Record, State
 from nnspam.services.verdict import HAM, SPAM, UNSURE, SenderLists, score_tokens
 from nnspam.services.verdict import verdict as verdict_of
 from nnspam.settings import SorterSettings, defaults, from_config
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = ["Sorter", "Read", "read_message", "message_id_of", "MOVE_WINDOW"]
 
@@ -148,7 +151,7 @@ class Writer(Protocol):
     remote: bool
 
     @property
-    def model(self) -> Any: ...
+    def model(self) -> Model: ...
 
     def learn_payloads(self, payloads: Sequence[bytes | str], label: str, rule: Any = None,
                        *, adaptive_inputs: bool = True, save: bool = ...,
@@ -172,7 +175,7 @@ class Sorter:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         state: State,
         settings: SorterSettings | None = None,
         *,
@@ -219,13 +222,13 @@ class Sorter:
         self.stats = {"scored": 0, "spam": 0, "ham": 0, "skipped": 0, "learned": 0}
 
     @property
-    def model(self) -> Any:
+    def model(self) -> Model:
         """The model in memory: the writer's, which it replaces by the directory's
         latest save when another process saved there (see :mod:`nnspam.model.writer`)."""
         return self.writer.model if self.writer is not None else self._model
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], model: Any, state: State | Callable[[], State],
+    def from_config(cls, cfg: dict[str, Any], model: Model, state: State | Callable[[], State],
                     *, model_name: str | os.PathLike | None, rule: Any = None,
                     stamp: Any = None, source: str = "daemon", writer: Writer | None = None
                     ) -> Sorter:

@@ -50,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nnspam.services.errors import EX_IOERR, EX_NOUSER, EX_TEMPFAIL, RequestError, ServerError
@@ -65,6 +65,9 @@ from nnspam.services.models.store import (
     StoreUnavailable,
     VersionMoved,
 )
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = ["FleetRegistry", "FleetSlot", "FleetLearner", "StoreWriter", "files_of",
            "generation_of", "model_name", "new_site_meta", "redacted", "replace_site",
@@ -161,7 +164,7 @@ class FleetSlot:
     published it: ``version`` (None: loaded from disk while Redis was away), for a
     per-user model also its delta and the site version it was built on."""
 
-    def __init__(self, name: str, model: Any, version: str | None,
+    def __init__(self, name: str, model: Model, version: str | None,
                  delta: Mapping[str, bytes] | None = None, base: str | None = None,
                  generation: str = "") -> None:
         self.name = name
@@ -460,7 +463,7 @@ class _Held:
 
     version: str | None
     base: str | None
-    model: Any
+    model: Model
     applied: str
     generation: str = ""
 

@@ -26,7 +26,7 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnspam.model.writer import (
     LockTimeout,
@@ -45,6 +45,9 @@ from nnspam.services.errors import (
 )
 from nnspam.services.models.serve_settings import ServeSettings
 from nnspam.services.scoring import Result, classify, model_scorer
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = ["ModelRegistry", "ModelSlot", "user_model_path"]
 
@@ -72,7 +75,7 @@ class ModelSlot:
     * a lesson is learned into a private copy, loaded under the writer lock from the
       latest save, saved, and only then swapped in (:meth:`learn`, :meth:`forget`)."""
 
-    def __init__(self, path: Path, model: Any, stamp: Any) -> None:
+    def __init__(self, path: Path, model: Model, stamp: Any) -> None:
         self.path = path  # as the registry resolved it (a user model's name is never mapped)
         self.model = model
         self.stamp = stamp
@@ -80,7 +83,7 @@ class ModelSlot:
         self.lock = threading.Lock()  # scoring with the model, and the swap
         self._loading = threading.Lock()  # one thread loads a change at a time
 
-    def swap(self, model: Any, stamp: Any) -> None:
+    def swap(self, model: Model, stamp: Any) -> None:
         with self.lock:
             self.model, self.stamp, self.failed = model, stamp, None
 

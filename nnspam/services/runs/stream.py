@@ -19,9 +19,12 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nnspam.model.core import Model
 
 __all__ = ["FEEDBACK", "StreamError", "Step", "read_index", "load_messages", "replay",
            "summarize", "ham_loss_key"]
@@ -116,7 +119,7 @@ def start_model(spec: str | None, config: dict[str, Any] | None = None,
 TOKENIZE_BLOCK = 256
 
 
-def tokenized(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
+def tokenized(model: Model, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
               tokenizers: int = 0) -> Iterator[list[str]]:
     """Each message's tokens, in order. ``tokenizers`` > 0: that many other processes
     tokenize the next block while this one learns the current one (the same tokens: the
@@ -149,7 +152,7 @@ def tokenized(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str]
             yield from done
 
 
-def replay(model: Any, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
+def replay(model: Model, items: Sequence[tuple[str, str]], read: Callable[[str], bytes],
            feedback: str = "errors", rule: Any = None, adaptive: bool = True,
            tokenizers: int = 0) -> Iterator[Step]:
     """Classify then (by ``feedback``) learn each ``(judge, path)`` in order; yields a
