@@ -32,6 +32,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -114,7 +115,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-class Learner:
+class Learner(ABC):
     """Training bookkeeping shared by :class:`Network` and :class:`nnspam.learning.arch.MLP`: the
     seeded random streams, the optimiser state, and how ``partial_fit`` chooses between the
     network's own optimiser and plain gradient steps.  Subclasses provide ``_run_epoch``
@@ -200,9 +201,9 @@ class Learner:
             self._rng_shuffle.bit_generator.state = rng["shuffle"]
             self._rng_dropout.bit_generator.state = rng["dropout"]
 
+    @abstractmethod
     def _run_epoch(self, X: Any, y: np.ndarray) -> float:
         """One shuffled pass of mini-batch updates; the mean data loss (each subclass's)."""
-        raise NotImplementedError
 
     def _partial_passes(self, X: Any, y: np.ndarray, epochs: int, optimizer: str | None,
                         learning_rate: float | None) -> None:

@@ -25,6 +25,7 @@ it, as its :class:`~nnspam.model.core.ModelError`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class ArchCodec:
+class ArchCodec(ABC):
     """One architecture's way into and out of a model directory (see the module
     docstring). ``scalings``: the feature scalings its model.json may name.
     ``sequence``: its inputs are word indices (:class:`SequenceEncoder`), not scaled word
@@ -76,23 +77,23 @@ class ArchCodec:
         return scaling in self.scalings
 
     # -- saving ---------------------------------------------------------------------
+    @abstractmethod
     def saved_arrays(self, network: Network | MLP) -> dict[str, np.ndarray]:
         """The network's arrays as weights.npz holds them (float32), in that order."""
-        raise NotImplementedError
 
     # -- loading --------------------------------------------------------------------
+    @abstractmethod
     def plan(self, net_cfg: Any, n_inputs: int, scaling: str) -> Plan:
         """The arrays to read for model.json's ``network`` object ``net_cfg`` over
         ``n_inputs`` inputs with ``scaling`` (CodecError: a description that does not
         fit, a fault of model.json)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def network(self, plan: Plan, net_cfg: Any, n_inputs: int,
                 weights: dict[str, np.ndarray]) -> Network | MLP:
         """The network of :meth:`plan` with the arrays read (``idf`` taken out of them);
         the arrays are the network's own from then on (CodecError: arrays that do not
         fit, a fault of weights.npz)."""
-        raise NotImplementedError
 
     # -- inputs ---------------------------------------------------------------------
     def vectorizer(self, words: Sequence[str], network: Network | MLP, scaling: str,
