@@ -333,7 +333,10 @@ def test_a_burst_survives_two_kills_and_a_server_restart(dovecot, own_model, tmp
         user.append("INBOX", m)
     wait_for("400 decisions", lambda: decided() >= 400, 120, imap.proc)
     imap.kill()
+    started = imap.log().count("watching INBOX")
     imap.start()
+    # up before the end's SIGTERM, which would otherwise find it still importing (exit -15)
+    imap.wait_log("watching INBOX", started + 1)
     user = dovecot.client()
 
     def where() -> dict[str, list[bytes]]:
